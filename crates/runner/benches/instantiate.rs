@@ -1,0 +1,121 @@
+//! Per-request fixed cost: a fresh store and instance for each component of the project's
+//! spin.toml, with the pooling allocator (what the runner uses) against wasmtime's on-demand
+//! allocator (the baseline), in the same process. Also the whole in-process request path for
+//! `POST /validate` without a token (instantiate, run the guest, build the 401), no network.
+//!
+//! Run with `scripts/bench-auth` (which builds the components first) or
+//! `cargo bench -p spin-runner --bench instantiate`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use spin_runner::engine::EngineOptions;
+use spin_runner::{Runtime, RuntimeOptions};
+
+const ITERATIONS: usize = 5_000;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn measure<F, Fut>(mut op: F) -> Result<(Duration, Duration, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    for _ in 0..200 {
+        op().await?; // warm the pool's slots and the caches
+    }
+    let mut samples = Vec::with_capacity(ITERATIONS);
+    for _ in 0..ITERATIONS {
+        let start = Instant::now();
+        op().await?;
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>() / ITERATIONS as u32;
+    Ok((mean, percentile(&samples, 0.5), percentile(&samples, 0.99)))
+}
+
+async fn load(pooling: bool) -> Result<Arc<Runtime>> {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spin.toml");
+    Runtime::load(RuntimeOptions {
+        manifest,
+        // Instantiation never reads them, but the app refuses to load without its required variables.
+        variables: vec![
+            "db_url=mysql://bench:bench@127.0.0.1:13306/auth".into(),
+            "jwt_secret=benchmark-secret-that-is-at-least-32-bytes".into(),
+        ],
+        engine: EngineOptions {
+            pooling,
+            ..EngineOptions::default()
+        },
+    })
+    .await
+    .context("loading spin.toml (build the components first: scripts/bench-auth does)")
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let pooled = load(true).await?;
+    let on_demand = load(false).await?;
+
+    println!("instantiation, {ITERATIONS} sequential iterations each (µs)");
+    println!("| component | allocator | mean | p50 | p99 | vs on-demand |");
+    println!("|---|---|---|---|---|---|");
+    for id in ["validate", "login"] {
+        let mut means = Vec::new();
+        for (name, runtime) in [("on-demand", &on_demand), ("pooling", &pooled)] {
+            let component = runtime
+                .component_index(id)
+                .context("component in spin.toml")?;
+            let (mean, p50, p99) = measure(|| runtime.instantiate_once(component)).await?;
+            means.push(mean);
+            let ratio = means[0].as_secs_f64() / mean.as_secs_f64();
+            println!(
+                "| {id} | {name} | {} | {} | {} | {ratio:.2}x faster |",
+                micros(mean),
+                micros(p50),
+                micros(p99)
+            );
+        }
+    }
+
+    let validate = pooled
+        .component_index("validate")
+        .context("validate in spin.toml")?;
+    let (mean, p50, p99) = measure(|| {
+        let runtime = pooled.clone();
+        async move {
+            let request = http::Request::post("http://localhost/validate")
+                .header("host", "localhost")
+                .body(
+                    http_body_util::Empty::<bytes::Bytes>::new()
+                        .map_err(|never: std::convert::Infallible| match never {}),
+                )?;
+            let response = runtime.handle(validate, request).await?;
+            anyhow::ensure!(
+                response.status() == 401,
+                "unexpected status {}",
+                response.status()
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    println!();
+    println!(
+        "in-process request, POST /validate without a token (µs): mean {} p50 {} p99 {}",
+        micros(mean),
+        micros(p50),
+        micros(p99)
+    );
+    Ok(())
+}
+
+use http_body_util::BodyExt as _;

@@ -1,0 +1,126 @@
+//! Outbound wasi:http: the allow-list check, `*.spin.internal` service chaining and self requests
+//! (answered in-process, as Spin does), and wasmtime's default client for everything else.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use http::uri::Authority;
+use runner_outbound_hosts::{is_self_request, service_chaining_target, Denial};
+use wasmtime_wasi_http::{default_send_request, Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::runtime::{ComponentIndex, Runtime};
+use crate::server::with_spin_headers;
+
+type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
+type SendFuture =
+    Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), Error>> + Send>;
+
+/// The wasi:http hooks of one request's store.
+pub struct OutboundHttp {
+    runtime: Arc<Runtime>,
+    component: ComponentIndex,
+}
+
+impl OutboundHttp {
+    pub(crate) fn new(runtime: Arc<Runtime>, component: ComponentIndex) -> Self {
+        Self { runtime, component }
+    }
+}
+
+/// Where an outbound request goes.
+enum Destination {
+    /// Another component of this app, by id (`http://<id>.spin.internal`).
+    Component(ComponentIndex),
+    /// This app's own router (a URL without authority, or host `self.alt`). Spin sends these over
+    /// loopback to its own listener; answering them in-process gives the guest the same result.
+    SelfApp,
+    /// The network.
+    Network,
+}
+
+impl WasiHttpHooks for OutboundHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: IoFuture,
+    ) -> SendFuture {
+        let caller = self.runtime.component(self.component);
+        let allowed = &caller.allowed_hosts;
+        let url = request.uri().to_string();
+        let host = request.uri().authority().map(Authority::as_str);
+
+        let destination = if is_self_request(host) {
+            if let Err(denial) = allowed.check_self() {
+                return deny(caller, &denial);
+            }
+            Destination::SelfApp
+        } else {
+            let parsed = match url::Url::parse(&url) {
+                Ok(parsed) => parsed,
+                Err(_) => return deny(caller, &Denial::Unparseable { url }),
+            };
+            if let Err(denial) = allowed.check_url(&parsed) {
+                return deny(caller, &denial);
+            }
+            match host.and_then(service_chaining_target) {
+                Some(id) => match self.runtime.component_index(id) {
+                    Some(target) => Destination::Component(target),
+                    None => {
+                        tracing::error!(component = %caller.id, "service chaining to unknown component `{id}` ({url})");
+                        return Box::new(std::future::ready(Err(Error::DestinationNotFound)));
+                    }
+                },
+                None => Destination::Network,
+            }
+        };
+
+        let runtime = self.runtime.clone();
+        Box::new(async move {
+            let (target, request) = match destination {
+                Destination::Network => {
+                    let (response, io) = default_send_request(request, options).await?;
+                    let response = response.map(|body| http_body_util::BodyExt::boxed_unsync(body));
+                    return Ok((response, Box::new(io) as IoFuture));
+                }
+                Destination::Component(target) => {
+                    (target, with_spin_headers(&runtime, request, None, None))
+                }
+                Destination::SelfApp => {
+                    let path = request.uri().path().to_owned();
+                    let Some(matched) = runtime.router().route(&path) else {
+                        return Ok((not_found(), done()));
+                    };
+                    let target = *matched.target;
+                    (
+                        target,
+                        with_spin_headers(&runtime, request, Some(&matched), None),
+                    )
+                }
+            };
+            let response = Box::pin(runtime.handle(target, request))
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = format!("{e:#}"), "chained request failed");
+                    Error::InternalError(Some(format!("{e:#}")))
+                })?;
+            Ok((response, done()))
+        })
+    }
+}
+
+/// Logs what `spin up` logs for a denied request, naming the component, and refuses it.
+fn deny(caller: &crate::runtime::LoadedComponent, denial: &Denial) -> SendFuture {
+    tracing::error!(component = %caller.id, "{} {}", denial.warning(), denial.suggestion().unwrap_or_default());
+    Box::new(std::future::ready(Err(Error::HttpRequestDenied)))
+}
+
+fn done() -> IoFuture {
+    Box::new(std::future::ready(Ok(())))
+}
+
+fn not_found() -> http::Response<WasiBody> {
+    let mut response = http::Response::new(crate::server::empty_body());
+    *response.status_mut() = http::StatusCode::NOT_FOUND;
+    response
+}

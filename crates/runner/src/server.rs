@@ -1,0 +1,230 @@
+//! The HTTP trigger: listens, routes each request to its component, sets Spin's `spin-*`
+//! headers, and shuts down gracefully on SIGINT/SIGTERM.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use runner_routes::{RouteMatch, WellKnown};
+use tokio::net::TcpListener;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::runtime::{ComponentIndex, Runtime};
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `runtime` on `listener` until `shutdown` resolves, then stops accepting and waits up to
+/// the grace period for open connections.
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let local = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    print_routes(&runtime, local);
+
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: keep serving the open connections.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let runtime = runtime.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let runtime = runtime.clone();
+            async move { Ok::<_, Infallible>(dispatch(&runtime, request, client).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%client, error = %error, "connection closed with an error");
+            }
+        });
+    }
+
+    tracing::info!("shutting down: no new connections, waiting for in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(options.shutdown_grace) => {
+            tracing::warn!(grace = ?options.shutdown_grace, "in-flight requests did not finish in time");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+async fn dispatch(
+    runtime: &Arc<Runtime>,
+    request: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<HyperOutgoingBody> {
+    if let Some(well_known) = runner_routes::well_known(request.uri().path()) {
+        return answer_well_known(runtime, well_known);
+    }
+    let Some(matched) = runtime.router().route(request.uri().path()) else {
+        return status(StatusCode::NOT_FOUND);
+    };
+    let component: ComponentIndex = *matched.target;
+    let request = with_spin_headers(runtime, request, Some(&matched), Some(client));
+    match runtime.handle(component, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(component = %runtime.component(component).id, error = format!("{error:#}"), "request failed");
+            status(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+/// Spin answers `/.well-known/spin/health` and `/info` itself, whatever the routes say.
+fn answer_well_known(runtime: &Runtime, well_known: WellKnown) -> Response<HyperOutgoingBody> {
+    let (code, content_type, body) = match well_known {
+        WellKnown::Health => (StatusCode::OK, "text/plain", "OK".to_owned()),
+        WellKnown::Info => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({ "name": runtime.app_name(), "version": runtime.app_version() })
+                .to_string(),
+        ),
+        WellKnown::NotFound => return status(StatusCode::NOT_FOUND),
+    };
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// Adds the headers Spin's HTTP trigger gives every request (`spin-full-url`, `spin-path-info`,
+/// `spin-matched-route`, ...). `matched` is `None` for service chaining, where Spin routes by
+/// component id rather than by path.
+pub(crate) fn with_spin_headers<B>(
+    _runtime: &Runtime,
+    mut request: Request<B>,
+    matched: Option<&RouteMatch<'_, ComponentIndex>>,
+    client: Option<SocketAddr>,
+) -> Request<B> {
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let headers = match matched {
+        Some(matched) => {
+            let host = request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok());
+            matched.spin_headers(&runner_routes::full_url("http", host, path), client)
+        }
+        // Spin names a chained request's URL after localhost, not the `.spin.internal` host.
+        None => RouteMatch::<ComponentIndex>::chained_headers(
+            request.uri().path(),
+            &runner_routes::full_url("http", None, path),
+        ),
+    };
+    // Appended after the client's own headers, as Spin does, not replacing them.
+    let map = request.headers_mut();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_ref()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            map.append(name, value);
+        }
+    }
+    request
+}
+
+pub(crate) fn empty_body() -> HyperOutgoingBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A status with an empty body, as Spin answers misses and failures.
+fn status(code: StatusCode) -> Response<HyperOutgoingBody> {
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = code;
+    response
+}
+
+/// Prints what `spin up` prints, so people and scripts find the address the same way.
+fn print_routes(runtime: &Runtime, local: SocketAddr) {
+    println!("Serving http://{local}");
+    println!("Available Routes:");
+    for (route, component) in runtime.router().available_routes() {
+        println!(
+            "  {}: http://{local}{route}",
+            runtime.component(*component).id
+        );
+    }
+}

@@ -1,0 +1,443 @@
+//! `POST /login`: HTTP Basic (email, password) in, an HS256 JWT out (seed-compatible body).
+//!
+//! Spin variables read: `db_url` (`mysql://user:pw@host:port/auth`), `jwt_secret` (at least 32
+//! bytes), `jwt_issuer`, `jwt_audience`, `jwt_ttl_seconds`.
+//!
+//! | case | status | body |
+//! |---|---|---|
+//! | success | 200 `text/plain` | the JWT |
+//! | no or malformed Basic credentials | 401 + `WWW-Authenticate: Basic realm="mp3"` | `missing credentials` |
+//! | unknown email or wrong password | 401 | `invalid credentials` |
+//! | database unreachable or failing | 503 | `database unavailable` |
+//! | missing/invalid variable, secret under 32 bytes | 500 | `server misconfigured` |
+//! | any method but POST | 405 + `Allow: POST` | `method not allowed` |
+//!
+//! One `key=value` line per request goes to stderr. The request body is never read.
+//! The decision logic ([`login`]) talks to the host through [`Host`], so it is unit-tested natively
+//! with a fake; the Spin entry point only adapts the request and the host interfaces.
+
+use std::time::Duration;
+
+use mp3_auth::{issue, parse_basic, verify_login, TokenConfig};
+
+/// What [`login`] needs from its host: Spin variables and the user table.
+pub trait Host {
+    fn variable(&self, name: &str) -> Result<String, String>;
+    /// The user's stored email, password hash and admin flag. `Err` is a database failure.
+    fn find_user(&self, db_url: &str, email: &str) -> Result<Option<User>, String>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub email: String,
+    pub password_hash: String,
+    pub admin: bool,
+}
+
+/// A response plus what to log about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    /// Short machine-readable outcome for the log line.
+    pub outcome: &'static str,
+    /// Detail for the log line only (never sent to the client).
+    pub detail: Option<String>,
+    /// The user, when known, for the log line.
+    pub user: Option<String>,
+}
+
+impl Reply {
+    fn text(status: u16, body: &str, outcome: &'static str) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type", "text/plain; charset=utf-8".into())],
+            body: body.into(),
+            outcome,
+            detail: None,
+            user: None,
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    fn user(mut self, user: &str) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    fn misconfigured(detail: impl Into<String>) -> Self {
+        Self::text(500, "server misconfigured", "misconfigured").detail(detail)
+    }
+}
+
+struct Config {
+    db_url: String,
+    tokens: TokenConfig,
+}
+
+fn load_config(host: &impl Host) -> Result<Config, String> {
+    let var = |name: &str| {
+        host.variable(name)
+            .map_err(|e| format!("variable {name}: {e}"))
+    };
+    let db_url = var("db_url")?;
+    let secret = var("jwt_secret")?;
+    let ttl = var("jwt_ttl_seconds")?;
+    let ttl: u64 = ttl
+        .trim()
+        .parse()
+        .map_err(|_| format!("variable jwt_ttl_seconds: not a whole number of seconds: {ttl:?}"))?;
+    let tokens = TokenConfig::new(
+        secret,
+        var("jwt_issuer")?,
+        var("jwt_audience")?,
+        Duration::from_secs(ttl),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Config { db_url, tokens })
+}
+
+/// The whole decision for one request. `authorization` is `None` when the header is absent,
+/// repeated, or not UTF-8.
+pub fn login(method: &str, authorization: Option<&str>, host: &impl Host, now: i64) -> Reply {
+    if method != "POST" {
+        return Reply::text(405, "method not allowed", "method_not_allowed")
+            .header("allow", "POST");
+    }
+    let config = match load_config(host) {
+        Ok(config) => config,
+        Err(detail) => return Reply::misconfigured(detail),
+    };
+    let Some(Ok((email, password))) = authorization.map(parse_basic) else {
+        return Reply::text(401, "missing credentials", "missing_credentials")
+            .header("www-authenticate", r#"Basic realm="mp3""#);
+    };
+    let user = match host.find_user(&config.db_url, &email) {
+        Ok(user) => user,
+        Err(detail) => {
+            return Reply::text(503, "database unavailable", "database_unavailable")
+                .detail(detail)
+                .user(&email)
+        }
+    };
+    // Unknown user: verify_login still runs a full argon2 verification (dummy hash).
+    let ok = verify_login(user.as_ref().map(|u| u.password_hash.as_str()), &password);
+    let Some(user) = user.filter(|_| ok) else {
+        return Reply::text(401, "invalid credentials", "invalid_credentials").user(&email);
+    };
+    // The stored email is canonical (the column's collation may match other spellings).
+    match issue(&config.tokens, &user.email, user.admin, now) {
+        Ok(token) => Reply::text(200, &token, "ok")
+            .header("cache-control", "no-store")
+            .user(&user.email),
+        Err(e) => Reply::text(500, "internal error", "issue_failed").detail(e.to_string()),
+    }
+}
+
+/// The one log line for a request: `key=value`, values that may hold user input quoted.
+pub fn log_line(method: &str, reply: &Reply, elapsed: Duration) -> String {
+    let mut line = format!(
+        "component=login method={method:?} status={} outcome={} ms={}",
+        reply.status,
+        reply.outcome,
+        elapsed.as_millis()
+    );
+    if let Some(user) = &reply.user {
+        line.push_str(&format!(" user={user:?}"));
+    }
+    if let Some(detail) = &reply.detail {
+        line.push_str(&format!(" error={detail:?}"));
+    }
+    line
+}
+
+#[cfg(target_arch = "wasm32")]
+mod spin {
+    use super::*;
+    use mp3_auth::unix_now;
+    use spin_sdk::http::{IncomingRequest, Method, Response};
+    use spin_sdk::http_component;
+    use spin_sdk::mysql::{Connection, DbValue, ParameterValue};
+
+    struct SpinHost;
+
+    impl Host for SpinHost {
+        fn variable(&self, name: &str) -> Result<String, String> {
+            spin_sdk::variables::get(name).map_err(|e| e.to_string())
+        }
+
+        fn find_user(&self, db_url: &str, email: &str) -> Result<Option<User>, String> {
+            let conn = Connection::open(db_url).map_err(|e| format!("connect: {e}"))?;
+            let rows = conn
+                .query(
+                    "SELECT email, password, admin FROM user WHERE email = ?",
+                    &[ParameterValue::Str(email.to_owned())],
+                )
+                .map_err(|e| format!("query: {e}"))?;
+            let Some(row) = rows.rows.into_iter().next() else {
+                return Ok(None);
+            };
+            let text = |v: Option<&DbValue>| match v {
+                Some(DbValue::Str(s)) => Ok(s.clone()),
+                Some(DbValue::Binary(b)) => String::from_utf8(b.clone()).map_err(|_| "not UTF-8"),
+                _ => Err("not text"),
+            };
+            let email = text(row.first()).map_err(|e| format!("user.email: {e}"))?;
+            let password_hash = text(row.get(1)).map_err(|e| format!("user.password: {e}"))?;
+            let admin = match row.get(2) {
+                Some(DbValue::Boolean(b)) => *b,
+                Some(DbValue::Int8(n)) => *n != 0,
+                Some(DbValue::Int16(n)) => *n != 0,
+                Some(DbValue::Int32(n)) => *n != 0,
+                Some(DbValue::Int64(n)) => *n != 0,
+                Some(DbValue::Uint8(n)) => *n != 0,
+                Some(DbValue::Uint16(n)) => *n != 0,
+                Some(DbValue::Uint32(n)) => *n != 0,
+                Some(DbValue::Uint64(n)) => *n != 0,
+                other => return Err(format!("user.admin: not a boolean: {other:?}")),
+            };
+            Ok(Some(User {
+                email,
+                password_hash,
+                admin,
+            }))
+        }
+    }
+
+    fn method_name(method: &Method) -> String {
+        match method {
+            Method::Get => "GET".into(),
+            Method::Head => "HEAD".into(),
+            Method::Post => "POST".into(),
+            Method::Put => "PUT".into(),
+            Method::Delete => "DELETE".into(),
+            Method::Connect => "CONNECT".into(),
+            Method::Options => "OPTIONS".into(),
+            Method::Trace => "TRACE".into(),
+            Method::Patch => "PATCH".into(),
+            Method::Other(other) => other.clone(),
+        }
+    }
+
+    /// The single `Authorization` header as UTF-8, or `None` (absent, repeated or not UTF-8).
+    fn authorization(req: &IncomingRequest) -> Option<String> {
+        let mut values = req.headers().get("authorization");
+        if values.len() != 1 {
+            return None;
+        }
+        String::from_utf8(values.pop()?).ok()
+    }
+
+    #[http_component]
+    fn handle(req: IncomingRequest) -> Response {
+        let start = std::time::Instant::now();
+        let method = method_name(&req.method());
+        let reply = login(
+            &method,
+            authorization(&req).as_deref(),
+            &SpinHost,
+            unix_now(),
+        );
+        eprintln!("{}", log_line(&method, &reply, start.elapsed()));
+        let mut builder = Response::builder();
+        builder.status(reply.status);
+        for (name, value) in reply.headers {
+            builder.header(name, value);
+        }
+        builder.body(reply.body).build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mp3_auth::{hash_password, verify};
+    use std::cell::Cell;
+    use std::collections::HashMap;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const NOW: i64 = 1_700_000_000;
+
+    struct Fake {
+        vars: HashMap<&'static str, String>,
+        users: Result<Vec<User>, String>,
+        lookups: Cell<u32>,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            let vars = HashMap::from([
+                ("db_url", "mysql://u:p@127.0.0.1/auth".to_owned()),
+                ("jwt_secret", SECRET.to_owned()),
+                ("jwt_issuer", "mp3-auth".to_owned()),
+                ("jwt_audience", "mp3".to_owned()),
+                ("jwt_ttl_seconds", "3600".to_owned()),
+            ]);
+            let user = User {
+                email: "a@example.com".into(),
+                password_hash: hash_password("pw").unwrap(),
+                admin: true,
+            };
+            Self {
+                vars,
+                users: Ok(vec![user]),
+                lookups: Cell::new(0),
+            }
+        }
+    }
+
+    impl Host for Fake {
+        fn variable(&self, name: &str) -> Result<String, String> {
+            self.vars
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("undefined: {name}"))
+        }
+        fn find_user(&self, _db_url: &str, email: &str) -> Result<Option<User>, String> {
+            self.lookups.set(self.lookups.get() + 1);
+            let users = self.users.as_ref().map_err(Clone::clone)?;
+            Ok(users.iter().find(|u| u.email == email).cloned())
+        }
+    }
+
+    fn basic(raw: &str) -> String {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+
+    fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn success_returns_a_verifiable_token() {
+        let reply = login("POST", Some(&basic("a@example.com:pw")), &Fake::new(), NOW);
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            header(&reply, "content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        let config = TokenConfig::new(SECRET, "mp3-auth", "mp3", Duration::from_secs(1)).unwrap();
+        let claims = verify(&config, &reply.body, NOW + 1).unwrap();
+        assert_eq!(claims.username, "a@example.com");
+        assert!(claims.admin);
+        assert_eq!(claims.exp, NOW + 3600);
+    }
+
+    #[test]
+    fn other_methods_get_405() {
+        let reply = login("GET", Some(&basic("a@example.com:pw")), &Fake::new(), NOW);
+        assert_eq!(reply.status, 405);
+        assert_eq!(header(&reply, "allow"), Some("POST"));
+    }
+
+    #[test]
+    fn missing_or_malformed_credentials_get_401_with_challenge() {
+        let fake = Fake::new();
+        for auth in [
+            None,
+            Some("Bearer x"),
+            Some("Basic !!!"),
+            Some(&*basic("nocolon")),
+        ] {
+            let reply = login("POST", auth, &fake, NOW);
+            assert_eq!(
+                (reply.status, reply.body.as_str()),
+                (401, "missing credentials")
+            );
+            assert_eq!(
+                header(&reply, "www-authenticate"),
+                Some(r#"Basic realm="mp3""#)
+            );
+        }
+        assert_eq!(fake.lookups.get(), 0);
+    }
+
+    #[test]
+    fn wrong_password_and_unknown_email_look_the_same() {
+        let fake = Fake::new();
+        let wrong = login("POST", Some(&basic("a@example.com:nope")), &fake, NOW);
+        let unknown = login("POST", Some(&basic("b@example.com:pw")), &fake, NOW);
+        for reply in [&wrong, &unknown] {
+            assert_eq!(
+                (reply.status, reply.body.as_str()),
+                (401, "invalid credentials")
+            );
+            assert_eq!(header(reply, "www-authenticate"), None);
+        }
+    }
+
+    #[test]
+    fn database_failure_gets_503() {
+        let mut fake = Fake::new();
+        fake.users = Err("connect: connection refused".into());
+        let reply = login("POST", Some(&basic("a@example.com:pw")), &fake, NOW);
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (503, "database unavailable")
+        );
+        assert!(log_line("POST", &reply, Duration::ZERO).contains("connection refused"));
+    }
+
+    #[test]
+    fn short_secret_gets_500_and_a_log_reason() {
+        let mut fake = Fake::new();
+        fake.vars.insert("jwt_secret", "short".into());
+        let reply = login("POST", Some(&basic("a@example.com:pw")), &fake, NOW);
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (500, "server misconfigured")
+        );
+        let line = log_line("POST", &reply, Duration::ZERO);
+        assert!(line.contains("jwt secret is 5 bytes long"), "{line}");
+        assert_eq!(fake.lookups.get(), 0);
+    }
+
+    #[test]
+    fn missing_or_bad_variables_get_500() {
+        for (name, value) in [
+            ("jwt_ttl_seconds", Some("soon")),
+            ("db_url", None),
+            ("jwt_issuer", None),
+        ] {
+            let mut fake = Fake::new();
+            match value {
+                Some(v) => fake.vars.insert(name, v.into()),
+                None => fake.vars.remove(name),
+            };
+            let reply = login("POST", Some(&basic("a@example.com:pw")), &fake, NOW);
+            assert_eq!(reply.status, 500, "{name}");
+            assert!(reply.detail.unwrap().contains(name));
+        }
+    }
+
+    #[test]
+    fn log_line_quotes_user_input() {
+        let reply = login("POST", Some(&basic("evil\nline@x:pw")), &Fake::new(), NOW);
+        let line = log_line("POST", &reply, Duration::from_millis(7));
+        assert!(!line.contains('\n'));
+        assert!(
+            line.starts_with(
+                "component=login method=\"POST\" status=401 outcome=invalid_credentials ms=7"
+            ),
+            "{line}"
+        );
+    }
+}
