@@ -40,7 +40,7 @@ struct Up {
     #[arg(short = 'f', long = "from", default_value = "spin.toml")]
     manifest: PathBuf,
     /// Address to listen on; port 0 picks a free port (the address is printed).
-    #[arg(long, default_value = "127.0.0.1:3000", env = "SPIN_LISTEN")]
+    #[arg(long, default_value = "127.0.0.1:3000", env = "SPIN_HTTP_LISTEN_ADDR")]
     listen: SocketAddr,
     /// Set an application variable (`name=value`, `name=@file`, or `@file.json`/`@file.toml`);
     /// overrides SPIN_VARIABLE_* and defaults.

@@ -18,11 +18,14 @@
 
 use std::time::Duration;
 
+use component_http::{token_config, Reply, Variables};
 use mp3_auth::{issue, parse_basic, verify_login, TokenConfig};
 
+/// The component's name in its log line.
+pub const COMPONENT: &str = "login";
+
 /// What [`login`] needs from its host: Spin variables and the user table.
-pub trait Host {
-    fn variable(&self, name: &str) -> Result<String, String>;
+pub trait Host: Variables {
     /// The user's stored email, password hash and admin flag. `Err` is a database failure.
     fn find_user(&self, db_url: &str, email: &str) -> Result<Option<User>, String>;
 }
@@ -34,76 +37,19 @@ pub struct User {
     pub admin: bool,
 }
 
-/// A response plus what to log about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
-    /// Short machine-readable outcome for the log line.
-    pub outcome: &'static str,
-    /// Detail for the log line only (never sent to the client).
-    pub detail: Option<String>,
-    /// The user, when known, for the log line.
-    pub user: Option<String>,
-}
-
-impl Reply {
-    fn text(status: u16, body: &str, outcome: &'static str) -> Self {
-        Self {
-            status,
-            headers: vec![("content-type", "text/plain; charset=utf-8".into())],
-            body: body.into(),
-            outcome,
-            detail: None,
-            user: None,
-        }
-    }
-
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
-    }
-
-    fn user(mut self, user: &str) -> Self {
-        self.user = Some(user.into());
-        self
-    }
-
-    fn misconfigured(detail: impl Into<String>) -> Self {
-        Self::text(500, "server misconfigured", "misconfigured").detail(detail)
-    }
-}
-
 struct Config {
     db_url: String,
     tokens: TokenConfig,
 }
 
 fn load_config(host: &impl Host) -> Result<Config, String> {
-    let var = |name: &str| {
-        host.variable(name)
-            .map_err(|e| format!("variable {name}: {e}"))
-    };
-    let db_url = var("db_url")?;
-    let secret = var("jwt_secret")?;
-    let ttl = var("jwt_ttl_seconds")?;
+    let db_url = host.require("db_url")?;
+    let ttl = host.require("jwt_ttl_seconds")?;
     let ttl: u64 = ttl
         .trim()
         .parse()
         .map_err(|_| format!("variable jwt_ttl_seconds: not a whole number of seconds: {ttl:?}"))?;
-    let tokens = TokenConfig::new(
-        secret,
-        var("jwt_issuer")?,
-        var("jwt_audience")?,
-        Duration::from_secs(ttl),
-    )
-    .map_err(|e| e.to_string())?;
+    let tokens = token_config(host, Some(Duration::from_secs(ttl)))?;
     Ok(Config { db_url, tokens })
 }
 
@@ -111,8 +57,7 @@ fn load_config(host: &impl Host) -> Result<Config, String> {
 /// repeated, or not UTF-8.
 pub fn login(method: &str, authorization: Option<&str>, host: &impl Host, now: i64) -> Reply {
     if method != "POST" {
-        return Reply::text(405, "method not allowed", "method_not_allowed")
-            .header("allow", "POST");
+        return Reply::method_not_allowed("POST");
     }
     let config = match load_config(host) {
         Ok(config) => config,
@@ -144,38 +89,25 @@ pub fn login(method: &str, authorization: Option<&str>, host: &impl Host, now: i
     }
 }
 
-/// The one log line for a request: `key=value`, values that may hold user input quoted.
-pub fn log_line(method: &str, reply: &Reply, elapsed: Duration) -> String {
-    let mut line = format!(
-        "component=login method={method:?} status={} outcome={} ms={}",
-        reply.status,
-        reply.outcome,
-        elapsed.as_millis()
-    );
-    if let Some(user) = &reply.user {
-        line.push_str(&format!(" user={user:?}"));
-    }
-    if let Some(detail) = &reply.detail {
-        line.push_str(&format!(" error={detail:?}"));
-    }
-    line
-}
-
 #[cfg(target_arch = "wasm32")]
 mod spin {
     use super::*;
+    use component_http::spin::{authorization, method_name, respond, SpinVariables};
     use mp3_auth::unix_now;
-    use spin_sdk::http::{IncomingRequest, Method, Response};
+    use spin_sdk::http::{IncomingRequest, Response};
     use spin_sdk::http_component;
     use spin_sdk::mysql::{Connection, DbValue, ParameterValue};
+    use std::time::Instant;
 
     struct SpinHost;
 
-    impl Host for SpinHost {
+    impl Variables for SpinHost {
         fn variable(&self, name: &str) -> Result<String, String> {
-            spin_sdk::variables::get(name).map_err(|e| e.to_string())
+            SpinVariables.variable(name)
         }
+    }
 
+    impl Host for SpinHost {
         fn find_user(&self, db_url: &str, email: &str) -> Result<Option<User>, String> {
             let conn = Connection::open(db_url).map_err(|e| format!("connect: {e}"))?;
             let rows = conn
@@ -214,53 +146,20 @@ mod spin {
         }
     }
 
-    fn method_name(method: &Method) -> String {
-        match method {
-            Method::Get => "GET".into(),
-            Method::Head => "HEAD".into(),
-            Method::Post => "POST".into(),
-            Method::Put => "PUT".into(),
-            Method::Delete => "DELETE".into(),
-            Method::Connect => "CONNECT".into(),
-            Method::Options => "OPTIONS".into(),
-            Method::Trace => "TRACE".into(),
-            Method::Patch => "PATCH".into(),
-            Method::Other(other) => other.clone(),
-        }
-    }
-
-    /// The single `Authorization` header as UTF-8, or `None` (absent, repeated or not UTF-8).
-    fn authorization(req: &IncomingRequest) -> Option<String> {
-        let mut values = req.headers().get("authorization");
-        if values.len() != 1 {
-            return None;
-        }
-        String::from_utf8(values.pop()?).ok()
-    }
-
     #[http_component]
     fn handle(req: IncomingRequest) -> Response {
-        let start = std::time::Instant::now();
+        let started = Instant::now();
         let method = method_name(&req.method());
-        let reply = login(
-            &method,
-            authorization(&req).as_deref(),
-            &SpinHost,
-            unix_now(),
-        );
-        eprintln!("{}", log_line(&method, &reply, start.elapsed()));
-        let mut builder = Response::builder();
-        builder.status(reply.status);
-        for (name, value) in reply.headers {
-            builder.header(name, value);
-        }
-        builder.body(reply.body).build()
+        let authorization = authorization(&req);
+        let reply = login(&method, authorization.as_deref(), &SpinHost, unix_now());
+        respond(COMPONENT, &method, reply, started)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use component_http::log_line;
     use mp3_auth::{hash_password, verify};
     use std::cell::Cell;
     use std::collections::HashMap;
@@ -296,13 +195,13 @@ mod tests {
         }
     }
 
-    impl Host for Fake {
+    impl Variables for Fake {
         fn variable(&self, name: &str) -> Result<String, String> {
-            self.vars
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("undefined: {name}"))
+            self.vars.variable(name)
         }
+    }
+
+    impl Host for Fake {
         fn find_user(&self, _db_url: &str, email: &str) -> Result<Option<User>, String> {
             self.lookups.set(self.lookups.get() + 1);
             let users = self.users.as_ref().map_err(Clone::clone)?;
@@ -393,7 +292,7 @@ mod tests {
             (reply.status, reply.body.as_str()),
             (503, "database unavailable")
         );
-        assert!(log_line("POST", &reply, Duration::ZERO).contains("connection refused"));
+        assert!(log_line(COMPONENT, "POST", &reply, Duration::ZERO).contains("connection refused"));
     }
 
     #[test]
@@ -405,7 +304,7 @@ mod tests {
             (reply.status, reply.body.as_str()),
             (500, "server misconfigured")
         );
-        let line = log_line("POST", &reply, Duration::ZERO);
+        let line = log_line(COMPONENT, "POST", &reply, Duration::ZERO);
         assert!(line.contains("jwt secret is 5 bytes long"), "{line}");
         assert_eq!(fake.lookups.get(), 0);
     }
@@ -431,7 +330,7 @@ mod tests {
     #[test]
     fn log_line_quotes_user_input() {
         let reply = login("POST", Some(&basic("evil\nline@x:pw")), &Fake::new(), NOW);
-        let line = log_line("POST", &reply, Duration::from_millis(7));
+        let line = log_line(COMPONENT, "POST", &reply, Duration::from_millis(7));
         assert!(!line.contains('\n'));
         assert!(
             line.starts_with(

@@ -13,80 +13,25 @@
 //!
 //! One `key=value` line per request goes to stderr. The request body is never read.
 
-use std::time::Duration;
+use component_http::{token_config, Reply, Variables};
+use mp3_auth::{parse_bearer, verify};
 
-use mp3_auth::{parse_bearer, verify, TokenConfig};
-
-/// What [`validate`] needs from its host: Spin variables.
-pub trait Host {
-    fn variable(&self, name: &str) -> Result<String, String>;
-}
-
-/// A response plus what to log about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
-    /// Short machine-readable outcome for the log line.
-    pub outcome: String,
-    /// Detail for the log line only (never sent to the client).
-    pub detail: Option<String>,
-    /// The token's user, when valid, for the log line.
-    pub user: Option<String>,
-}
-
-impl Reply {
-    fn new(status: u16, content_type: &str, body: String, outcome: impl Into<String>) -> Self {
-        Self {
-            status,
-            headers: vec![("content-type", content_type.into())],
-            body,
-            outcome: outcome.into(),
-            detail: None,
-            user: None,
-        }
-    }
-
-    fn text(status: u16, body: impl Into<String>, outcome: impl Into<String>) -> Self {
-        Self::new(status, "text/plain; charset=utf-8", body.into(), outcome)
-    }
-
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    fn misconfigured(detail: impl Into<String>) -> Self {
-        let mut reply = Self::text(500, "server misconfigured", "misconfigured");
-        reply.detail = Some(detail.into());
-        reply
-    }
-}
-
-fn load_config(host: &impl Host) -> Result<TokenConfig, String> {
-    let var = |name: &str| {
-        host.variable(name)
-            .map_err(|e| format!("variable {name}: {e}"))
-    };
-    // The time to live only matters when issuing; verify ignores it.
-    TokenConfig::new(
-        var("jwt_secret")?,
-        var("jwt_issuer")?,
-        var("jwt_audience")?,
-        Duration::from_secs(1),
-    )
-    .map_err(|e| e.to_string())
-}
+/// The component's name in its log line.
+pub const COMPONENT: &str = "validate";
 
 /// The whole decision for one request. `authorization` is `None` when the header is absent,
 /// repeated, or not UTF-8.
-pub fn validate(method: &str, authorization: Option<&str>, host: &impl Host, now: i64) -> Reply {
+pub fn validate(
+    method: &str,
+    authorization: Option<&str>,
+    vars: &impl Variables,
+    now: i64,
+) -> Reply {
     if method != "POST" {
-        return Reply::text(405, "method not allowed", "method_not_allowed")
-            .header("allow", "POST");
+        return Reply::method_not_allowed("POST");
     }
-    let config = match load_config(host) {
+    // The time to live only matters when issuing; verify ignores it.
+    let config = match token_config(vars, None) {
         Ok(config) => config,
         Err(detail) => return Reply::misconfigured(detail),
     };
@@ -96,16 +41,8 @@ pub fn validate(method: &str, authorization: Option<&str>, host: &impl Host, now
     };
     match verify(&config, token, now) {
         Ok(claims) => match serde_json::to_string(&claims) {
-            Ok(json) => {
-                let mut reply = Reply::new(200, "application/json", json, "ok");
-                reply.user = Some(claims.username);
-                reply
-            }
-            Err(e) => {
-                let mut reply = Reply::text(500, "internal error", "encode_failed");
-                reply.detail = Some(e.to_string());
-                reply
-            }
+            Ok(json) => Reply::new(200, "application/json", json, "ok").user(claims.username),
+            Err(e) => Reply::text(500, "internal error", "encode_failed").detail(e.to_string()),
         },
         Err(e) => Reply::text(
             403,
@@ -115,110 +52,47 @@ pub fn validate(method: &str, authorization: Option<&str>, host: &impl Host, now
     }
 }
 
-/// The one log line for a request: `key=value`, values that may hold user input quoted.
-pub fn log_line(method: &str, reply: &Reply, elapsed: Duration) -> String {
-    let mut line = format!(
-        "component=validate method={method:?} status={} outcome={} ms={}",
-        reply.status,
-        reply.outcome,
-        elapsed.as_millis()
-    );
-    if let Some(user) = &reply.user {
-        line.push_str(&format!(" user={user:?}"));
-    }
-    if let Some(detail) = &reply.detail {
-        line.push_str(&format!(" error={detail:?}"));
-    }
-    line
-}
-
 #[cfg(target_arch = "wasm32")]
 mod spin {
     use super::*;
+    use component_http::spin::{authorization, method_name, respond, SpinVariables};
     use mp3_auth::unix_now;
-    use spin_sdk::http::{IncomingRequest, Method, Response};
+    use spin_sdk::http::{IncomingRequest, Response};
     use spin_sdk::http_component;
-
-    struct SpinHost;
-
-    impl Host for SpinHost {
-        fn variable(&self, name: &str) -> Result<String, String> {
-            spin_sdk::variables::get(name).map_err(|e| e.to_string())
-        }
-    }
-
-    fn method_name(method: &Method) -> String {
-        match method {
-            Method::Get => "GET".into(),
-            Method::Head => "HEAD".into(),
-            Method::Post => "POST".into(),
-            Method::Put => "PUT".into(),
-            Method::Delete => "DELETE".into(),
-            Method::Connect => "CONNECT".into(),
-            Method::Options => "OPTIONS".into(),
-            Method::Trace => "TRACE".into(),
-            Method::Patch => "PATCH".into(),
-            Method::Other(other) => other.clone(),
-        }
-    }
-
-    /// The single `Authorization` header as UTF-8, or `None` (absent, repeated or not UTF-8).
-    fn authorization(req: &IncomingRequest) -> Option<String> {
-        let mut values = req.headers().get("authorization");
-        if values.len() != 1 {
-            return None;
-        }
-        String::from_utf8(values.pop()?).ok()
-    }
+    use std::time::Instant;
 
     #[http_component]
     fn handle(req: IncomingRequest) -> Response {
-        let start = std::time::Instant::now();
+        let started = Instant::now();
         let method = method_name(&req.method());
+        let authorization = authorization(&req);
         let reply = validate(
             &method,
-            authorization(&req).as_deref(),
-            &SpinHost,
+            authorization.as_deref(),
+            &SpinVariables,
             unix_now(),
         );
-        eprintln!("{}", log_line(&method, &reply, start.elapsed()));
-        let mut builder = Response::builder();
-        builder.status(reply.status);
-        for (name, value) in reply.headers {
-            builder.header(name, value);
-        }
-        builder.body(reply.body).build()
+        respond(COMPONENT, &method, reply, started)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mp3_auth::{issue, Claims};
+    use component_http::log_line;
+    use mp3_auth::{issue, Claims, TokenConfig};
     use std::collections::HashMap;
+    use std::time::Duration;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
     const NOW: i64 = 1_700_000_000;
 
-    struct Fake(HashMap<&'static str, String>);
-
-    impl Fake {
-        fn new() -> Self {
-            Self(HashMap::from([
-                ("jwt_secret", SECRET.to_owned()),
-                ("jwt_issuer", "mp3-auth".to_owned()),
-                ("jwt_audience", "mp3".to_owned()),
-            ]))
-        }
-    }
-
-    impl Host for Fake {
-        fn variable(&self, name: &str) -> Result<String, String> {
-            self.0
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("undefined: {name}"))
-        }
+    fn vars() -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("jwt_secret", SECRET.to_owned()),
+            ("jwt_issuer", "mp3-auth".to_owned()),
+            ("jwt_audience", "mp3".to_owned()),
+        ])
     }
 
     fn token(secret: &str, iss: &str, ttl: u64) -> String {
@@ -235,7 +109,7 @@ mod tests {
         let reply = validate(
             "POST",
             Some(&bearer(&token(SECRET, "mp3-auth", 60))),
-            &Fake::new(),
+            &vars(),
             NOW,
         );
         assert_eq!(reply.status, 200);
@@ -251,7 +125,7 @@ mod tests {
     #[test]
     fn missing_or_non_bearer_gets_401() {
         for auth in [None, Some("Basic YTpi"), Some("Bearer "), Some("token")] {
-            let reply = validate("POST", auth, &Fake::new(), NOW);
+            let reply = validate("POST", auth, &vars(), NOW);
             assert_eq!(
                 (reply.status, reply.body.as_str()),
                 (401, "missing token"),
@@ -281,26 +155,27 @@ mod tests {
             ("not.a.jwt".to_owned(), NOW, "invalid token: malformed"),
         ];
         for (token, now, body) in cases {
-            let reply = validate("POST", Some(&bearer(&token)), &Fake::new(), now);
+            let reply = validate("POST", Some(&bearer(&token)), &vars(), now);
             assert_eq!((reply.status, reply.body.as_str()), (403, body));
         }
     }
 
     #[test]
     fn short_secret_gets_500() {
-        let mut fake = Fake::new();
-        fake.0.insert("jwt_secret", "x".repeat(31));
-        let reply = validate("POST", Some("Bearer a.b.c"), &fake, NOW);
+        let mut vars = vars();
+        vars.insert("jwt_secret", "x".repeat(31));
+        let reply = validate("POST", Some("Bearer a.b.c"), &vars, NOW);
         assert_eq!(
             (reply.status, reply.body.as_str()),
             (500, "server misconfigured")
         );
-        assert!(log_line("POST", &reply, Duration::ZERO).contains("jwt secret is 31 bytes long"));
+        assert!(log_line(COMPONENT, "POST", &reply, Duration::ZERO)
+            .contains("jwt secret is 31 bytes long"));
     }
 
     #[test]
     fn other_methods_get_405() {
-        let reply = validate("GET", None, &Fake::new(), NOW);
+        let reply = validate("GET", None, &vars(), NOW);
         assert_eq!(reply.status, 405);
         assert!(reply.headers.contains(&("allow", "POST".into())));
     }

@@ -1,0 +1,29 @@
+//! What every Spin HTTP component shares, so that a component's `lib.rs` holds only its decision.
+//!
+//! A component decides in a plain function that returns a [`Reply`] and reads its configuration
+//! through [`Variables`], so the decision is unit-tested natively with a fake. Its
+//! `#[http_component]` entry point (wasm only) is a few lines over `spin`:
+//!
+//! ```ignore
+//! #[http_component]
+//! fn handle(req: IncomingRequest) -> Response {
+//!     let started = Instant::now();
+//!     let method = method_name(&req.method());
+//!     let reply = decide(&method, authorization(&req).as_deref(), &SpinVariables);
+//!     respond("name", &method, reply, started)
+//! }
+//! ```
+//!
+//! - [`reply`]: [`Reply`] and its builders, and [`log_line`], the one stderr line per request.
+//! - [`variables`]: [`Variables`] and [`token_config`], the JWT settings every token-handling
+//!   component reads (`jwt_secret`, `jwt_issuer`, `jwt_audience`).
+//! - `spin` (wasm only): `method_name`, `authorization` (the single `Authorization` header),
+//!   `respond` (log the line, build the response) and `SpinVariables`.
+
+pub mod reply;
+#[cfg(target_arch = "wasm32")]
+pub mod spin;
+pub mod variables;
+
+pub use reply::{log_line, Reply};
+pub use variables::{token_config, Variables};
