@@ -42,6 +42,8 @@ pub fn build_all() {
             "validate",
             "-p",
             "probe",
+            "-p",
+            "unhosted",
         ]);
     });
 }

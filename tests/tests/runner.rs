@@ -262,3 +262,29 @@ fn sigterm_lets_in_flight_requests_finish() {
     let reply = request.join().unwrap();
     assert_eq!((reply.status, reply.body.as_str()), (200, "slept 1500 ms"));
 }
+
+#[test]
+fn a_component_importing_an_unhosted_interface_is_refused_at_start() {
+    let dir = TempDir::new("unhosted");
+    let path = dir.write(
+        "spin.toml",
+        &format!(
+            r#"spin_manifest_version = 2
+[application]
+name = "unhosted"
+[[trigger.http]]
+route = "/..."
+component = "counter"
+[component.counter]
+source = {:?}
+"#,
+            wasm("unhosted")
+        ),
+    );
+    let (status, stderr) = RunnerConfig::new(path).start_expecting_failure();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("counter") && stderr.contains("key-value"),
+        "names component and import:\n{stderr}"
+    );
+}

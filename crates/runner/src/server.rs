@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use runner_routes::{RouteMatch, WellKnown};
 use tokio::net::TcpListener;
@@ -49,7 +49,9 @@ pub async fn serve(
         .context("reading the listening address")?;
     print_routes(&runtime, local);
 
-    let builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 with keep-alive, as Spin's HTTP trigger serves plain-text connections.
+    let mut builder = http1::Builder::new();
+    builder.keep_alive(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -71,9 +73,7 @@ pub async fn serve(
             let runtime = runtime.clone();
             async move { Ok::<_, Infallible>(dispatch(&runtime, request, client).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
