@@ -25,36 +25,29 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Release builds of the runner, the admin CLI and every component, once per test binary.
-/// Cargo makes this a no-op when nothing changed.
+/// Checks, once per test binary, that the runner, the admin CLI and the components are built.
+///
+/// They come from `scripts/test`, which builds the components for wasm32-wasip2 and then runs
+/// `cargo test --release --workspace --all-targets`: that one command also builds the
+/// `spin-runner` and `mp3-admin` binaries (their packages have integration tests), so the tests
+/// always run the binaries of the current source. Building them here with another cargo command
+/// would compile wasmtime again with differently unified features.
 pub fn build_all() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        cargo(&["build", "--release", "-p", "spin-runner", "-p", "mp3-admin"]);
-        cargo(&[
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "login",
-            "-p",
-            "validate",
-            "-p",
-            "probe",
-            "-p",
-            "unhosted",
-        ]);
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let needed = [release_bin("spin-runner"), release_bin("mp3-admin")]
+            .into_iter()
+            .chain(["login", "validate", "probe", "unhosted"].map(wasm));
+        for path in needed {
+            assert!(
+                path.exists(),
+                "{} is missing: run the tests with `scripts/test` (or build the components with \
+                 `cargo build --release --target wasm32-wasip2 -p login -p validate -p probe -p unhosted` \
+                 and run `cargo test --release --workspace`)",
+                path.display()
+            );
+        }
     });
-}
-
-fn cargo(args: &[&str]) {
-    let status = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(root())
-        .status()
-        .expect("running cargo");
-    assert!(status.success(), "cargo {} failed", args.join(" "));
 }
 
 pub fn release_bin(name: &str) -> PathBuf {

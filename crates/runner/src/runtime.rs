@@ -225,7 +225,7 @@ async fn load_components(
         tokio::task::spawn_blocking(move || -> Result<(String, Component)> {
             let bytes = std::fs::read(&source)
                 .with_context(|| format!("component `{id}`: reading {} (run the build first?)", source.display()))?;
-            if wasmparser_is_core_module(&bytes) {
+            if is_core_module(&bytes) {
                 bail!("component `{id}`: {} is a core wasm module; build it for wasm32-wasip2 so it is a component", source.display());
             }
             let component = Component::new(&engine, &bytes)
@@ -294,7 +294,7 @@ fn log_route_problems(
 }
 
 /// The preamble's layer field tells components (1) from core modules (0).
-fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+fn is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && &bytes[0..4] == b"\0asm" && bytes[6..8] == [0, 0]
 }
 
