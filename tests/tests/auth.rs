@@ -18,7 +18,11 @@ struct App {
 }
 
 fn start_with(db: TestDb, secret: &str) -> App {
-    let runner = RunnerConfig::new(root().join("spin.toml"))
+    start_configured(db, secret, RunnerConfig::new(root().join("spin.toml")))
+}
+
+fn start_configured(db: TestDb, secret: &str, config: RunnerConfig) -> App {
+    let runner = config
         .env("SPIN_VARIABLE_DB_URL", db.url())
         .env("SPIN_VARIABLE_DB_HOST", db.host_port())
         .env("SPIN_VARIABLE_JWT_SECRET", secret)
@@ -306,5 +310,44 @@ fn unknown_email_costs_as_much_as_a_wrong_password() {
     assert!(
         unknown * 4 > known,
         "unknown email answered suspiciously fast: {unknown:?} vs {known:?}"
+    );
+}
+
+#[test]
+fn repeated_failures_lock_the_email_out_then_the_window_passes() {
+    let db = TestDb::migrated();
+    let (ok, output) = admin(&db.url(), &["user", "add", EMAIL], &format!("{PASSWORD}\n"));
+    assert!(ok, "{output}");
+    let config = RunnerConfig::new(root().join("spin.toml"))
+        .env("SPIN_VARIABLE_LOGIN_MAX_FAILURES", "2")
+        .env("SPIN_VARIABLE_LOGIN_LOCKOUT_SECONDS", "2");
+    let app = start_configured(db, SECRET, config);
+
+    for _ in 0..2 {
+        assert_eq!(login(&app, Some(&basic(EMAIL, "guess"))).status, 401);
+    }
+    let locked = login(&app, Some(&basic(EMAIL, PASSWORD)));
+    assert_eq!(locked.status, 429, "{locked:?}");
+    assert_eq!(locked.body.trim(), "too many failed logins");
+    let retry: u64 = locked
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Another email is not affected.
+    assert_eq!(
+        login(&app, Some(&basic("other@example.com", "x"))).status,
+        401
+    );
+
+    std::thread::sleep(Duration::from_millis(2_100));
+    let reply = login(&app, Some(&basic(EMAIL, PASSWORD)));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        app.db
+            .query_strings("SELECT COUNT(*) FROM login_failure WHERE email = 'alice@example.com'"),
+        vec![Some("0".to_owned())],
+        "a success clears the count"
     );
 }

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "add_user_admin",
         sql: include_str!("../migrations/0002_add_user_admin.sql"),
     },
+    Migration {
+        version: 3,
+        name: "create_login_failure",
+        sql: include_str!("../migrations/0003_create_login_failure.sql"),
+    },
 ];
 
 const LOCK: &str = "mp3_admin_migrate";

@@ -106,18 +106,19 @@ async fn migrate_twice_then_user_add_twice() {
     assert_ok(&first);
     assert_eq!(
         stdout(&first),
-        "applied migration 0001_create_user\napplied migration 0002_add_user_admin\nschema is at version 2\n"
+        "applied migration 0001_create_user\napplied migration 0002_add_user_admin\n\
+         applied migration 0003_create_login_failure\nschema is at version 3\n"
     );
     let second = db.admin_cmd(&["migrate"], "");
     assert_ok(&second);
-    assert_eq!(stdout(&second), "schema is up to date (version 2)\n");
+    assert_eq!(stdout(&second), "schema is up to date (version 3)\n");
 
     let mut conn = db.conn().await;
     let versions: Vec<u32> = conn
         .query("SELECT version FROM schema_migrations ORDER BY version")
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
 
     let add = db.admin_cmd(&["user", "add", "alice@example.com"], "first password\n");
     assert_ok(&add);
