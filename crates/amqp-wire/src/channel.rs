@@ -8,7 +8,6 @@ use crate::error::{Error, Returned};
 use crate::frame::{content_frames, Frame};
 use crate::method::{Close, Method};
 use crate::properties::BasicProperties;
-use crate::reply_code::REPLY_SUCCESS;
 use crate::table::FieldTable;
 
 /// Flags of `queue.declare`; all off by default.
@@ -279,12 +278,7 @@ impl<'c, S: Transport> Channel<'c, S> {
         if self.closed {
             return Ok(());
         }
-        let close = Close {
-            reply_code: REPLY_SUCCESS,
-            reply_text: "bye".into(),
-            class_id: 0,
-            method_id: 0,
-        };
+        let close = Close::normal();
         self.rpc(Method::ChannelClose(close), "channel.close-ok", |m| {
             matches!(m, Method::ChannelCloseOk)
         })?;

@@ -9,7 +9,7 @@ use crate::channel::Channel;
 use crate::error::{EncodeError, Error};
 use crate::frame::{Frame, FRAME_MIN_SIZE};
 use crate::method::{Close, Method};
-use crate::reply_code::{ACCESS_REFUSED, FRAME_ERROR, REPLY_SUCCESS};
+use crate::reply_code::{ACCESS_REFUSED, FRAME_ERROR};
 use crate::table::{FieldTable, FieldValue};
 use crate::url::AmqpUrl;
 
@@ -311,12 +311,7 @@ impl<S: Transport> Connection<S> {
         if self.broken {
             return Ok(());
         }
-        let close = Close {
-            reply_code: REPLY_SUCCESS,
-            reply_text: "bye".into(),
-            class_id: 0,
-            method_id: 0,
-        };
+        let close = Close::normal();
         self.send_method(0, Method::ConnectionClose(close))?;
         let deadline = Instant::now() + self.timeout;
         loop {

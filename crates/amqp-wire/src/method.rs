@@ -121,6 +121,18 @@ pub struct Close {
     pub method_id: u16,
 }
 
+impl Close {
+    /// A normal close by the client (reply code 200, no failing method).
+    pub fn normal() -> Self {
+        Close {
+            reply_code: crate::reply_code::REPLY_SUCCESS,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        }
+    }
+}
+
 impl Method {
     /// `(class-id, method-id)`.
     pub fn id(&self) -> (u16, u16) {

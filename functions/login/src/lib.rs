@@ -164,13 +164,8 @@ mod spin {
 
     impl Host for SpinHost {
         fn find_user(&self, db_url: &str, email: &str) -> Result<Option<User>, String> {
-            let rows = open(db_url)?
-                .query(
-                    "SELECT email, password, admin FROM user WHERE email = ?",
-                    &[ParameterValue::Str(email.to_owned())],
-                )
-                .map_err(|e| format!("query: {e}"))?;
-            let Some(row) = rows.rows.into_iter().next() else {
+            let sql = "SELECT email, password, admin FROM user WHERE email = ?";
+            let Some(row) = first_row(db_url, sql, email)? else {
                 return Ok(None);
             };
             let text = |v: Option<&DbValue>| match v {
@@ -189,13 +184,8 @@ mod spin {
         }
 
         fn failures(&self, db_url: &str, email: &str) -> Result<Option<(i64, i64)>, String> {
-            let rows = open(db_url)?
-                .query(
-                    "SELECT failures, window_start FROM login_failure WHERE email = ?",
-                    &[ParameterValue::Str(email.to_owned())],
-                )
-                .map_err(|e| format!("query: {e}"))?;
-            let Some(row) = rows.rows.into_iter().next() else {
+            let sql = "SELECT failures, window_start FROM login_failure WHERE email = ?";
+            let Some(row) = first_row(db_url, sql, email)? else {
                 return Ok(None);
             };
             let failures = integer(row.first()).map_err(|e| format!("failures: {e}"))?;
@@ -241,6 +231,14 @@ mod spin {
 
     fn open(db_url: &str) -> Result<Connection, String> {
         Connection::open(db_url).map_err(|e| format!("connect: {e}"))
+    }
+
+    /// The first row `sql` (with one `?`, bound to `email`) returns.
+    fn first_row(db_url: &str, sql: &str, email: &str) -> Result<Option<Vec<DbValue>>, String> {
+        let rows = open(db_url)?
+            .query(sql, &[ParameterValue::Str(email.to_owned())])
+            .map_err(|e| format!("query: {e}"))?;
+        Ok(rows.rows.into_iter().next())
     }
 
     /// An integer column (MySQL has no real booleans: BOOLEAN is TINYINT(1)).
