@@ -1,54 +1,22 @@
 //! Types shared by the components and the workers.
 //!
-//! One Rust type per thing that crosses a process boundary (JWT claims now; queue messages and
-//! job documents later), so the wasm components and the native workers cannot drift apart.
-//! Only `serde` here: this crate builds for the host and for `wasm32-wasip2`.
+//! One Rust type per thing that crosses a process boundary (JWT claims, queue messages, job
+//! documents, the queue topology), so the wasm components and the native workers cannot drift
+//! apart. Only `serde` here: this crate builds for the host and for `wasm32-wasip2`.
 
-use serde::{Deserialize, Serialize};
+mod claims;
+mod job;
+pub mod topology;
 
-/// The claims of the JWT issued by `POST /login` and checked by `POST /validate`.
-///
-/// Wire-compatible with the seed system (`username`, `exp`, `iat`, `admin`) plus the registered
-/// claims `sub`, `iss` and `aud`.
-///
-/// - `username`: the user's email, as stored in `auth.user.email` (the seed system's claim).
-/// - `sub`: the same email. The email is the user's identity everywhere else too (queue messages
-///   carry `username`, downloads are checked against it), so `sub` repeats it rather than exposing
-///   the table's numeric id, which has no meaning outside the auth database.
-/// - `admin`: whether the user has the `admin` flag.
-/// - `iat`, `exp`: issue and expiry times, seconds since the Unix epoch.
-/// - `iss`, `aud`: issuer and audience, from the deployment's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub username: String,
-    pub sub: String,
-    pub admin: bool,
-    pub iat: i64,
-    pub exp: i64,
-    pub iss: String,
-    pub aud: String,
-}
+pub use claims::Claims;
+pub use job::{Job, JobMessage, JobStatus};
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn claims_round_trip_with_seed_field_names() {
-        let claims = Claims {
-            username: "a@example.com".into(),
-            sub: "a@example.com".into(),
-            admin: true,
-            iat: 1_700_000_000,
-            exp: 1_700_086_400,
-            iss: "mp3-auth".into(),
-            aud: "mp3".into(),
-        };
-        let json = serde_json::to_value(&claims).unwrap();
-        for key in ["username", "sub", "admin", "iat", "exp", "iss", "aud"] {
-            assert!(json.get(key).is_some(), "missing {key}");
-        }
-        let back: Claims = serde_json::from_value(json).unwrap();
-        assert_eq!(back, claims);
-    }
-}
+/// MongoDB database of the uploaded videos (GridFS default bucket `fs`) and of the `jobs`
+/// collection.
+pub const VIDEOS_DB: &str = "videos";
+/// MongoDB database of the converted MP3s (GridFS default bucket `fs`).
+pub const MP3S_DB: &str = "mp3s";
+/// Collection of [`Job`] documents, in [`VIDEOS_DB`].
+pub const JOBS_COLLECTION: &str = "jobs";
+/// GridFS chunk size of both buckets: the official drivers' default (255 KiB).
+pub const GRIDFS_CHUNK_SIZE: u32 = 255 * 1024;

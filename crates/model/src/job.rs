@@ -1,0 +1,157 @@
+//! A conversion job: the document the gateway and the workers share in MongoDB, and the message
+//! they pass through RabbitMQ.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a job is. Serialized lowercase (`"queued"`, ...), in the job document and in
+/// `GET /jobs/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Stored and published to `video`; no converter has taken it yet.
+    Queued,
+    /// A converter is working on it (or was, and the message will be redelivered).
+    Converting,
+    /// The MP3 is in GridFS `mp3s` under `mp3_fid`.
+    Done,
+    /// Given up after the allowed attempts; `error` says why.
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Converting => "converting",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Done or failed: nothing will change it any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed)
+    }
+}
+
+/// A job document in `videos.jobs`. Ids are 24-hex-digit strings: `id` is the job's own id,
+/// `video_fid` and `mp3_fid` are the ObjectIds of the GridFS files, as hex.
+///
+/// Times are milliseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// The uploader's email (the JWT's `username`): the only user who may see the job or
+    /// download its MP3.
+    pub owner: String,
+    pub video_fid: String,
+    /// The uploaded file's name, as the client sent it.
+    #[serde(default)]
+    pub filename: String,
+    pub status: JobStatus,
+    #[serde(default)]
+    pub mp3_fid: Option<String>,
+    /// Why the job failed (set with `status: failed`), one line.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Conversion attempts started so far.
+    #[serde(default)]
+    pub attempts: u32,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The JSON body of the messages on the `video` and `mp3` queues.
+///
+/// The seed system's fields (`video_fid`, `mp3_fid`, `username`) plus the job id. On `video`,
+/// `mp3_fid` is `null`. On `mp3`, a converted job has `mp3_fid`; a failed one has `mp3_fid: null`
+/// and `error`, so the notifier can tell the user either way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub job_id: String,
+    pub video_fid: String,
+    pub mp3_fid: Option<String>,
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl JobMessage {
+    /// The message the gateway publishes to `video` for a new upload.
+    pub fn queued(job_id: &str, video_fid: &str, username: &str) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            video_fid: video_fid.to_owned(),
+            mp3_fid: None,
+            username: username.to_owned(),
+            error: None,
+        }
+    }
+
+    /// The message the converter publishes to `mp3` once the MP3 is stored.
+    pub fn converted(&self, mp3_fid: &str) -> Self {
+        Self {
+            mp3_fid: Some(mp3_fid.to_owned()),
+            error: None,
+            ..self.clone()
+        }
+    }
+
+    /// The message the converter publishes to `mp3` when it gives a job up.
+    pub fn failed(&self, error: &str) -> Self {
+        Self {
+            mp3_fid: None,
+            error: Some(error.to_owned()),
+            ..self.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_message_has_the_seed_fields_with_null_mp3_fid() {
+        let msg = JobMessage::queued("j1", "v1", "a@example.com");
+        let json = serde_json::to_value(&msg).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"job_id": "j1", "video_fid": "v1", "mp3_fid": null, "username": "a@example.com"})
+        );
+    }
+
+    #[test]
+    fn converted_and_failed_messages_keep_the_job_and_user() {
+        let msg = JobMessage::queued("j1", "v1", "a@example.com");
+        let done = msg.converted("m1");
+        assert_eq!((done.mp3_fid.as_deref(), done.error), (Some("m1"), None));
+        let failed = msg.failed("no audio stream");
+        assert_eq!(failed.mp3_fid, None);
+        assert_eq!(failed.error.as_deref(), Some("no audio stream"));
+        assert_eq!(
+            (failed.job_id.as_str(), failed.username.as_str()),
+            ("j1", "a@example.com")
+        );
+    }
+
+    #[test]
+    fn seed_messages_without_job_fields_are_rejected_not_guessed() {
+        let seed = r#"{"video_fid": "v", "mp3_fid": null, "username": "u"}"#;
+        assert!(serde_json::from_str::<JobMessage>(seed).is_err());
+    }
+
+    #[test]
+    fn status_serializes_lowercase() {
+        for s in [
+            JobStatus::Queued,
+            JobStatus::Converting,
+            JobStatus::Done,
+            JobStatus::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert!(JobStatus::Done.is_final() && !JobStatus::Converting.is_final());
+    }
+}
