@@ -209,12 +209,34 @@ impl Bucket {
         client: &'c mut Client<S>,
         id: ObjectId,
     ) -> Result<Download<'c, S>> {
+        self.open_download_at(client, id, 0)
+    }
+
+    /// [`Bucket::open_download`] from byte `offset` on (for HTTP range requests): only the
+    /// chunks from the one holding `offset` are fetched. An offset past the end reads nothing.
+    pub fn open_download_at<'c, S: Read + Write>(
+        &self,
+        client: &'c mut Client<S>,
+        id: ObjectId,
+        offset: u64,
+    ) -> Result<Download<'c, S>> {
         let info = self.file_info(client, id)?;
-        let expected_chunks = info.length.div_ceil(u64::from(info.chunk_size));
+        let chunk = u64::from(info.chunk_size);
+        let expected_chunks = info.length.div_ceil(chunk);
+        let offset = offset.min(info.length);
+        let first = (offset / chunk).min(expected_chunks);
+        let mut filter = doc! {"files_id": id};
+        if first > 0 {
+            let first_n = match i32::try_from(first) {
+                Ok(n) => Bson::Int32(n),
+                Err(_) => Bson::Int64(i64::try_from(first).unwrap_or(i64::MAX)),
+            };
+            filter.insert("n", doc! {"$gte": first_n});
+        }
         let cursor = client.find(
             &self.db,
             &self.chunks(),
-            doc! {"files_id": id},
+            filter,
             FindOptions {
                 sort: Some(doc! {"n": 1}),
                 batch_size: Some(CHUNKS_PER_BATCH as i32),
@@ -225,9 +247,10 @@ impl Bucket {
             cursor,
             info,
             expected_chunks,
-            next_n: 0,
+            next_n: first,
             current: Vec::new(),
             pos: 0,
+            skip: usize::try_from(offset - first * chunk).unwrap_or(0),
         })
     }
 
@@ -252,6 +275,8 @@ pub struct Download<'c, S: Read + Write> {
     next_n: u64,
     current: Vec<u8>,
     pos: usize,
+    /// Bytes of the first chunk loaded to skip (the start of a range).
+    skip: usize,
 }
 
 impl<S: Read + Write> Download<'_, S> {
@@ -298,7 +323,7 @@ impl<S: Read + Write> Download<'_, S> {
             )));
         }
         self.current = data;
-        self.pos = 0;
+        self.pos = std::mem::take(&mut self.skip).min(self.current.len());
         self.next_n += 1;
         Ok(true)
     }

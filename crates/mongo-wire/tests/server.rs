@@ -271,6 +271,31 @@ fn gridfs_empty_file_and_exact_chunk_multiple() {
 }
 
 #[test]
+fn gridfs_download_from_an_offset() {
+    let mut t = TestDb::new("gridfs_offset");
+    let bucket = Bucket::new(&t.name).with_chunk_size(1000);
+    for len in [0usize, 999, 3000, 3001] {
+        let data = pseudo_random_bytes(len, 7 + len as u64);
+        let id = bucket
+            .upload(&mut t.client, data.as_slice(), "f", None, 1 << 20)
+            .unwrap();
+        for offset in [0usize, 1, 999, 1000, 1001, 2999, 3000, 3001, 5000] {
+            let mut back = Vec::new();
+            bucket
+                .open_download_at(&mut t.client, id, offset as u64)
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(
+                back,
+                data[offset.min(len)..],
+                "length {len}, offset {offset}"
+            );
+        }
+    }
+}
+
+#[test]
 fn gridfs_over_the_limit_leaves_nothing() {
     let mut t = TestDb::new("gridfs_limit");
     let bucket = Bucket::new(&t.name);
