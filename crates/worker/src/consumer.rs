@@ -1,0 +1,664 @@
+//! Consuming one work queue: bounded concurrency, the retry policy, dead-lettering, graceful
+//! shutdown.
+//!
+//! A delivery is settled exactly one way:
+//! - the handler succeeded: ack;
+//! - the body is not a valid message: reject without requeue, so RabbitMQ dead-letters it to
+//!   `<queue>.dead` (no retry can fix it);
+//! - the handler failed with [`Failure::Retry`] and attempts remain: publish a copy to
+//!   `<queue>.retry` with a per-message expiration (the backoff) and the attempt header
+//!   incremented, wait for the confirm, then ack (RabbitMQ dead-letters the copy back to
+//!   `<queue>` when it expires);
+//! - the handler failed permanently, or the last attempt failed: run the handler's
+//!   [`Handler::give_up`], then reject without requeue (to `<queue>.dead`);
+//! - shutdown caught it before or during handling: nack with requeue.
+//!
+//! The copy is published before the original is acked, so a crash in between can duplicate a
+//! message but never lose one: the handlers are idempotent per job.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection};
+use mp3_model::topology::{self, QueueSpec, ATTEMPT_HEADER};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{self, Publisher};
+use crate::retry::{backoff, previous_attempts};
+use crate::server::{self, Health};
+
+/// How long to wait, after cancelling the consumer, for the deliveries RabbitMQ had already
+/// pushed (prefetched, not started) so they can be requeued; and for aborted jobs to settle.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a handler did not finish a message.
+#[derive(Debug)]
+pub enum Failure {
+    /// Transient (a service down, a timeout): try again after a backoff; give up after the
+    /// configured number of attempts.
+    Retry(anyhow::Error),
+    /// Can never succeed (a file that is not a video, a job that does not exist): give up now.
+    Permanent(anyhow::Error),
+    /// Not this message's fault and not an attempt (another worker holds the job): try again
+    /// after `after` without counting an attempt.
+    Defer { after: Duration, reason: String },
+}
+
+impl Failure {
+    pub fn retry(error: impl Into<anyhow::Error>) -> Self {
+        Self::Retry(error.into())
+    }
+
+    pub fn permanent(error: impl Into<anyhow::Error>) -> Self {
+        Self::Permanent(error.into())
+    }
+}
+
+/// What a handler knows about the delivery it handles.
+#[derive(Clone)]
+pub struct Context {
+    /// Publishes with confirms on the worker's connection.
+    pub publisher: Publisher,
+    /// This attempt, from 1.
+    pub attempt: u32,
+    /// The configured maximum: the attempt with `attempt == max_attempts` is the last.
+    pub max_attempts: u32,
+    /// RabbitMQ's redelivered flag: an earlier delivery of this very message was not settled
+    /// (a worker died or shut down).
+    pub redelivered: bool,
+}
+
+/// What a worker does with one message.
+pub trait Handler: Send + Sync + 'static {
+    /// The JSON body of the queue's messages.
+    type Message: DeserializeOwned + Send + Sync + 'static;
+
+    /// Processes `message`. Must be idempotent: a message can be delivered more than once.
+    fn handle(
+        &self,
+        message: &Self::Message,
+        cx: &Context,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// Called once the message is given up, before it is dead-lettered, with the last error in
+    /// one line. An error here keeps the message in the retry loop so the give-up is retried.
+    fn give_up(
+        &self,
+        message: &Self::Message,
+        reason: &str,
+        cx: &Context,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// A worker's runtime settings.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Names the AMQP connection and consumer, and prefixes the metrics (`<name>_...`).
+    pub name: &'static str,
+    /// The work queue consumed (with its `.retry` and `.dead` companions).
+    pub queue: QueueSpec,
+    pub amqp_url: String,
+    /// Jobs handled at once; also the consumer's prefetch.
+    pub concurrency: u16,
+    /// Attempts before giving a message up (at least 1).
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles with each further one.
+    pub retry_base_delay: Duration,
+    pub metrics_addr: SocketAddr,
+    /// On SIGTERM/SIGINT, how long running jobs may take to finish before they are requeued.
+    pub shutdown_timeout: Duration,
+}
+
+/// The runtime's own metrics (the handlers register theirs in the same registry).
+#[derive(Clone, Default)]
+struct RuntimeMetrics {
+    in_flight: Gauge,
+    retried: Counter,
+    dead_lettered: Counter,
+    unparseable: Counter,
+    requeued: Counter,
+}
+
+impl RuntimeMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "jobs_in_flight",
+            "Messages being handled now",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "jobs_retried",
+            "Messages sent to the retry queue after a failed attempt",
+            metrics.retried.clone(),
+        );
+        registry.register(
+            "messages_dead_lettered",
+            "Messages rejected to the dead-letter queue (given up or unparseable)",
+            metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "messages_unparseable",
+            "Messages whose body is not a valid message (dead-lettered at once)",
+            metrics.unparseable.clone(),
+        );
+        registry.register(
+            "messages_requeued",
+            "Messages handed back to the queue at shutdown",
+            metrics.requeued.clone(),
+        );
+        metrics
+    }
+}
+
+/// Consumes [`WorkerOptions::queue`] with a [`Handler`], serving `/healthz` and `/metrics`,
+/// until SIGTERM or SIGINT.
+pub struct Worker<H> {
+    options: WorkerOptions,
+    handler: Arc<H>,
+    registry: Registry,
+    metrics: RuntimeMetrics,
+}
+
+/// What one delivery's handling decided.
+enum Verdict {
+    Ack,
+    /// Publish to the retry queue with this attempt count and expiration, then ack.
+    Retry {
+        attempts: u32,
+        delay: Duration,
+    },
+    DeadLetter,
+    Requeue,
+}
+
+/// How a session on one connection ended.
+enum SessionEnd {
+    Stopped,
+    Lost(String),
+}
+
+impl<H: Handler> Worker<H> {
+    /// `registry` should be made with `Registry::with_prefix(options.name)` and hold the
+    /// handler's metrics; the runtime adds its own.
+    pub fn new(options: WorkerOptions, handler: H, mut registry: Registry) -> Self {
+        let metrics = RuntimeMetrics::register(&mut registry);
+        Self {
+            options,
+            handler: Arc::new(handler),
+            registry,
+            metrics,
+        }
+    }
+
+    /// Runs until a termination signal, then shuts down gracefully and returns `Ok`. Fails only
+    /// when it cannot start (for example, the metrics address is taken).
+    pub async fn run(self) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        tokio::spawn(stop_on_signal(stop.clone()));
+        self.run_until(stop).await
+    }
+
+    /// [`run`](Self::run), stopping when `stop` fires instead of on a signal.
+    pub async fn run_until(self, stop: CancellationToken) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.options.concurrency > 0,
+            "concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            self.options.max_attempts > 0,
+            "max attempts must be at least 1"
+        );
+        let health = Health::default();
+        let server_stop = CancellationToken::new();
+        let server = server::serve(
+            self.options.metrics_addr,
+            health.clone(),
+            Arc::new(self.registry),
+            server_stop.clone(),
+        )
+        .await?;
+        let shared = Arc::new(Shared {
+            options: self.options,
+            handler: self.handler,
+            metrics: self.metrics,
+        });
+        shared.consume_until_stopped(&stop, &health).await;
+        server_stop.cancel();
+        let _ = server.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+struct Shared<H> {
+    options: WorkerOptions,
+    handler: Arc<H>,
+    metrics: RuntimeMetrics,
+}
+
+impl<H: Handler> Shared<H> {
+    /// Connects, consumes, reconnects after a lost connection, until `stop`.
+    async fn consume_until_stopped(self: &Arc<Self>, stop: &CancellationToken, health: &Health) {
+        let mut pause = Duration::from_millis(250);
+        loop {
+            let Some(connection) =
+                amqp::connect_with_retry(&self.options.amqp_url, self.options.name, stop).await
+            else {
+                return;
+            };
+            tracing::info!("connected to RabbitMQ");
+            let end = self.session(&connection, stop, health).await;
+            health.set_consuming(false);
+            if let Err(error) = connection.close(200, "bye".into()).await {
+                tracing::debug!(%error, "closing the connection");
+            }
+            match end {
+                Ok(SessionEnd::Stopped) => return,
+                Ok(SessionEnd::Lost(reason)) => {
+                    tracing::warn!(%reason, "lost the consumer; reconnecting");
+                    pause = Duration::from_millis(250);
+                }
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "cannot consume; reconnecting");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(15));
+        }
+    }
+
+    async fn session(
+        self: &Arc<Self>,
+        connection: &Connection,
+        stop: &CancellationToken,
+        health: &Health,
+    ) -> anyhow::Result<SessionEnd> {
+        let options = &self.options;
+        let queue = options.queue.name;
+        let setup = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        let specs: Vec<QueueSpec> = topology::all().collect();
+        amqp::declare(&setup, &specs).await?;
+        let _ = setup.close(200, "declared".into()).await;
+
+        let publisher = Publisher::open(connection).await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        channel
+            .basic_qos(options.concurrency, BasicQosOptions::default())
+            .await
+            .context("setting the prefetch")?;
+        let tag = format!("{}-{}", options.name, std::process::id());
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {queue:?}"))?;
+        health.set_consuming(true);
+        tracing::info!(
+            queue,
+            concurrency = options.concurrency,
+            max_attempts = options.max_attempts,
+            "consuming"
+        );
+
+        let permits = Arc::new(Semaphore::new(usize::from(options.concurrency)));
+        let abort = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let end = loop {
+            let permit = tokio::select! {
+                biased;
+                () = stop.cancelled() => break SessionEnd::Stopped,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break SessionEnd::Lost("semaphore closed".into()),
+                },
+            };
+            let next = tokio::select! {
+                biased;
+                () = stop.cancelled() => break SessionEnd::Stopped,
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let this = self.clone();
+                    let cx = Context {
+                        publisher: publisher.clone(),
+                        attempt: 0,
+                        max_attempts: options.max_attempts,
+                        redelivered: delivery.redelivered,
+                    };
+                    let abort = abort.clone();
+                    tasks.spawn(async move { this.process(delivery, cx, permit, abort).await });
+                }
+                Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
+                None => break SessionEnd::Lost("the consumer was cancelled".into()),
+            }
+            while let Some(done) = tasks.try_join_next() {
+                log_join(done);
+            }
+        };
+        health.set_consuming(false);
+
+        match &end {
+            SessionEnd::Stopped => {
+                tracing::info!(running = tasks.len(), "stopping: no new messages");
+                if let Err(error) = channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await
+                {
+                    tracing::warn!(%error, "cancelling the consumer");
+                }
+                self.requeue_prefetched(&mut consumer, &publisher).await;
+                let finished = tokio::time::timeout(options.shutdown_timeout, async {
+                    while let Some(done) = tasks.join_next().await {
+                        log_join(done);
+                    }
+                })
+                .await;
+                if finished.is_err() {
+                    tracing::warn!(
+                        running = tasks.len(),
+                        timeout_secs = options.shutdown_timeout.as_secs(),
+                        "shutdown timeout: requeueing the jobs still running"
+                    );
+                }
+            }
+            SessionEnd::Lost(_) => {}
+        }
+        // Whatever still runs is requeued (at shutdown, past the timeout) or lost with its
+        // channel (RabbitMQ requeues unacked messages of a closed channel).
+        abort.cancel();
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(done) = tasks.join_next().await {
+                log_join(done);
+            }
+        })
+        .await;
+        tasks.abort_all();
+        publisher.close().await;
+        let _ = channel.close(200, "bye".into()).await;
+        Ok(end)
+    }
+
+    /// After the consumer is cancelled, RabbitMQ may already have pushed deliveries that were
+    /// never started: give them back at once rather than at channel close.
+    async fn requeue_prefetched(&self, consumer: &mut lapin::Consumer, publisher: &Publisher) {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                self.settle(delivery, Verdict::Requeue, publisher).await;
+            }
+        })
+        .await;
+    }
+
+    async fn process(
+        &self,
+        delivery: Delivery,
+        mut cx: Context,
+        _permit: OwnedSemaphorePermit,
+        abort: CancellationToken,
+    ) {
+        let _in_flight = InFlight::new(&self.metrics.in_flight);
+        let previous = previous_attempts(&delivery.properties);
+        cx.attempt = previous.saturating_add(1);
+        let message: H::Message = match serde_json::from_slice(&delivery.data) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(%error, "unparseable message: dead-lettering it");
+                self.metrics.unparseable.inc();
+                self.settle(delivery, Verdict::DeadLetter, &cx.publisher)
+                    .await;
+                return;
+            }
+        };
+        let verdict = tokio::select! {
+            biased;
+            () = abort.cancelled() => Verdict::Requeue,
+            verdict = self.decide(&message, &cx, previous) => verdict,
+        };
+        self.settle(delivery, verdict, &cx.publisher).await;
+    }
+
+    async fn decide(&self, message: &H::Message, cx: &Context, previous: u32) -> Verdict {
+        let options = &self.options;
+        let error = match self.handler.handle(message, cx).await {
+            Ok(()) => return Verdict::Ack,
+            Err(Failure::Defer { after, reason }) => {
+                tracing::info!(%reason, retry_in_ms = after.as_millis() as u64, "deferred");
+                return Verdict::Retry {
+                    attempts: previous,
+                    delay: after,
+                };
+            }
+            Err(Failure::Retry(error)) if cx.attempt < options.max_attempts => {
+                let delay = backoff(options.retry_base_delay, cx.attempt);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    attempt = cx.attempt,
+                    max_attempts = options.max_attempts,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "attempt failed; will retry"
+                );
+                return Verdict::Retry {
+                    attempts: cx.attempt,
+                    delay,
+                };
+            }
+            Err(Failure::Retry(error) | Failure::Permanent(error)) => error,
+        };
+        let reason = one_line(&error);
+        tracing::error!(%reason, attempt = cx.attempt, "giving the message up");
+        match self.handler.give_up(message, &reason, cx).await {
+            Ok(()) => Verdict::DeadLetter,
+            Err(error) => {
+                let delay = backoff(options.retry_base_delay, cx.attempt);
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "giving up failed; will try again"
+                );
+                Verdict::Retry {
+                    attempts: cx.attempt,
+                    delay,
+                }
+            }
+        }
+    }
+
+    async fn settle(&self, delivery: Delivery, verdict: Verdict, publisher: &Publisher) {
+        let result = match verdict {
+            Verdict::Ack => delivery.ack(BasicAckOptions::default()).await,
+            Verdict::DeadLetter => {
+                self.metrics.dead_lettered.inc();
+                delivery.reject(BasicRejectOptions { requeue: false }).await
+            }
+            Verdict::Requeue => {
+                self.metrics.requeued.inc();
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await
+            }
+            Verdict::Retry { attempts, delay } => {
+                let retry_queue = topology::retry_queue(self.options.queue.name);
+                let properties = retry_properties(&delivery.properties, attempts, delay);
+                match publisher
+                    .publish(&retry_queue, &delivery.data, properties)
+                    .await
+                {
+                    Ok(()) => {
+                        self.metrics.retried.inc();
+                        delivery.ack(BasicAckOptions::default()).await
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            "cannot publish to the retry queue; requeueing"
+                        );
+                        // Do not spin on a broken publisher: the message comes straight back.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        delivery
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                multiple: false,
+                            })
+                            .await
+                    }
+                }
+            }
+        };
+        if let Err(error) = result {
+            // The channel is gone: RabbitMQ requeues the message itself.
+            tracing::warn!(%error, "cannot settle a delivery");
+        }
+    }
+}
+
+/// The properties of the retry copy: the original's, minus RabbitMQ's dead-lettering history,
+/// with the attempt count and the backoff as the per-message TTL.
+fn retry_properties(original: &BasicProperties, attempts: u32, delay: Duration) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(old) = original.headers() {
+        for (key, value) in old.inner() {
+            let key = key.as_str();
+            if key == "x-death"
+                || key.starts_with("x-first-death")
+                || key.starts_with("x-last-death")
+            {
+                continue;
+            }
+            headers.insert(key.into(), value.clone());
+        }
+    }
+    let attempts = i64::from(attempts);
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempts));
+    let mut properties = original
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_expiration(delay.as_millis().to_string().as_str().into());
+    if properties.content_type().is_none() {
+        properties = properties.with_content_type("application/json".into());
+    }
+    properties
+}
+
+/// An error chain on one line, at most 500 characters: what the job document and the user's
+/// email say.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let text = format!("{error:#}");
+    let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() > 500 {
+        line = line.chars().take(497).collect::<String>() + "...";
+    }
+    line
+}
+
+fn log_join(result: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = result {
+        if error.is_panic() {
+            tracing::error!(%error, "a job panicked");
+        }
+    }
+}
+
+/// Counts a job in the in-flight gauge while it lives.
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Fires `stop` on the first SIGTERM or SIGINT.
+async fn stop_on_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+    stop.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_copy_counts_the_attempt_and_expires_after_the_backoff() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-death".into(), AMQPValue::LongString("history".into()));
+        headers.insert("trace".into(), AMQPValue::LongString("t1".into()));
+        let original = BasicProperties::default()
+            .with_message_id("j1".into())
+            .with_headers(headers);
+        let copy = retry_properties(&original, 2, Duration::from_millis(4000));
+        assert_eq!(previous_attempts(&copy), 2);
+        assert_eq!(copy.expiration().as_ref().map(|e| e.as_str()), Some("4000"));
+        assert_eq!(copy.delivery_mode(), &Some(2));
+        assert_eq!(copy.message_id().as_ref().map(|m| m.as_str()), Some("j1"));
+        let headers = copy
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().clone())
+            .unwrap_or_default();
+        assert!(!headers.contains_key("x-death"));
+        assert!(headers.contains_key("trace"));
+    }
+
+    #[test]
+    fn one_line_joins_the_chain_and_bounds_the_length() {
+        let error = anyhow::anyhow!("ffmpeg said:\nInvalid data\n").context("converting");
+        assert_eq!(one_line(&error), "converting: ffmpeg said: Invalid data");
+        let long = anyhow::anyhow!("x".repeat(2000));
+        let line = one_line(&long);
+        assert_eq!(line.chars().count(), 500);
+        assert!(line.ends_with("..."));
+    }
+}
