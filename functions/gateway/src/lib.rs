@@ -1,0 +1,114 @@
+//! The gateway: the only public entry of the app. It forwards `POST /login` to the auth
+//! service, checks every other request's bearer token with the auth service's
+//! `POST /validate`, and serves uploads, job status and downloads from MongoDB (GridFS) and
+//! RabbitMQ over outbound TCP.
+//!
+//! Spin variables read: `auth_url` (base URL of login and validate, `http://self.alt` for this
+//! app itself), `mongodb_url`, `amqp_url`, `max_upload_bytes`.
+//!
+//! | route | success | errors |
+//! |---|---|---|
+//! | `POST /login` | the auth service's answer (200 and the JWT) | its 401/429, 503 when it is unreachable |
+//! | `POST /upload` (multipart, one file) | 202 `{"job_id","video_fid","status_url"}` | 400 (no file, several files, not multipart), 413, 415, 503 |
+//! | `GET /jobs/{id}` | 200 the job as JSON | 403 (another user's), 404 |
+//! | `GET /download?fid=<mp3 id>` | 200 or 206 `audio/mpeg`, streamed | 400 (missing or malformed fid), 403, 404, 416, 503 |
+//!
+//! Every route but `/login` needs `Authorization: Bearer <jwt>`: 401 without one, 403 for one
+//! validate refuses, 503 when validate cannot be reached. Other paths are 404, other methods
+//! 405. Errors are one line of plain text; one `key=value` log line per request goes to stderr.
+//!
+//! The decisions live in small modules unit-tested natively ([`auth`], [`upload`], [`jobs`],
+//! [`download`], [`range`], [`magic`]); [`backend`] talks to MongoDB and RabbitMQ; the Spin
+//! entry point (wasm only) wires them to the request and the streaming response.
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod download;
+pub mod jobs;
+pub mod magic;
+pub mod range;
+pub mod upload;
+
+pub use config::Config;
+
+/// The component's name in its log line.
+pub const COMPONENT: &str = "gateway";
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Login,
+    Upload,
+    /// `GET /jobs/{id}`, with the id as sent (not yet checked).
+    Job(String),
+    Download,
+    NotFound,
+    /// A known path with the wrong method; the allowed one.
+    MethodNotAllowed(&'static str),
+}
+
+/// Routes a request by method and path (without the query).
+pub fn route(method: &str, path: &str) -> Route {
+    let expect = |allowed: &'static str, route: Route| {
+        if method == allowed {
+            route
+        } else {
+            Route::MethodNotAllowed(allowed)
+        }
+    };
+    match path {
+        "/login" => expect("POST", Route::Login),
+        "/upload" => expect("POST", Route::Upload),
+        "/download" => expect("GET", Route::Download),
+        _ => match path.strip_prefix("/jobs/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => {
+                expect("GET", Route::Job(id.to_owned()))
+            }
+            _ => Route::NotFound,
+        },
+    }
+}
+
+/// Splits a request target into path and query (`""` when there is none).
+pub fn split_target(target: &str) -> (&str, &str) {
+    target.split_once('?').unwrap_or((target, ""))
+}
+
+/// 413 when a declared `Content-Length` is over the limit (checked before reading anything).
+pub fn declared_too_large(content_length: Option<&str>, max_bytes: u64) -> bool {
+    content_length
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|len| len > max_bytes)
+}
+
+#[cfg(target_arch = "wasm32")]
+mod spin;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("POST", "/login"), Route::Login);
+        assert_eq!(route("POST", "/upload"), Route::Upload);
+        assert_eq!(route("GET", "/download"), Route::Download);
+        assert_eq!(route("GET", "/jobs/abc"), Route::Job("abc".into()));
+        assert_eq!(route("GET", "/upload"), Route::MethodNotAllowed("POST"));
+        assert_eq!(route("DELETE", "/jobs/abc"), Route::MethodNotAllowed("GET"));
+        for path in ["/", "/jobs/", "/jobs/a/b", "/uploads", "/validate"] {
+            assert_eq!(route("GET", path), Route::NotFound, "{path}");
+        }
+    }
+
+    #[test]
+    fn targets_and_declared_lengths() {
+        assert_eq!(split_target("/download?fid=1"), ("/download", "fid=1"));
+        assert_eq!(split_target("/upload"), ("/upload", ""));
+        assert!(declared_too_large(Some("101"), 100));
+        assert!(!declared_too_large(Some("100"), 100));
+        assert!(!declared_too_large(None, 100));
+        assert!(!declared_too_large(Some("junk"), 100));
+    }
+}

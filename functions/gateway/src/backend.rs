@@ -1,0 +1,197 @@
+//! The gateway's two backing services over outbound TCP: MongoDB (GridFS buckets and the
+//! `jobs` collection, through `mongo-wire`) and RabbitMQ (the `video` queue, through
+//! `amqp-wire`). Every error is one line, for the log.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use amqp_wire::{BasicProperties, ConnectOptions, Connection, FieldTable, QueueOptions};
+use mongo_wire::bson::oid::ObjectId;
+use mongo_wire::bson::{self, doc, Document};
+use mongo_wire::{Bucket, Client, Download, FileInfo};
+use mp3_model::{
+    topology, Job, JobMessage, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB,
+};
+
+use crate::upload::{Backend, StoreError};
+
+/// A MongoDB connection.
+pub struct Mongo {
+    client: Client<TcpStream>,
+}
+
+fn videos() -> Bucket {
+    Bucket::new(VIDEOS_DB).with_chunk_size(GRIDFS_CHUNK_SIZE)
+}
+
+fn mp3s() -> Bucket {
+    Bucket::new(MP3S_DB).with_chunk_size(GRIDFS_CHUNK_SIZE)
+}
+
+impl Mongo {
+    pub fn connect(url: &str) -> Result<Self, String> {
+        mongo_wire::connect(url)
+            .map(|client| Mongo { client })
+            .map_err(|e| format!("MongoDB: {e}"))
+    }
+
+    /// The job with id `id`, if any. A document that does not read as a [`Job`] is an error.
+    pub fn job(&mut self, id: &str) -> Result<Option<Job>, String> {
+        self.find_job(doc! {"_id": id})
+    }
+
+    /// The job whose MP3 is `mp3_fid`, if any.
+    pub fn job_by_mp3(&mut self, mp3_fid: &str) -> Result<Option<Job>, String> {
+        self.find_job(doc! {"mp3_fid": mp3_fid})
+    }
+
+    fn find_job(&mut self, filter: Document) -> Result<Option<Job>, String> {
+        let found = self
+            .client
+            .find_one(VIDEOS_DB, JOBS_COLLECTION, filter)
+            .map_err(|e| format!("MongoDB: finding a job: {e}"))?;
+        found
+            .map(|doc| {
+                bson::from_document::<Job>(doc).map_err(|e| format!("job document unreadable: {e}"))
+            })
+            .transpose()
+    }
+
+    /// The files document of MP3 `id` in `mp3s`.
+    pub fn mp3_info(&mut self, id: ObjectId) -> Result<FileInfo, mongo_wire::Error> {
+        mp3s().file_info(&mut self.client, id)
+    }
+
+    /// A reader of MP3 `id` from byte `offset` on.
+    pub fn open_mp3(
+        &mut self,
+        id: ObjectId,
+        offset: u64,
+    ) -> Result<Download<'_, TcpStream>, mongo_wire::Error> {
+        mp3s().open_download_at(&mut self.client, id, offset)
+    }
+
+    /// Direct access, for the tests' fixtures and for operations not wrapped here.
+    pub fn client(&mut self) -> &mut Client<TcpStream> {
+        &mut self.client
+    }
+}
+
+/// A RabbitMQ connection on which the queues are declared.
+pub struct Queue {
+    conn: Connection<TcpStream>,
+}
+
+/// How long to wait for the broker (connect, declare, publisher confirm).
+const AMQP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Queue {
+    /// Connects and declares every queue of [`topology`] with its arguments, so a publish
+    /// never lands nowhere, whoever starts first.
+    pub fn connect(url: &str) -> Result<Self, String> {
+        let options = ConnectOptions {
+            connect_timeout: AMQP_TIMEOUT,
+            timeout: AMQP_TIMEOUT,
+            connection_name: Some("gateway".into()),
+            ..ConnectOptions::default()
+        };
+        let mut conn = Connection::connect(url, options).map_err(|e| format!("RabbitMQ: {e}"))?;
+        {
+            let mut channel = conn
+                .open_channel()
+                .map_err(|e| format!("RabbitMQ: opening a channel: {e}"))?;
+            for spec in topology::all() {
+                let mut arguments = FieldTable::new();
+                for (name, value) in spec.arguments() {
+                    arguments.insert(name, value);
+                }
+                channel
+                    .queue_declare(spec.name, QueueOptions::durable(), arguments)
+                    .map_err(|e| format!("RabbitMQ: declaring {}: {e}", spec.name))?;
+            }
+            channel
+                .close()
+                .map_err(|e| format!("RabbitMQ: closing a channel: {e}"))?;
+        }
+        Ok(Queue { conn })
+    }
+
+    /// Publishes `message` to `video` on the default exchange: persistent, JSON, mandatory,
+    /// and confirmed by the broker before this returns.
+    pub fn publish(&mut self, message: &JobMessage) -> Result<(), String> {
+        let body = serde_json::to_vec(message).map_err(|e| format!("encoding the message: {e}"))?;
+        let properties =
+            BasicProperties::persistent("application/json").with_message_id(&message.job_id);
+        let mut channel = self
+            .conn
+            .open_channel()
+            .map_err(|e| format!("RabbitMQ: opening a channel: {e}"))?;
+        channel
+            .publish_confirmed("", topology::VIDEO_QUEUE, &properties, &body)
+            .map_err(|e| format!("RabbitMQ: publishing to {}: {e}", topology::VIDEO_QUEUE))?;
+        channel
+            .close()
+            .map_err(|e| format!("RabbitMQ: closing a channel: {e}"))
+    }
+
+    /// Closes the connection politely (a failure only means it was already gone).
+    pub fn close(self) {
+        let _ = self.conn.close();
+    }
+}
+
+/// The upload's view of both services.
+pub struct Services {
+    pub mongo: Mongo,
+    pub queue: Queue,
+}
+
+fn object_id(hex: &str) -> Result<ObjectId, String> {
+    ObjectId::parse_str(hex).map_err(|e| format!("bad ObjectId {hex:?}: {e}"))
+}
+
+impl Backend for Services {
+    fn store_video(
+        &mut self,
+        reader: &mut dyn Read,
+        filename: &str,
+        max_bytes: u64,
+    ) -> Result<String, StoreError> {
+        match videos().upload(&mut self.mongo.client, reader, filename, None, max_bytes) {
+            Ok(id) => Ok(id.to_hex()),
+            Err(mongo_wire::Error::TooLarge { .. }) => Err(StoreError::TooLarge),
+            Err(mongo_wire::Error::Source(e)) => Err(StoreError::Body(e)),
+            Err(e) => Err(StoreError::Database(format!(
+                "MongoDB: storing the video: {e}"
+            ))),
+        }
+    }
+
+    fn delete_video(&mut self, fid: &str) -> Result<(), String> {
+        videos()
+            .delete(&mut self.mongo.client, object_id(fid)?)
+            .map_err(|e| format!("MongoDB: deleting video {fid}: {e}"))
+    }
+
+    fn insert_job(&mut self, job: &Job) -> Result<(), String> {
+        let doc = bson::to_document(job).map_err(|e| format!("encoding the job: {e}"))?;
+        self.mongo
+            .client
+            .insert_one(VIDEOS_DB, JOBS_COLLECTION, doc)
+            .map(|_| ())
+            .map_err(|e| format!("MongoDB: inserting job {}: {e}", job.id))
+    }
+
+    fn delete_job(&mut self, id: &str) -> Result<(), String> {
+        self.mongo
+            .client
+            .delete_many(VIDEOS_DB, JOBS_COLLECTION, doc! {"_id": id})
+            .map(|_| ())
+            .map_err(|e| format!("MongoDB: deleting job {id}: {e}"))
+    }
+
+    fn publish(&mut self, message: &JobMessage) -> Result<(), String> {
+        self.queue.publish(message)
+    }
+}

@@ -1,0 +1,295 @@
+//! The Spin entry point: reads the request, calls the modules' decisions, and writes the
+//! (possibly streamed) response. Blocking code drives async SDK calls with Spin's executor.
+
+use std::future::Future;
+use std::io::Read;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use component_http::spin::{method_name, SpinVariables};
+use component_http::{log_line, Reply};
+use futures::{SinkExt, StreamExt};
+use mongo_wire::bson::oid::ObjectId;
+use spin_sdk::http::{
+    Fields, IncomingRequest, Method, OutgoingResponse, Request, Response, ResponseOutparam,
+};
+use spin_sdk::http_component;
+
+use crate::auth::{self, Answer};
+use crate::backend::{Mongo, Queue, Services};
+use crate::upload::{self, BlockOn, Upload};
+use crate::{declared_too_large, download, jobs, route, split_target, Config, Route, COMPONENT};
+
+/// Bytes read from GridFS and written to the client per step of a download.
+const DOWNLOAD_STEP: usize = 64 * 1024;
+
+struct SpinExecutor;
+
+impl BlockOn for SpinExecutor {
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        spin_sdk::http::run(future)
+    }
+}
+
+/// The single value of header `name` as UTF-8, or `None` (absent, repeated or not UTF-8).
+fn header(req: &IncomingRequest, name: &str) -> Option<String> {
+    let mut values = req.headers().get(name);
+    if values.len() != 1 {
+        return None;
+    }
+    String::from_utf8(values.pop()?).ok()
+}
+
+#[http_component]
+fn handle(req: IncomingRequest, out: ResponseOutparam) {
+    let started = Instant::now();
+    let method = method_name(&req.method());
+    let target = req.path_with_query().unwrap_or_default();
+    let (path, query) = split_target(&target);
+    let reply = match route(&method, path) {
+        Route::NotFound => Reply::text(404, "not found", "not_found"),
+        Route::MethodNotAllowed(allowed) => Reply::method_not_allowed(allowed),
+        route => match Config::load(&SpinVariables) {
+            Err(detail) => Reply::misconfigured(detail),
+            Ok(config) => match route {
+                Route::Login => {
+                    let authorization = header(&req, "authorization");
+                    auth::login_reply(call_auth(&config, "/login", authorization.as_deref()))
+                }
+                Route::Upload => return upload_route(req, out, &config, &method, started),
+                Route::Job(id) => job_route(&req, &config, &id),
+                Route::Download => {
+                    return download_route(&req, out, &config, query, &method, started)
+                }
+                Route::NotFound | Route::MethodNotAllowed(_) => unreachable_route(),
+            },
+        },
+    };
+    send(out, reply, &method, started);
+}
+
+fn unreachable_route() -> Reply {
+    Reply::text(500, "internal error", "routing")
+}
+
+/// `POST {auth_url}{path}` with the caller's `Authorization`, and no body.
+fn call_auth(config: &Config, path: &str, authorization: Option<&str>) -> Result<Answer, String> {
+    let mut builder = Request::builder();
+    builder
+        .method(Method::Post)
+        .uri(format!("{}{path}", config.auth_url));
+    if let Some(value) = authorization {
+        builder.header("authorization", value);
+    }
+    let request = builder.body(Vec::new()).build();
+    let response: Response = spin_sdk::http::run(spin_sdk::http::send(request))
+        .map_err(|e| format!("calling {}{path}: {e}", config.auth_url))?;
+    let text = |name: &str| {
+        response
+            .header(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    Ok(Answer {
+        status: *response.status(),
+        content_type: text("content-type"),
+        retry_after: text("retry-after"),
+        body: response.body().to_vec(),
+    })
+}
+
+/// The caller's username, or the reply refusing them.
+fn authenticate(req: &IncomingRequest, config: &Config) -> Result<String, Reply> {
+    let Some(authorization) = header(req, "authorization") else {
+        return Err(Reply::text(401, "missing token", "missing_token")
+            .header("www-authenticate", r#"Bearer realm="mp3""#));
+    };
+    auth::claims(call_auth(config, "/validate", Some(&authorization))).map(|c| c.username)
+}
+
+fn connect_mongo(config: &Config) -> Result<Mongo, Reply> {
+    Mongo::connect(&config.mongodb_url)
+        .map_err(|e| Reply::text(503, "storage unavailable", "storage_unavailable").detail(e))
+}
+
+fn job_route(req: &IncomingRequest, config: &Config, id: &str) -> Reply {
+    let user = match authenticate(req, config) {
+        Ok(user) => user,
+        Err(reply) => return reply,
+    };
+    let Some(id) = jobs::parse_id(id) else {
+        return jobs::not_found().user(user);
+    };
+    let mut mongo = match connect_mongo(config) {
+        Ok(mongo) => mongo,
+        Err(reply) => return reply.user(user),
+    };
+    match mongo.job(&id) {
+        Ok(job) => jobs::status_reply(job.as_ref(), &user),
+        Err(e) => Reply::text(503, "storage unavailable", "storage_unavailable")
+            .detail(e)
+            .user(user),
+    }
+}
+
+fn upload_route(
+    req: IncomingRequest,
+    out: ResponseOutparam,
+    config: &Config,
+    method: &str,
+    started: Instant,
+) {
+    let reply = (|| {
+        let user = authenticate(&req, config)?;
+        if declared_too_large(
+            header(&req, "content-length").as_deref(),
+            config.max_upload_bytes,
+        ) {
+            return Err(upload::too_large(config.max_upload_bytes).user(&user));
+        }
+        let mongo = connect_mongo(config).map_err(|r| r.user(&user))?;
+        let queue = Queue::connect(&config.amqp_url).map_err(|e| {
+            Reply::text(503, "queue unavailable", "queue_unavailable")
+                .detail(e)
+                .user(&user)
+        })?;
+        let content_type = header(&req, "content-type");
+        let mut services = Services { mongo, queue };
+        let body = req
+            .into_body_stream()
+            .map(|chunk| chunk.map_err(|e| e.to_debug_string()));
+        let upload = Upload {
+            content_type: content_type.as_deref(),
+            owner: &user,
+            max_bytes: config.max_upload_bytes,
+            now_ms: now_ms(),
+            job_id: ObjectId::new().to_hex(),
+        };
+        let reply = upload::handle(upload, body, &mut services, &SpinExecutor).user(&user);
+        services.queue.close();
+        Ok(reply)
+    })()
+    .unwrap_or_else(|reply| reply);
+    send(out, reply, method, started);
+}
+
+fn download_route(
+    req: &IncomingRequest,
+    out: ResponseOutparam,
+    config: &Config,
+    query: &str,
+    method: &str,
+    started: Instant,
+) {
+    let prepared = (|| {
+        let user = authenticate(req, config)?;
+        let fid = download::fid(query).map_err(|r| r.user(&user))?;
+        let mut mongo = connect_mongo(config).map_err(|r| r.user(&user))?;
+        let unavailable = |e: String| {
+            Reply::text(503, "storage unavailable", "storage_unavailable")
+                .detail(e)
+                .user(&user)
+        };
+        let job = mongo.job_by_mp3(&fid).map_err(unavailable)?;
+        download::check_owner(job.as_ref(), &user)?;
+        let id = ObjectId::parse_str(&fid).map_err(|e| unavailable(e.to_string()))?;
+        let info = match mongo.mp3_info(id) {
+            Ok(info) => info,
+            Err(mongo_wire::Error::NotFound(_)) => return Err(download::not_found().user(&user)),
+            Err(e) => return Err(unavailable(format!("MongoDB: {e}"))),
+        };
+        let filename = job.map(|j| j.filename).unwrap_or_default();
+        let plan = download::plan(info.length, header(req, "range").as_deref(), &filename);
+        Ok((user, mongo, id, plan))
+    })();
+    let (user, mut mongo, id, plan) = match prepared {
+        Ok(prepared) => prepared,
+        Err(reply) => return send(out, reply, method, started),
+    };
+    if plan.status == 416 {
+        let mut reply =
+            Reply::text(416, "range not satisfiable", "range_not_satisfiable").user(&user);
+        reply.headers = plan.headers;
+        return send(out, reply, method, started);
+    }
+    let mut log = Reply::new(plan.status, "audio/mpeg", "", "ok").user(&user);
+    let mut source = match mongo.open_mp3(id, plan.start) {
+        Ok(source) => source,
+        Err(e) => {
+            let reply = Reply::text(503, "storage unavailable", "storage_unavailable")
+                .detail(format!("MongoDB: {e}"))
+                .user(&user);
+            return send(out, reply, method, started);
+        }
+    };
+    let response = match response_head(plan.status, &plan.headers) {
+        Ok(response) => response,
+        Err(e) => {
+            let reply = Reply::text(500, "internal error", "bad_header").detail(e);
+            return send(out, reply, method, started);
+        }
+    };
+    let mut sink = response.take_body();
+    out.set(response);
+    let mut left = plan.len;
+    let mut buf = vec![0u8; DOWNLOAD_STEP];
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = match source.read(&mut buf[..want]) {
+            Ok(0) => {
+                log = log.detail(format!("mp3 ended {left} bytes early"));
+                log.outcome = "stream_failed".into();
+                break;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                log = log.detail(format!("reading the mp3: {e}"));
+                log.outcome = "stream_failed".into();
+                break;
+            }
+        };
+        if let Err(e) = spin_sdk::http::run(sink.send(buf[..n].to_vec())) {
+            log = log.detail(format!("client went away: {e:?}"));
+            log.outcome = "client_gone".into();
+            break;
+        }
+        left -= n as u64;
+    }
+    drop(sink);
+    eprintln!("{}", log_line(COMPONENT, method, &log, started.elapsed()));
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// An outgoing response with `status` and `headers`, body not yet written.
+fn response_head(status: u16, headers: &[(&str, String)]) -> Result<OutgoingResponse, String> {
+    let list: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), value.clone().into_bytes()))
+        .collect();
+    let fields = Fields::from_list(&list).map_err(|e| format!("response headers: {e:?}"))?;
+    let response = OutgoingResponse::new(fields);
+    response
+        .set_status_code(status)
+        .map_err(|()| format!("invalid status {status}"))?;
+    Ok(response)
+}
+
+/// Logs `reply` and sends it as the whole response.
+fn send(out: ResponseOutparam, reply: Reply, method: &str, started: Instant) {
+    eprintln!("{}", log_line(COMPONENT, method, &reply, started.elapsed()));
+    let response = match response_head(reply.status, &reply.headers) {
+        Ok(response) => response,
+        Err(e) => {
+            eprintln!("component={COMPONENT} error={e:?}");
+            return;
+        }
+    };
+    if let Err(e) = spin_sdk::http::run(out.set_with_body(response, reply.body.into_bytes())) {
+        eprintln!("component={COMPONENT} error=\"writing the response: {e:?}\"");
+    }
+}

@@ -1,0 +1,305 @@
+//! `POST /upload`: a multipart form with exactly one file, streamed into GridFS, then a job
+//! document and a message on the `video` queue. Nothing half-done is left behind: any failure
+//! after the file is stored deletes it (and the job) again.
+//!
+//! The request body arrives as an async stream of chunks; [`multer`] parses it, and the file
+//! part is handed to the (blocking) GridFS upload as a [`Read`] that drives the parser one
+//! chunk at a time through a [`BlockOn`]. Memory holds a few chunks, whatever the file size.
+
+use std::future::Future;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use component_http::Reply;
+use futures::{Stream, StreamExt};
+use mp3_model::{Job, JobMessage, JobStatus};
+
+use crate::magic;
+
+/// Runs a future to completion from blocking code: Spin's executor in the component,
+/// `futures::executor::block_on` in tests.
+pub trait BlockOn {
+    fn block_on<F: Future>(&self, future: F) -> F::Output;
+}
+
+/// Why the video could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// More bytes than allowed.
+    #[error("upload too large")]
+    TooLarge,
+    /// Reading the request body failed (malformed multipart, client gone, over the limit).
+    #[error("reading the request body: {0}")]
+    Body(io::Error),
+    /// The database refused or is unreachable.
+    #[error("{0}")]
+    Database(String),
+}
+
+/// What the upload needs from MongoDB and RabbitMQ.
+pub trait Backend {
+    /// Streams `reader` into GridFS `videos`; the file's id as hex.
+    fn store_video(
+        &mut self,
+        reader: &mut dyn Read,
+        filename: &str,
+        max_bytes: u64,
+    ) -> Result<String, StoreError>;
+    fn delete_video(&mut self, fid: &str) -> Result<(), String>;
+    fn insert_job(&mut self, job: &Job) -> Result<(), String>;
+    fn delete_job(&mut self, id: &str) -> Result<(), String>;
+    /// Publishes to `video`, persistent, and waits for the broker's confirm.
+    fn publish(&mut self, message: &JobMessage) -> Result<(), String>;
+}
+
+/// 413 with the limit in the reason.
+pub fn too_large(max_bytes: u64) -> Reply {
+    Reply::text(
+        413,
+        format!("upload exceeds the limit of {max_bytes} bytes"),
+        "too_large",
+    )
+}
+
+fn bad_request(body: &str, outcome: &str) -> Reply {
+    Reply::text(400, body, outcome)
+}
+
+fn storage_unavailable(detail: impl Into<String>) -> Reply {
+    Reply::text(503, "storage unavailable", "storage_unavailable").detail(detail)
+}
+
+/// The chunk stream multer reads, cut off with an error once more than `max` bytes came.
+fn limited<S, E>(
+    body: S,
+    max: u64,
+    exceeded: Arc<AtomicBool>,
+) -> impl Stream<Item = Result<Bytes, io::Error>> + Send
+where
+    S: Stream<Item = Result<Vec<u8>, E>> + Send,
+    E: std::fmt::Display,
+{
+    let seen = AtomicU64::new(0);
+    body.map(move |chunk| {
+        let chunk = chunk.map_err(|e| io::Error::other(format!("reading the request: {e}")))?;
+        let total = seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+        if total > max {
+            exceeded.store(true, Ordering::Relaxed);
+            return Err(io::Error::other("request body over the limit"));
+        }
+        Ok(Bytes::from(chunk))
+    })
+}
+
+/// A multipart field as a blocking reader: the bytes already taken (`pending`), then the rest
+/// of the field, one chunk at a time.
+struct FieldReader<'a, 'r, X: BlockOn> {
+    field: &'a mut multer::Field<'r>,
+    pending: Bytes,
+    exec: &'a X,
+}
+
+impl<X: BlockOn> Read for FieldReader<'_, '_, X> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pending.is_empty() {
+            match self.exec.block_on(self.field.chunk()) {
+                Ok(Some(chunk)) => self.pending = chunk,
+                Ok(None) => return Ok(0),
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Ok(n)
+    }
+}
+
+/// The first [`magic::PREFIX_LEN`] bytes of a field (fewer if it is shorter), as one buffer.
+fn prefix<X: BlockOn>(field: &mut multer::Field<'_>, exec: &X) -> Result<Bytes, multer::Error> {
+    let mut taken: Vec<u8> = Vec::new();
+    while taken.len() < magic::PREFIX_LEN {
+        match exec.block_on(field.chunk())? {
+            Some(chunk) if taken.is_empty() && chunk.len() >= magic::PREFIX_LEN => {
+                return Ok(chunk)
+            }
+            Some(chunk) => taken.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    Ok(Bytes::from(taken))
+}
+
+/// A client-supplied file name made safe to store and to show: no control characters, no
+/// path, at most 255 characters.
+pub fn clean_filename(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
+    let cleaned = cleaned.trim().to_owned();
+    if cleaned.is_empty() {
+        "upload".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// Everything about one upload once the caller is known and the services are connected.
+pub struct Upload<'a> {
+    /// The request's `Content-Type` (must be `multipart/form-data` with a boundary).
+    pub content_type: Option<&'a str>,
+    /// The uploader (`claims.username`).
+    pub owner: &'a str,
+    pub max_bytes: u64,
+    /// Milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    /// A fresh job id (24 hex digits).
+    pub job_id: String,
+}
+
+/// Reads the form, stores its one file, records the job and queues it; the reply to send.
+pub fn handle<S, E, X>(upload: Upload<'_>, body: S, backend: &mut impl Backend, exec: &X) -> Reply
+where
+    S: Stream<Item = Result<Vec<u8>, E>> + Send,
+    E: std::fmt::Display,
+    X: BlockOn,
+{
+    let Some(boundary) = upload
+        .content_type
+        .and_then(|ct| multer::parse_boundary(ct).ok())
+    else {
+        return bad_request(
+            "expected a multipart/form-data body with a boundary",
+            "not_multipart",
+        );
+    };
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let mut form =
+        multer::Multipart::new(limited(body, upload.max_bytes, exceeded.clone()), boundary);
+    let body_error = |detail: String| -> Reply {
+        if exceeded.load(Ordering::Relaxed) {
+            too_large(upload.max_bytes).detail(detail)
+        } else {
+            bad_request("malformed multipart body", "bad_multipart").detail(detail)
+        }
+    };
+    // The stored file: (fid, clean file name).
+    let mut stored: Option<(String, String)> = None;
+    let failure = |backend: &mut dyn Backend, stored: &Option<(String, String)>, reply: Reply| {
+        discard(
+            backend,
+            stored.as_ref().map(|(fid, _)| fid.as_str()),
+            None,
+            reply,
+        )
+    };
+    loop {
+        let mut field = match exec.block_on(form.next_field()) {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return failure(backend, &stored, body_error(e.to_string())),
+        };
+        let Some(filename) = field.file_name().map(clean_filename) else {
+            // An ordinary form field: read past it.
+            loop {
+                match exec.block_on(field.chunk()) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return failure(backend, &stored, body_error(e.to_string())),
+                }
+            }
+            continue;
+        };
+        if stored.is_some() {
+            return failure(
+                backend,
+                &stored,
+                bad_request("exactly one file expected, got several", "several_files"),
+            );
+        }
+        let head = match prefix(&mut field, exec) {
+            Ok(head) => head,
+            Err(e) => return body_error(e.to_string()),
+        };
+        if magic::container(&head).is_none() {
+            return Reply::text(415, "the file is not a video", "not_a_video")
+                .detail(format!("file {filename:?}"));
+        }
+        let mut reader = FieldReader {
+            field: &mut field,
+            pending: head,
+            exec,
+        };
+        match backend.store_video(&mut reader, &filename, upload.max_bytes) {
+            Ok(fid) => stored = Some((fid, filename)),
+            Err(StoreError::TooLarge) => return too_large(upload.max_bytes),
+            Err(StoreError::Body(e)) => return body_error(e.to_string()),
+            Err(StoreError::Database(e)) => return storage_unavailable(e),
+        }
+    }
+    let Some((video_fid, filename)) = stored else {
+        return bad_request("no file in the form", "no_file");
+    };
+
+    let job = Job {
+        id: upload.job_id.clone(),
+        owner: upload.owner.to_owned(),
+        video_fid: video_fid.clone(),
+        filename,
+        status: JobStatus::Queued,
+        mp3_fid: None,
+        error: None,
+        attempts: 0,
+        created_at: upload.now_ms,
+        updated_at: upload.now_ms,
+    };
+    if let Err(e) = backend.insert_job(&job) {
+        return discard(backend, Some(&video_fid), None, storage_unavailable(e));
+    }
+    let message = JobMessage::queued(&job.id, &video_fid, upload.owner);
+    if let Err(e) = backend.publish(&message) {
+        let reply = Reply::text(503, "queue unavailable", "queue_unavailable").detail(e);
+        return discard(backend, Some(&video_fid), Some(&job.id), reply);
+    }
+    let body = serde_json::json!({
+        "job_id": job.id,
+        "video_fid": video_fid,
+        "status_url": format!("/jobs/{}", job.id),
+    });
+    Reply::new(202, "application/json", body.to_string(), "queued")
+        .header("location", format!("/jobs/{}", job.id))
+        .user(upload.owner)
+}
+
+/// Deletes what was stored for a failed upload, then gives `reply`, with any cleanup failure
+/// added to its logged detail.
+fn discard(
+    backend: &mut dyn Backend,
+    video_fid: Option<&str>,
+    job_id: Option<&str>,
+    reply: Reply,
+) -> Reply {
+    let mut problems = Vec::new();
+    if let Some(id) = job_id {
+        if let Err(e) = backend.delete_job(id) {
+            problems.push(format!("cleanup failed: {e}"));
+        }
+    }
+    if let Some(fid) = video_fid {
+        if let Err(e) = backend.delete_video(fid) {
+            problems.push(format!("cleanup failed: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        return reply;
+    }
+    let detail = match &reply.detail {
+        Some(d) => format!("{d}; {}", problems.join("; ")),
+        None => problems.join("; "),
+    };
+    reply.detail(detail)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,299 @@
+use std::collections::HashMap;
+
+use super::*;
+
+struct Executor;
+
+impl BlockOn for Executor {
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        futures::executor::block_on(future)
+    }
+}
+
+/// Backing services in memory, with switches to make each step fail.
+#[derive(Default)]
+struct Fake {
+    videos: HashMap<String, (String, Vec<u8>)>,
+    jobs: HashMap<String, Job>,
+    published: Vec<JobMessage>,
+    fail_store: bool,
+    fail_insert: bool,
+    fail_publish: bool,
+    next: u32,
+}
+
+impl Backend for Fake {
+    fn store_video(
+        &mut self,
+        reader: &mut dyn Read,
+        filename: &str,
+        max_bytes: u64,
+    ) -> Result<String, StoreError> {
+        if self.fail_store {
+            return Err(StoreError::Database("down".into()));
+        }
+        let mut data = Vec::new();
+        // Like GridFS: small reads, stop past the limit.
+        let mut buf = [0u8; 1000];
+        loop {
+            let n = reader.read(&mut buf).map_err(StoreError::Body)?;
+            if n == 0 {
+                break;
+            }
+            data.extend_from_slice(&buf[..n]);
+            if data.len() as u64 > max_bytes {
+                return Err(StoreError::TooLarge);
+            }
+        }
+        self.next += 1;
+        let fid = format!("{:024x}", self.next);
+        self.videos.insert(fid.clone(), (filename.to_owned(), data));
+        Ok(fid)
+    }
+
+    fn delete_video(&mut self, fid: &str) -> Result<(), String> {
+        self.videos
+            .remove(fid)
+            .map(|_| ())
+            .ok_or("no such video".into())
+    }
+
+    fn insert_job(&mut self, job: &Job) -> Result<(), String> {
+        if self.fail_insert {
+            return Err("insert failed".into());
+        }
+        self.jobs.insert(job.id.clone(), job.clone());
+        Ok(())
+    }
+
+    fn delete_job(&mut self, id: &str) -> Result<(), String> {
+        self.jobs.remove(id).map(|_| ()).ok_or("no such job".into())
+    }
+
+    fn publish(&mut self, message: &JobMessage) -> Result<(), String> {
+        if self.fail_publish {
+            return Err("broker gone".into());
+        }
+        self.published.push(message.clone());
+        Ok(())
+    }
+}
+
+const BOUNDARY: &str = "XyZzY";
+const JOB_ID: &str = "0123456789abcdef01234567";
+
+fn mp4(len: usize) -> Vec<u8> {
+    let mut v = b"\0\0\0\x20ftypisom\0\0\x02\0isomiso2".to_vec();
+    let mut x: u32 = 1;
+    while v.len() < len {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        v.push((x >> 16) as u8);
+    }
+    v.truncate(len);
+    v
+}
+
+enum Part<'a> {
+    Text(&'a str, &'a str),
+    File(&'a str, &'a [u8]),
+}
+
+fn form(parts: &[Part<'_>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for part in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        match part {
+            Part::Text(name, value) => {
+                body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                        .as_bytes(),
+                );
+            }
+            Part::File(filename, data) => {
+                body.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+                         Content-Type: video/mp4\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(data);
+                body.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// The body as a stream of small chunks, as it arrives over the network.
+fn chunks(body: Vec<u8>, size: usize) -> impl Stream<Item = Result<Vec<u8>, String>> + Send {
+    let pieces: Vec<Result<Vec<u8>, String>> = body.chunks(size).map(|c| Ok(c.to_vec())).collect();
+    futures::stream::iter(pieces)
+}
+
+fn run(fake: &mut Fake, body: Vec<u8>, max: u64) -> Reply {
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let upload = Upload {
+        content_type: Some(&content_type),
+        owner: "a@example.com",
+        max_bytes: max,
+        now_ms: 1_700_000_000_000,
+        job_id: JOB_ID.to_owned(),
+    };
+    handle(upload, chunks(body, 777), fake, &Executor)
+}
+
+#[test]
+fn one_file_is_stored_recorded_and_queued() {
+    let mut fake = Fake::default();
+    let video = mp4(100_000);
+    let body = form(&[
+        Part::Text("title", "holiday"),
+        Part::File("dir/clip.mp4", &video),
+        Part::Text("after", "x"),
+    ]);
+    let reply = run(&mut fake, body, 1 << 20);
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let fid = json["video_fid"].as_str().unwrap();
+    assert_eq!(json["job_id"], JOB_ID);
+    assert_eq!(json["status_url"], format!("/jobs/{JOB_ID}"));
+    let (name, data) = &fake.videos[fid];
+    assert_eq!((name.as_str(), data == &video), ("clip.mp4", true));
+    let job = &fake.jobs[JOB_ID];
+    assert_eq!(job.status, JobStatus::Queued);
+    assert_eq!(job.owner, "a@example.com");
+    assert_eq!(job.video_fid, fid);
+    assert_eq!(job.created_at, 1_700_000_000_000);
+    assert_eq!(
+        fake.published,
+        vec![JobMessage::queued(JOB_ID, fid, "a@example.com")]
+    );
+}
+
+#[test]
+fn a_tiny_video_file_shorter_than_the_prefix_is_stored_whole() {
+    let mut fake = Fake::default();
+    let video = mp4(40);
+    let reply = run(&mut fake, form(&[Part::File("a.mp4", &video)]), 1 << 20);
+    assert_eq!(reply.status, 202, "{reply:?}");
+    assert_eq!(fake.videos.values().next().unwrap().1, video);
+}
+
+#[test]
+fn no_file_or_several_files_are_400_and_leave_nothing() {
+    let mut fake = Fake::default();
+    let reply = run(&mut fake, form(&[Part::Text("a", "b")]), 1 << 20);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, "no file in the form")
+    );
+
+    let video = mp4(5000);
+    let body = form(&[Part::File("a.mp4", &video), Part::File("b.mp4", &video)]);
+    let reply = run(&mut fake, body, 1 << 20);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, "exactly one file expected, got several")
+    );
+    assert!(fake.videos.is_empty() && fake.jobs.is_empty() && fake.published.is_empty());
+}
+
+#[test]
+fn not_a_video_is_415_before_anything_is_stored() {
+    let mut fake = Fake::default();
+    let body = form(&[Part::File(
+        "notes.txt",
+        b"just some text, long enough to look at",
+    )]);
+    let reply = run(&mut fake, body, 1 << 20);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (415, "the file is not a video")
+    );
+    let reply = run(&mut fake, form(&[Part::File("empty.mp4", b"")]), 1 << 20);
+    assert_eq!(reply.status, 415);
+    assert!(fake.videos.is_empty());
+}
+
+#[test]
+fn a_body_over_the_limit_is_413_and_leaves_nothing() {
+    let mut fake = Fake::default();
+    let body = form(&[Part::File("big.mp4", &mp4(50_000))]);
+    let reply = run(&mut fake, body, 20_000);
+    assert_eq!(reply.status, 413, "{reply:?}");
+    assert_eq!(reply.body, "upload exceeds the limit of 20000 bytes");
+    assert!(fake.videos.is_empty() && fake.jobs.is_empty());
+
+    // Over the limit only because of a field after the stored file: that file goes too.
+    let big_text = "x".repeat(30_000);
+    let body = form(&[Part::File("ok.mp4", &mp4(1000)), Part::Text("t", &big_text)]);
+    let reply = run(&mut fake, body, 20_000);
+    assert_eq!(reply.status, 413, "{reply:?}");
+    assert!(fake.videos.is_empty());
+}
+
+#[test]
+fn malformed_or_missing_multipart_is_400() {
+    let mut fake = Fake::default();
+    let mut body = form(&[Part::File("a.mp4", &mp4(5000))]);
+    body.truncate(3000);
+    let reply = run(&mut fake, body, 1 << 20);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, "malformed multipart body")
+    );
+    assert!(fake.videos.is_empty());
+
+    let upload = Upload {
+        content_type: Some("application/json"),
+        owner: "a@example.com",
+        max_bytes: 100,
+        now_ms: 0,
+        job_id: JOB_ID.into(),
+    };
+    let reply = handle(upload, chunks(Vec::new(), 1), &mut fake, &Executor);
+    assert_eq!(reply.status, 400);
+}
+
+#[test]
+fn failures_after_storing_undo_everything_and_are_503() {
+    let body = || form(&[Part::File("a.mp4", &mp4(3000))]);
+    let mut fake = Fake {
+        fail_publish: true,
+        ..Fake::default()
+    };
+    let reply = run(&mut fake, body(), 1 << 20);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (503, "queue unavailable")
+    );
+    assert!(fake.videos.is_empty() && fake.jobs.is_empty());
+
+    let mut fake = Fake {
+        fail_insert: true,
+        ..Fake::default()
+    };
+    let reply = run(&mut fake, body(), 1 << 20);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (503, "storage unavailable")
+    );
+    assert!(fake.videos.is_empty());
+
+    let mut fake = Fake {
+        fail_store: true,
+        ..Fake::default()
+    };
+    assert_eq!(run(&mut fake, body(), 1 << 20).status, 503);
+}
+
+#[test]
+fn file_names_are_cleaned() {
+    assert_eq!(clean_filename("C:\\videos\\a.mp4"), "a.mp4");
+    assert_eq!(clean_filename("../../etc/x.mkv"), "x.mkv");
+    assert_eq!(clean_filename("a\nb\r.mp4"), "ab.mp4");
+    assert_eq!(clean_filename("   "), "upload");
+    assert_eq!(clean_filename(&"é".repeat(300)).chars().count(), 255);
+}
