@@ -67,3 +67,73 @@ pub fn get(url: &str) -> Reply {
 pub fn post(url: &str, headers: &[(&str, &str)]) -> Reply {
     send("POST", url, headers, Some(b""))
 }
+
+/// A response with its body as bytes (downloads).
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RawReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (error replies).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A request body: none, bytes (sent with `Content-Length`), or a reader (sent chunked).
+pub enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    Stream(Box<dyn std::io::Read + Send + 'static>),
+}
+
+/// Sends a request and returns the response with a binary body; `Err` when the exchange
+/// itself failed (connection reset, ...).
+pub fn send_raw(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Result<RawReply, String> {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let result = match body {
+        Body::Empty => agent().run(request.body(()).expect("building a request")),
+        Body::Bytes(bytes) => agent().run(request.body(bytes).expect("building a request")),
+        Body::Stream(reader) => agent().run(
+            request
+                .body(ureq::SendBody::from_owned_reader(reader))
+                .expect("building a request"),
+        ),
+    };
+    let mut response = result.map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_vec()
+        .map_err(|e| format!("{method} {url}: reading the body: {e}"))?;
+    Ok(RawReply {
+        status,
+        body,
+        headers,
+    })
+}

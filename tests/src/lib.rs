@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 
 pub mod db;
 pub mod http;
+pub mod services;
+pub mod system;
 
 pub use db::TestDb;
 
@@ -37,12 +39,12 @@ pub fn build_all() {
     CHECKED.get_or_init(|| {
         let needed = [release_bin("spin-runner"), release_bin("mp3-admin")]
             .into_iter()
-            .chain(["login", "validate", "probe", "unhosted"].map(wasm));
+            .chain(["gateway", "login", "validate", "probe", "unhosted"].map(wasm));
         for path in needed {
             assert!(
                 path.exists(),
                 "{} is missing: run the tests with `scripts/test` (or build the components with \
-                 `cargo build --release --target wasm32-wasip2 -p login -p validate -p probe -p unhosted` \
+                 `cargo build --release --target wasm32-wasip2 -p gateway -p login -p validate -p probe -p unhosted` \
                  and run `cargo test --release --workspace`)",
                 path.display()
             );
@@ -123,6 +125,14 @@ impl RunnerConfig {
             env: Vec::new(),
             args: Vec::new(),
         }
+    }
+
+    /// The project's `spin.toml`, with the variables every test shares already set from the
+    /// dev services' environment: `mongodb_url` and `amqp_url` (required by the gateway).
+    pub fn app() -> Self {
+        Self::new(root().join("spin.toml"))
+            .env("SPIN_VARIABLE_MONGODB_URL", service_env("MONGODB_URL"))
+            .env("SPIN_VARIABLE_AMQP_URL", service_env("AMQP_URL"))
     }
 
     pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {

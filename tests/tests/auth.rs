@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use mp3_auth::TokenConfig;
 use system_tests::http::{post, Reply};
-use system_tests::{admin, root, Runner, RunnerConfig, TestDb};
+use system_tests::{admin, Runner, RunnerConfig, TestDb};
 
 const SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123456789";
 const EMAIL: &str = "alice@example.com";
@@ -18,7 +18,7 @@ struct App {
 }
 
 fn start_with(db: TestDb, secret: &str) -> App {
-    start_configured(db, secret, RunnerConfig::new(root().join("spin.toml")))
+    start_configured(db, secret, RunnerConfig::app())
 }
 
 fn start_configured(db: TestDb, secret: &str, config: RunnerConfig) -> App {
@@ -277,7 +277,7 @@ fn database_down_is_503() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let runner = RunnerConfig::new(root().join("spin.toml"))
+    let runner = RunnerConfig::app()
         .env(
             "SPIN_VARIABLE_DB_URL",
             format!("mysql://nobody:pw@127.0.0.1:{port}/auth"),
@@ -318,7 +318,7 @@ fn repeated_failures_lock_the_email_out_then_the_window_passes() {
     let db = TestDb::migrated();
     let (ok, output) = admin(&db.url(), &["user", "add", EMAIL], &format!("{PASSWORD}\n"));
     assert!(ok, "{output}");
-    let config = RunnerConfig::new(root().join("spin.toml"))
+    let config = RunnerConfig::app()
         .env("SPIN_VARIABLE_LOGIN_MAX_FAILURES", "2")
         .env("SPIN_VARIABLE_LOGIN_LOCKOUT_SECONDS", "2");
     let app = start_configured(db, SECRET, config);

@@ -1,0 +1,797 @@
+//! The gateway as clients use it: the project's spin.toml under the runner, real RabbitMQ (a
+//! virtual host per test) and MongoDB (FerretDB), HTTP from the outside. Tokens are minted
+//! with the test's JWT secret, which validate checks like any other.
+
+use std::io::Read;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use mongo_wire::bson::oid::ObjectId;
+use mongo_wire::bson::{self, doc};
+use mongo_wire::{Bucket, Client};
+use mp3_auth::{issue, TokenConfig};
+use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
+use system_tests::http::{send_raw, Body, RawReply};
+use system_tests::services::{closed_port, TcpProxy, Vhost};
+use system_tests::{admin, service_env, unique, Runner, RunnerConfig, TempDir, TestDb};
+
+const SECRET: &str = "gateway-test-secret-long-enough-for-hs256-0123456789";
+
+fn token_for(user: &str, secret: &str) -> String {
+    let config = TokenConfig::new(
+        secret,
+        "mp3-converter",
+        "mp3-converter",
+        Duration::from_secs(3600),
+    )
+    .expect("token config");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    issue(&config, user, false, now).expect("issuing a token")
+}
+
+/// A user of its own for each test, with a token.
+fn user() -> (String, String) {
+    let email = format!("user{}@example.com", unique());
+    let token = token_for(&email, SECRET);
+    (email, format!("Bearer {token}"))
+}
+
+/// `host:port` of MongoDB, from `MONGODB_URL`.
+fn mongo_address() -> String {
+    let url = service_env("MONGODB_URL");
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+/// The app with the test's secret and its own vhost; `configure` adds or overrides variables.
+fn start(vhost: &Vhost, configure: impl FnOnce(RunnerConfig) -> RunnerConfig) -> Runner {
+    let config = RunnerConfig::app()
+        // login is not called here, but its variable is required.
+        .env(
+            "SPIN_VARIABLE_DB_URL",
+            "mysql://unused:unused@127.0.0.1:1/auth",
+        )
+        .env("SPIN_VARIABLE_JWT_SECRET", SECRET)
+        .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
+        .env("SPIN_VARIABLE_AMQP_HOST", Vhost::broker_address())
+        .env("SPIN_VARIABLE_MONGODB_HOST", mongo_address());
+    configure(config).start()
+}
+
+fn mongo() -> Client<std::net::TcpStream> {
+    mongo_wire::connect(&service_env("MONGODB_URL")).expect("connecting to MongoDB")
+}
+
+/// A real little MP4 (MPEG-4 video and AAC audio, several GridFS chunks), made once by ffmpeg.
+fn video() -> &'static [u8] {
+    static VIDEO: OnceLock<Vec<u8>> = OnceLock::new();
+    VIDEO.get_or_init(|| {
+        let dir = TempDir::new("video");
+        let path = dir.path().join("clip.mp4");
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg("testsrc=size=640x480:rate=25:duration=10")
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:duration=10"])
+            .args(["-c:v", "mpeg4", "-q:v", "1", "-c:a", "aac", "-shortest"])
+            .arg(&path)
+            .status()
+            .expect("ffmpeg runs (the test videos are made with it)");
+        assert!(status.success(), "ffmpeg failed");
+        let bytes = std::fs::read(&path).expect("reading the video");
+        assert!(bytes.len() > 2 * 255 * 1024, "want several GridFS chunks");
+        bytes
+    })
+}
+
+const BOUNDARY: &str = "gateway-test-boundary-7MA4YWxkTrZu0gW";
+
+enum Part<'a> {
+    Field(&'a str, &'a str),
+    File(&'a str, &'a [u8]),
+}
+
+fn form(parts: &[Part<'_>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for part in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        match part {
+            Part::Field(name, value) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            ),
+            Part::File(filename, data) => {
+                body.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+                         Content-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(data);
+                body.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+fn content_type() -> String {
+    format!("multipart/form-data; boundary={BOUNDARY}")
+}
+
+fn upload(runner: &Runner, auth: Option<&str>, body: Body) -> RawReply {
+    let ct = content_type();
+    let mut headers = vec![("Content-Type", ct.as_str())];
+    if let Some(auth) = auth {
+        headers.push(("Authorization", auth));
+    }
+    send_raw("POST", &runner.url("/upload"), &headers, body).expect("POST /upload")
+}
+
+fn get(runner: &Runner, path: &str, auth: &str, extra: &[(&str, &str)]) -> RawReply {
+    let mut headers = vec![("Authorization", auth)];
+    headers.extend_from_slice(extra);
+    send_raw("GET", &runner.url(path), &headers, Body::Empty).expect("GET")
+}
+
+/// How many GridFS files in `videos` and job documents carry `filename`.
+fn stored_with_name(client: &mut Client<std::net::TcpStream>, filename: &str) -> (usize, usize) {
+    let files = client
+        .find(
+            VIDEOS_DB,
+            "fs.files",
+            doc! {"filename": filename},
+            Default::default(),
+        )
+        .expect("querying fs.files")
+        .count();
+    let jobs = client
+        .find(
+            VIDEOS_DB,
+            JOBS_COLLECTION,
+            doc! {"filename": filename},
+            Default::default(),
+        )
+        .expect("querying jobs")
+        .count();
+    (files, jobs)
+}
+
+/// Deletes what a successful upload stored.
+fn forget_upload(client: &mut Client<std::net::TcpStream>, job_id: &str, video_fid: &str) {
+    let _ = client.delete_many(VIDEOS_DB, JOBS_COLLECTION, doc! {"_id": job_id});
+    if let Ok(id) = ObjectId::parse_str(video_fid) {
+        let _ = Bucket::new(VIDEOS_DB).delete(client, id);
+    }
+}
+
+/// A reader that hands out `data` in pieces and runs `at_half` once half of it is read.
+struct Interrupting {
+    data: Vec<u8>,
+    pos: usize,
+    at_half: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Read for Interrupting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.data.len() / 2 {
+            if let Some(hook) = self.at_half.take() {
+                hook();
+            }
+        }
+        let n = buf.len().min(16 * 1024).min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn upload_stores_the_video_records_the_job_and_queues_one_message() {
+    let vhost = Vhost::new();
+    let runner = start(&vhost, |c| c);
+    let (email, auth) = user();
+    let filename = format!("holiday-{}.mp4", unique());
+    let body = form(&[
+        Part::Field("title", "holiday"),
+        Part::File(&filename, video()),
+    ]);
+    let reply = upload(&runner, Some(&auth), Body::Bytes(body));
+    assert_eq!(reply.status, 202, "{}\n{}", reply.text(), runner.log());
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+    let job_id = json["job_id"].as_str().expect("job_id").to_owned();
+    let video_fid = json["video_fid"].as_str().expect("video_fid").to_owned();
+    assert_eq!(json["status_url"], format!("/jobs/{job_id}"));
+    assert_eq!(ObjectId::parse_str(&job_id).unwrap().to_hex(), job_id);
+
+    // The file, byte for byte, in GridFS `videos` (default bucket, standard layout).
+    let mut client = mongo();
+    let id = ObjectId::parse_str(&video_fid).unwrap();
+    let bucket = Bucket::new(VIDEOS_DB);
+    let info = bucket.file_info(&mut client, id).expect("files document");
+    assert_eq!(info.filename.as_deref(), Some(filename.as_str()));
+    assert_eq!(info.chunk_size, 255 * 1024);
+    let mut stored = Vec::new();
+    bucket
+        .open_download(&mut client, id)
+        .unwrap()
+        .read_to_end(&mut stored)
+        .unwrap();
+    assert!(stored == video(), "stored video differs from the upload");
+
+    // The job document.
+    let doc = client
+        .find_one(VIDEOS_DB, JOBS_COLLECTION, doc! {"_id": &job_id})
+        .unwrap()
+        .expect("job document");
+    let job: Job = bson::from_document(doc).expect("a Job");
+    assert_eq!(job.status, JobStatus::Queued);
+    assert_eq!(
+        (
+            job.owner.as_str(),
+            job.video_fid.as_str(),
+            job.filename.as_str()
+        ),
+        (email.as_str(), video_fid.as_str(), filename.as_str())
+    );
+    assert!(job.created_at > 1_600_000_000_000 && job.created_at == job.updated_at);
+
+    // Exactly one persistent JSON message in `video`, and the queues declared as the
+    // topology says.
+    let messages = vhost.take_messages("video", 10);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let message: JobMessage =
+        serde_json::from_str(messages[0]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(message, JobMessage::queued(&job_id, &video_fid, &email));
+    assert_eq!(messages[0]["properties"]["delivery_mode"], 2);
+    assert_eq!(
+        messages[0]["properties"]["content_type"],
+        "application/json"
+    );
+    let queue = vhost.queue("video").expect("video queue");
+    assert_eq!(queue["durable"], true);
+    assert_eq!(queue["arguments"]["x-dead-letter-exchange"], "");
+    assert_eq!(
+        queue["arguments"]["x-dead-letter-routing-key"],
+        "video.dead"
+    );
+    for name in ["video.retry", "video.dead", "mp3", "mp3.retry", "mp3.dead"] {
+        assert!(vhost.queue(name).is_some(), "queue {name} declared");
+    }
+
+    // The job is the owner's to see, no one else's.
+    let reply = get(&runner, &format!("/jobs/{job_id}"), &auth, &[]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(status["status"], "queued");
+    assert_eq!(status["created_at"], job.created_at);
+    let (_, other) = user();
+    let reply = get(&runner, &format!("/jobs/{job_id}"), &other, &[]);
+    assert_eq!((reply.status, reply.text().as_str()), (403, "not your job"));
+    let unknown = ObjectId::new().to_hex();
+    assert_eq!(
+        get(&runner, &format!("/jobs/{unknown}"), &auth, &[]).status,
+        404
+    );
+    assert_eq!(get(&runner, "/jobs/not-an-id", &auth, &[]).status, 404);
+
+    let log = runner.wait_for_log("outcome=queued");
+    assert!(log.contains("component=gateway"), "{log}");
+    forget_upload(&mut client, &job_id, &video_fid);
+}
+
+#[test]
+fn tokens_are_checked_through_validate() {
+    let vhost = Vhost::new();
+    let runner = start(&vhost, |c| c);
+    let body = || Body::Bytes(form(&[Part::File("a.mp4", video())]));
+    let reply = upload(&runner, None, body());
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (401, "missing token")
+    );
+    assert!(reply.header("www-authenticate").is_some());
+
+    let forged = format!(
+        "Bearer {}",
+        token_for("a@example.com", "another-secret-another-secret-another-01")
+    );
+    let reply = upload(&runner, Some(&forged), body());
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (403, "invalid token: bad signature")
+    );
+    let reply = get(
+        &runner,
+        "/jobs/0123456789abcdef01234567",
+        "Bearer x.y.z",
+        &[],
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (403, "invalid token: malformed")
+    );
+    assert_eq!(
+        get(&runner, "/download?fid=x", "Basic YTpi", &[]).status,
+        401
+    );
+    assert!(vhost.drain("video").is_empty());
+}
+
+#[test]
+fn forms_without_exactly_one_video_are_refused_and_leave_nothing() {
+    let vhost = Vhost::new();
+    let runner = start(&vhost, |c| c);
+    let (_, auth) = user();
+    let mut client = mongo();
+
+    let reply = upload(
+        &runner,
+        Some(&auth),
+        Body::Bytes(form(&[Part::Field("title", "x")])),
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (400, "no file in the form")
+    );
+
+    let name = format!("twice-{}.mp4", unique());
+    let body = form(&[Part::File(&name, video()), Part::File(&name, video())]);
+    let reply = upload(&runner, Some(&auth), Body::Bytes(body));
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (400, "exactly one file expected, got several")
+    );
+    assert_eq!(stored_with_name(&mut client, &name), (0, 0));
+
+    let name = format!("notes-{}.txt", unique());
+    let text = b"Dear diary, today I uploaded a text file instead of a video.".repeat(100);
+    let reply = upload(
+        &runner,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File(&name, &text)])),
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (415, "the file is not a video")
+    );
+    assert_eq!(stored_with_name(&mut client, &name), (0, 0));
+
+    let reply = send_raw(
+        "POST",
+        &runner.url("/upload"),
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Body::Bytes(b"{}".to_vec()),
+    )
+    .unwrap();
+    assert_eq!(reply.status, 400);
+    assert!(vhost.drain("video").is_empty());
+}
+
+#[test]
+fn uploads_over_the_limit_are_413_and_leave_nothing() {
+    let vhost = Vhost::new();
+    let runner = start(&vhost, |c| {
+        c.env("SPIN_VARIABLE_MAX_UPLOAD_BYTES", "300000")
+    });
+    let (_, auth) = user();
+    let mut client = mongo();
+
+    // Declared too large: refused before the body is read.
+    let name = format!("declared-{}.mp4", unique());
+    let reply = upload(
+        &runner,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File(&name, video())])),
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (413, "upload exceeds the limit of 300000 bytes")
+    );
+
+    // Chunked, no length: found out while streaming, after part of the file is stored.
+    let name = format!("streamed-{}.mp4", unique());
+    let body = form(&[Part::File(&name, video())]);
+    let reply = upload(
+        &runner,
+        Some(&auth),
+        Body::Stream(Box::new(std::io::Cursor::new(body))),
+    );
+    assert_eq!(reply.status, 413, "{}\n{}", reply.text(), runner.log());
+    assert_eq!(stored_with_name(&mut client, &name), (0, 0));
+
+    // Under the limit is fine.
+    let small = &video()[..200_000];
+    let name = format!("small-{}.mp4", unique());
+    let reply = upload(
+        &runner,
+        Some(&auth),
+        Body::Stream(Box::new(std::io::Cursor::new(form(&[Part::File(
+            &name, small,
+        )])))),
+    );
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    forget_upload(
+        &mut client,
+        json["job_id"].as_str().unwrap(),
+        json["video_fid"].as_str().unwrap(),
+    );
+}
+
+#[test]
+fn rabbitmq_gone_mid_upload_is_503_and_leaves_nothing() {
+    let vhost = Vhost::new();
+    let proxy = std::sync::Arc::new(TcpProxy::start(&Vhost::broker_address()));
+    let runner = start(&vhost, |c| {
+        c.env(
+            "SPIN_VARIABLE_AMQP_URL",
+            vhost.amqp_url_via(&proxy.address()),
+        )
+        .env("SPIN_VARIABLE_AMQP_HOST", proxy.address())
+    });
+    let (_, auth) = user();
+    let mut client = mongo();
+    let name = format!("cut-{}.mp4", unique());
+    let cutter = proxy.clone();
+    let body = Interrupting {
+        data: form(&[Part::File(&name, video())]),
+        pos: 0,
+        at_half: Some(Box::new(move || {
+            // The gateway connects to RabbitMQ (and declares the queues) before it reads the
+            // body: wait for that to be over, so the cut falls in the middle of the upload.
+            assert!(cutter.wait_until_connected_and_quiet(
+                Duration::from_millis(300),
+                Duration::from_secs(10)
+            ));
+            cutter.cut();
+            // Give the gateway's side of the socket time to see the close.
+            std::thread::sleep(Duration::from_millis(200));
+        })),
+    };
+    let ct = content_type();
+    let reply = send_raw(
+        "POST",
+        &runner.url("/upload"),
+        &[("Content-Type", &ct), ("Authorization", &auth)],
+        Body::Stream(Box::new(body)),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", runner.log()));
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (503, "queue unavailable"),
+        "{}",
+        runner.log()
+    );
+    assert_eq!(stored_with_name(&mut client, &name), (0, 0));
+    assert!(vhost.drain("video").is_empty());
+}
+
+#[test]
+fn rabbitmq_or_mongodb_unreachable_is_503() {
+    let vhost = Vhost::new();
+    let (_, auth) = user();
+    let mut client = mongo();
+    let port = closed_port();
+    let closed = format!("127.0.0.1:{port}");
+
+    let runner = start(&vhost, |c| {
+        c.env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url_via(&closed))
+            .env("SPIN_VARIABLE_AMQP_HOST", &closed)
+    });
+    let name = format!("noamqp-{}.mp4", unique());
+    let reply = upload(
+        &runner,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File(&name, &video()[..50_000])])),
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (503, "queue unavailable")
+    );
+    assert_eq!(stored_with_name(&mut client, &name), (0, 0));
+    drop(runner);
+
+    let runner = start(&vhost, |c| {
+        c.env("SPIN_VARIABLE_MONGODB_URL", format!("mongodb://{closed}"))
+            .env("SPIN_VARIABLE_MONGODB_HOST", &closed)
+    });
+    let reply = upload(
+        &runner,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File("x.mp4", &video()[..50_000])])),
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (503, "storage unavailable")
+    );
+    let reply = get(&runner, "/jobs/0123456789abcdef01234567", &auth, &[]);
+    assert_eq!(reply.status, 503);
+    let reply = get(
+        &runner,
+        "/download?fid=0123456789abcdef01234567",
+        &auth,
+        &[],
+    );
+    assert_eq!(reply.status, 503);
+    assert!(vhost.drain("video").is_empty());
+}
+
+/// An MP3-like file in GridFS `mp3s` and the done job that produced it, as the converter
+/// leaves them; removed on drop.
+struct Converted {
+    job_id: String,
+    mp3_fid: ObjectId,
+    data: Vec<u8>,
+}
+
+impl Converted {
+    fn new(owner: &str, upload_name: &str) -> Self {
+        let mut data = b"ID3\x04\0\0\0\0\0\x0f".to_vec();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        while data.len() < 600_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.push((x >> 32) as u8);
+        }
+        let mut client = mongo();
+        let mp3_fid = Bucket::new(MP3S_DB)
+            .upload(&mut client, data.as_slice(), "x.mp3", None, 1 << 30)
+            .expect("storing the mp3");
+        let job = Job {
+            id: ObjectId::new().to_hex(),
+            owner: owner.to_owned(),
+            video_fid: ObjectId::new().to_hex(),
+            filename: upload_name.to_owned(),
+            status: JobStatus::Done,
+            mp3_fid: Some(mp3_fid.to_hex()),
+            error: None,
+            attempts: 1,
+            created_at: 1_700_000_000_000,
+            updated_at: 1_700_000_060_000,
+        };
+        client
+            .insert_one(
+                VIDEOS_DB,
+                JOBS_COLLECTION,
+                bson::to_document(&job).expect("job as BSON"),
+            )
+            .expect("inserting the job");
+        Converted {
+            job_id: job.id,
+            mp3_fid,
+            data,
+        }
+    }
+}
+
+impl Drop for Converted {
+    fn drop(&mut self) {
+        let mut client = mongo();
+        let _ = client.delete_many(VIDEOS_DB, JOBS_COLLECTION, doc! {"_id": &self.job_id});
+        let _ = Bucket::new(MP3S_DB).delete(&mut client, self.mp3_fid);
+    }
+}
+
+#[test]
+fn downloads_stream_the_owners_mp3_with_ranges() {
+    let vhost = Vhost::new();
+    let runner = start(&vhost, |c| c);
+    let (email, auth) = user();
+    let converted = Converted::new(&email, "Summer Trip.mov");
+    let fid = converted.mp3_fid.to_hex();
+    let path = format!("/download?fid={fid}");
+
+    let reply = get(&runner, &path, &auth, &[]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.body == converted.data, "downloaded bytes differ");
+    assert_eq!(reply.header("content-type"), Some("audio/mpeg"));
+    assert_eq!(reply.header("content-length"), Some("600000"));
+    assert_eq!(reply.header("accept-ranges"), Some("bytes"));
+    let disposition = reply.header("content-disposition").unwrap_or("");
+    assert!(
+        disposition.starts_with("attachment;") && disposition.contains("Summer Trip.mp3"),
+        "{disposition}"
+    );
+
+    // One range, across a chunk boundary.
+    let reply = get(&runner, &path, &auth, &[("Range", "bytes=261000-262999")]);
+    assert_eq!(reply.status, 206);
+    assert_eq!(
+        reply.header("content-range"),
+        Some("bytes 261000-262999/600000")
+    );
+    assert!(reply.body == converted.data[261_000..263_000]);
+    let reply = get(&runner, &path, &auth, &[("Range", "bytes=-100")]);
+    assert_eq!(reply.status, 206);
+    assert!(reply.body == converted.data[599_900..]);
+
+    let reply = get(&runner, &path, &auth, &[("Range", "bytes=600000-")]);
+    assert_eq!(reply.status, 416);
+    assert_eq!(reply.header("content-range"), Some("bytes */600000"));
+
+    // Only the owner; unknown and malformed ids.
+    let (_, other) = user();
+    let reply = get(&runner, &path, &other, &[]);
+    assert_eq!((reply.status, reply.text().as_str()), (403, "not your mp3"));
+    let unknown = format!("/download?fid={}", ObjectId::new().to_hex());
+    assert_eq!(get(&runner, &unknown, &auth, &[]).status, 404);
+    let reply = get(&runner, "/download", &auth, &[]);
+    assert_eq!((reply.status, reply.text().as_str()), (400, "missing fid"));
+    let reply = get(&runner, "/download?fid=nope", &auth, &[]);
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (400, "malformed fid")
+    );
+
+    // The job shows where the MP3 is.
+    let reply = get(&runner, &format!("/jobs/{}", converted.job_id), &auth, &[]);
+    let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(status["status"], "done");
+    assert_eq!(status["mp3_fid"], fid);
+}
+
+#[test]
+fn unknown_paths_and_methods() {
+    let vhost = Vhost::new();
+    let runner = start(&vhost, |c| c);
+    let (_, auth) = user();
+    assert_eq!(get(&runner, "/nothing-here", &auth, &[]).status, 404);
+    let reply = send_raw("GET", &runner.url("/upload"), &[], Body::Empty).unwrap();
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("allow"), Some("POST"));
+}
+
+/// Gateway and auth as two apps, as in Kubernetes: the gateway alone in its manifest, with
+/// `auth_url` pointing at another runner serving login and validate.
+#[test]
+fn split_deployment_forwards_login_and_validates_remotely() {
+    let db = TestDb::migrated();
+    let email = format!("split{}@example.com", unique());
+    let (ok, out) = admin(&db.url(), &["user", "add", &email], "split-password\n");
+    assert!(ok, "{out}");
+    let wasm = |name: &str| system_tests::wasm(name).display().to_string();
+    let dir = TempDir::new("split");
+    let auth_manifest = dir.write(
+        "auth.toml",
+        &format!(
+            r#"spin_manifest_version = 2
+[application]
+name = "auth"
+[variables]
+db_url = {{ required = true, secret = true }}
+db_host = {{ required = true }}
+jwt_secret = {{ required = true, secret = true }}
+[[trigger.http]]
+route = "/login"
+component = "login"
+[[trigger.http]]
+route = "/validate"
+component = "validate"
+[component.login]
+source = "{login}"
+allowed_outbound_hosts = ["mysql://{{{{ db_host }}}}"]
+[component.login.variables]
+db_url = "{{{{ db_url }}}}"
+jwt_secret = "{{{{ jwt_secret }}}}"
+jwt_issuer = "mp3-converter"
+jwt_audience = "mp3-converter"
+jwt_ttl_seconds = "3600"
+login_max_failures = "5"
+login_lockout_seconds = "900"
+[component.validate]
+source = "{validate}"
+[component.validate.variables]
+jwt_secret = "{{{{ jwt_secret }}}}"
+jwt_issuer = "mp3-converter"
+jwt_audience = "mp3-converter"
+"#,
+            login = wasm("login"),
+            validate = wasm("validate"),
+        ),
+    );
+    let auth_runner = RunnerConfig::new(auth_manifest)
+        .env("SPIN_VARIABLE_DB_URL", db.url())
+        .env("SPIN_VARIABLE_DB_HOST", db.host_port())
+        .env("SPIN_VARIABLE_JWT_SECRET", SECRET)
+        .start();
+
+    let gateway_manifest = dir.write(
+        "gateway.toml",
+        &format!(
+            r#"spin_manifest_version = 2
+[application]
+name = "gateway"
+[variables]
+mongodb_url = {{ required = true, secret = true }}
+mongodb_host = {{ required = true }}
+amqp_url = {{ required = true, secret = true }}
+amqp_host = {{ required = true }}
+auth_url = {{ required = true }}
+[[trigger.http]]
+route = "/..."
+component = "gateway"
+[component.gateway]
+source = "{gateway}"
+allowed_outbound_hosts = ["tcp://{{{{ mongodb_host }}}}", "tcp://{{{{ amqp_host }}}}", "{{{{ auth_url }}}}"]
+[component.gateway.variables]
+mongodb_url = "{{{{ mongodb_url }}}}"
+amqp_url = "{{{{ amqp_url }}}}"
+auth_url = "{{{{ auth_url }}}}"
+max_upload_bytes = "10000000"
+"#,
+            gateway = wasm("gateway"),
+        ),
+    );
+    let vhost = Vhost::new();
+    let gateway = RunnerConfig::new(gateway_manifest)
+        .env("SPIN_VARIABLE_MONGODB_URL", service_env("MONGODB_URL"))
+        .env("SPIN_VARIABLE_MONGODB_HOST", mongo_address())
+        .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
+        .env("SPIN_VARIABLE_AMQP_HOST", Vhost::broker_address())
+        .env("SPIN_VARIABLE_AUTH_URL", auth_runner.base())
+        .start();
+
+    // Login through the gateway, forwarded to the auth app.
+    let basic = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{email}:split-password"))
+        )
+    };
+    let reply = send_raw(
+        "POST",
+        &gateway.url("/login"),
+        &[("Authorization", &basic)],
+        Body::Empty,
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), gateway.log());
+    let auth = format!("Bearer {}", reply.text().trim());
+    let reply = send_raw("POST", &gateway.url("/login"), &[], Body::Empty).unwrap();
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (401, "missing credentials")
+    );
+
+    // Its token works for an upload, checked by the remote validate.
+    let name = format!("split-{}.mp4", unique());
+    let reply = upload(
+        &gateway,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File(&name, &video()[..100_000])])),
+    );
+    assert_eq!(reply.status, 202, "{}\n{}", reply.text(), gateway.log());
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(vhost.take_messages("video", 10).len(), 1);
+    forget_upload(
+        &mut mongo(),
+        json["job_id"].as_str().unwrap(),
+        json["video_fid"].as_str().unwrap(),
+    );
+    let reply = get(
+        &gateway,
+        "/jobs/0123456789abcdef01234567",
+        "Bearer a.b.c",
+        &[],
+    );
+    assert_eq!(reply.status, 403);
+
+    // The auth app gone: 503, not a hang or a 500.
+    drop(auth_runner);
+    let reply = get(&gateway, "/jobs/0123456789abcdef01234567", &auth, &[]);
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (503, "authentication service unavailable")
+    );
+}
