@@ -11,6 +11,7 @@
 //! - [`telemetry`]: tracing setup (text or JSON).
 
 pub mod amqp;
+pub mod cli;
 pub mod consumer;
 pub mod retry;
 pub mod server;

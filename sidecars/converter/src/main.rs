@@ -1,1 +1,159 @@
-fn main() {}
+//! `converter`: consumes the `video` queue, converts each job's video to MP3 with ffmpeg into
+//! GridFS `mp3s`, marks the job done and announces it on the `mp3` queue.
+
+mod convert;
+mod handler;
+mod layout;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use mp3_worker::{LogFormat, Worker, WorkerOptions};
+use prometheus_client::registry::Registry;
+
+/// Converts uploaded videos to MP3.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Config {
+    /// RabbitMQ, `amqp://user:password@host:port/vhost`.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+    /// MongoDB, `mongodb://...` (databases `videos` and `mp3s`).
+    #[arg(long, env = "MONGODB_URL", hide_env_values = true)]
+    mongodb_url: String,
+    /// Videos converted at once (default: the number of cores).
+    #[arg(long, env = "CONCURRENCY", default_value_t = default_concurrency(),
+          value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Attempts per job before it is marked failed.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
+    /// Delay before the second attempt, in milliseconds; doubles for each further one.
+    #[arg(long, env = "RETRY_BASE_DELAY_MS", default_value_t = 1000)]
+    retry_base_delay_ms: u64,
+    /// Address of `/healthz` and `/metrics`.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9101")]
+    metrics_addr: SocketAddr,
+    /// On SIGTERM, seconds running conversions may take to finish before they are requeued.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 300)]
+    shutdown_timeout_secs: u64,
+    /// The ffmpeg binary.
+    #[arg(long, env = "FFMPEG_PATH", default_value = "ffmpeg")]
+    ffmpeg_path: PathBuf,
+    /// Log lines as `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn default_concurrency() -> u16 {
+    std::thread::available_parallelism()
+        .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+        .unwrap_or(1)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    mp3_worker::telemetry::init(config.log_format);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "converter failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let mut options = mongodb::options::ClientOptions::parse(&config.mongodb_url)
+        .await
+        .context("parsing MONGODB_URL")?;
+    options.app_name.get_or_insert_with(|| "converter".into());
+    let client = mongodb::Client::with_options(options).context("configuring MongoDB")?;
+
+    let mut registry = Registry::with_prefix("converter");
+    let metrics = handler::Metrics::register(&mut registry);
+    let converter = handler::Converter::new(
+        store::Store::new(&client),
+        config.ffmpeg_path,
+        std::env::temp_dir(),
+        metrics,
+    );
+    let options = WorkerOptions {
+        name: "converter",
+        queue: mp3_model::topology::VIDEO[0],
+        amqp_url: config.amqp_url,
+        concurrency: config.concurrency,
+        max_attempts: config.max_attempts,
+        retry_base_delay: Duration::from_millis(config.retry_base_delay_ms),
+        metrics_addr: config.metrics_addr,
+        shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+    };
+    Worker::new(options, converter, registry).run().await?;
+    client.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUIRED: [&str; 5] = [
+        "converter",
+        "--amqp-url",
+        "amqp://u:p@h/%2f",
+        "--mongodb-url",
+        "mongodb://h",
+    ];
+
+    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+        mp3_worker::cli::parse_ignoring_env(REQUIRED.iter().chain(extra))
+    }
+
+    #[test]
+    fn every_option_has_its_documented_environment_variable() {
+        assert_eq!(
+            mp3_worker::cli::env_names::<Config>(),
+            [
+                "AMQP_URL",
+                "CONCURRENCY",
+                "FFMPEG_PATH",
+                "LOG_FORMAT",
+                "MAX_ATTEMPTS",
+                "METRICS_ADDR",
+                "MONGODB_URL",
+                "RETRY_BASE_DELAY_MS",
+                "SHUTDOWN_TIMEOUT_SECS",
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_match_the_documented_configuration() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.max_attempts, 3);
+        assert_eq!(config.retry_base_delay_ms, 1000);
+        assert_eq!(config.metrics_addr, "127.0.0.1:9101".parse().unwrap());
+        assert_eq!(config.shutdown_timeout_secs, 300);
+        assert_eq!(config.ffmpeg_path, PathBuf::from("ffmpeg"));
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert!(config.concurrency >= 1);
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(parse(&["--concurrency", "0"]).is_err());
+        assert!(parse(&["--max-attempts", "0"]).is_err());
+        assert!(parse(&["--metrics-addr", "9101"]).is_err());
+        assert!(parse(&["--log-format", "xml"]).is_err());
+        assert!(parse(&["--log-format", "json"]).is_ok());
+        let missing_mongodb = ["converter", "--amqp-url", "amqp://h"];
+        assert!(mp3_worker::cli::parse_ignoring_env::<Config>(missing_mongodb).is_err());
+    }
+}

@@ -1,0 +1,299 @@
+//! Running ffmpeg: video bytes in on stdin (or from a temporary file when it needs seeking),
+//! MP3 bytes out on stdout, in bounded memory.
+
+use std::collections::VecDeque;
+use std::io::ErrorKind as IoErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ffmpeg_sidecar::child::FfmpegChild;
+use ffmpeg_sidecar::command::FfmpegCommand;
+use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
+use futures_util::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Bytes copied at a time between GridFS and ffmpeg.
+const BUFFER: usize = 64 * 1024;
+/// ffmpeg error lines kept for the job's error message.
+const ERROR_LINES: usize = 3;
+
+/// The MP3 encoding: constant bitrate, so that players and ffprobe compute the exact duration
+/// from the size even though the Xing header cannot be rewritten on a pipe (it is not written at
+/// all), and no tags.
+pub const OUTPUT_ARGS: &[&str] = &[
+    "-map",
+    "0:a:0",
+    "-vn",
+    "-sn",
+    "-dn",
+    "-map_metadata",
+    "-1",
+    "-c:a",
+    "libmp3lame",
+    "-b:a",
+    "192k",
+    "-write_xing",
+    "0",
+    "-id3v2_version",
+    "0",
+    "-f",
+    "mp3",
+    "pipe:1",
+];
+
+/// Where ffmpeg reads the video.
+pub enum Input<R> {
+    /// Streamed into stdin.
+    Pipe(R),
+    /// A seekable local copy.
+    File(PathBuf),
+}
+
+/// Bytes moved by a successful conversion.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Converted {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// ffmpeg rejected the input (not a video, no audio track, corrupt): the same input will
+    /// fail again.
+    #[error("ffmpeg could not convert the video ({status}): {message}")]
+    Rejected { status: ExitStatus, message: String },
+    /// Anything else (reading the video, writing the MP3, ffmpeg killed): may pass next time.
+    #[error(transparent)]
+    Transient(#[from] anyhow::Error),
+}
+
+/// Converts `input` to MP3, writing it to `output` (not closed: the caller closes or aborts).
+pub async fn convert<R, W>(
+    ffmpeg: &Path,
+    input: Input<R>,
+    output: &mut W,
+) -> Result<Converted, ConvertError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut command = FfmpegCommand::new_with_path(ffmpeg);
+    command.hide_banner();
+    let (reader, from_file) = match input {
+        Input::Pipe(reader) => (Some(reader), false),
+        Input::File(path) => {
+            command.args(["-nostdin"]).input(&path);
+            (None, true)
+        }
+    };
+    if !from_file {
+        command.input("pipe:0");
+    }
+    command.args(OUTPUT_ARGS);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", ffmpeg.display()))?;
+    let stdin = child.take_stdin();
+    let stdout = child.take_stdout().context("ffmpeg has no stdout")?;
+    let events = child.iter().context("reading ffmpeg's stderr")?;
+    let mut child = Running(Some(child));
+
+    let errors = tokio::task::spawn_blocking(move || {
+        let mut last = VecDeque::with_capacity(ERROR_LINES);
+        for event in events {
+            let line = match event {
+                FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) => line,
+                _ => continue,
+            };
+            tracing::debug!(ffmpeg = %line);
+            if last.len() == ERROR_LINES {
+                last.pop_front();
+            }
+            last.push_back(strip_level(&line).to_owned());
+        }
+        Vec::from(last).join("; ")
+    });
+
+    let stdin = stdin
+        .map(tokio::process::ChildStdin::from_std)
+        .transpose()
+        .context("ffmpeg's stdin")?;
+    let mut stdout = tokio::process::ChildStdout::from_std(stdout).context("ffmpeg's stdout")?;
+
+    let feed = async move {
+        let (Some(mut reader), Some(mut stdin)) = (reader, stdin) else {
+            return Ok::<u64, anyhow::Error>(0);
+        };
+        let mut buffer = vec![0u8; BUFFER];
+        let mut total = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buffer)
+                .await
+                .context("reading the video")?;
+            if n == 0 {
+                break;
+            }
+            match stdin.write_all(&buffer[..n]).await {
+                Ok(()) => total += n as u64,
+                // ffmpeg stopped reading (it failed, or needs no more input): its exit status
+                // tells which.
+                Err(e) if e.kind() == IoErrorKind::BrokenPipe => break,
+                Err(e) => return Err(anyhow::Error::new(e).context("writing to ffmpeg")),
+            }
+        }
+        Ok(total)
+    };
+    let drain = async {
+        let mut buffer = vec![0u8; BUFFER];
+        let mut total = 0u64;
+        loop {
+            let n = stdout
+                .read(&mut buffer)
+                .await
+                .context("reading ffmpeg's output")?;
+            if n == 0 {
+                break;
+            }
+            output
+                .write_all(&buffer[..n])
+                .await
+                .context("writing the MP3")?;
+            total += n as u64;
+        }
+        output.flush().await.context("writing the MP3")?;
+        Ok::<u64, anyhow::Error>(total)
+    };
+    // A failed drain drops stdout, so ffmpeg ends on EPIPE; a failed feed drops stdin, so ffmpeg
+    // sees the end of its input: both sides always finish.
+    let (fed, drained) = tokio::join!(feed, drain);
+    let status = child.wait().await.context("waiting for ffmpeg")?;
+    let message = errors.await.unwrap_or_default();
+    let bytes_out = drained?;
+    let bytes_in = fed?;
+    if status.success() {
+        return Ok(Converted {
+            bytes_in,
+            bytes_out,
+        });
+    }
+    if status.code().is_none() {
+        // Killed by a signal (the OOM killer, an operator): not the input's fault.
+        return Err(ConvertError::Transient(anyhow::anyhow!(
+            "ffmpeg was killed ({status}): {message}"
+        )));
+    }
+    let message = if message.is_empty() {
+        "no error message".to_owned()
+    } else {
+        message
+    };
+    Err(ConvertError::Rejected { status, message })
+}
+
+/// An ffmpeg log line without the `[error] ` level prefix that `-loglevel level+...` adds.
+fn strip_level(line: &str) -> &str {
+    let line = line.trim();
+    match line
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+    {
+        Some((level, message)) if !level.contains(' ') => message.trim(),
+        _ => line,
+    }
+}
+
+/// The ffmpeg process, killed if the conversion is dropped (shutdown timeout) before it ends.
+struct Running(Option<FfmpegChild>);
+
+impl Running {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        loop {
+            let Some(child) = self.0.as_mut() else {
+                return Err(std::io::Error::other("ffmpeg already reaped"));
+            };
+            if let Some(status) = child.as_inner_mut().try_wait()? {
+                self.0 = None;
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A temporary file deleted when dropped.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// Copies `reader` into a new file in `dir`; returns it and the bytes copied.
+    pub async fn copy_from<R: AsyncRead + Unpin>(
+        dir: &Path,
+        name: &str,
+        mut reader: R,
+    ) -> anyhow::Result<(Self, u64)> {
+        let path = dir.join(name);
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .with_context(|| format!("creating {}", path.display()))?;
+        let temp = Self(path);
+        let mut buffer = vec![0u8; BUFFER];
+        let mut total = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buffer)
+                .await
+                .context("reading the video")?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&buffer[..n])
+                .await
+                .with_context(|| format!("writing {}", temp.0.display()))?;
+            total += n as u64;
+        }
+        file.flush().await?;
+        Ok((temp, total))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.0) {
+            tracing::warn!(path = %self.0.display(), %error, "cannot delete a temporary file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_prefixes_are_stripped_from_error_lines() {
+        assert_eq!(
+            strip_level("[error] pipe:0: Invalid data found when processing input "),
+            "pipe:0: Invalid data found when processing input"
+        );
+        assert_eq!(strip_level("[fatal] x"), "x");
+        assert_eq!(strip_level("no prefix"), "no prefix");
+        assert_eq!(strip_level("[mp3 @ 0x1] bad"), "[mp3 @ 0x1] bad");
+    }
+}

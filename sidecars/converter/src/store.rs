@@ -1,0 +1,360 @@
+//! MongoDB: the job documents (`videos.jobs`), the videos (GridFS `videos`) and the MP3s
+//! (GridFS `mp3s`).
+//!
+//! A job is converted at most once into at most one MP3, however often its message is
+//! delivered and however many converters run:
+//! - [`Store::claim`] moves a `queued` or `converting` job to `converting`, counts the attempt
+//!   and records in `converting_fid` the id the MP3 of this attempt will get, before any byte
+//!   is uploaded; it returns the previous attempt's id, so that attempt's leftovers (a converter
+//!   killed mid-upload leaves chunks without a files document) can be deleted.
+//! - [`Store::mark_done`] succeeds only while `converting_fid` is still this attempt's id: of
+//!   two racing attempts only the last to claim can finish; the other deletes its own MP3.
+
+use anyhow::Context as _;
+use futures_util::io::AsyncRead;
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use mongodb::error::{ErrorKind, GridFsErrorKind};
+use mongodb::gridfs::{GridFsBucket, GridFsUploadStream};
+use mongodb::options::{GridFsBucketOptions, GridFsUploadOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database};
+use mp3_model::{Job, JobStatus, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
+
+use crate::layout::{BoxWalker, Layout, Step, HEADER_LEN};
+
+/// The field holding the id of the MP3 the current attempt is writing (hex), next to the
+/// model's fields in the job document.
+const CONVERTING_FID: &str = "converting_fid";
+
+#[derive(Clone)]
+pub struct Store {
+    jobs: Collection<Job>,
+    videos_db: Database,
+    videos: GridFsBucket,
+    mp3s_db: Database,
+    mp3s: GridFsBucket,
+}
+
+/// The outcome of [`Store::claim`].
+#[derive(Debug)]
+pub enum Claim {
+    /// The job is ours to convert; `leftover` is the MP3 id of an earlier attempt, if any.
+    Claimed {
+        job: Job,
+        leftover: Option<ObjectId>,
+    },
+    /// Already done (a redelivery): nothing to convert.
+    Done {
+        job: Job,
+        mp3_fid: String,
+    },
+    /// Already given up.
+    Failed {
+        job: Job,
+        error: String,
+    },
+    NotFound,
+}
+
+/// The outcome of [`Store::mark_failed`].
+#[derive(Debug)]
+pub enum MarkFailed {
+    /// Now `failed`; `leftover` is the MP3 id the last attempt was writing, if any.
+    Marked {
+        job: Job,
+        leftover: Option<ObjectId>,
+    },
+    /// Was failed already (a repeated give-up).
+    AlreadyFailed {
+        job: Job,
+    },
+    /// Another attempt finished it meanwhile.
+    Done,
+    NotFound,
+}
+
+/// Where a video is, and how ffmpeg must read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Video {
+    pub id: ObjectId,
+    pub len: u64,
+    pub layout: Layout,
+}
+
+/// A video that cannot be converted, whatever the attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum VideoError {
+    #[error("video_fid {0:?} is not an ObjectId")]
+    BadId(String),
+    #[error("video {0} is not in GridFS")]
+    Missing(ObjectId),
+}
+
+impl Store {
+    pub fn new(client: &Client) -> Self {
+        let videos_db = client.database(VIDEOS_DB);
+        let mp3s_db = client.database(MP3S_DB);
+        let bucket = |db: &Database| {
+            db.gridfs_bucket(
+                GridFsBucketOptions::builder()
+                    .chunk_size_bytes(GRIDFS_CHUNK_SIZE)
+                    .build(),
+            )
+        };
+        Self {
+            jobs: videos_db.collection(JOBS_COLLECTION),
+            videos: bucket(&videos_db),
+            mp3s: bucket(&mp3s_db),
+            videos_db,
+            mp3s_db,
+        }
+    }
+
+    pub async fn job(&self, job_id: &str) -> anyhow::Result<Option<Job>> {
+        self.jobs
+            .find_one(doc! { "_id": job_id })
+            .await
+            .with_context(|| format!("reading job {job_id}"))
+    }
+
+    /// Claims a job for an attempt that will write the MP3 `mp3_fid`.
+    pub async fn claim(&self, job_id: &str, mp3_fid: ObjectId) -> anyhow::Result<Claim> {
+        let filter = doc! {
+            "_id": job_id,
+            "status": { "$in": [JobStatus::Queued.as_str(), JobStatus::Converting.as_str()] },
+        };
+        let update = doc! {
+            "$set": {
+                "status": JobStatus::Converting.as_str(),
+                CONVERTING_FID: mp3_fid.to_hex(),
+                "updated_at": now_ms(),
+            },
+            "$inc": { "attempts": 1 },
+        };
+        let before = self
+            .jobs
+            .clone_with_type::<Document>()
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::Before)
+            .await
+            .with_context(|| format!("claiming job {job_id}"))?;
+        if let Some(before) = before {
+            let leftover = before
+                .get_str(CONVERTING_FID)
+                .ok()
+                .and_then(|hex| ObjectId::parse_str(hex).ok());
+            let job: Job = mongodb::bson::from_document(before)
+                .with_context(|| format!("job {job_id} is not a valid job document"))?;
+            return Ok(Claim::Claimed { job, leftover });
+        }
+        Ok(match self.job(job_id).await? {
+            None => Claim::NotFound,
+            Some(job) => match (job.status, job.mp3_fid.clone()) {
+                (JobStatus::Done, Some(mp3_fid)) => Claim::Done { job, mp3_fid },
+                (JobStatus::Failed, _) => {
+                    let error = job
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "conversion failed".into());
+                    Claim::Failed { job, error }
+                }
+                // Done without an MP3 id, or a status changed between the two reads:
+                // inconsistent, let the retry policy look again.
+                (status, _) => {
+                    anyhow::bail!("job {job_id} is {} and cannot be claimed", status.as_str())
+                }
+            },
+        })
+    }
+
+    /// Marks the job done with `mp3_fid`, if this attempt still holds it. `false`: another
+    /// attempt claimed the job since, and this attempt's MP3 must be deleted.
+    pub async fn mark_done(&self, job_id: &str, mp3_fid: ObjectId) -> anyhow::Result<bool> {
+        let result = self
+            .jobs
+            .update_one(
+                doc! {
+                    "_id": job_id,
+                    "status": JobStatus::Converting.as_str(),
+                    CONVERTING_FID: mp3_fid.to_hex(),
+                },
+                doc! {
+                    "$set": {
+                        "status": JobStatus::Done.as_str(),
+                        "mp3_fid": mp3_fid.to_hex(),
+                        "updated_at": now_ms(),
+                    },
+                    "$unset": { CONVERTING_FID: "", "error": "" },
+                },
+            )
+            .await
+            .with_context(|| format!("marking job {job_id} done"))?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// Marks a job that is not done `failed` with `error`.
+    pub async fn mark_failed(&self, job_id: &str, error: &str) -> anyhow::Result<MarkFailed> {
+        let before = self
+            .jobs
+            .clone_with_type::<Document>()
+            .find_one_and_update(
+                doc! {
+                    "_id": job_id,
+                    "status": { "$in": [JobStatus::Queued.as_str(), JobStatus::Converting.as_str()] },
+                },
+                doc! {
+                    "$set": {
+                        "status": JobStatus::Failed.as_str(),
+                        "error": error,
+                        "updated_at": now_ms(),
+                    },
+                    "$unset": { CONVERTING_FID: "" },
+                },
+            )
+            .return_document(ReturnDocument::Before)
+            .await
+            .with_context(|| format!("marking job {job_id} failed"))?;
+        if let Some(before) = before {
+            let leftover = before
+                .get_str(CONVERTING_FID)
+                .ok()
+                .and_then(|hex| ObjectId::parse_str(hex).ok());
+            let job: Job = mongodb::bson::from_document(before)
+                .with_context(|| format!("job {job_id} is not a valid job document"))?;
+            return Ok(MarkFailed::Marked { job, leftover });
+        }
+        Ok(match self.job(job_id).await? {
+            None => MarkFailed::NotFound,
+            Some(job) if job.status == JobStatus::Done => MarkFailed::Done,
+            Some(job) => MarkFailed::AlreadyFailed { job },
+        })
+    }
+
+    /// Finds the video and decides how ffmpeg reads it, reading only box headers.
+    pub async fn video(&self, video_fid: &str) -> anyhow::Result<Result<Video, VideoError>> {
+        let Ok(id) = ObjectId::parse_str(video_fid) else {
+            return Ok(Err(VideoError::BadId(video_fid.to_owned())));
+        };
+        let files = self.videos_db.collection::<Document>("fs.files");
+        let Some(file) = files
+            .find_one(doc! { "_id": id })
+            .await
+            .with_context(|| format!("reading the files document of video {id}"))?
+        else {
+            return Ok(Err(VideoError::Missing(id)));
+        };
+        let len = integer(&file, "length").context("video files document without a length")?;
+        let chunk_size = integer(&file, "chunkSize")
+            .filter(|&n| n > 0)
+            .context("video files document without a chunk size")?;
+        let (mut walker, mut step) = BoxWalker::new(len);
+        let layout = loop {
+            match step {
+                Step::Done(layout) => break layout,
+                Step::Read(offset) => {
+                    let bytes = self.read_at(id, chunk_size, offset, len).await?;
+                    step = walker.feed(&bytes);
+                }
+            }
+        };
+        Ok(Ok(Video { id, len, layout }))
+    }
+
+    /// Up to [`HEADER_LEN`] bytes of a video at `offset`, from the one or two chunks holding
+    /// them.
+    async fn read_at(
+        &self,
+        id: ObjectId,
+        chunk_size: u64,
+        offset: u64,
+        len: u64,
+    ) -> anyhow::Result<Vec<u8>> {
+        let chunks = self.videos_db.collection::<Document>("fs.chunks");
+        let end = (offset + HEADER_LEN as u64).min(len);
+        let mut bytes = Vec::with_capacity(HEADER_LEN);
+        let mut at = offset;
+        while at < end {
+            let n = at / chunk_size;
+            let chunk = chunks
+                .find_one(doc! { "files_id": id, "n": i64::try_from(n)? })
+                .await
+                .with_context(|| format!("reading chunk {n} of video {id}"))?
+                .with_context(|| format!("video {id} has no chunk {n}"))?;
+            let data = match chunk.get("data") {
+                Some(Bson::Binary(binary)) => &binary.bytes,
+                _ => anyhow::bail!("chunk {n} of video {id} has no binary data"),
+            };
+            let from = usize::try_from(at - n * chunk_size)?;
+            let to = usize::try_from((end - n * chunk_size).min(chunk_size))?.min(data.len());
+            anyhow::ensure!(from < to, "chunk {n} of video {id} is short");
+            bytes.extend_from_slice(&data[from..to]);
+            at = n * chunk_size + to as u64;
+        }
+        Ok(bytes)
+    }
+
+    /// Streams a video's bytes.
+    pub async fn open_video(&self, id: ObjectId) -> anyhow::Result<impl AsyncRead + Unpin> {
+        self.videos
+            .open_download_stream(Bson::ObjectId(id))
+            .await
+            .map_err(|error| match *error.kind {
+                ErrorKind::GridFs(GridFsErrorKind::FileNotFound { .. }) => {
+                    anyhow::Error::new(VideoError::Missing(id))
+                }
+                _ => anyhow::Error::new(error).context(format!("opening video {id}")),
+            })
+    }
+
+    /// Opens the upload of an MP3 with a chosen id, 255 KiB chunks and the job in its
+    /// metadata.
+    pub async fn create_mp3(
+        &self,
+        id: ObjectId,
+        filename: &str,
+        job: &Job,
+    ) -> anyhow::Result<GridFsUploadStream> {
+        let options = GridFsUploadOptions::builder()
+            .chunk_size_bytes(GRIDFS_CHUNK_SIZE)
+            .metadata(doc! { "job_id": &job.id, "owner": &job.owner, "content_type": "audio/mpeg" })
+            .build();
+        self.mp3s
+            .open_upload_stream(filename)
+            .id(Bson::ObjectId(id))
+            .with_options(options)
+            .await
+            .with_context(|| format!("opening the upload of MP3 {id}"))
+    }
+
+    /// Deletes an MP3 and its chunks, complete or not (a killed upload leaves chunks without a
+    /// files document, which the driver's own delete would not find).
+    pub async fn delete_mp3(&self, id: ObjectId) -> anyhow::Result<()> {
+        self.mp3s_db
+            .collection::<Document>("fs.files")
+            .delete_one(doc! { "_id": id })
+            .await
+            .with_context(|| format!("deleting MP3 {id}"))?;
+        self.mp3s_db
+            .collection::<Document>("fs.chunks")
+            .delete_many(doc! { "files_id": id })
+            .await
+            .with_context(|| format!("deleting the chunks of MP3 {id}"))?;
+        Ok(())
+    }
+}
+
+/// A non-negative integer field, whatever its BSON width.
+fn integer(document: &Document, key: &str) -> Option<u64> {
+    match document.get(key)? {
+        Bson::Int32(n) => u64::try_from(*n).ok(),
+        Bson::Int64(n) => u64::try_from(*n).ok(),
+        Bson::Double(n) if *n >= 0.0 && n.fract() == 0.0 => Some(*n as u64),
+        _ => None,
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}

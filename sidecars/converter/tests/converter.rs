@@ -1,0 +1,512 @@
+//! The converter binary against real RabbitMQ, FerretDB (or MongoDB) and ffmpeg:
+//! `eval "$(scripts/dev-services env)"` first. Each test has its own RabbitMQ vhost and its own
+//! job and file ids; the shared databases `videos` and `mp3s` are only touched through them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use futures_util::io::AsyncWriteExt as _;
+use futures_util::TryStreamExt as _;
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use mongodb::options::GridFsBucketOptions;
+use mongodb::{Client, Database};
+use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
+use mp3_worker::testing::{env, unique, wait_for, Vhost, WorkerProcess};
+
+const CONVERTER: &str = env!("CARGO_BIN_EXE_converter");
+const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Fixture {
+    vhost: Vhost,
+    client: Client,
+    dir: PathBuf,
+}
+
+impl Fixture {
+    async fn new(what: &str) -> Self {
+        let client = Client::with_uri_str(env("MONGODB_URL"))
+            .await
+            .expect("MongoDB client");
+        let dir = std::env::temp_dir().join(unique("converter-test"));
+        std::fs::create_dir_all(&dir).expect("test directory");
+        Self {
+            vhost: Vhost::new(what),
+            client,
+            dir,
+        }
+    }
+
+    fn videos(&self) -> Database {
+        self.client.database(VIDEOS_DB)
+    }
+
+    fn mp3s(&self) -> Database {
+        self.client.database(MP3S_DB)
+    }
+
+    fn start(&self, extra: &[(&str, String)]) -> WorkerProcess {
+        let mut envs = vec![
+            ("AMQP_URL", self.vhost.amqp_url()),
+            ("MONGODB_URL", env("MONGODB_URL")),
+            ("CONCURRENCY", "2".to_owned()),
+            ("RETRY_BASE_DELAY_MS", "200".to_owned()),
+            ("SHUTDOWN_TIMEOUT_SECS", "10".to_owned()),
+        ];
+        envs.extend(extra.iter().cloned());
+        let mut worker = WorkerProcess::start(CONVERTER, &envs);
+        worker.wait_healthy();
+        worker
+    }
+
+    /// Stores `bytes` in GridFS `videos` with `chunk_size` and a queued job for it; returns the
+    /// job.
+    async fn queue_job(&self, bytes: &[u8], filename: &str, chunk_size: u32) -> Job {
+        let bucket = self.videos().gridfs_bucket(
+            GridFsBucketOptions::builder()
+                .chunk_size_bytes(chunk_size)
+                .build(),
+        );
+        let mut upload = bucket.open_upload_stream(filename).await.expect("upload");
+        upload.write_all(bytes).await.expect("uploading the video");
+        upload.close().await.expect("closing the upload");
+        let video_fid = match upload.id() {
+            Bson::ObjectId(id) => id.to_hex(),
+            other => panic!("unexpected file id {other:?}"),
+        };
+        let now = 1_700_000_000_000;
+        let job = Job {
+            id: ObjectId::new().to_hex(),
+            owner: format!("{}@example.com", unique("owner")),
+            video_fid,
+            filename: filename.to_owned(),
+            status: JobStatus::Queued,
+            mp3_fid: None,
+            error: None,
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        self.videos()
+            .collection::<Job>(JOBS_COLLECTION)
+            .insert_one(&job)
+            .await
+            .expect("inserting the job");
+        job
+    }
+
+    fn publish(&self, job: &Job) {
+        let message = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
+        self.vhost
+            .publish("video", &serde_json::to_string(&message).unwrap());
+    }
+
+    async fn job(&self, id: &str) -> Job {
+        self.videos()
+            .collection::<Job>(JOBS_COLLECTION)
+            .find_one(doc! { "_id": id })
+            .await
+            .expect("reading the job")
+            .expect("the job exists")
+    }
+
+    async fn wait_status(&self, id: &str, status: JobStatus) -> Job {
+        let deadline = std::time::Instant::now() + JOB_TIMEOUT;
+        loop {
+            let job = self.job(id).await;
+            if job.status == status {
+                return job;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job {id} is still {:?}, not {status:?}",
+                job.status
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The `mp3s` files documents of a job.
+    async fn mp3_files(&self, job_id: &str) -> Vec<Document> {
+        self.mp3s()
+            .collection::<Document>("fs.files")
+            .find(doc! { "metadata.job_id": job_id })
+            .await
+            .expect("listing MP3s")
+            .try_collect()
+            .await
+            .expect("listing MP3s")
+    }
+
+    async fn chunk_count(&self, files_id: ObjectId) -> u64 {
+        self.mp3s()
+            .collection::<Document>("fs.chunks")
+            .count_documents(doc! { "files_id": files_id })
+            .await
+            .expect("counting chunks")
+    }
+
+    /// Downloads an MP3 from GridFS `mp3s` with the driver, to a file.
+    async fn download_mp3(&self, fid: &str) -> PathBuf {
+        let id = ObjectId::parse_str(fid).expect("mp3_fid is an ObjectId");
+        let bucket = self.mp3s().gridfs_bucket(None);
+        let mut stream = bucket
+            .open_download_stream(Bson::ObjectId(id))
+            .await
+            .expect("the MP3 is in GridFS mp3s");
+        let mut bytes = Vec::new();
+        futures_util::io::AsyncReadExt::read_to_end(&mut stream, &mut bytes)
+            .await
+            .expect("reading the MP3");
+        let path = self.dir.join(format!("{fid}.mp3"));
+        std::fs::write(&path, bytes).expect("writing the MP3");
+        path
+    }
+
+    /// Waits for `n` messages on `queue` and takes them.
+    fn take(&self, queue: &str, n: u64) -> Vec<serde_json::Value> {
+        wait_for(&format!("{n} message(s) on {queue}"), JOB_TIMEOUT, || {
+            (self.vhost.queue_len(queue)? >= n).then_some(())
+        });
+        let messages = self.vhost.take(queue, 100);
+        assert_eq!(messages.len() as u64, n, "{queue}: {messages:#?}");
+        messages
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn payload(message: &serde_json::Value) -> JobMessage {
+    serde_json::from_str(message["payload"].as_str().expect("a string payload"))
+        .expect("a JobMessage")
+}
+
+/// A test video: `seconds` of a sine tone over a small test pattern.
+fn make_video(dir: &Path, name: &str, seconds: u32, extra: &[&str]) -> Vec<u8> {
+    let path = dir.join(name);
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=size=160x120:rate=10:duration={seconds}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!(
+            "sine=frequency=440:sample_rate=44100:duration={seconds}"
+        ))
+        .args(["-shortest", "-c:a", "aac"])
+        .args(extra)
+        .arg(&path)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success(), "generating {name}");
+    std::fs::read(&path).expect("reading the test video")
+}
+
+/// (format name, duration in seconds) per ffprobe.
+fn probe(path: &Path) -> (String, f64) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=format_name,duration",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(out.status.success(), "ffprobe {}", path.display());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
+    let format = &json["format"];
+    (
+        format["format_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        format["duration"]
+            .as_str()
+            .and_then(|d| d.parse().ok())
+            .expect("a duration"),
+    )
+}
+
+/// Top-level box types of an MP4, in order.
+fn boxes(bytes: &[u8]) -> Vec<String> {
+    let mut kinds = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        kinds.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).into_owned());
+        if size < 8 {
+            break;
+        }
+        at += size;
+    }
+    kinds
+}
+
+async fn assert_converted(fx: &Fixture, job: &Job, seconds: f64) -> String {
+    let done = fx.wait_status(&job.id, JobStatus::Done).await;
+    let fid = done.mp3_fid.clone().expect("a done job has its mp3_fid");
+    assert_eq!(done.error, None);
+    let files = fx.mp3_files(&job.id).await;
+    assert_eq!(files.len(), 1, "exactly one MP3 for the job: {files:#?}");
+    assert_eq!(files[0].get_object_id("_id").unwrap().to_hex(), fid);
+    assert_eq!(files[0].get_i32("chunkSize").unwrap(), 255 * 1024);
+    let mp3 = fx.download_mp3(&fid).await;
+    let (format, duration) = probe(&mp3);
+    assert_eq!(format, "mp3");
+    assert!(
+        (duration - seconds).abs() <= 0.1,
+        "MP3 lasts {duration} s, the video {seconds} s"
+    );
+    fid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converts_streamable_and_moov_at_end_videos() {
+    let fx = Fixture::new("convert").await;
+    let mkv = make_video(&fx.dir, "clip.mkv", 3, &[]);
+    let mp4 = make_video(&fx.dir, "clip.mp4", 4, &["-c:v", "mpeg4"]);
+    let order = boxes(&mp4);
+    let (mdat, moov) = (
+        order.iter().position(|b| b == "mdat").expect("an mdat box"),
+        order.iter().position(|b| b == "moov").expect("a moov box"),
+    );
+    assert!(
+        mdat < moov,
+        "the MP4 must have its moov at the end: {order:?}"
+    );
+    let (_, source) = probe(&fx.dir.join("clip.mp4"));
+    assert!((source - 4.0).abs() < 0.05, "source lasts {source} s");
+
+    let worker = fx.start(&[]);
+    assert_eq!(worker.metric("converter_jobs_done_total"), Some(0.0));
+    let streamed = fx.queue_job(&mkv, "clip.mkv", 255 * 1024).await;
+    // Small chunks: the box walk must read headers across chunk boundaries.
+    let seeking = fx.queue_job(&mp4, "holiday.mp4", 1000).await;
+    fx.publish(&streamed);
+    fx.publish(&seeking);
+
+    let streamed_fid = assert_converted(&fx, &streamed, 3.0).await;
+    let seeking_fid = assert_converted(&fx, &seeking, 4.0).await;
+    assert_eq!(fx.job(&seeking.id).await.attempts, 1);
+    let files = fx.mp3_files(&seeking.id).await;
+    assert_eq!(files[0].get_str("filename").unwrap(), "holiday.mp3");
+
+    let mut announced: Vec<_> = fx.take("mp3", 2).iter().map(payload).collect();
+    announced.sort_by_key(|m| m.job_id != streamed.id);
+    assert_eq!(
+        announced[0],
+        JobMessage::queued(&streamed.id, &streamed.video_fid, &streamed.owner)
+            .converted(&streamed_fid)
+    );
+    assert_eq!(
+        announced[1],
+        JobMessage::queued(&seeking.id, &seeking.video_fid, &seeking.owner).converted(&seeking_fid)
+    );
+    assert_eq!(fx.vhost.queue_len("video.dead"), Some(0));
+
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(&seeking.id))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    assert_eq!(
+        mp3_worker::testing::http_get(&format!("{}/healthz", worker.metrics_url)).0,
+        200
+    );
+    assert_eq!(worker.metric("converter_jobs_done_total"), Some(2.0));
+    assert_eq!(worker.metric("converter_jobs_in_flight"), Some(0.0));
+    assert!(worker.metric("converter_bytes_in_total").unwrap() >= (mkv.len() + mp4.len()) as f64);
+    assert!(worker.metric("converter_bytes_out_total").unwrap() > 0.0);
+    assert_eq!(
+        worker.metric("converter_conversion_duration_seconds_count"),
+        Some(2.0)
+    );
+    assert_eq!(
+        mp3_worker::testing::http_get(&format!("{}/nope", worker.metrics_url)).0,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_done_job_is_announced_again_without_a_second_mp3() {
+    let fx = Fixture::new("redeliver").await;
+    let video = make_video(&fx.dir, "clip.mkv", 2, &[]);
+    let worker = fx.start(&[]);
+    let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;
+    fx.publish(&job);
+    let fid = assert_converted(&fx, &job, 2.0).await;
+    let first = fx.take("mp3", 1);
+
+    fx.publish(&job);
+    let second = fx.take("mp3", 1);
+    assert_eq!(payload(&first[0]), payload(&second[0]));
+    assert_eq!(payload(&second[0]).mp3_fid.as_deref(), Some(fid.as_str()));
+    let again = fx.job(&job.id).await;
+    assert_eq!((again.status, again.attempts), (JobStatus::Done, 1));
+    assert_eq!(fx.mp3_files(&job.id).await.len(), 1);
+    assert_eq!(worker.metric("converter_jobs_done_total"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_conversion_and_restarted_converts_once() {
+    let fx = Fixture::new("sigkill").await;
+    // 24 s at 192 kb/s is about 560 KiB of MP3: at least two GridFS chunks.
+    let video = make_video(&fx.dir, "long.mkv", 24, &[]);
+    // An ffmpeg that reads its input at 4x real time, so the kill lands mid-conversion.
+    let slow = fx.dir.join("slow-ffmpeg");
+    std::fs::write(&slow, "#!/bin/sh\nexec ffmpeg -readrate 4 \"$@\"\n").unwrap();
+    Command::new("chmod").arg("+x").arg(&slow).status().unwrap();
+
+    let mut worker = fx.start(&[("FFMPEG_PATH", slow.display().to_string())]);
+    let job = fx.queue_job(&video, "long.mkv", 255 * 1024).await;
+    fx.publish(&job);
+
+    // Wait until the MP3 has chunks in GridFS but is not finished, then SIGKILL.
+    let deadline = std::time::Instant::now() + JOB_TIMEOUT;
+    let partial = loop {
+        let doc = fx
+            .videos()
+            .collection::<Document>(JOBS_COLLECTION)
+            .find_one(doc! { "_id": &job.id })
+            .await
+            .unwrap()
+            .unwrap();
+        if let Ok(hex) = doc.get_str("converting_fid") {
+            let fid = ObjectId::parse_str(hex).unwrap();
+            if fx.chunk_count(fid).await > 0 {
+                break fid;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partial MP3 appeared:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    worker.signal("KILL");
+    worker.wait_exit(Duration::from_secs(10));
+    let interrupted = fx.job(&job.id).await;
+    assert_eq!(interrupted.status, JobStatus::Converting);
+    assert!(
+        fx.mp3_files(&job.id).await.is_empty(),
+        "the killed upload was not finished"
+    );
+    drop(worker);
+
+    let worker = fx.start(&[]);
+    let fid = assert_converted(&fx, &job, 24.0).await;
+    assert_ne!(fid, partial.to_hex());
+    assert_eq!(
+        fx.chunk_count(partial).await,
+        0,
+        "the partial MP3's chunks are deleted"
+    );
+    assert_eq!(fx.job(&job.id).await.attempts, 2);
+    let announced = fx.take("mp3", 1);
+    assert_eq!(
+        payload(&announced[0]).mp3_fid.as_deref(),
+        Some(fid.as_str())
+    );
+    assert_eq!(worker.metric("converter_jobs_done_total"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_end_in_the_dead_letter_queue_and_the_user_is_told() {
+    let fx = Fixture::new("poison").await;
+    let worker = fx.start(&[]);
+    let job = fx
+        .queue_job(
+            b"these bytes are not a video, whatever the name says",
+            "fake.mp4",
+            255 * 1024,
+        )
+        .await;
+    fx.publish(&job);
+    fx.vhost.publish("video", "{not json");
+
+    let failed = fx.wait_status(&job.id, JobStatus::Failed).await;
+    let error = failed.error.expect("a failed job says why");
+    assert!(error.contains("ffmpeg"), "error: {error}");
+    assert!(!error.contains('\n'));
+    assert_eq!(failed.mp3_fid, None);
+    assert_eq!(failed.attempts, 1, "a rejected input is not retried");
+
+    let told = payload(&fx.take("mp3", 1)[0]);
+    assert_eq!(
+        told,
+        JobMessage::queued(&job.id, &job.video_fid, &job.owner).failed(&error)
+    );
+    let dead: Vec<String> = fx
+        .take("video.dead", 2)
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(dead.iter().any(|p| p == "{not json"), "{dead:?}");
+    assert!(
+        dead.iter()
+            .any(|p| serde_json::from_str::<JobMessage>(p).is_ok_and(|m| m.job_id == job.id)),
+        "{dead:?}"
+    );
+    assert!(!error.starts_with('['), "error: {error}");
+    assert!(fx.mp3_files(&job.id).await.is_empty());
+    assert_eq!(worker.metric("converter_jobs_failed_total"), Some(1.0));
+    assert_eq!(
+        worker.metric("converter_messages_unparseable_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        worker.metric("converter_messages_dead_lettered_total"),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_with_backoff_then_given_up() {
+    let fx = Fixture::new("retry").await;
+    // An ffmpeg that cannot be started fails every attempt, transiently as far as the
+    // converter can tell.
+    let worker = fx.start(&[
+        ("FFMPEG_PATH", "/nonexistent/ffmpeg".to_owned()),
+        ("MAX_ATTEMPTS", "3".to_owned()),
+    ]);
+    let video = make_video(&fx.dir, "clip.mkv", 1, &[]);
+    let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;
+    let started = std::time::Instant::now();
+    fx.publish(&job);
+    let failed = fx.wait_status(&job.id, JobStatus::Failed).await;
+    // Backoff 200 ms then 400 ms between the three attempts.
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    assert_eq!(failed.attempts, 3);
+    assert!(failed.error.unwrap().contains("/nonexistent/ffmpeg"));
+    assert_eq!(fx.take("video.dead", 1).len(), 1);
+    let dead_headers = fx.vhost.queue_len("video.retry");
+    assert_eq!(dead_headers, Some(0));
+    assert_eq!(payload(&fx.take("mp3", 1)[0]).job_id, job.id);
+    assert_eq!(worker.metric("converter_jobs_retried_total"), Some(2.0));
+    assert_eq!(worker.metric("converter_jobs_failed_total"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_idle_exits_zero_promptly() {
+    let fx = Fixture::new("sigterm").await;
+    let mut worker = fx.start(&[]);
+    let started = std::time::Instant::now();
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}:\n{}", worker.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
