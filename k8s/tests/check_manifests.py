@@ -306,6 +306,14 @@ def workloads_have_resources_probes_and_pinned_images(ctx: Context, c: Check) ->
                     c.fail(where, f"no checks.{probe}.httpGet")
             if not spec.get("enableAutoscaling"):
                 c.fail(where, "enableAutoscaling is off")
+            elif "replicas" in spec:
+                c.fail(where, "sets replicas with enableAutoscaling on (the operator ignores it; "
+                       "the HorizontalPodAutoscaler's minReplicas/maxReplicas set the count)")
+            hpas = [h for h in ctx.objects(overlay, "HorizontalPodAutoscaler")
+                    if h["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                       "name": obj["metadata"]["name"]}]
+            if spec.get("enableAutoscaling") and not hpas:
+                c.fail(where, "no HorizontalPodAutoscaler scales its Deployment")
             continue
         if obj["kind"] not in WORKLOAD_KINDS:
             continue
