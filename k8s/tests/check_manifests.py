@@ -829,6 +829,42 @@ def queues_match_topology_rs(ctx: Context, c: Check) -> None:
                         c.fail(f"{dash_path} panel {panel['title']!r}", f"queue {alt} is not in topology.rs")
 
 
+def registered_metrics(ctx: Context) -> dict[str, set[str]]:
+    """The metric families each worker exports: `Registry::with_prefix("<worker>")` plus every
+    `registry.register("<name>", ...)` in its sources and the shared runtime's."""
+    out = {}
+    for worker, folders in WORKERS.items():
+        code = ctx.rust_sources(folders)
+        prefix = re.search(r'Registry::with_prefix\(\s*"([a-z0-9_]+)"', ctx.rust_sources(folders[:1]))
+        names = re.findall(r'\.register\(\s*"([a-z0-9_]+)"', code)
+        out[worker] = {f"{prefix.group(1)}_{n}" if prefix else n for n in names}
+    return out
+
+
+@check
+def dashboard_metrics_exist(ctx: Context, c: Check) -> None:
+    path = "k8s/components/monitoring/mp3-dashboard.json"
+    dash = json.loads((ctx.root / path).read_text())
+    families = set().union(*registered_metrics(ctx).values())
+    if not families:
+        c.fail("sidecars/*/src and crates/worker/src", "no registry.register(...) found: cannot check the dashboard")
+        return
+    # A family's samples: counters get _total, histograms _bucket, _sum and _count.
+    samples = {f + suffix for f in families for suffix in ("", "_total", "_bucket", "_sum", "_count")}
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            for metric in re.findall(r"\b((?:converter|notifier)_[a-z0-9_]+)", target["expr"]):
+                if metric not in samples:
+                    c.fail(f"{path} panel {panel['title']!r}",
+                           f"{metric} is not a metric the workers export ({', '.join(sorted(families))})")
+            if "rabbitmq_" in target["expr"] and "rabbitmq_queue_messages_ready" not in target["expr"]:
+                c.fail(f"{path} panel {panel['title']!r}", "uses a RabbitMQ metric other than rabbitmq_queue_messages_ready")
+    rabbit_conf = (ctx.root / "k8s/components/in-cluster-data/rabbitmq/rabbitmq.conf").read_text()
+    if "prometheus.return_per_object_metrics = true" not in rabbit_conf:
+        c.fail("k8s/components/in-cluster-data/rabbitmq/rabbitmq.conf",
+               "per-object metrics are off: rabbitmq_queue_messages_ready would have no queue label")
+
+
 @check
 def mysql_schema_is_crates_admin_migrations(ctx: Context, c: Check) -> None:
     mig = ctx.root / "crates/admin/migrations"
