@@ -176,6 +176,23 @@ fn tcp_connects_only_to_allowed_hosts() {
 }
 
 #[test]
+fn tcp_host_names_are_not_resolved_as_in_spin() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().port();
+    // Even with the name in the allow-list, Spin 3 gives guests no name lookup: only an IP
+    // address connects.
+    let (_dir, runner) = start(&[
+        format!("tcp://localhost:{open}"),
+        format!("tcp://127.0.0.1:{open}"),
+    ]);
+    let by_name = get(&runner.url(&format!("/probe/tcp?localhost:{open}")));
+    assert_eq!(by_name.status, 502, "{by_name:?}");
+    assert!(by_name.body.contains("lookup"), "{}", by_name.body);
+    let by_ip = get(&runner.url(&format!("/probe/tcp?127.0.0.1:{open}")));
+    assert_eq!((by_ip.status, by_ip.body.as_str()), (200, "connected"));
+}
+
+#[test]
 fn outbound_http_only_to_allowed_hosts() {
     let port = pong_server();
     let (_dir, runner) = start(&[format!("http://127.0.0.1:{port}")]);

@@ -6,9 +6,11 @@ use runner_outbound_hosts::AllowedHosts;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::WasiCtxBuilder;
 
-/// Allows TCP and name lookups and checks every connect against the allow-list, by IP address as
-/// Spin does (a `tcp://localhost:…` entry never matches). UDP stays off: nothing here needs it,
-/// and a guest that tries gets a permission error.
+/// Allows TCP and checks every connect against the allow-list, by IP address as Spin does (a
+/// `tcp://localhost:…` entry never matches). Name lookups (`wasi:sockets/ip-name-lookup`) are
+/// refused, as in Spin 3, whose wasi context never enables them: a guest connecting to a host
+/// name gets a resolver error, so addresses in URLs and allow-lists must be IP addresses. UDP
+/// stays off: nothing here needs it, and a guest that tries gets a permission error.
 pub(crate) fn configure(
     builder: &mut WasiCtxBuilder,
     component: &str,
@@ -16,7 +18,7 @@ pub(crate) fn configure(
 ) {
     let component: Arc<str> = component.into();
     let allowed = allowed.clone();
-    builder.allow_tcp(true).allow_ip_name_lookup(true).allow_udp(false).socket_addr_check(move |addr, used_for| {
+    builder.allow_tcp(true).allow_ip_name_lookup(false).allow_udp(false).socket_addr_check(move |addr, used_for| {
         let permitted = match used_for {
             SocketAddrUse::TcpConnect => match allowed.check_tcp(addr) {
                 Ok(()) => true,
