@@ -1,0 +1,141 @@
+//! What the notifier does with one `mp3` message.
+
+use mp3_model::JobMessage;
+use mp3_worker::{Context, Failure, Handler};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use tracing::Instrument as _;
+
+use crate::email::render;
+use crate::mailer::{Mailer, SendError};
+use crate::store::{Claim, Store};
+
+/// The notifier's own metrics (the runtime adds retries, dead letters, in flight).
+#[derive(Clone, Default)]
+pub struct Metrics {
+    sent: Counter,
+    failed: Counter,
+    duplicates: Counter,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "emails_sent",
+            "Emails accepted by the SMTP server",
+            metrics.sent.clone(),
+        );
+        registry.register(
+            "emails_failed",
+            "Sends that failed (each attempt counts)",
+            metrics.failed.clone(),
+        );
+        registry.register(
+            "duplicates_skipped",
+            "Messages for a job whose email was already sent",
+            metrics.duplicates.clone(),
+        );
+        metrics
+    }
+}
+
+pub struct Notifier {
+    store: Store,
+    mailer: Mailer,
+    download_base_url: String,
+    metrics: Metrics,
+}
+
+impl Notifier {
+    pub fn new(store: Store, mailer: Mailer, download_base_url: String, metrics: Metrics) -> Self {
+        Self {
+            store,
+            mailer,
+            download_base_url,
+            metrics,
+        }
+    }
+
+    async fn notify(&self, message: &JobMessage) -> Result<(), Failure> {
+        let token = mongodb::bson::oid::ObjectId::new().to_hex();
+        let job = match self
+            .store
+            .claim(&message.job_id, &token)
+            .await
+            .map_err(Failure::retry)?
+        {
+            Claim::Claimed { job } => job,
+            Claim::AlreadySent => {
+                tracing::info!("email already sent; skipping the duplicate");
+                self.metrics.duplicates.inc();
+                return Ok(());
+            }
+            Claim::Held { retry_after } => {
+                return Err(Failure::Defer {
+                    after: retry_after,
+                    reason: "another delivery is sending this job's email".into(),
+                })
+            }
+            Claim::NotFound => {
+                return Err(Failure::permanent(anyhow::anyhow!(
+                    "job {} does not exist",
+                    message.job_id
+                )))
+            }
+        };
+        if job.owner != message.username {
+            tracing::warn!(
+                "the message's username differs from the job's owner; writing to the owner"
+            );
+        }
+        let email = render(message, &self.download_base_url);
+        match self.mailer.send(&job.owner, &email).await {
+            Ok(()) => {
+                self.metrics.sent.inc();
+                tracing::info!(kind = email.kind.as_str(), "email sent");
+                // The email is out: failing to record it now would risk a duplicate, but
+                // retrying the whole message would make one certain. Log and move on.
+                if let Err(error) = self
+                    .store
+                    .mark_sent(&job.id, &token, email.kind.as_str())
+                    .await
+                {
+                    tracing::error!(error = format!("{error:#}"), "cannot record the sent email");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.failed.inc();
+                if let Err(release) = self.store.release(&job.id, &token).await {
+                    // The claim then lapses after its lease; the retry is deferred till then.
+                    tracing::warn!(error = format!("{release:#}"), "cannot release the claim");
+                }
+                Err(match error {
+                    SendError::Permanent(error) => Failure::Permanent(error),
+                    SendError::Transient(error) => Failure::Retry(error),
+                })
+            }
+        }
+    }
+}
+
+impl Handler for Notifier {
+    type Message = JobMessage;
+
+    async fn handle(&self, message: &JobMessage, cx: &Context) -> Result<(), Failure> {
+        let span = tracing::info_span!("job", job_id = %message.job_id, attempt = cx.attempt);
+        self.notify(message).instrument(span).await
+    }
+
+    async fn give_up(
+        &self,
+        message: &JobMessage,
+        reason: &str,
+        _cx: &Context,
+    ) -> anyhow::Result<()> {
+        // Nobody else to tell: the message goes to `mp3.dead` for an operator.
+        tracing::error!(job_id = %message.job_id, %reason, "could not email the user");
+        Ok(())
+    }
+}

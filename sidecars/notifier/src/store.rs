@@ -1,0 +1,141 @@
+//! The notification record on the job document (`videos.jobs`), so a job's email is sent once
+//! however often its `mp3` message is delivered.
+//!
+//! Three fields sit next to the model's: `notified_at` (set once the SMTP server accepted the
+//! email), and `notify_claim` / `notify_claimed_at` (a lease held while one delivery sends it).
+//!
+//! The trade-off. Sending an email and recording it cannot be one atomic step, so a crash
+//! between the two must resolve one way:
+//! - a claim that never expired would make the email at-most-once: a notifier killed after
+//!   claiming but before sending would leave the job claimed forever and the user never told;
+//! - so the claim is a lease ([`LEASE`]): once it lapses another delivery may send. A notifier
+//!   killed after the SMTP server accepted the email but before `notified_at` was written
+//!   therefore causes one duplicate email, after the lease. That window is a few milliseconds
+//!   per email; a duplicate is the lesser harm than a user never told.
+//!
+//! The lease is much longer than the SMTP timeout, so a live sender always finishes (or fails
+//! and releases the claim) before anyone else may take over.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mongodb::bson::doc;
+use mongodb::{Client, Collection};
+use mp3_model::{Job, JOBS_COLLECTION, VIDEOS_DB};
+
+/// How long a claim keeps other deliveries from sending the same job's email.
+pub const LEASE: Duration = Duration::from_secs(120);
+
+#[derive(Clone)]
+pub struct Store {
+    jobs: Collection<Job>,
+}
+
+/// The outcome of [`Store::claim`].
+#[derive(Debug)]
+pub enum Claim {
+    /// This delivery may send; it must then mark the job sent or release the claim.
+    Claimed {
+        job: Job,
+    },
+    /// The email was sent already.
+    AlreadySent,
+    /// Another delivery is sending it now; look again after this long.
+    Held {
+        retry_after: Duration,
+    },
+    NotFound,
+}
+
+impl Store {
+    pub fn new(client: &Client) -> Self {
+        Self {
+            jobs: client.database(VIDEOS_DB).collection(JOBS_COLLECTION),
+        }
+    }
+
+    /// Claims the job's notification for `token` unless it was sent or is claimed (and the
+    /// lease has not lapsed).
+    pub async fn claim(&self, job_id: &str, token: &str) -> anyhow::Result<Claim> {
+        let now = now_ms();
+        let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
+        let claimed = self
+            .jobs
+            .find_one_and_update(
+                doc! {
+                    "_id": job_id,
+                    "notified_at": { "$exists": false },
+                    "$or": [
+                        { "notify_claim": { "$exists": false } },
+                        { "notify_claimed_at": { "$lt": now - lease } },
+                    ],
+                },
+                doc! { "$set": { "notify_claim": token, "notify_claimed_at": now } },
+            )
+            .await
+            .with_context(|| format!("claiming the notification of job {job_id}"))?;
+        if let Some(job) = claimed {
+            return Ok(Claim::Claimed { job });
+        }
+        let Some(document) = self
+            .jobs
+            .clone_with_type::<mongodb::bson::Document>()
+            .find_one(doc! { "_id": job_id })
+            .await
+            .with_context(|| format!("reading job {job_id}"))?
+        else {
+            return Ok(Claim::NotFound);
+        };
+        if document.contains_key("notified_at") {
+            return Ok(Claim::AlreadySent);
+        }
+        let claimed_at = match document.get("notify_claimed_at") {
+            Some(mongodb::bson::Bson::Int64(at)) => *at,
+            Some(mongodb::bson::Bson::Int32(at)) => i64::from(*at),
+            _ => now,
+        };
+        let left = (claimed_at + lease - now).clamp(0, lease);
+        Ok(Claim::Held {
+            retry_after: Duration::from_millis(u64::try_from(left).unwrap_or(0))
+                + Duration::from_secs(1),
+        })
+    }
+
+    /// Records that the email was sent (`kind`: which one), ending the claim.
+    pub async fn mark_sent(&self, job_id: &str, token: &str, kind: &str) -> anyhow::Result<()> {
+        let result = self
+            .jobs
+            .update_one(
+                doc! { "_id": job_id, "notify_claim": token },
+                doc! {
+                    "$set": { "notified_at": now_ms(), "notified_kind": kind },
+                    "$unset": { "notify_claim": "", "notify_claimed_at": "" },
+                },
+            )
+            .await
+            .with_context(|| format!("recording the notification of job {job_id}"))?;
+        if result.matched_count == 0 {
+            tracing::warn!("the claim lapsed while sending: the email may be sent twice");
+        }
+        Ok(())
+    }
+
+    /// Gives the claim up after a failed send, so a retry can send.
+    pub async fn release(&self, job_id: &str, token: &str) -> anyhow::Result<()> {
+        self.jobs
+            .update_one(
+                doc! { "_id": job_id, "notify_claim": token },
+                doc! { "$unset": { "notify_claim": "", "notify_claimed_at": "" } },
+            )
+            .await
+            .with_context(|| format!("releasing the notification claim of job {job_id}"))?;
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}

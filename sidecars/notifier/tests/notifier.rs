@@ -1,0 +1,236 @@
+//! The notifier binary against real RabbitMQ, FerretDB (or MongoDB) and Mailpit:
+//! `eval "$(scripts/dev-services env)"` first. Each test has its own RabbitMQ vhost, job ids
+//! and recipient addresses, and finds its emails in Mailpit by recipient.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, oid::ObjectId, Document};
+use mongodb::Client;
+use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, VIDEOS_DB};
+use mp3_worker::testing::{env, free_port, http_get, unique, wait_for, Vhost, WorkerProcess};
+
+const NOTIFIER: &str = env!("CARGO_BIN_EXE_notifier");
+const TIMEOUT: Duration = Duration::from_secs(30);
+const BASE_URL: &str = "https://mp3.test:8443";
+
+struct Fixture {
+    vhost: Vhost,
+    client: Client,
+}
+
+impl Fixture {
+    async fn new(what: &str) -> Self {
+        Self {
+            vhost: Vhost::new(what),
+            client: Client::with_uri_str(env("MONGODB_URL"))
+                .await
+                .expect("MongoDB client"),
+        }
+    }
+
+    fn start(&self, extra: &[(&str, String)]) -> WorkerProcess {
+        let mut envs = vec![
+            ("AMQP_URL", self.vhost.amqp_url()),
+            ("MONGODB_URL", env("MONGODB_URL")),
+            ("SMTP_HOST", env("SMTP_HOST")),
+            ("SMTP_PORT", env("SMTP_PORT")),
+            ("SMTP_TLS", "none".to_owned()),
+            ("DOWNLOAD_BASE_URL", BASE_URL.to_owned()),
+            ("RETRY_BASE_DELAY_MS", "100".to_owned()),
+        ];
+        envs.extend(extra.iter().cloned());
+        let mut worker = WorkerProcess::start(NOTIFIER, &envs);
+        worker.wait_healthy();
+        worker
+    }
+
+    /// A job in `status` with a fresh owner address; returns it and its `mp3` message.
+    async fn job(&self, status: JobStatus) -> (Job, JobMessage) {
+        let id = ObjectId::new().to_hex();
+        let video_fid = ObjectId::new().to_hex();
+        let owner = format!("{}@example.com", unique("notify"));
+        let queued = JobMessage::queued(&id, &video_fid, &owner);
+        let (mp3_fid, error, message) = match status {
+            JobStatus::Done => {
+                let fid = ObjectId::new().to_hex();
+                (Some(fid.clone()), None, queued.converted(&fid))
+            }
+            _ => {
+                let reason = "ffmpeg could not convert the video: Invalid data";
+                (None, Some(reason.to_owned()), queued.failed(reason))
+            }
+        };
+        let job = Job {
+            id,
+            owner,
+            video_fid,
+            filename: "clip.mp4".into(),
+            status,
+            mp3_fid,
+            error,
+            attempts: 1,
+            created_at: 1_700_000_000_000,
+            updated_at: 1_700_000_000_000,
+        };
+        self.client
+            .database(VIDEOS_DB)
+            .collection::<Job>(JOBS_COLLECTION)
+            .insert_one(&job)
+            .await
+            .expect("inserting the job");
+        (job, message)
+    }
+
+    fn publish(&self, message: &JobMessage) {
+        self.vhost
+            .publish("mp3", &serde_json::to_string(message).unwrap());
+    }
+
+    async fn job_document(&self, id: &str) -> Document {
+        self.client
+            .database(VIDEOS_DB)
+            .collection::<Document>(JOBS_COLLECTION)
+            .find_one(doc! { "_id": id })
+            .await
+            .expect("reading the job")
+            .expect("the job exists")
+    }
+}
+
+/// The Mailpit messages sent to `address` (summaries: `ID`, `Subject`, `To`, ...).
+fn mails_to(address: &str) -> Vec<serde_json::Value> {
+    let url = format!("{}/api/v1/search?query=to:{address}", env("MAILPIT_URL"));
+    let (status, body) = http_get(&url);
+    assert_eq!(status, 200, "Mailpit search: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("Mailpit JSON");
+    json["messages"].as_array().cloned().unwrap_or_default()
+}
+
+/// The full Mailpit message (`Text`, `From`, ...).
+fn mail(id: &str) -> serde_json::Value {
+    let (status, body) = http_get(&format!("{}/api/v1/message/{id}", env("MAILPIT_URL")));
+    assert_eq!(status, 200, "Mailpit message: {body}");
+    serde_json::from_str(&body).expect("Mailpit JSON")
+}
+
+fn wait_for_one_mail(address: &str) -> serde_json::Value {
+    let summary = wait_for(&format!("an email to {address}"), TIMEOUT, || {
+        mails_to(address).into_iter().next()
+    });
+    mail(summary["ID"].as_str().expect("a message ID"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_job_gets_one_email_with_the_download_link_even_when_redelivered() {
+    let fx = Fixture::new("ready").await;
+    let worker = fx.start(&[]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    fx.publish(&message);
+
+    let email = wait_for_one_mail(&job.owner);
+    let fid = job.mp3_fid.as_deref().unwrap();
+    assert_eq!(email["Subject"], "MP3 Download");
+    assert_eq!(email["To"][0]["Address"], job.owner.as_str());
+    assert_eq!(email["From"]["Address"], "noreply@mp3converter.local");
+    let text = email["Text"].as_str().unwrap();
+    assert!(text.contains(&format!("MP3 id: {fid}")), "{text}");
+    assert!(
+        text.contains(&format!("{BASE_URL}/download?fid={fid}")),
+        "{text}"
+    );
+    let recorded = fx.job_document(&job.id).await;
+    assert!(recorded.contains_key("notified_at"));
+    assert!(!recorded.contains_key("notify_claim"));
+    assert_eq!(recorded.get_str("notified_kind").unwrap(), "ready");
+    wait_for("the ack", TIMEOUT, || {
+        (fx.vhost.queue_len("mp3")? == 0).then_some(())
+    });
+
+    // The same message again (a redelivery, or the converter announcing a done job again).
+    fx.publish(&message);
+    wait_for("the duplicate to be skipped", TIMEOUT, || {
+        (worker.metric("notifier_duplicates_skipped_total")? == 1.0).then_some(())
+    });
+    assert_eq!(mails_to(&job.owner).len(), 1, "no second email");
+    assert_eq!(worker.metric("notifier_emails_sent_total"), Some(1.0));
+    assert_eq!(worker.metric("notifier_emails_failed_total"), Some(0.0));
+    assert_eq!(fx.vhost.queue_len("mp3.dead"), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_gets_a_failure_email_with_the_reason() {
+    let fx = Fixture::new("failed").await;
+    let worker = fx.start(&[]);
+    let (job, message) = fx.job(JobStatus::Failed).await;
+    fx.publish(&message);
+
+    let email = wait_for_one_mail(&job.owner);
+    assert_eq!(email["Subject"], "MP3 conversion failed");
+    let text = email["Text"].as_str().unwrap();
+    assert!(text.contains(&format!("Job: {}", job.id)), "{text}");
+    assert!(
+        text.contains("Reason: ffmpeg could not convert the video: Invalid data"),
+        "{text}"
+    );
+    assert!(!text.contains("download?fid"), "{text}");
+    assert_eq!(
+        fx.job_document(&job.id)
+            .await
+            .get_str("notified_kind")
+            .unwrap(),
+        "failed"
+    );
+    assert_eq!(worker.metric("notifier_emails_sent_total"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_smtp_server_is_retried_then_the_message_is_dead_lettered() {
+    let fx = Fixture::new("smtp-down").await;
+    let closed = free_port();
+    let worker = fx.start(&[
+        ("SMTP_PORT", closed.to_string()),
+        ("MAX_ATTEMPTS", "3".to_owned()),
+    ]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    fx.publish(&message);
+    fx.vhost.publish("mp3", "[]");
+
+    wait_for("two messages in mp3.dead", TIMEOUT, || {
+        (fx.vhost.queue_len("mp3.dead")? == 2).then_some(())
+    });
+    let dead = fx.vhost.take("mp3.dead", 10);
+    assert!(dead.iter().any(|m| m["payload"] == "[]"));
+    let retried = dead
+        .iter()
+        .find(|m| m["payload"] != "[]")
+        .expect("the job's message");
+    assert_eq!(retried["properties"]["headers"]["x-attempt"], 2);
+    assert_eq!(worker.metric("notifier_emails_failed_total"), Some(3.0));
+    assert_eq!(worker.metric("notifier_jobs_retried_total"), Some(2.0));
+    assert_eq!(
+        worker.metric("notifier_messages_dead_lettered_total"),
+        Some(2.0)
+    );
+    assert_eq!(worker.metric("notifier_emails_sent_total"), Some(0.0));
+    // The claims were released and nothing was recorded as sent: a replay can still send.
+    let recorded = fx.job_document(&job.id).await;
+    assert!(!recorded.contains_key("notified_at"));
+    assert!(!recorded.contains_key("notify_claim"));
+    assert!(mails_to(&job.owner).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_idle_exits_zero_promptly() {
+    let fx = Fixture::new("sigterm").await;
+    let mut worker = fx.start(&[]);
+    assert_eq!(http_get(&format!("{}/healthz", worker.metrics_url)).0, 200);
+    let started = std::time::Instant::now();
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}:\n{}", worker.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
