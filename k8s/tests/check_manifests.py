@@ -336,11 +336,21 @@ def workloads_have_resources_probes_and_pinned_images(ctx: Context, c: Check) ->
 @check
 def workloads_run_locked_down(ctx: Context, c: Check) -> None:
     for overlay, obj in ctx.all_objects():
+        where = f"{overlay} {name_of(obj)}"
+        if obj["kind"] == "SpinApp":
+            # No securityContext field in SpinApp; the API token is still worth keeping out.
+            sa = ctx.find(overlay, "ServiceAccount", obj["spec"].get("serviceAccountName", "default"))
+            if sa is None or sa.get("automountServiceAccountToken") is not False:
+                c.fail(where, "mounts a Kubernetes API token: give it a ServiceAccount with "
+                       "automountServiceAccountToken: false")
+            continue
         if obj["kind"] not in WORKLOAD_KINDS:
             continue
-        where = f"{overlay} {name_of(obj)}"
         spec = pod_spec(obj)
         pod_sc = spec.get("securityContext", {})
+        sa = ctx.find(overlay, "ServiceAccount", spec.get("serviceAccountName", "default"))
+        if spec.get("automountServiceAccountToken", (sa or {}).get("automountServiceAccountToken")) is not False:
+            c.fail(where, "mounts a Kubernetes API token: set automountServiceAccountToken: false")
         if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
             c.fail(where, "uses the host's network, PID or IPC namespace")
         for cont in spec.get("initContainers", []) + spec["containers"]:
