@@ -609,6 +609,27 @@ def spinapps_match_spin_toml(ctx: Context, c: Check) -> None:
 
 
 @check
+def one_autoscaler_per_workload(ctx: Context, c: Check) -> None:
+    for overlay in OVERLAYS:
+        targets: dict[str, list[str]] = {}
+        for hpa in ctx.objects(overlay, "HorizontalPodAutoscaler"):
+            ref = hpa["spec"]["scaleTargetRef"]
+            targets.setdefault(f"{ref['kind']}/{ref['name']}", []).append(name_of(hpa))
+        for so in ctx.objects(overlay, "ScaledObject"):
+            ref = so["spec"]["scaleTargetRef"]
+            targets.setdefault(f"{ref.get('kind', 'Deployment')}/{ref['name']}", []).append(name_of(so))
+        for target, scalers in targets.items():
+            kind, name = target.split("/")
+            owner = ctx.find(overlay, kind, name) or ctx.find(overlay, "SpinApp", name)
+            if owner is None:
+                c.fail(f"{overlay} {', '.join(scalers)}", f"scales {target}, which is not rendered")
+            if len(scalers) > 1:
+                c.fail(f"{overlay} {target}", f"scaled by several autoscalers at once: {', '.join(scalers)}")
+        if ctx.find(overlay, "Deployment", "converter") and "Deployment/converter" not in targets:
+            c.fail(overlay, "nothing scales the converter (ScaledObject or HorizontalPodAutoscaler)")
+
+
+@check
 def worker_env_matches_the_code(ctx: Context, c: Check) -> None:
     for worker, folders in WORKERS.items():
         code = ctx.rust_sources(folders)
