@@ -657,10 +657,9 @@ def worker_env_matches_the_code(ctx: Context, c: Check) -> None:
                     if key in ref and (kind == "ConfigMap" or ctx.objects(overlay, "Secret")):
                         if env_value(ctx, overlay, e) is None:
                             c.fail(f"{where} env {name}", f"{kind} {ref[key]['name']} has no key {ref[key]['key']}")
-                if re.search(r"(URL|PASSWORD)$", name) and "value" in e and "PASSWORD" in name:
-                    c.fail(f"{where} env {name}", "a credential in plain text; use secretKeyRef")
-                if name in ("AMQP_URL", "MONGODB_URL") and "secretKeyRef" not in ref:
-                    c.fail(f"{where} env {name}", "carries credentials: must come from a Secret")
+                if (name.endswith(("PASSWORD", "USERNAME")) or name in ("AMQP_URL", "MONGODB_URL")) \
+                        and "secretKeyRef" not in ref:
+                    c.fail(f"{where} env {name}", "carries credentials: must come from a Secret (secretKeyRef)")
 
 
 @check
