@@ -17,9 +17,10 @@ the checks whose name contains NAME.
 from __future__ import annotations
 
 import argparse
+import base64
+import fnmatch
 import ipaddress
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -152,7 +153,6 @@ def configmap_value(ctx: Context, overlay: str, name: str, key: str) -> str | No
 
 
 def secret_value(ctx: Context, overlay: str, name: str, key: str) -> str | None:
-    import base64
     s = ctx.find(overlay, "Secret", name)
     if s is None:
         return None
@@ -395,7 +395,6 @@ def secrets_in_git_are_placeholders(ctx: Context, c: Check) -> None:
     for path, doc in committed_yaml_documents(ctx.root):
         if doc.get("kind") != "Secret":
             continue
-        import base64
         values = dict(doc.get("stringData") or {})
         for k, v in (doc.get("data") or {}).items():
             try:
@@ -440,34 +439,32 @@ def secrets_in_git_are_placeholders(ctx: Context, c: Check) -> None:
 
 
 def dockerfile_stages(text: str) -> list[dict]:
-    # Join continuation lines, drop comments.
-    lines, current = [], ""
+    """The stages of a Dockerfile: each FROM's image and name, and its instructions, with
+    continuation lines joined and comments dropped."""
+    lines, current = [], []
     for raw in text.splitlines():
         line = raw.strip()
-        if not current and (not line or line.startswith("#")):
+        if line.startswith("#") or (not line and not current):
             continue
-        if line.startswith("#"):
-            continue
-        current += " " + line.rstrip("\\").strip() if current else line.rstrip("\\").strip()
-        if not raw.rstrip().endswith("\\"):
-            lines.append(current)
-            current = ""
+        current.append(line.removesuffix("\\").strip())
+        if not line.endswith("\\"):
+            lines.append(" ".join(current))
+            current = []
     stages = []
     for line in lines:
         instr, _, rest = line.partition(" ")
-        instr = instr.upper()
-        if instr == "FROM":
-            stages.append({"from": rest.split()[0], "as": rest.split()[-1] if " AS " in rest.upper() else None,
+        if instr.upper() == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            stages.append({"from": words[0], "as": words[2] if len(words) > 2 and words[1].upper() == "AS" else None,
                            "lines": []})
         elif stages:
-            stages[-1]["lines"].append((instr, rest))
+            stages[-1]["lines"].append((instr.upper(), rest))
     return stages
 
 
 def dockerignore_excludes(patterns: list[str], path: str) -> bool:
     """Docker's rule: the last pattern that matches decides; `!` re-includes. A pattern that
     matches a folder matches everything under it."""
-    import fnmatch
     excluded = False
     parts = path.split("/")
     for pat in patterns:
