@@ -21,6 +21,10 @@
 //! [`download`], [`range`], [`magic`]); [`backend`] talks to MongoDB and RabbitMQ; the Spin
 //! entry point (wasm only) wires them to the request and the streaming response.
 
+// Decisions return `Result<_, Reply>`: the refusal is the reply to send, built once per request,
+// so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod auth;
 pub mod backend;
 pub mod config;
@@ -30,6 +34,7 @@ pub mod magic;
 pub mod range;
 pub mod upload;
 
+use component_http::Reply;
 pub use config::Config;
 
 /// The component's name in its log line.
@@ -43,30 +48,24 @@ pub enum Route {
     /// `GET /jobs/{id}`, with the id as sent (not yet checked).
     Job(String),
     Download,
-    NotFound,
-    /// A known path with the wrong method; the allowed one.
-    MethodNotAllowed(&'static str),
 }
 
-/// Routes a request by method and path (without the query).
-pub fn route(method: &str, path: &str) -> Route {
-    let expect = |allowed: &'static str, route: Route| {
-        if method == allowed {
-            route
-        } else {
-            Route::MethodNotAllowed(allowed)
-        }
-    };
-    match path {
-        "/login" => expect("POST", Route::Login),
-        "/upload" => expect("POST", Route::Upload),
-        "/download" => expect("GET", Route::Download),
+/// Routes a request by method and path (without the query): 404 for an unknown path, 405
+/// (with `Allow`) for a known path and another method.
+pub fn route(method: &str, path: &str) -> Result<Route, Reply> {
+    let (allowed, route) = match path {
+        "/login" => ("POST", Route::Login),
+        "/upload" => ("POST", Route::Upload),
+        "/download" => ("GET", Route::Download),
         _ => match path.strip_prefix("/jobs/") {
-            Some(id) if !id.is_empty() && !id.contains('/') => {
-                expect("GET", Route::Job(id.to_owned()))
-            }
-            _ => Route::NotFound,
+            Some(id) if !id.is_empty() && !id.contains('/') => ("GET", Route::Job(id.to_owned())),
+            _ => return Err(Reply::text(404, "not found", "not_found")),
         },
+    };
+    if method == allowed {
+        Ok(route)
+    } else {
+        Err(Reply::method_not_allowed(allowed))
     }
 }
 
@@ -91,14 +90,21 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("POST", "/login"), Route::Login);
-        assert_eq!(route("POST", "/upload"), Route::Upload);
-        assert_eq!(route("GET", "/download"), Route::Download);
-        assert_eq!(route("GET", "/jobs/abc"), Route::Job("abc".into()));
-        assert_eq!(route("GET", "/upload"), Route::MethodNotAllowed("POST"));
-        assert_eq!(route("DELETE", "/jobs/abc"), Route::MethodNotAllowed("GET"));
+        assert_eq!(route("POST", "/login"), Ok(Route::Login));
+        assert_eq!(route("POST", "/upload"), Ok(Route::Upload));
+        assert_eq!(route("GET", "/download"), Ok(Route::Download));
+        assert_eq!(route("GET", "/jobs/abc"), Ok(Route::Job("abc".into())));
+        let refused = route("GET", "/upload").unwrap_err();
+        assert_eq!(refused.status, 405);
+        assert!(refused.headers.contains(&("allow", "POST".into())));
+        assert_eq!(route("DELETE", "/jobs/abc").unwrap_err().status, 405);
         for path in ["/", "/jobs/", "/jobs/a/b", "/uploads", "/validate"] {
-            assert_eq!(route("GET", path), Route::NotFound, "{path}");
+            let refused = route("GET", path).unwrap_err();
+            assert_eq!(
+                (refused.status, refused.body.as_str()),
+                (404, "not found"),
+                "{path}"
+            );
         }
     }
 

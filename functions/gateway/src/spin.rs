@@ -45,30 +45,24 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let method = method_name(&req.method());
     let target = req.path_with_query().unwrap_or_default();
     let (path, query) = split_target(&target);
-    let reply = match route(&method, path) {
-        Route::NotFound => Reply::text(404, "not found", "not_found"),
-        Route::MethodNotAllowed(allowed) => Reply::method_not_allowed(allowed),
-        route => match Config::load(&SpinVariables) {
-            Err(detail) => Reply::misconfigured(detail),
-            Ok(config) => match route {
-                Route::Login => {
-                    let authorization = header(&req, "authorization");
-                    auth::login_reply(call_auth(&config, "/login", authorization.as_deref()))
-                }
-                Route::Upload => return upload_route(req, out, &config, &method, started),
-                Route::Job(id) => job_route(&req, &config, &id),
-                Route::Download => {
-                    return download_route(&req, out, &config, query, &method, started)
-                }
-                Route::NotFound | Route::MethodNotAllowed(_) => unreachable_route(),
-            },
-        },
+    let route = match route(&method, path) {
+        Ok(route) => route,
+        Err(reply) => return send(out, reply, &method, started),
     };
-    send(out, reply, &method, started);
-}
-
-fn unreachable_route() -> Reply {
-    Reply::text(500, "internal error", "routing")
+    let config = match Config::load(&SpinVariables) {
+        Ok(config) => config,
+        Err(detail) => return send(out, Reply::misconfigured(detail), &method, started),
+    };
+    match route {
+        Route::Login => {
+            let authorization = header(&req, "authorization");
+            let reply = auth::login_reply(call_auth(&config, "/login", authorization.as_deref()));
+            send(out, reply, &method, started);
+        }
+        Route::Upload => upload_route(req, out, &config, &method, started),
+        Route::Job(id) => send(out, job_route(&req, &config, &id), &method, started),
+        Route::Download => download_route(&req, out, &config, query, &method, started),
+    }
 }
 
 /// `POST {auth_url}{path}` with the caller's `Authorization`, and no body.
