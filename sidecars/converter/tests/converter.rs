@@ -15,12 +15,15 @@ use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB}
 use mp3_worker::testing::{env, unique, wait_for, Vhost, WorkerProcess};
 
 const CONVERTER: &str = env!("CARGO_BIN_EXE_converter");
-const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+/// Generous: the dev services are shared, and FerretDB slows down under other tests' uploads.
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Fixture {
     vhost: Vhost,
     client: Client,
     dir: PathBuf,
+    /// (job id, video id) of every job made, deleted with their MP3s on drop.
+    made: std::sync::Mutex<Vec<(String, ObjectId)>>,
 }
 
 impl Fixture {
@@ -34,6 +37,7 @@ impl Fixture {
             vhost: Vhost::new(what),
             client,
             dir,
+            made: Default::default(),
         }
     }
 
@@ -70,10 +74,11 @@ impl Fixture {
         let mut upload = bucket.open_upload_stream(filename).await.expect("upload");
         upload.write_all(bytes).await.expect("uploading the video");
         upload.close().await.expect("closing the upload");
-        let video_fid = match upload.id() {
-            Bson::ObjectId(id) => id.to_hex(),
+        let video_id = match upload.id() {
+            Bson::ObjectId(id) => *id,
             other => panic!("unexpected file id {other:?}"),
         };
+        let video_fid = video_id.to_hex();
         let now = 1_700_000_000_000;
         let job = Job {
             id: ObjectId::new().to_hex(),
@@ -92,6 +97,7 @@ impl Fixture {
             .insert_one(&job)
             .await
             .expect("inserting the job");
+        self.made.lock().unwrap().push((job.id.clone(), video_id));
         job
     }
 
@@ -177,6 +183,52 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        let made = std::mem::take(&mut *self.made.lock().unwrap());
+        // The shared databases outlive the test: delete what it made, on a runtime of its own
+        // (drop cannot await).
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let client = Client::with_uri_str(env("MONGODB_URL")).await?;
+                let (videos, mp3s) = (client.database(VIDEOS_DB), client.database(MP3S_DB));
+                for (job_id, video_id) in made {
+                    let mp3_ids: Vec<Bson> = mp3s
+                        .collection::<Document>("fs.files")
+                        .distinct("_id", doc! { "metadata.job_id": &job_id })
+                        .await?;
+                    let files = doc! { "_id": { "$in": mp3_ids.clone() } };
+                    mp3s.collection::<Document>("fs.files")
+                        .delete_many(files)
+                        .await?;
+                    let chunks = doc! { "files_id": { "$in": mp3_ids } };
+                    mp3s.collection::<Document>("fs.chunks")
+                        .delete_many(chunks)
+                        .await?;
+                    let video = doc! { "_id": video_id };
+                    videos
+                        .collection::<Document>("fs.files")
+                        .delete_one(video)
+                        .await?;
+                    let chunks = doc! { "files_id": video_id };
+                    videos
+                        .collection::<Document>("fs.chunks")
+                        .delete_many(chunks)
+                        .await?;
+                    let job = doc! { "_id": &job_id };
+                    videos
+                        .collection::<Document>(JOBS_COLLECTION)
+                        .delete_one(job)
+                        .await?;
+                }
+                Ok::<_, mongodb::error::Error>(())
+            })
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("cleaning up the test's documents: {error}");
+        }
     }
 }
 
@@ -509,4 +561,104 @@ async fn sigterm_while_idle_exits_zero_promptly() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// An ffmpeg that reads its input at `speed` times real time, so a test can act mid-conversion.
+fn slow_ffmpeg(dir: &Path, speed: u32) -> String {
+    let path = dir.join(format!("ffmpeg-x{speed}"));
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nexec ffmpeg -readrate {speed} \"$@\"\n"),
+    )
+    .unwrap();
+    assert!(Command::new("chmod")
+        .arg("+x")
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success());
+    path.display().to_string()
+}
+
+async fn wait_converting(fx: &Fixture, job: &Job, worker: &WorkerProcess) {
+    let deadline = std::time::Instant::now() + JOB_TIMEOUT;
+    while fx.job(&job.id).await.status != JobStatus::Converting {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never converting:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let ffmpeg get going.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_conversion_lets_the_job_finish_then_exits_zero() {
+    let fx = Fixture::new("drain").await;
+    let video = make_video(&fx.dir, "clip.mkv", 12, &[]);
+    let mut worker = fx.start(&[
+        ("FFMPEG_PATH", slow_ffmpeg(&fx.dir, 4)),
+        ("SHUTDOWN_TIMEOUT_SECS", "120".to_owned()),
+    ]);
+    let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;
+    fx.publish(&job);
+    wait_converting(&fx, &job, &worker).await;
+
+    worker.signal("TERM");
+    wait_for("/healthz to report 503", Duration::from_secs(5), || {
+        (mp3_worker::testing::http_get(&format!("{}/healthz", worker.metrics_url)).0 == 503)
+            .then_some(())
+    });
+    let status = worker.wait_exit(JOB_TIMEOUT);
+    assert!(status.success(), "exit status {status}:\n{}", worker.log());
+    assert!(
+        !worker.log().contains("shutdown timeout"),
+        "{}",
+        worker.log()
+    );
+    let done = fx.job(&job.id).await;
+    assert_eq!(
+        (done.status, done.attempts),
+        (JobStatus::Done, 1),
+        "{}",
+        worker.log()
+    );
+    assert_eq!(fx.mp3_files(&job.id).await.len(), 1);
+    assert_eq!(fx.take("mp3", 1).len(), 1);
+    assert_eq!(fx.vhost.queue_len("video"), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_shutdown_timeout_requeues_the_job() {
+    let fx = Fixture::new("requeue").await;
+    let video = make_video(&fx.dir, "clip.mkv", 20, &[]);
+    let mut worker = fx.start(&[
+        ("FFMPEG_PATH", slow_ffmpeg(&fx.dir, 1)),
+        ("SHUTDOWN_TIMEOUT_SECS", "1".to_owned()),
+    ]);
+    let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;
+    fx.publish(&job);
+    wait_converting(&fx, &job, &worker).await;
+
+    let started = std::time::Instant::now();
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}:\n{}", worker.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(fx.job(&job.id).await.status, JobStatus::Converting);
+    wait_for("the job back on video", Duration::from_secs(10), || {
+        (fx.vhost.queue_len("video")? == 1).then_some(())
+    });
+    assert!(fx.mp3_files(&job.id).await.is_empty());
+
+    let _worker = fx.start(&[]);
+    assert_converted(&fx, &job, 20.0).await;
+    assert_eq!(fx.job(&job.id).await.attempts, 2);
+    assert_eq!(fx.take("mp3", 1).len(), 1);
 }

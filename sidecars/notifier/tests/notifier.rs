@@ -16,6 +16,8 @@ const BASE_URL: &str = "https://mp3.test:8443";
 struct Fixture {
     vhost: Vhost,
     client: Client,
+    /// Job ids made, deleted on drop.
+    made: std::sync::Mutex<Vec<String>>,
 }
 
 impl Fixture {
@@ -25,6 +27,7 @@ impl Fixture {
             client: Client::with_uri_str(env("MONGODB_URL"))
                 .await
                 .expect("MongoDB client"),
+            made: Default::default(),
         }
     }
 
@@ -78,6 +81,7 @@ impl Fixture {
             .insert_one(&job)
             .await
             .expect("inserting the job");
+        self.made.lock().unwrap().push(job.id.clone());
         (job, message)
     }
 
@@ -94,6 +98,32 @@ impl Fixture {
             .await
             .expect("reading the job")
             .expect("the job exists")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let made = std::mem::take(&mut *self.made.lock().unwrap());
+        // The shared database outlives the test: delete its jobs, on a runtime of its own
+        // (drop cannot await).
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let client = Client::with_uri_str(env("MONGODB_URL")).await?;
+                client
+                    .database(VIDEOS_DB)
+                    .collection::<Document>(JOBS_COLLECTION)
+                    .delete_many(doc! { "_id": { "$in": made } })
+                    .await?;
+                Ok::<_, mongodb::error::Error>(())
+            })
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("cleaning up the test's jobs: {error}");
+        }
     }
 }
 
