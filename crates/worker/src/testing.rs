@@ -176,6 +176,42 @@ impl Vhost {
     }
 }
 
+impl Vhost {
+    /// Force-closes every client connection to this vhost through the management API, as a
+    /// broker restart or a network cut would; returns how many there were.
+    pub fn close_connections(&self) -> usize {
+        let (status, body) = http_get(&format!(
+            "{}/api/vhosts/{}/connections",
+            self.mgmt, self.name
+        ));
+        assert_eq!(status, 200, "listing connections: {body}");
+        let connections: Vec<serde_json::Value> =
+            serde_json::from_str(&body).expect("management API answers JSON");
+        for connection in &connections {
+            let name = connection["name"].as_str().expect("a connection name");
+            let encoded: String = name
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            let (status, body) = curl(&[
+                "-X",
+                "DELETE",
+                &format!("{}/api/connections/{encoded}", self.mgmt),
+            ]);
+            assert!(
+                matches!(status, 204 | 404),
+                "closing {name}: {status} {body}"
+            );
+        }
+        connections.len()
+    }
+}
+
 impl Drop for Vhost {
     fn drop(&mut self) {
         let _ = curl(&[

@@ -250,9 +250,30 @@ async fn an_unreachable_smtp_server_is_retried_then_the_message_is_dead_lettered
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_while_idle_exits_zero_promptly() {
+async fn a_lost_connection_turns_unhealthy_then_reconnects_and_consumes() {
+    let fx = Fixture::new("reconnect").await;
+    let worker = fx.start(&[]);
+    let healthz = format!("{}/healthz", worker.metrics_url);
+    wait_for("the worker's connection to show", TIMEOUT, || {
+        (fx.vhost.close_connections() > 0).then_some(())
+    });
+    wait_for("/healthz to report 503", TIMEOUT, || {
+        (http_get(&healthz).0 == 503).then_some(())
+    });
+    wait_for("/healthz to recover", TIMEOUT, || {
+        (http_get(&healthz).0 == 200).then_some(())
+    });
+    let (job, message) = fx.job(JobStatus::Done).await;
+    fx.publish(&message);
+    let email = wait_for_one_mail(&job.owner);
+    assert_eq!(email["Subject"], "MP3 Download");
+    assert!(worker.log().contains("reconnecting"), "{}", worker.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_idle_exits_zero_promptly_and_logs_json() {
     let fx = Fixture::new("sigterm").await;
-    let mut worker = fx.start(&[]);
+    let mut worker = fx.start(&[("LOG_FORMAT", "json".to_owned())]);
     assert_eq!(http_get(&format!("{}/healthz", worker.metrics_url)).0, 200);
     let started = std::time::Instant::now();
     worker.signal("TERM");
