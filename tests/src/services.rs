@@ -127,9 +127,8 @@ pub struct TcpProxy {
     port: u16,
     cut: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
-    /// When bytes last went through, in ms since `started`.
-    last_traffic: Arc<std::sync::atomic::AtomicU64>,
-    started: std::time::Instant,
+    /// What the service sent to its clients so far (the first 64 KiB).
+    from_service: Arc<Mutex<Vec<u8>>>,
 }
 
 impl TcpProxy {
@@ -140,9 +139,8 @@ impl TcpProxy {
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let target = target.to_owned();
         let (cut2, streams2) = (cut.clone(), streams.clone());
-        let started = std::time::Instant::now();
-        let last_traffic = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let traffic = last_traffic.clone();
+        let from_service: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let recorded = from_service.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if cut2.load(Ordering::SeqCst) {
@@ -159,22 +157,28 @@ impl TcpProxy {
                     }
                 }
                 drop(held);
-                for (mut from, mut to) in [
-                    (client.try_clone(), upstream.try_clone()),
-                    (upstream.try_clone(), client.try_clone()),
+                for (mut from, mut to, record) in [
+                    (client.try_clone(), upstream.try_clone(), None),
+                    (
+                        upstream.try_clone(),
+                        client.try_clone(),
+                        Some(recorded.clone()),
+                    ),
                 ]
                 .into_iter()
-                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                .filter_map(|(a, b, r)| Some((a.ok()?, b.ok()?, r)))
                 {
-                    let traffic = traffic.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
                         while let Ok(n) = from.read(&mut buf) {
+                            if let Some(record) = &record {
+                                let mut record = record.lock().unwrap();
+                                let room = (64 * 1024usize).saturating_sub(record.len());
+                                record.extend_from_slice(&buf[..n.min(room)]);
+                            }
                             if n == 0 || to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
-                            let now = started.elapsed().as_millis() as u64;
-                            traffic.store(now, Ordering::SeqCst);
                         }
                         let _ = to.shutdown(Shutdown::Write);
                     });
@@ -185,8 +189,7 @@ impl TcpProxy {
             port,
             cut,
             streams,
-            last_traffic,
-            started,
+            from_service,
         }
     }
 
@@ -195,17 +198,21 @@ impl TcpProxy {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Waits until a connection is being proxied and no bytes went through it for `quiet`
-    /// (the client has finished its handshake), or `timeout` passes; true if so.
-    pub fn wait_until_connected_and_quiet(&self, quiet: Duration, timeout: Duration) -> bool {
+    /// Waits until the service has sent `bytes` (for instance the frame that ends a client's
+    /// setup), or `timeout` passes; true if so.
+    pub fn wait_for_service_bytes(&self, bytes: &[u8], timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
-            let idle = (self.started.elapsed().as_millis() as u64)
-                .saturating_sub(self.last_traffic.load(Ordering::SeqCst));
-            if !self.streams.lock().unwrap().is_empty() && idle >= quiet.as_millis() as u64 {
+            if self
+                .from_service
+                .lock()
+                .unwrap()
+                .windows(bytes.len())
+                .any(|w| w == bytes)
+            {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(5));
         }
         false
     }
@@ -216,6 +223,12 @@ impl TcpProxy {
         // Wake the accept loop so it sees the flag and drops the listener.
         let _ =
             TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1));
+        self.sever();
+    }
+
+    /// Closes every proxied connection but keeps accepting new ones, as if the network had
+    /// dropped them (or the service restarted).
+    pub fn sever(&self) {
         for stream in self.streams.lock().unwrap().drain(..) {
             let _ = stream.shutdown(Shutdown::Both);
         }

@@ -170,6 +170,11 @@ fn forget_upload(client: &mut Client<std::net::TcpStream>, job_id: &str, video_f
     }
 }
 
+/// The broker's `channel.close-ok` on channel 1: the last frame of the gateway's RabbitMQ
+/// setup (connect, declare the queues, close the channel), which it does before reading the
+/// upload's body.
+const CHANNEL_CLOSE_OK: [u8; 12] = [1, 0, 1, 0, 0, 0, 4, 0, 0x14, 0, 0x29, 0xCE];
+
 /// A reader that hands out `data` in pieces and runs `at_half` once half of it is read.
 struct Interrupting {
     data: Vec<u8>,
@@ -464,10 +469,7 @@ fn rabbitmq_gone_mid_upload_is_503_and_leaves_nothing() {
         at_half: Some(Box::new(move || {
             // The gateway connects to RabbitMQ (and declares the queues) before it reads the
             // body: wait for that to be over, so the cut falls in the middle of the upload.
-            assert!(cutter.wait_until_connected_and_quiet(
-                Duration::from_millis(300),
-                Duration::from_secs(10)
-            ));
+            assert!(cutter.wait_for_service_bytes(&CHANNEL_CLOSE_OK, Duration::from_secs(20)));
             cutter.cut();
             // Give the gateway's side of the socket time to see the close.
             std::thread::sleep(Duration::from_millis(200));
@@ -489,6 +491,42 @@ fn rabbitmq_gone_mid_upload_is_503_and_leaves_nothing() {
     );
     assert_eq!(stored_with_name(&mut client, &name), (0, 0));
     assert!(vhost.drain("video").is_empty());
+}
+
+#[test]
+fn a_rabbitmq_connection_lost_mid_upload_is_replaced() {
+    let vhost = Vhost::new();
+    let proxy = std::sync::Arc::new(TcpProxy::start(&Vhost::broker_address()));
+    let runner = start(&vhost, |c| {
+        c.env(
+            "SPIN_VARIABLE_AMQP_URL",
+            vhost.amqp_url_via(&proxy.address()),
+        )
+        .env("SPIN_VARIABLE_AMQP_HOST", proxy.address())
+    });
+    let (email, auth) = user();
+    let name = format!("severed-{}.mp4", unique());
+    let severer = proxy.clone();
+    let body = Interrupting {
+        data: form(&[Part::File(&name, video())]),
+        pos: 0,
+        at_half: Some(Box::new(move || {
+            assert!(severer.wait_for_service_bytes(&CHANNEL_CLOSE_OK, Duration::from_secs(20)));
+            severer.sever();
+            std::thread::sleep(Duration::from_millis(200));
+        })),
+    };
+    let reply = upload(&runner, Some(&auth), Body::Stream(Box::new(body)));
+    assert_eq!(reply.status, 202, "{}\n{}", reply.text(), runner.log());
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let job_id = json["job_id"].as_str().unwrap();
+    let video_fid = json["video_fid"].as_str().unwrap();
+    let messages = vhost.take_messages("video", 10);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let message: JobMessage =
+        serde_json::from_str(messages[0]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(message, JobMessage::queued(job_id, video_fid, &email));
+    forget_upload(&mut mongo(), job_id, video_fid);
 }
 
 #[test]

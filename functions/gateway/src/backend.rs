@@ -145,6 +145,8 @@ impl Queue {
 pub struct Services {
     pub mongo: Mongo,
     pub queue: Queue,
+    /// To reconnect when the connection made before the upload died during it.
+    pub amqp_url: String,
 }
 
 fn object_id(hex: &str) -> Result<ObjectId, String> {
@@ -191,7 +193,19 @@ impl Backend for Services {
             .map_err(|e| format!("MongoDB: deleting job {id}: {e}"))
     }
 
+    /// Publishes on the connection opened before the upload; if that one died meanwhile (a
+    /// long upload, a broker restart), once more on a new connection.
     fn publish(&mut self, message: &JobMessage) -> Result<(), String> {
-        self.queue.publish(message)
+        let first = match self.queue.publish(message) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let fresh =
+            Queue::connect(&self.amqp_url).map_err(|e| format!("{first}; reconnecting: {e}"))?;
+        let stale = std::mem::replace(&mut self.queue, fresh);
+        stale.close();
+        self.queue
+            .publish(message)
+            .map_err(|e| format!("{first}; after reconnecting: {e}"))
     }
 }

@@ -147,7 +147,11 @@ fn upload_route(
                 .user(&user)
         })?;
         let content_type = header(&req, "content-type");
-        let mut services = Services { mongo, queue };
+        let mut services = Services {
+            mongo,
+            queue,
+            amqp_url: config.amqp_url.clone(),
+        };
         let body = req
             .into_body_stream()
             .map(|chunk| chunk.map_err(|e| e.to_debug_string()));
