@@ -718,10 +718,18 @@ def ports_and_timeouts_agree(ctx: Context, c: Check) -> None:
             where = f"{overlay} ConfigMap/mp3-config {key}"
             if key in socket_vars:
                 try:
-                    ipaddress.ip_network(host, strict=True)
+                    net = ipaddress.ip_network(host, strict=True)
                 except ValueError:
                     c.fail(where, f"{value}: used in tcp:// allowed_outbound_hosts, so it must be an IP "
                            "address or CIDR range (Spin checks socket connects by IP, never by name)")
+                    continue
+                if net.num_addresses == 1:
+                    # One address: a Service's fixed cluster IP, with that port.
+                    svc = next((x for x in services.values() if x["spec"].get("clusterIP") == host), None)
+                    if svc is None:
+                        c.fail(where, f"{value}: no Service has clusterIP {host}")
+                    elif port not in [p["port"] for p in svc["spec"]["ports"]]:
+                        c.fail(where, f"{value}: Service {svc['metadata']['name']} has no port {port}")
                 continue
             svc_name = host.split(".")[0]
             svc = services.get(svc_name)
@@ -753,13 +761,25 @@ def ports_and_timeouts_agree(ctx: Context, c: Check) -> None:
                     continue
                 where = f"{overlay} Secret/{secret} {key}"
                 host, port = urlsplit(url).hostname or "", urlsplit(url).port
+                allowed_host = configmap_value(ctx, overlay, "mp3-config", host_key) or ""
+                if secret == "mp3-gateway":
+                    # The wasm gateway has no name lookup (Spin 3): an IP address the allow-list takes.
+                    try:
+                        ip = ipaddress.ip_address(host)
+                    except ValueError:
+                        c.fail(where, f"host {host} is a name: the gateway cannot resolve names under "
+                               "Spin 3, use the Service's cluster IP")
+                        continue
+                    net, allowed_port = host_port(allowed_host) if allowed_host else ("0.0.0.0/0", port)
+                    if ip not in ipaddress.ip_network(net) or allowed_port != port:
+                        c.fail(where, f"{host}:{port} is not allowed by mp3-config {host_key} {allowed_host}")
+                    continue
                 svc = services.get(host.split(".")[0])
                 if svc is None or not (host == svc.get("metadata", {}).get("name") or
                                        host.endswith(f".{NAMESPACE}.svc.cluster.local")):
                     c.fail(where, f"host {host} is not a Service of namespace {NAMESPACE}")
                 elif port not in [p["port"] for p in svc["spec"]["ports"]]:
                     c.fail(where, f"port {port} is not a port of Service {svc['metadata']['name']}")
-                allowed_host = configmap_value(ctx, overlay, "mp3-config", host_key) or ""
                 if allowed_host and host_port(allowed_host)[1] != port:
                     c.fail(where, f"port {port}, but mp3-config {host_key} allows {allowed_host}")
             db = urlsplit(secret_value(ctx, overlay, "mp3-auth", "db_url") or "").path.strip("/")
