@@ -817,6 +817,10 @@ max_upload_bytes = "10000000"
         (reply.status, reply.text().as_str()),
         (401, "missing credentials")
     );
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(r#"Basic realm="mp3""#)
+    );
 
     // Its token works for an upload, checked by the remote validate.
     let name = format!("split-{}.mp4", unique());

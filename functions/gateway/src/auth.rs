@@ -11,6 +11,7 @@ pub struct Answer {
     pub status: u16,
     pub content_type: Option<String>,
     pub retry_after: Option<String>,
+    pub www_authenticate: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -68,7 +69,8 @@ fn or(text: String, fallback: &str) -> String {
 }
 
 /// The gateway's reply to `POST /login`: the auth service's status and body (and its
-/// `Content-Type` and `Retry-After`), or 503 when it could not be reached or failed (5xx).
+/// `Content-Type`, `Retry-After` and `WWW-Authenticate`), or 503 when it could not be reached
+/// or failed (5xx).
 pub fn login_reply(answer: Result<Answer, String>) -> Reply {
     let answer = match answer {
         Ok(answer) if answer.status < 500 => answer,
@@ -98,6 +100,9 @@ pub fn login_reply(answer: Result<Answer, String>) -> Reply {
     if let Some(retry_after) = answer.retry_after {
         reply = reply.header("retry-after", retry_after);
     }
+    if let Some(challenge) = answer.www_authenticate {
+        reply = reply.header("www-authenticate", challenge);
+    }
     reply
 }
 
@@ -110,6 +115,7 @@ mod tests {
             status,
             content_type: None,
             retry_after: None,
+            www_authenticate: None,
             body: body.as_bytes().to_vec(),
         })
     }
@@ -154,10 +160,22 @@ mod tests {
             status: 429,
             content_type: Some("text/plain".into()),
             retry_after: Some("60".into()),
+            www_authenticate: None,
             body: b"too many failed logins".to_vec(),
         }));
         assert_eq!(reply.status, 429);
         assert!(reply.headers.contains(&("retry-after", "60".into())));
+        let reply = login_reply(Ok(Answer {
+            status: 401,
+            content_type: None,
+            retry_after: None,
+            www_authenticate: Some(r#"Basic realm="mp3""#.into()),
+            body: b"missing credentials".to_vec(),
+        }));
+        assert_eq!(reply.status, 401);
+        assert!(reply
+            .headers
+            .contains(&("www-authenticate", r#"Basic realm="mp3""#.into())));
         assert_eq!(login_reply(answer(503, "database unavailable")).status, 503);
         assert_eq!(login_reply(Err("refused".into())).status, 503);
     }

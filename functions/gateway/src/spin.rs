@@ -87,6 +87,7 @@ fn call_auth(config: &Config, path: &str, authorization: Option<&str>) -> Result
         status: *response.status(),
         content_type: text("content-type"),
         retry_after: text("retry-after"),
+        www_authenticate: text("www-authenticate"),
         body: response.body().to_vec(),
     })
 }
