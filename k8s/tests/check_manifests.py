@@ -675,7 +675,10 @@ def ports_and_timeouts_agree(ctx: Context, c: Check) -> None:
             if not addr:
                 c.fail(where, "METRICS_ADDR is not set")
                 continue
-            _, port = host_port(addr)
+            listen, port = host_port(addr)
+            if listen not in ("0.0.0.0", "[::]"):
+                c.fail(where, f"METRICS_ADDR {addr} does not listen on all addresses: probes and Prometheus "
+                       "could not reach it")
             if ports.get("metrics") != port:
                 c.fail(where, f"container port `metrics` is {ports.get('metrics')}, METRICS_ADDR listens on {port}")
             for probe in ("readinessProbe", "livenessProbe"):

@@ -123,6 +123,8 @@ CASES = [
      "env SMTP_PASSWORD: carries credentials: must come from a Secret"),
     ("metrics on another port", CONVERTER, "value: 0.0.0.0:9101", "value: 0.0.0.0:9200",
      "ports_and_timeouts_agree", "METRICS_ADDR listens on 9200"),
+    ("metrics on loopback only", NOTIFIER, "value: 0.0.0.0:9102", "value: 127.0.0.1:9102",
+     "ports_and_timeouts_agree", "METRICS_ADDR 127.0.0.1:9102 does not listen on all addresses"),
     ("a grace period shorter than a conversion", CONVERTER, "terminationGracePeriodSeconds: 330",
      "terminationGracePeriodSeconds: 200", "ports_and_timeouts_agree", "is not longer than SHUTDOWN_TIMEOUT_SECS 300"),
     ("a socket allowed by name", "k8s/base/app-config.env", "mongodb_host=10.96.0.27:27017",
