@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 pub mod db;
 pub mod http;
 pub mod services;
+pub mod system;
 
 pub use db::TestDb;
 

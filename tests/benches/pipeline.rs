@@ -1,0 +1,256 @@
+//! The product's speed and memory on this machine, each against a baseline measured in the same
+//! process:
+//!
+//! 1. Upload throughput through the gateway (curl → runner → GridFS `videos` → job → queue) for
+//!    growing files, against writing the same file to GridFS directly from native code
+//!    (mongo-wire); and the runner's peak resident memory after each upload, which must not grow
+//!    with the file.
+//! 2. Conversion: the pipeline (job queued → converter streams GridFS → ffmpeg → GridFS → job
+//!    done) against the same ffmpeg command on a local file.
+//! 3. End to end: from the upload's 202 to the MP3 being downloadable, polling the job.
+//!
+//! `cargo bench -p system-tests --bench pipeline` (or `scripts/bench-pipeline`) runs the full
+//! sizes (10 MB / 100 MB / 1 GB uploads, a 60 s 720p clip, a 10 s clip); `cargo test` runs it once
+//! with small sizes so it cannot rot. Needs the dev services and the release builds, as the tests.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mongo_wire::bson::oid::ObjectId;
+use mongo_wire::Bucket;
+use system_tests::system::{make_video, upload, System};
+use system_tests::{service_env, TempDir};
+
+const MB: u64 = 1_000_000;
+
+/// The converter's encoding (sidecars/converter/src/convert.rs `OUTPUT_ARGS`), writing a file.
+const FFMPEG_MP3_ARGS: &[&str] = &[
+    "-map",
+    "0:a:0",
+    "-vn",
+    "-sn",
+    "-dn",
+    "-map_metadata",
+    "-1",
+    "-c:a",
+    "libmp3lame",
+    "-b:a",
+    "192k",
+    "-write_xing",
+    "0",
+    "-id3v2_version",
+    "0",
+    "-f",
+    "mp3",
+];
+
+struct Plan {
+    upload_sizes: &'static [u64],
+    clip: (u32, &'static str),
+    conversion_runs: usize,
+    e2e_clip: (u32, &'static str),
+    e2e_runs: usize,
+}
+
+fn plan() -> Plan {
+    if std::env::args().any(|a| a == "--bench") {
+        Plan {
+            upload_sizes: &[10 * MB, 100 * MB, 1000 * MB],
+            clip: (60, "1280x720"),
+            conversion_runs: 3,
+            e2e_clip: (10, "640x360"),
+            e2e_runs: 5,
+        }
+    } else {
+        Plan {
+            upload_sizes: &[MB, 8 * MB],
+            clip: (4, "320x240"),
+            conversion_runs: 1,
+            e2e_clip: (2, "320x240"),
+            e2e_runs: 1,
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A file of `size` bytes that starts as a real MP4 (the gateway checks the magic bytes) and is
+/// padded with filler: upload speed does not depend on what the bytes are.
+fn padded_video(head: &Path, path: &Path, size: u64) {
+    let head = std::fs::read(head).expect("reading the clip");
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path).expect("creating a file"));
+    out.write_all(&head).expect("writing");
+    let filler: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut left = size.saturating_sub(head.len() as u64);
+    while left > 0 {
+        let n = left.min(filler.len() as u64) as usize;
+        out.write_all(&filler[..n]).expect("writing");
+        left -= n as u64;
+    }
+    out.flush().expect("flushing");
+}
+
+/// A process's peak resident set size so far (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib / 1024.0
+}
+
+fn delete_video(fid: &str) {
+    let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
+    if let Ok(id) = ObjectId::parse_str(fid) {
+        let _ = Bucket::new(mp3_model::VIDEOS_DB).delete(&mut client, id);
+    }
+}
+
+fn uploads(plan: &Plan, dir: &Path) {
+    let system = System::without_workers();
+    let token = system.login();
+    let head = dir.join("head.mp4");
+    make_video(&head, 1, "160x120");
+    // A first small upload so the idle figure includes a warmed-up instance.
+    let (warm, _) = upload(&system.runner.url("/upload"), &token, &head);
+    assert_eq!(warm.status, 202, "{}", warm.body);
+    let idle = peak_rss_mib(system.runner.pid());
+
+    println!("\n### Upload through the gateway (runner peak RSS after warm-up: {idle:.0} MiB)\n");
+    println!("| file | gateway MB/s | direct GridFS MB/s | ratio | runner peak RSS |");
+    println!("|---:|---:|---:|---:|---:|");
+    let mut fids = vec![fid_of(&warm.body)];
+    for &size in plan.upload_sizes {
+        let file = dir.join(format!("upload-{size}.mp4"));
+        padded_video(&head, &file, size);
+
+        let (reply, secs) = upload(&system.runner.url("/upload"), &token, &file);
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        fids.push(fid_of(&reply.body));
+        let gateway = size as f64 / MB as f64 / secs;
+        let peak = peak_rss_mib(system.runner.pid());
+
+        let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
+        let started = Instant::now();
+        let direct_id = Bucket::new(mp3_model::VIDEOS_DB)
+            .with_chunk_size(mp3_model::GRIDFS_CHUNK_SIZE)
+            .upload(
+                &mut client,
+                File::open(&file).expect("opening"),
+                "bench-direct.mp4",
+                None,
+                u64::MAX,
+            )
+            .expect("direct GridFS upload");
+        let direct = size as f64 / MB as f64 / started.elapsed().as_secs_f64();
+        fids.push(direct_id.to_hex());
+        std::fs::remove_file(&file).expect("removing the file");
+
+        println!(
+            "| {} MB | {gateway:.1} | {direct:.1} | {:.2} | {peak:.0} MiB |",
+            size / MB,
+            gateway / direct
+        );
+    }
+    for fid in fids {
+        delete_video(&fid);
+    }
+}
+
+fn fid_of(upload_body: &str) -> String {
+    let json: serde_json::Value = serde_json::from_str(upload_body).expect("upload JSON");
+    json["video_fid"].as_str().expect("video_fid").to_owned()
+}
+
+fn conversion(plan: &Plan, dir: &Path) {
+    let (seconds, size) = plan.clip;
+    let clip = dir.join("clip.mp4");
+    make_video(&clip, seconds, size);
+    let system = System::start();
+    let token = system.login();
+
+    let mut plain = Vec::new();
+    let mut pipeline = Vec::new();
+    for run in 0..plan.conversion_runs {
+        let out = dir.join(format!("plain-{run}.mp3"));
+        let started = Instant::now();
+        let status = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-i"])
+            .arg(&clip)
+            .args(FFMPEG_MP3_ARGS)
+            .arg(&out)
+            .status()
+            .expect("running ffmpeg");
+        assert!(status.success());
+        plain.push(started.elapsed().as_secs_f64());
+
+        let reply = system.upload(&token, &clip);
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        let queued = Instant::now();
+        let job_id = job_of(&reply.body);
+        let job = system.wait_for_job(&token, &job_id, Duration::from_secs(600));
+        assert_eq!(job["status"], "done", "{job}");
+        pipeline.push(queued.elapsed().as_secs_f64());
+    }
+    let (plain, pipeline) = (median(plain), median(pipeline));
+    println!(
+        "\n### Conversion of a {seconds} s {size} clip (median of {})\n",
+        plan.conversion_runs
+    );
+    println!("| plain ffmpeg on a file | pipeline (queued → done) | ratio |");
+    println!("|---:|---:|---:|");
+    println!(
+        "| {plain:.2} s | {pipeline:.2} s | {:.2} |",
+        pipeline / plain
+    );
+}
+
+fn job_of(upload_body: &str) -> String {
+    let json: serde_json::Value = serde_json::from_str(upload_body).expect("upload JSON");
+    json["job_id"].as_str().expect("job_id").to_owned()
+}
+
+fn end_to_end(plan: &Plan, dir: &Path) {
+    let (seconds, size) = plan.e2e_clip;
+    let clip = dir.join("short.mp4");
+    make_video(&clip, seconds, size);
+    let system = System::start();
+    let token = system.login();
+    let mut times = Vec::new();
+    for _ in 0..plan.e2e_runs {
+        let reply = system.upload(&token, &clip);
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        let uploaded = Instant::now();
+        let job = system.wait_for_job(&token, &job_of(&reply.body), Duration::from_secs(120));
+        let mp3_fid = job["mp3_fid"].as_str().expect("a done job");
+        let download = system.download(&token, mp3_fid);
+        assert_eq!(download.status, 200);
+        times.push(uploaded.elapsed().as_secs_f64());
+    }
+    println!(
+        "\n### End to end, {seconds} s {size} clip (median of {})\n",
+        plan.e2e_runs
+    );
+    println!("| upload answered → MP3 downloaded | target |");
+    println!("|---:|---:|");
+    println!("| {:.2} s | < 2 s |", median(times));
+}
+
+fn main() {
+    let plan = plan();
+    let dir = TempDir::new("bench-pipeline");
+    uploads(&plan, dir.path());
+    conversion(&plan, dir.path());
+    end_to_end(&plan, dir.path());
+}

@@ -1,0 +1,328 @@
+//! The whole system for one test or benchmark: a fresh auth database with one user, a RabbitMQ
+//! virtual host of its own, the app under the runner, and the converter and notifier workers,
+//! all against the real dev services. Only the MongoDB databases are shared; tests tell their
+//! files apart by ids.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::http::{send, send_raw, Body, RawReply, Reply};
+use crate::services::Vhost;
+use crate::{admin, release_bin, service_env, unique, Runner, RunnerConfig, TestDb};
+
+pub const JWT_SECRET: &str = "system-test-secret-that-is-long-enough-for-hs256";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A free loopback port (bound and released: good enough for a child process started next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port")
+}
+
+/// A running worker binary (`converter` or `notifier`); killed on drop.
+pub struct Worker {
+    name: &'static str,
+    child: Child,
+    metrics: String,
+}
+
+impl Worker {
+    /// Starts `target/release/<name>` with `env` and waits until `/healthz` answers 200.
+    pub fn start(name: &'static str, env: &[(&str, String)]) -> Self {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(release_bin(name))
+            .envs(env.iter().map(|(k, v)| (*k, v)))
+            .env("METRICS_ADDR", &metrics)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let worker = Worker {
+            name,
+            child,
+            metrics,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while worker.health() != 200 {
+            assert!(Instant::now() < deadline, "{name} never became healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        worker
+    }
+
+    pub fn health(&self) -> u16 {
+        send_raw(
+            "GET",
+            &format!("http://{}/healthz", self.metrics),
+            &[],
+            Body::Empty,
+        )
+        .map_or(0, |r| r.status)
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub fn metrics(&self) -> String {
+        crate::http::get(&format!("http://{}/metrics", self.metrics)).body
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a node failure or the OOM killer would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            eprintln!("stopped {}", self.name);
+        }
+    }
+}
+
+/// The app and its workers, for one user. (Fields drop in order: the processes stop before
+/// their vhost and database go away.)
+pub struct System {
+    pub converter: Option<Worker>,
+    pub notifier: Option<Worker>,
+    pub runner: Runner,
+    pub db: TestDb,
+    pub vhost: Vhost,
+    /// A unique email, so Mailpit searches find only this test's messages.
+    pub email: String,
+}
+
+impl System {
+    /// Everything, with both workers running.
+    pub fn start() -> Self {
+        let mut system = Self::without_workers();
+        system.converter = Some(system.start_converter());
+        system.notifier = Some(system.start_notifier());
+        system
+    }
+
+    /// The app alone: nothing consumes the queues until a test starts a worker.
+    pub fn without_workers() -> Self {
+        let vhost = Vhost::new();
+        let db = TestDb::migrated();
+        let email = format!("user-{}@example.com", unique());
+        let (ok, output) = admin(
+            &db.url(),
+            &["user", "add", &email],
+            &format!("{PASSWORD}\n"),
+        );
+        assert!(ok, "mp3-admin user add failed: {output}");
+        let runner = RunnerConfig::app()
+            .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
+            .env("SPIN_VARIABLE_DB_URL", db.url())
+            .env("SPIN_VARIABLE_DB_HOST", db.host_port())
+            .env("SPIN_VARIABLE_JWT_SECRET", JWT_SECRET)
+            .start();
+        System {
+            converter: None,
+            notifier: None,
+            runner,
+            db,
+            vhost,
+            email,
+        }
+    }
+
+    fn worker_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AMQP_URL", self.vhost.amqp_url()),
+            ("MONGODB_URL", service_env("MONGODB_URL")),
+            ("RETRY_BASE_DELAY_MS", "200".into()),
+        ]
+    }
+
+    pub fn start_converter(&self) -> Worker {
+        let mut env = self.worker_env();
+        env.push(("CONCURRENCY", "2".into()));
+        Worker::start("converter", &env)
+    }
+
+    pub fn start_notifier(&self) -> Worker {
+        let mut env = self.worker_env();
+        env.extend([
+            ("SMTP_HOST", service_env("SMTP_HOST")),
+            ("SMTP_PORT", service_env("SMTP_PORT")),
+            ("SMTP_TLS", "none".into()),
+            ("DOWNLOAD_BASE_URL", self.runner.base().to_owned()),
+        ]);
+        Worker::start("notifier", &env)
+    }
+
+    /// `POST /login` with the user's credentials; the token.
+    pub fn login(&self) -> String {
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{PASSWORD}", self.email));
+        let reply = send(
+            "POST",
+            &self.runner.url("/login"),
+            &[("Authorization", &format!("Basic {basic}"))],
+            Some(b""),
+        );
+        assert_eq!(reply.status, 200, "login: {}", reply.body);
+        reply.body
+    }
+
+    /// Uploads `path` with curl (which streams the file as multipart/form-data); the reply.
+    pub fn upload(&self, token: &str, path: &Path) -> Reply {
+        upload(&self.runner.url("/upload"), token, path).0
+    }
+
+    /// `GET /jobs/{id}` until the job is `done` or `failed`; the final job JSON.
+    pub fn wait_for_job(&self, token: &str, job_id: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reply = self.get(token, &format!("/jobs/{job_id}"));
+            assert_eq!(reply.status, 200, "job status: {}", reply.body);
+            let job: serde_json::Value =
+                serde_json::from_str(&reply.body).expect("the job is JSON");
+            if matches!(job["status"].as_str(), Some("done" | "failed")) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {job_id} still {job}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `GET /download?fid=...` with the body as bytes.
+    pub fn download(&self, token: &str, mp3_fid: &str) -> RawReply {
+        send_raw(
+            "GET",
+            &self.runner.url(&format!("/download?fid={mp3_fid}")),
+            &[("Authorization", &format!("Bearer {token}"))],
+            Body::Empty,
+        )
+        .expect("downloading")
+    }
+
+    pub fn get(&self, token: &str, path: &str) -> Reply {
+        send(
+            "GET",
+            &self.runner.url(path),
+            &[("Authorization", &format!("Bearer {token}"))],
+            None,
+        )
+    }
+}
+
+/// Uploads `path` to `url` with curl; the reply and the seconds curl spent.
+pub fn upload(url: &str, token: &str, path: &Path) -> (Reply, f64) {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code} %{time_total}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg("-F")
+        .arg(format!("file=@{}", path.display()))
+        .arg(url)
+        .output()
+        .expect("running curl");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, tail) = text.rsplit_once('\n').expect("curl's -w line");
+    let (code, secs) = tail.split_once(' ').expect("code and time");
+    let reply = Reply {
+        status: code.parse().expect("a status code"),
+        body: body.to_owned(),
+        headers: Vec::new(),
+    };
+    (reply, secs.parse().expect("a time"))
+}
+
+/// Emails in Mailpit matching `query` (Mailpit's search syntax, e.g. `to:a@b.c`).
+pub fn mailpit_search(query: &str) -> Vec<serde_json::Value> {
+    let url = format!(
+        "{}/api/v1/search?query={}",
+        service_env("MAILPIT_URL"),
+        percent_encode(query)
+    );
+    let reply = crate::http::get(&url);
+    assert_eq!(reply.status, 200, "Mailpit search: {}", reply.body);
+    let found: serde_json::Value = serde_json::from_str(&reply.body).expect("Mailpit JSON");
+    found["messages"].as_array().cloned().unwrap_or_default()
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Makes a video with ffmpeg: `seconds` of test pattern at `size` (e.g. `320x240`) and a
+/// 440 Hz tone, H.264 + AAC in MP4.
+pub fn make_video(path: &Path, seconds: u32, size: &str) {
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=size={size}:rate=25:duration={seconds}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency=440:duration={seconds}"))
+        .args([
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+        ])
+        .arg(path)
+        .status()
+        .expect("running ffmpeg");
+    assert!(status.success(), "ffmpeg could not make {}", path.display());
+}
+
+/// The duration in seconds ffprobe reads from a media file, and its format name.
+pub fn probe(path: &Path) -> (f64, String) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration,format_name",
+            "-of",
+            "default=noprint_wrappers=1",
+        ])
+        .arg(path)
+        .output()
+        .expect("running ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let duration = field("duration").parse().unwrap_or(f64::NAN);
+    (duration, field("format_name"))
+}

@@ -1,0 +1,231 @@
+//! The product end to end, as a user meets it: log in, upload a video through the gateway, the
+//! converter makes the MP3, the notifier emails it, the user downloads it. Everything real: the
+//! runner with the project's spin.toml, MariaDB, RabbitMQ (a vhost per test), FerretDB, Mailpit,
+//! ffmpeg, and the worker binaries.
+
+use std::time::{Duration, Instant};
+
+use mongo_wire::bson::{doc, Document};
+use system_tests::system::{mailpit_search, make_video, probe, System};
+use system_tests::{service_env, TempDir};
+
+/// Job documents and MP3 files, read straight from MongoDB.
+fn mongo() -> mongo_wire::Client<std::net::TcpStream> {
+    mongo_wire::connect(&service_env("MONGODB_URL")).expect("connecting to MongoDB")
+}
+
+fn job_document(job_id: &str) -> Document {
+    mongo()
+        .find_one(
+            mp3_model::VIDEOS_DB,
+            mp3_model::JOBS_COLLECTION,
+            doc! {"_id": job_id},
+        )
+        .expect("reading the job")
+        .expect("the job exists")
+}
+
+/// The GridFS files in `mp3s` made for `job_id`.
+fn mp3_files(job_id: &str) -> Vec<Document> {
+    let mut client = mongo();
+    let cursor = client
+        .find(
+            mp3_model::MP3S_DB,
+            "fs.files",
+            doc! {"metadata.job_id": job_id},
+            Default::default(),
+        )
+        .expect("listing mp3 files");
+    cursor
+        .collect::<Result<Vec<_>, _>>()
+        .expect("reading mp3 files")
+}
+
+fn chunk_count(files_id: mongo_wire::bson::oid::ObjectId) -> usize {
+    let mut client = mongo();
+    let cursor = client
+        .find(
+            mp3_model::MP3S_DB,
+            "fs.chunks",
+            doc! {"files_id": files_id},
+            Default::default(),
+        )
+        .expect("listing chunks");
+    cursor.count()
+}
+
+/// Waits for exactly `count` emails to `to` (and no more within a short grace period).
+fn emails_to(to: &str, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut found = mailpit_search(&format!("to:{to}"));
+    while found.len() < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        found = mailpit_search(&format!("to:{to}"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let found = mailpit_search(&format!("to:{to}"));
+    assert_eq!(found.len(), count, "emails to {to}: {found:#?}");
+    found
+}
+
+/// The plain-text body of a Mailpit message.
+fn email_text(message: &serde_json::Value) -> String {
+    let id = message["ID"].as_str().expect("a message id");
+    let reply = system_tests::http::get(&format!(
+        "{}/api/v1/message/{id}",
+        service_env("MAILPIT_URL")
+    ));
+    let full: serde_json::Value = serde_json::from_str(&reply.body).expect("Mailpit JSON");
+    full["Text"].as_str().unwrap_or_default().to_owned()
+}
+
+fn upload_ok(system: &System, token: &str, video: &std::path::Path) -> serde_json::Value {
+    let reply = system.upload(token, video);
+    assert_eq!(reply.status, 202, "upload: {}", reply.body);
+    serde_json::from_str(&reply.body).expect("the upload answer is JSON")
+}
+
+#[test]
+fn upload_convert_notify_download() {
+    let system = System::start();
+    let dir = TempDir::new("pipeline");
+    let video = dir.path().join("holiday.mp4");
+    make_video(&video, 3, "320x240");
+    let (source_duration, _) = probe(&video);
+
+    let token = system.login();
+    let upload = upload_ok(&system, &token, &video);
+    let job_id = upload["job_id"].as_str().expect("job_id");
+    assert_eq!(upload["status_url"], format!("/jobs/{job_id}"));
+
+    let job = system.wait_for_job(&token, job_id, Duration::from_secs(60));
+    assert_eq!(job["status"], "done", "{job}");
+    let mp3_fid = job["mp3_fid"].as_str().expect("mp3_fid").to_owned();
+
+    let download = system.download(&token, &mp3_fid);
+    assert_eq!(download.status, 200, "download: {}", download.text());
+    assert_eq!(download.header("content-type"), Some("audio/mpeg"));
+    let mp3 = dir.path().join("holiday.mp3");
+    std::fs::write(&mp3, &download.body).expect("saving the mp3");
+    let (duration, format) = probe(&mp3);
+    assert_eq!(format, "mp3");
+    assert!(
+        (duration - source_duration).abs() <= 0.1,
+        "mp3 lasts {duration} s, the video {source_duration} s"
+    );
+
+    let emails = emails_to(&system.email, 1);
+    assert_eq!(emails[0]["Subject"], "MP3 Download");
+    let text = email_text(&emails[0]);
+    assert!(text.contains(&mp3_fid), "the email names the mp3: {text}");
+    assert!(
+        text.contains(&format!("/download?fid={mp3_fid}")),
+        "the email has the download URL: {text}"
+    );
+
+    // The converter and the notifier count what they did.
+    let converter = system.converter.as_ref().expect("converter").metrics();
+    assert!(converter.contains("converter_"), "{converter}");
+}
+
+#[test]
+fn converter_killed_mid_job_finishes_it_once_after_restart() {
+    let mut system = System::without_workers();
+    system.notifier = Some(system.start_notifier());
+    let dir = TempDir::new("kill");
+    // Long enough that the kill lands while ffmpeg is encoding.
+    let video = dir.path().join("long.mp4");
+    make_video(&video, 240, "160x120");
+    let token = system.login();
+    let job_id = upload_ok(&system, &token, &video)["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_owned();
+
+    let converter = system.start_converter();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let killed_attempt = loop {
+        let job = job_document(&job_id);
+        if job.get_str("status") == Ok("converting") {
+            if let Ok(fid) = job.get_str("converting_fid") {
+                break fid.to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "the job never started: {job}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Let it write some of the MP3 before the kill.
+    std::thread::sleep(Duration::from_millis(300));
+    converter.kill();
+    assert_ne!(
+        job_document(&job_id).get_str("status"),
+        Ok("done"),
+        "the conversion finished before the kill: make the video longer"
+    );
+
+    let _converter = system.start_converter();
+    let job = system.wait_for_job(&token, &job_id, Duration::from_secs(120));
+    assert_eq!(job["status"], "done", "{job}");
+    let files = mp3_files(&job_id);
+    assert_eq!(files.len(), 1, "exactly one mp3 for the job: {files:#?}");
+    let mp3_fid = job["mp3_fid"].as_str().expect("mp3_fid");
+    assert_eq!(
+        files[0].get_object_id("_id").expect("an ObjectId").to_hex(),
+        mp3_fid
+    );
+    let killed = mongo_wire::bson::oid::ObjectId::parse_str(&killed_attempt).expect("an ObjectId");
+    if killed.to_hex() != mp3_fid {
+        assert_eq!(
+            chunk_count(killed),
+            0,
+            "the killed attempt's chunks are cleaned up"
+        );
+    }
+    assert_eq!(system.download(&token, mp3_fid).status, 200);
+    emails_to(&system.email, 1);
+}
+
+#[test]
+fn a_video_ffmpeg_cannot_read_fails_the_job_dead_letters_it_and_tells_the_user() {
+    let system = System::start();
+    let dir = TempDir::new("poison");
+    // The magic bytes of an MP4 (so the gateway takes it), then nothing ffmpeg can decode.
+    let fake = dir.path().join("broken.mp4");
+    let mut bytes = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2".to_vec();
+    bytes.extend(std::iter::repeat_n(0xA5u8, 64 * 1024));
+    std::fs::write(&fake, bytes).expect("writing the file");
+
+    let token = system.login();
+    let job_id = upload_ok(&system, &token, &fake)["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_owned();
+    let job = system.wait_for_job(&token, &job_id, Duration::from_secs(60));
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{job}"
+    );
+    assert!(mp3_files(&job_id).is_empty(), "no mp3 for a failed job");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead = system.vhost.take_messages("video.dead", 10);
+        if !dead.is_empty() || Instant::now() > deadline {
+            break dead;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(dead.len(), 1, "the message is dead-lettered: {dead:#?}");
+    let message: serde_json::Value =
+        serde_json::from_str(dead[0]["payload"].as_str().expect("a text payload"))
+            .expect("JSON payload");
+    assert_eq!(message["job_id"], job_id.as_str());
+
+    let emails = emails_to(&system.email, 1);
+    let text = email_text(&emails[0]);
+    assert!(
+        text.contains(&job_id),
+        "the failure email names the job: {text}"
+    );
+}
