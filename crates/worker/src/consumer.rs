@@ -349,15 +349,10 @@ impl<H: Handler> Shared<H> {
             };
             match next {
                 Some(Ok(delivery)) => {
-                    let this = self.clone();
-                    let cx = Context {
-                        publisher: publisher.clone(),
-                        attempt: 0,
-                        max_attempts: options.max_attempts,
-                        redelivered: delivery.redelivered,
-                    };
-                    let abort = abort.clone();
-                    tasks.spawn(async move { this.process(delivery, cx, permit, abort).await });
+                    let (this, publisher, abort) = (self.clone(), publisher.clone(), abort.clone());
+                    tasks.spawn(
+                        async move { this.process(delivery, publisher, permit, abort).await },
+                    );
                 }
                 Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
                 None => break SessionEnd::Lost("the consumer was cancelled".into()),
@@ -423,13 +418,18 @@ impl<H: Handler> Shared<H> {
     async fn process(
         &self,
         delivery: Delivery,
-        mut cx: Context,
+        publisher: Publisher,
         _permit: OwnedSemaphorePermit,
         abort: CancellationToken,
     ) {
         let _in_flight = InFlight::new(&self.metrics.in_flight);
         let previous = previous_attempts(&delivery.properties);
-        cx.attempt = previous.saturating_add(1);
+        let cx = Context {
+            publisher,
+            attempt: previous.saturating_add(1),
+            max_attempts: self.options.max_attempts,
+            redelivered: delivery.redelivered,
+        };
         let message: H::Message = match serde_json::from_slice(&delivery.data) {
             Ok(message) => message,
             Err(error) => {
