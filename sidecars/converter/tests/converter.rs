@@ -662,3 +662,32 @@ async fn sigterm_past_the_shutdown_timeout_requeues_the_job() {
     assert_eq!(fx.job(&job.id).await.attempts, 2);
     assert_eq!(fx.take("mp3", 1).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deliveries_of_one_job_at_once_make_one_mp3() {
+    let fx = Fixture::new("race").await;
+    let video = make_video(&fx.dir, "clip.mkv", 8, &[]);
+    let worker = fx.start(&[
+        ("FFMPEG_PATH", slow_ffmpeg(&fx.dir, 4)),
+        ("CONCURRENCY", "2".to_owned()),
+    ]);
+    let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;
+    // A duplicated message (say, the gateway retrying a publish): both copies run together.
+    fx.publish(&job);
+    fx.publish(&job);
+
+    let fid = assert_converted(&fx, &job, 8.0).await;
+    wait_for("both deliveries settled", JOB_TIMEOUT, || {
+        (fx.vhost.queue_len("video")? == 0 && worker.metric("converter_jobs_in_flight")? == 0.0)
+            .then_some(())
+    });
+    assert_eq!(fx.job(&job.id).await.attempts, 2, "{}", worker.log());
+    let files = fx.mp3_files(&job.id).await;
+    assert_eq!(files.len(), 1, "{files:#?}\n{}", worker.log());
+    let announced = fx.take("mp3", 1);
+    assert_eq!(
+        payload(&announced[0]).mp3_fid.as_deref(),
+        Some(fid.as_str())
+    );
+    assert_eq!(worker.metric("converter_jobs_done_total"), Some(1.0));
+}
