@@ -27,17 +27,20 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Checks, once per test binary, that the runner, the admin CLI and the components are built.
+/// Checks, once per test binary, that the runner, the workers, the admin CLI and the components
+/// are built.
 ///
 /// They come from `scripts/test`, which builds the components for wasm32-wasip2 and then runs
 /// `cargo test --release --workspace --all-targets`: that one command also builds the
-/// `spin-runner` and `mp3-admin` binaries (their packages have integration tests), so the tests
+/// `spin-runner`, `converter`, `notifier` and `mp3-admin` binaries (their packages have
+/// integration tests), so the tests
 /// always run the binaries of the current source. Building them here with another cargo command
 /// would compile wasmtime again with differently unified features.
 pub fn build_all() {
     static CHECKED: OnceLock<()> = OnceLock::new();
     CHECKED.get_or_init(|| {
-        let needed = [release_bin("spin-runner"), release_bin("mp3-admin")]
+        let needed = ["spin-runner", "mp3-admin", "converter", "notifier"]
+            .map(release_bin)
             .into_iter()
             .chain(["gateway", "login", "validate", "probe", "unhosted"].map(wasm));
         for path in needed {

@@ -39,7 +39,11 @@ impl Worker {
         let child = Command::new(release_bin(name))
             .envs(env.iter().map(|(k, v)| (*k, v)))
             .env("METRICS_ADDR", &metrics)
-            .env("RUST_LOG", "info")
+            // WORKER_LOG=debug (or any RUST_LOG filter) to see more while debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
