@@ -233,6 +233,53 @@ impl System {
     }
 }
 
+impl Drop for System {
+    /// Deletes the user's jobs and their files, so the shared MongoDB does not grow with every
+    /// run (FerretDB scans GridFS chunks, so a big `fs.chunks` slows every later test).
+    fn drop(&mut self) {
+        // The workers must not write while we clean up.
+        self.converter.take();
+        self.notifier.take();
+        if let Err(error) = delete_jobs_of(&self.email) {
+            eprintln!("cleaning up {}'s jobs: {error}", self.email);
+        }
+    }
+}
+
+fn delete_jobs_of(owner: &str) -> mongo_wire::Result<()> {
+    use mongo_wire::bson::{doc, oid::ObjectId};
+    let mut client = mongo_wire::connect(&service_env("MONGODB_URL"))?;
+    let jobs: Vec<_> = client
+        .find(
+            mp3_model::VIDEOS_DB,
+            mp3_model::JOBS_COLLECTION,
+            doc! {"owner": owner},
+            Default::default(),
+        )?
+        .collect::<mongo_wire::Result<_>>()?;
+    for job in jobs {
+        for (db, field) in [
+            (mp3_model::VIDEOS_DB, "video_fid"),
+            (mp3_model::MP3S_DB, "mp3_fid"),
+        ] {
+            if let Some(id) = job
+                .get_str(field)
+                .ok()
+                .and_then(|h| ObjectId::parse_str(h).ok())
+            {
+                // NotFound is fine: a failed job has no MP3.
+                let _ = mongo_wire::Bucket::new(db).delete(&mut client, id);
+            }
+        }
+    }
+    client.delete_many(
+        mp3_model::VIDEOS_DB,
+        mp3_model::JOBS_COLLECTION,
+        doc! {"owner": owner},
+    )?;
+    Ok(())
+}
+
 /// Uploads `path` to `url` with curl; the reply and the seconds curl spent.
 pub fn upload(url: &str, token: &str, path: &Path) -> (Reply, f64) {
     let out = Command::new("curl")
