@@ -247,11 +247,16 @@ impl Store {
             .filter(|&n| n > 0)
             .context("video files document without a chunk size")?;
         let (mut walker, mut step) = BoxWalker::new(len);
+        // The first boxes usually share chunk 0: fetch each chunk once (without a
+        // `files_id_1_n_1` index, as on FerretDB, every chunk query scans the collection).
+        let mut last_chunk = None;
         let layout = loop {
             match step {
                 Step::Done(layout) => break layout,
                 Step::Read(offset) => {
-                    let bytes = self.read_at(id, chunk_size, offset, len).await?;
+                    let bytes = self
+                        .read_at(id, chunk_size, offset, len, &mut last_chunk)
+                        .await?;
                     step = walker.feed(&bytes);
                 }
             }
@@ -260,13 +265,14 @@ impl Store {
     }
 
     /// Up to [`HEADER_LEN`] bytes of a video at `offset`, from the one or two chunks holding
-    /// them.
+    /// them. `last_chunk` keeps the chunk read last (`(n, data)`) between calls.
     async fn read_at(
         &self,
         id: ObjectId,
         chunk_size: u64,
         offset: u64,
         len: u64,
+        last_chunk: &mut Option<(u64, Vec<u8>)>,
     ) -> anyhow::Result<Vec<u8>> {
         let chunks = self.videos_db.collection::<Document>("fs.chunks");
         let end = (offset + HEADER_LEN as u64).min(len);
@@ -274,14 +280,20 @@ impl Store {
         let mut at = offset;
         while at < end {
             let n = at / chunk_size;
-            let chunk = chunks
-                .find_one(doc! { "files_id": id, "n": i64::try_from(n)? })
-                .await
-                .with_context(|| format!("reading chunk {n} of video {id}"))?
-                .with_context(|| format!("video {id} has no chunk {n}"))?;
-            let data = match chunk.get("data") {
-                Some(Bson::Binary(binary)) => &binary.bytes,
-                _ => anyhow::bail!("chunk {n} of video {id} has no binary data"),
+            let data = match last_chunk {
+                Some((cached, data)) if *cached == n => data,
+                _ => {
+                    let mut chunk = chunks
+                        .find_one(doc! { "files_id": id, "n": i64::try_from(n)? })
+                        .await
+                        .with_context(|| format!("reading chunk {n} of video {id}"))?
+                        .with_context(|| format!("video {id} has no chunk {n}"))?;
+                    let data = match chunk.remove("data") {
+                        Some(Bson::Binary(binary)) => binary.bytes,
+                        _ => anyhow::bail!("chunk {n} of video {id} has no binary data"),
+                    };
+                    &mut last_chunk.insert((n, data)).1
+                }
             };
             let from = usize::try_from(at - n * chunk_size)?;
             let to = usize::try_from((end - n * chunk_size).min(chunk_size))?.min(data.len());
