@@ -13,9 +13,12 @@ use ffmpeg_sidecar::command::FfmpegCommand;
 use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
 use futures_util::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
 
 /// Bytes copied at a time between GridFS and ffmpeg.
 const BUFFER: usize = 64 * 1024;
+/// Buffers queued in each direction between GridFS and ffmpeg (2 MiB).
+const READ_AHEAD: usize = 32;
 /// ffmpeg error lines kept for the job's error message.
 const ERROR_LINES: usize = 3;
 
@@ -122,22 +125,37 @@ where
         .context("ffmpeg's stdin")?;
     let mut stdout = tokio::process::ChildStdout::from_std(stdout).context("ffmpeg's stdout")?;
 
-    let feed = async move {
-        let (Some(mut reader), Some(mut stdin)) = (reader, stdin) else {
-            return Ok::<u64, anyhow::Error>(0);
+    // Each direction is two halves joined by a queue of up to READ_AHEAD buffers, so a slow
+    // GridFS round trip (a chunk fetched or inserted) does not stall ffmpeg, nor ffmpeg the
+    // transfers: memory stays bounded at 2 x READ_AHEAD x BUFFER per job.
+    let (video_tx, mut video_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
+    let fetch = async move {
+        let Some(mut reader) = reader else {
+            return Ok::<(), anyhow::Error>(());
         };
-        let mut buffer = vec![0u8; BUFFER];
-        let mut total = 0u64;
         loop {
+            let mut buffer = vec![0u8; BUFFER];
             let n = reader
                 .read(&mut buffer)
                 .await
                 .context("reading the video")?;
             if n == 0 {
-                break;
+                return Ok(());
             }
-            match stdin.write_all(&buffer[..n]).await {
-                Ok(()) => total += n as u64,
+            buffer.truncate(n);
+            if video_tx.send(buffer).await.is_err() {
+                return Ok(()); // ffmpeg stopped reading; its exit status tells why
+            }
+        }
+    };
+    let feed = async move {
+        let Some(mut stdin) = stdin else {
+            return Ok::<u64, anyhow::Error>(0);
+        };
+        let mut total = 0u64;
+        while let Some(buffer) = video_rx.recv().await {
+            match stdin.write_all(&buffer).await {
+                Ok(()) => total += buffer.len() as u64,
                 // ffmpeg stopped reading (it failed, or needs no more input): its exit status
                 // tells which.
                 Err(e) if e.kind() == IoErrorKind::BrokenPipe => break,
@@ -146,33 +164,41 @@ where
         }
         Ok(total)
     };
-    let drain = async {
-        let mut buffer = vec![0u8; BUFFER];
-        let mut total = 0u64;
+    let (mp3_tx, mut mp3_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
+    let drain = async move {
         loop {
+            let mut buffer = vec![0u8; BUFFER];
             let n = stdout
                 .read(&mut buffer)
                 .await
                 .context("reading ffmpeg's output")?;
             if n == 0 {
-                break;
+                return Ok::<(), anyhow::Error>(());
             }
-            output
-                .write_all(&buffer[..n])
-                .await
-                .context("writing the MP3")?;
-            total += n as u64;
+            buffer.truncate(n);
+            if mp3_tx.send(buffer).await.is_err() {
+                return Ok(()); // the store failed and says so
+            }
+        }
+    };
+    let store = async {
+        let mut total = 0u64;
+        while let Some(buffer) = mp3_rx.recv().await {
+            output.write_all(&buffer).await.context("writing the MP3")?;
+            total += buffer.len() as u64;
         }
         output.flush().await.context("writing the MP3")?;
         Ok::<u64, anyhow::Error>(total)
     };
     // A failed drain drops stdout, so ffmpeg ends on EPIPE; a failed feed drops stdin, so ffmpeg
     // sees the end of its input: both sides always finish.
-    let (fed, drained) = tokio::join!(feed, drain);
+    let (fetched, fed, drained, stored) = tokio::join!(fetch, feed, drain, store);
     let status = child.wait().await.context("waiting for ffmpeg")?;
     let message = errors.await.unwrap_or_default();
-    let bytes_out = drained?;
+    let bytes_out = stored?;
+    drained?;
     let bytes_in = fed?;
+    fetched?;
     if status.success() {
         return Ok(Converted {
             bytes_in,
