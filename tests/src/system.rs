@@ -196,8 +196,19 @@ impl System {
         upload(&self.runner.url("/upload"), token, path).0
     }
 
-    /// `GET /jobs/{id}` until the job is `done` or `failed`; the final job JSON.
+    /// `GET /jobs/{id}` every 10 ms until the job is `done` or `failed`; the final job JSON.
     pub fn wait_for_job(&self, token: &str, job_id: &str, timeout: Duration) -> serde_json::Value {
+        self.poll_job(token, job_id, timeout, Duration::from_millis(10))
+    }
+
+    /// [`System::wait_for_job`], asking every `every`.
+    pub fn poll_job(
+        &self,
+        token: &str,
+        job_id: &str,
+        timeout: Duration,
+        every: Duration,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
             let reply = self.get(token, &format!("/jobs/{job_id}"));
@@ -208,7 +219,7 @@ impl System {
                 return job;
             }
             assert!(Instant::now() < deadline, "job {job_id} still {job}");
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(every);
         }
     }
 
