@@ -116,12 +116,38 @@ impl Store {
             .with_context(|| format!("reading job {job_id}"))
     }
 
-    /// Claims a job for an attempt that will write the MP3 `mp3_fid`.
-    pub async fn claim(&self, job_id: &str, mp3_fid: ObjectId) -> anyhow::Result<Claim> {
+    /// Applies `update` to the job if it is still queued or converting. The job as it was
+    /// before, and the MP3 its last attempt was writing (to delete); `None` when the job is
+    /// finished or missing.
+    async fn update_unfinished(
+        &self,
+        job_id: &str,
+        update: Document,
+    ) -> anyhow::Result<Option<(Job, Option<ObjectId>)>> {
         let filter = doc! {
             "_id": job_id,
             "status": { "$in": [JobStatus::Queued.as_str(), JobStatus::Converting.as_str()] },
         };
+        let Some(before) = self
+            .jobs
+            .clone_with_type::<Document>()
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::Before)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let leftover = before
+            .get_str(CONVERTING_FID)
+            .ok()
+            .and_then(|hex| ObjectId::parse_str(hex).ok());
+        let job: Job = mongodb::bson::from_document(before)
+            .with_context(|| format!("job {job_id} is not a valid job document"))?;
+        Ok(Some((job, leftover)))
+    }
+
+    /// Claims a job for an attempt that will write the MP3 `mp3_fid`.
+    pub async fn claim(&self, job_id: &str, mp3_fid: ObjectId) -> anyhow::Result<Claim> {
         let update = doc! {
             "$set": {
                 "status": JobStatus::Converting.as_str(),
@@ -130,20 +156,11 @@ impl Store {
             },
             "$inc": { "attempts": 1 },
         };
-        let before = self
-            .jobs
-            .clone_with_type::<Document>()
-            .find_one_and_update(filter, update)
-            .return_document(ReturnDocument::Before)
+        if let Some((job, leftover)) = self
+            .update_unfinished(job_id, update)
             .await
-            .with_context(|| format!("claiming job {job_id}"))?;
-        if let Some(before) = before {
-            let leftover = before
-                .get_str(CONVERTING_FID)
-                .ok()
-                .and_then(|hex| ObjectId::parse_str(hex).ok());
-            let job: Job = mongodb::bson::from_document(before)
-                .with_context(|| format!("job {job_id} is not a valid job document"))?;
+            .with_context(|| format!("claiming job {job_id}"))?
+        {
             return Ok(Claim::Claimed { job, leftover });
         }
         Ok(match self.job(job_id).await? {
@@ -193,33 +210,19 @@ impl Store {
 
     /// Marks a job that is not done `failed` with `error`.
     pub async fn mark_failed(&self, job_id: &str, error: &str) -> anyhow::Result<MarkFailed> {
-        let before = self
-            .jobs
-            .clone_with_type::<Document>()
-            .find_one_and_update(
-                doc! {
-                    "_id": job_id,
-                    "status": { "$in": [JobStatus::Queued.as_str(), JobStatus::Converting.as_str()] },
-                },
-                doc! {
-                    "$set": {
-                        "status": JobStatus::Failed.as_str(),
-                        "error": error,
-                        "updated_at": now_ms(),
-                    },
-                    "$unset": { CONVERTING_FID: "" },
-                },
-            )
-            .return_document(ReturnDocument::Before)
+        let update = doc! {
+            "$set": {
+                "status": JobStatus::Failed.as_str(),
+                "error": error,
+                "updated_at": now_ms(),
+            },
+            "$unset": { CONVERTING_FID: "" },
+        };
+        if let Some((job, leftover)) = self
+            .update_unfinished(job_id, update)
             .await
-            .with_context(|| format!("marking job {job_id} failed"))?;
-        if let Some(before) = before {
-            let leftover = before
-                .get_str(CONVERTING_FID)
-                .ok()
-                .and_then(|hex| ObjectId::parse_str(hex).ok());
-            let job: Job = mongodb::bson::from_document(before)
-                .with_context(|| format!("job {job_id} is not a valid job document"))?;
+            .with_context(|| format!("marking job {job_id} failed"))?
+        {
             return Ok(MarkFailed::Marked { job, leftover });
         }
         Ok(match self.job(job_id).await? {
