@@ -160,7 +160,7 @@ fn upload_route(
             content_type: content_type.as_deref(),
             owner: &user,
             max_bytes: config.max_upload_bytes,
-            now_ms: now_ms(),
+            clock: now_ms,
             job_id: ObjectId::new().to_hex(),
         };
         let reply = upload::handle(upload, body, &mut services, &SpinExecutor).user(&user);

@@ -152,8 +152,9 @@ pub struct Upload<'a> {
     /// The uploader (`claims.username`).
     pub owner: &'a str,
     pub max_bytes: u64,
-    /// Milliseconds since the Unix epoch.
-    pub now_ms: i64,
+    /// Milliseconds since the Unix epoch, read when the job is recorded: a job is created once
+    /// its video is stored, and its conversion time counts from then.
+    pub clock: fn() -> i64,
     /// A fresh job id (24 hex digits).
     pub job_id: String,
 }
@@ -242,6 +243,7 @@ where
         return bad_request("no file in the form", "no_file");
     };
 
+    let now = (upload.clock)();
     let job = Job {
         id: upload.job_id.clone(),
         owner: upload.owner.to_owned(),
@@ -251,8 +253,8 @@ where
         mp3_fid: None,
         error: None,
         attempts: 0,
-        created_at: upload.now_ms,
-        updated_at: upload.now_ms,
+        created_at: now,
+        updated_at: now,
     };
     if let Err(e) = backend.insert_job(&job) {
         return discard(backend, Some(&video_fid), None, storage_unavailable(e));

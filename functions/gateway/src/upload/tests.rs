@@ -138,7 +138,7 @@ fn run(fake: &mut Fake, body: Vec<u8>, max: u64) -> Reply {
         content_type: Some(&content_type),
         owner: "a@example.com",
         max_bytes: max,
-        now_ms: 1_700_000_000_000,
+        clock: || 1_700_000_000_000,
         job_id: JOB_ID.to_owned(),
     };
     handle(upload, chunks(body, 777), fake, &Executor)
@@ -250,7 +250,7 @@ fn malformed_or_missing_multipart_is_400() {
         content_type: Some("application/json"),
         owner: "a@example.com",
         max_bytes: 100,
-        now_ms: 0,
+        clock: || 0,
         job_id: JOB_ID.into(),
     };
     let reply = handle(upload, chunks(Vec::new(), 1), &mut fake, &Executor);
