@@ -60,7 +60,7 @@ fn plan() -> Plan {
         Plan {
             upload_sizes: &[10 * MB, 100 * MB, 1000 * MB],
             clip: (60, "1280x720"),
-            conversion_runs: 3,
+            conversion_runs: 5,
             e2e_clip: (10, "640x360"),
             e2e_runs: 5,
         }

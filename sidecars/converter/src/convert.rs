@@ -235,7 +235,9 @@ fn strip_level(line: &str) -> &str {
 struct Running(Option<FfmpegChild>);
 
 impl Running {
+    /// Called once ffmpeg closed its output, so it is about to exit: polled briefly at first.
     async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        let mut pause = Duration::from_millis(1);
         loop {
             let Some(child) = self.0.as_mut() else {
                 return Err(std::io::Error::other("ffmpeg already reaped"));
@@ -244,7 +246,8 @@ impl Running {
                 self.0 = None;
                 return Ok(status);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context as _};
-use futures_util::io::AsyncWriteExt as _;
+use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use mongodb::bson::oid::ObjectId;
 use mp3_model::topology::MP3_QUEUE;
 use mp3_model::{Job, JobMessage};
@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use tracing::Instrument as _;
 
 use crate::convert::{convert, ConvertError, Input, TempFile};
-use crate::layout::Layout;
+use crate::layout::{self, Layout};
 use crate::store::{Claim, MarkFailed, Store, VideoError};
 
 /// The converter's own metrics (the runtime adds retries, dead letters, in flight).
@@ -82,15 +82,20 @@ impl Converter {
             Ok(video) => video,
             Err(error) => return Err(Failure::permanent(error)),
         };
-        tracing::info!(video = %video.id, bytes = video.len, layout = ?video.layout, "converting");
         let started = Instant::now();
-        let reader = self.store.open_video(video.id).await.map_err(|error| {
+        let mut reader = self.store.open_video(video).await.map_err(|error| {
             match error.downcast_ref::<VideoError>() {
                 Some(_) => Failure::Permanent(error),
                 None => Failure::Retry(error),
             }
         })?;
-        let (input, temp, copied) = match video.layout {
+        let (layout, prefix) = layout::sniff(&mut reader, video.len)
+            .await
+            .context("reading the start of the video")
+            .map_err(Failure::retry)?;
+        tracing::info!(video = %video.id, bytes = video.len, ?layout, "converting");
+        let reader = futures_util::io::Cursor::new(prefix).chain(reader);
+        let (input, temp, copied) = match layout {
             Layout::Streamable => (Input::Pipe(reader), None, 0),
             Layout::NeedsSeek => {
                 let name = format!("converter-{}-{mp3_fid}.video", job.id);

@@ -7,9 +7,11 @@
 //! that file is copied to a temporary file first. Everything else (Matroska, WebM, AVI, MPEG-TS,
 //! fragmented MP4, files that are not video at all) is streamed, and ffmpeg judges it.
 //!
-//! The walk reads only box headers: [`BoxWalker`] says which offset it needs next and is fed
-//! the bytes there, so the caller can fetch them from wherever the file lives (GridFS chunks)
-//! without reading the media in between.
+//! The verdict comes from the start of the file: the walk over the top-level boxes ends at the
+//! first `moov`, `moof` or `mdat`. [`sniff`] reads that start from the stream ffmpeg will be
+//! given, so deciding costs no extra read.
+
+use futures_util::io::{AsyncRead, AsyncReadExt as _};
 
 /// How ffmpeg must be given the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +27,43 @@ pub const HEADER_LEN: usize = 16;
 
 /// Boxes walked before giving up and streaming (ffmpeg decides then).
 const MAX_BOXES: u32 = 256;
+/// Bytes [`sniff`] reads ahead at most. Boxes before the media larger than that are unusual;
+/// the file is then copied, which ffmpeg reads whatever its layout.
+const MAX_PREFIX: u64 = 4 << 20;
+/// Bytes read at a time while sniffing.
+const READ: usize = 64 * 1024;
+
+/// Reads the start of a file of `len` bytes from `reader` until the layout is known; returns it
+/// with the bytes read, which go back in front of the rest of the stream.
+pub async fn sniff<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: u64,
+) -> std::io::Result<(Layout, Vec<u8>)> {
+    let (mut walker, mut step) = BoxWalker::new(len);
+    let mut prefix = Vec::new();
+    loop {
+        let offset = match step {
+            Step::Done(layout) => return Ok((layout, prefix)),
+            Step::Read(offset) => offset,
+        };
+        let end = offset.saturating_add(HEADER_LEN as u64).min(len);
+        if end > MAX_PREFIX {
+            return Ok((Layout::NeedsSeek, prefix));
+        }
+        let end = end as usize; // at most MAX_PREFIX
+        while prefix.len() < end {
+            let start = prefix.len();
+            prefix.resize(start + READ.max(end - start), 0);
+            let n = reader.read(&mut prefix[start..]).await?;
+            prefix.truncate(start + n);
+            if n == 0 {
+                break; // shorter than its files document says: ffmpeg will tell
+            }
+        }
+        let from = (offset as usize).min(prefix.len());
+        step = walker.feed(&prefix[from..end.min(prefix.len())]);
+    }
+}
 
 /// What the walker needs next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +220,68 @@ mod tests {
         // Fragmented MP4 reads front to back.
         let frag = file(&[boxed(b"ftyp", 16), boxed(b"moof", 100), boxed(b"mdat", 100)]);
         assert_eq!(layout_of(&frag), Layout::Streamable);
+    }
+
+    async fn sniffed(file: &[u8]) -> (Layout, Vec<u8>) {
+        let mut reader = futures_util::io::Cursor::new(file.to_vec());
+        let (layout, mut prefix) = sniff(&mut reader, file.len() as u64).await.unwrap();
+        reader.read_to_end(&mut prefix).await.unwrap();
+        (layout, prefix)
+    }
+
+    #[tokio::test]
+    async fn sniffing_a_stream_agrees_with_the_walk_and_keeps_every_byte() {
+        let mut wide = 1u32.to_be_bytes().to_vec();
+        wide.extend_from_slice(b"free");
+        wide.extend_from_slice(&(200_000u64 + 16).to_be_bytes());
+        wide.resize(200_016, 0);
+        let files = [
+            file(&[
+                boxed(b"ftyp", 24),
+                boxed(b"moov", 500),
+                boxed(b"mdat", 300_000),
+            ]),
+            file(&[
+                boxed(b"ftyp", 24),
+                boxed(b"mdat", 300_000),
+                boxed(b"moov", 500),
+            ]),
+            file(&[
+                boxed(b"ftyp", 16),
+                wide,
+                boxed(b"mdat", 100),
+                boxed(b"moov", 10),
+            ]),
+            b"this is not a video at all".to_vec(),
+            Vec::new(),
+        ];
+        for (i, f) in files.iter().enumerate() {
+            let (layout, bytes) = sniffed(f).await;
+            assert_eq!(layout, layout_of(f), "file {i}");
+            assert!(&bytes == f, "file {i}: bytes lost or reordered");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_huge_box_before_the_media_means_a_copy() {
+        let f = file(&[
+            boxed(b"ftyp", 16),
+            boxed(b"free", 5 << 20),
+            boxed(b"moov", 100),
+            boxed(b"mdat", 100),
+        ]);
+        let (layout, bytes) = sniffed(&f).await;
+        assert_eq!(layout, Layout::NeedsSeek);
+        assert!(bytes == f);
+    }
+
+    #[tokio::test]
+    async fn a_stream_shorter_than_announced_streams() {
+        let f = file(&[boxed(b"ftyp", 16), boxed(b"free", 100)]);
+        let mut reader = futures_util::io::Cursor::new(f.clone());
+        let (layout, prefix) = sniff(&mut reader, 10_000).await.unwrap();
+        assert_eq!(layout, Layout::Streamable);
+        assert_eq!(prefix, f);
     }
 
     #[test]

@@ -12,14 +12,13 @@
 
 use anyhow::Context as _;
 use futures_util::io::AsyncRead;
+use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::error::{ErrorKind, GridFsErrorKind};
 use mongodb::gridfs::{GridFsBucket, GridFsUploadStream};
 use mongodb::options::{GridFsBucketOptions, GridFsUploadOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database};
 use mp3_model::{Job, JobStatus, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
-
-use crate::layout::{BoxWalker, Layout, Step, HEADER_LEN};
 
 /// The field holding the id of the MP3 the current attempt is writing (hex), next to the
 /// model's fields in the job document.
@@ -72,13 +71,19 @@ pub enum MarkFailed {
     NotFound,
 }
 
-/// Where a video is, and how ffmpeg must read it.
+/// Where a video is.
 #[derive(Debug, Clone, Copy)]
 pub struct Video {
     pub id: ObjectId,
     pub len: u64,
-    pub layout: Layout,
+    pub chunk_size: u64,
 }
+
+/// A video's bytes, as [`Store::open_video`] streams them.
+pub type VideoStream = Box<dyn AsyncRead + Send + Unpin>;
+
+/// Video chunks fetched ahead of ffmpeg (about 1 MiB).
+const CHUNKS_AHEAD: usize = 4;
 
 /// A video that cannot be converted, whatever the attempt.
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +237,7 @@ impl Store {
         })
     }
 
-    /// Finds the video and decides how ffmpeg reads it, reading only box headers.
+    /// Finds the video's files document.
     pub async fn video(&self, video_fid: &str) -> anyhow::Result<Result<Video, VideoError>> {
         let Ok(id) = ObjectId::parse_str(video_fid) else {
             return Ok(Err(VideoError::BadId(video_fid.to_owned())));
@@ -249,75 +254,44 @@ impl Store {
         let chunk_size = integer(&file, "chunkSize")
             .filter(|&n| n > 0)
             .context("video files document without a chunk size")?;
-        let (mut walker, mut step) = BoxWalker::new(len);
-        // The first boxes usually share chunk 0: fetch each chunk once (without a
-        // `files_id_1_n_1` index, as on FerretDB, every chunk query scans the collection).
-        let mut last_chunk = None;
-        let layout = loop {
-            match step {
-                Step::Done(layout) => break layout,
-                Step::Read(offset) => {
-                    let bytes = self
-                        .read_at(id, chunk_size, offset, len, &mut last_chunk)
-                        .await?;
-                    step = walker.feed(&bytes);
-                }
-            }
-        };
-        Ok(Ok(Video { id, len, layout }))
+        Ok(Ok(Video {
+            id,
+            len,
+            chunk_size,
+        }))
     }
 
-    /// Up to [`HEADER_LEN`] bytes of a video at `offset`, from the one or two chunks holding
-    /// them. `last_chunk` keeps the chunk read last (`(n, data)`) between calls.
-    async fn read_at(
-        &self,
-        id: ObjectId,
-        chunk_size: u64,
-        offset: u64,
-        len: u64,
-        last_chunk: &mut Option<(u64, Vec<u8>)>,
-    ) -> anyhow::Result<Vec<u8>> {
+    /// Streams a video's bytes, fetching [`CHUNKS_AHEAD`] chunks ahead. Chunks written with
+    /// addressable ids (the gateway's uploads, see `mongo_wire::chunk_id`) are fetched by `_id`;
+    /// other files through the driver's GridFS download, whose `files_id` query reads the whole
+    /// chunks collection on FerretDB.
+    pub async fn open_video(&self, video: Video) -> anyhow::Result<VideoStream> {
         let chunks = self.videos_db.collection::<Document>("fs.chunks");
-        let end = (offset + HEADER_LEN as u64).min(len);
-        let mut bytes = Vec::with_capacity(HEADER_LEN);
-        let mut at = offset;
-        while at < end {
-            let n = at / chunk_size;
-            let data = match last_chunk {
-                Some((cached, data)) if *cached == n => data,
-                _ => {
-                    let mut chunk = chunks
-                        .find_one(doc! { "files_id": id, "n": i64::try_from(n)? })
-                        .await
-                        .with_context(|| format!("reading chunk {n} of video {id}"))?
-                        .with_context(|| format!("video {id} has no chunk {n}"))?;
-                    let data = match chunk.remove("data") {
-                        Some(Bson::Binary(binary)) => binary.bytes,
-                        _ => anyhow::bail!("chunk {n} of video {id} has no binary data"),
-                    };
-                    &mut last_chunk.insert((n, data)).1
-                }
-            };
-            let from = usize::try_from(at - n * chunk_size)?;
-            let to = usize::try_from((end - n * chunk_size).min(chunk_size))?.min(data.len());
-            anyhow::ensure!(from < to, "chunk {n} of video {id} is short");
-            bytes.extend_from_slice(&data[from..to]);
-            at = n * chunk_size + to as u64;
+        let count = video.len.div_ceil(video.chunk_size);
+        if count > 0 {
+            if let Some(first) = chunk_by_id(&chunks, video.id, 0).await? {
+                let first = check_chunk(&video, 0, first);
+                let rest = stream::iter(1..count)
+                    .map(move |n| {
+                        let chunks = chunks.clone();
+                        async move { fetch_chunk(&chunks, &video, n).await }
+                    })
+                    .buffered(CHUNKS_AHEAD);
+                let bytes = stream::once(async { first }).chain(rest);
+                return Ok(Box::new(Box::pin(bytes).into_async_read()));
+            }
         }
-        Ok(bytes)
-    }
-
-    /// Streams a video's bytes.
-    pub async fn open_video(&self, id: ObjectId) -> anyhow::Result<impl AsyncRead + Unpin> {
-        self.videos
-            .open_download_stream(Bson::ObjectId(id))
+        let download = self
+            .videos
+            .open_download_stream(Bson::ObjectId(video.id))
             .await
             .map_err(|error| match *error.kind {
                 ErrorKind::GridFs(GridFsErrorKind::FileNotFound { .. }) => {
-                    anyhow::Error::new(VideoError::Missing(id))
+                    anyhow::Error::new(VideoError::Missing(video.id))
                 }
-                _ => anyhow::Error::new(error).context(format!("opening video {id}")),
-            })
+                _ => anyhow::Error::new(error).context(format!("opening video {}", video.id)),
+            })?;
+        Ok(Box::new(download))
     }
 
     /// Opens the upload of an MP3 with a chosen id, 255 KiB chunks and the job in its
@@ -354,6 +328,60 @@ impl Store {
             .await
             .with_context(|| format!("deleting the chunks of MP3 {id}"))?;
         Ok(())
+    }
+}
+
+/// Chunk `n` of `file` at its addressable id, if it is there.
+async fn chunk_by_id(
+    chunks: &Collection<Document>,
+    file: ObjectId,
+    n: u64,
+) -> anyhow::Result<Option<Document>> {
+    let Some(id) = mongo_wire::chunk_id(file, n) else {
+        return Ok(None);
+    };
+    let chunk = chunks
+        .find_one(doc! { "_id": id })
+        .await
+        .with_context(|| format!("reading chunk {n} of video {file}"))?;
+    Ok(chunk
+        .filter(|c| c.get_object_id("files_id").ok() == Some(file) && integer(c, "n") == Some(n)))
+}
+
+/// Chunk `n` of a video whose chunk 0 was at its addressable id: by id, or by the standard
+/// query if another tool rewrote it.
+async fn fetch_chunk(
+    chunks: &Collection<Document>,
+    video: &Video,
+    n: u64,
+) -> std::io::Result<Vec<u8>> {
+    let found = match chunk_by_id(chunks, video.id, n).await {
+        Ok(Some(chunk)) => Ok(Some(chunk)),
+        Ok(None) => chunks
+            .find_one(doc! { "files_id": video.id, "n": i64::try_from(n).unwrap_or(i64::MAX) })
+            .await
+            .with_context(|| format!("reading chunk {n} of video {}", video.id)),
+        Err(error) => Err(error),
+    };
+    match found {
+        Ok(Some(chunk)) => check_chunk(video, n, chunk),
+        Ok(None) => Err(std::io::Error::other(format!(
+            "video {} has no chunk {n}",
+            video.id
+        ))),
+        Err(error) => Err(std::io::Error::other(format!("{error:#}"))),
+    }
+}
+
+/// The data of chunk `n`, if it has the length the files document implies.
+fn check_chunk(video: &Video, n: u64, mut chunk: Document) -> std::io::Result<Vec<u8>> {
+    let expected = (video.len - n * video.chunk_size).min(video.chunk_size);
+    match chunk.remove("data") {
+        Some(Bson::Binary(binary)) if binary.bytes.len() as u64 == expected => Ok(binary.bytes),
+        _ => Err(std::io::Error::other(format!(
+            "chunk {n} of video {} is not {expected} bytes of binary data",
+            video.id
+        ))),
     }
 }
 
