@@ -2,6 +2,7 @@
 //! MP3 bytes out on stdout, in bounded memory.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::ErrorKind as IoErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -11,7 +12,7 @@ use anyhow::Context as _;
 use ffmpeg_sidecar::child::FfmpegChild;
 use ffmpeg_sidecar::command::FfmpegCommand;
 use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
-use futures_util::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use futures_util::io::{AsyncRead, AsyncReadExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
@@ -72,7 +73,13 @@ pub enum ConvertError {
     Transient(#[from] anyhow::Error),
 }
 
-/// Converts `input` to MP3, writing it to `output` (not closed: the caller closes or aborts).
+/// Where the MP3 goes, in order.
+pub trait Output {
+    fn write(&mut self, bytes: &[u8]) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Converts `input` to MP3, writing it to `output` (not closed: the caller closes it or deletes
+/// what was written).
 pub async fn convert<R, W>(
     ffmpeg: &Path,
     input: Input<R>,
@@ -80,7 +87,7 @@ pub async fn convert<R, W>(
 ) -> Result<Converted, ConvertError>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: Output,
 {
     let mut command = FfmpegCommand::new_with_path(ffmpeg);
     command.hide_banner();
@@ -184,10 +191,9 @@ where
     let store = async {
         let mut total = 0u64;
         while let Some(buffer) = mp3_rx.recv().await {
-            output.write_all(&buffer).await.context("writing the MP3")?;
+            output.write(&buffer).await.context("writing the MP3")?;
             total += buffer.len() as u64;
         }
-        output.flush().await.context("writing the MP3")?;
         Ok::<u64, anyhow::Error>(total)
     };
     // A failed drain drops stdout, so ffmpeg ends on EPIPE; a failed feed drops stdin, so ffmpeg

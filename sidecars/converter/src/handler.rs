@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context as _};
-use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use futures_util::io::AsyncReadExt as _;
 use mongodb::bson::oid::ObjectId;
 use mp3_model::topology::MP3_QUEUE;
 use mp3_model::{Job, JobMessage};
@@ -113,18 +113,11 @@ impl Converter {
             .map_err(Failure::retry)?;
         let converted = convert(&self.ffmpeg, input, &mut upload).await;
         drop(temp);
-        let converted = match converted {
-            Ok(converted) => converted,
-            Err(error) => {
-                if let Err(abort) = upload.abort().await {
-                    tracing::warn!(error = %abort, "aborting the MP3 upload");
-                }
-                return Err(match error {
-                    ConvertError::Rejected { .. } => Failure::permanent(error),
-                    ConvertError::Transient(error) => Failure::Retry(error),
-                });
-            }
-        };
+        // On failure the caller deletes the chunks written so far.
+        let converted = converted.map_err(|error| match error {
+            ConvertError::Rejected { .. } => Failure::permanent(error),
+            ConvertError::Transient(error) => Failure::Retry(error),
+        })?;
         upload
             .close()
             .await
@@ -147,7 +140,7 @@ impl Converter {
     }
 
     async fn handle_job(&self, message: &JobMessage, cx: &Context) -> Result<(), Failure> {
-        let mp3_fid = ObjectId::new();
+        let mp3_fid = mongo_wire::new_file_id();
         let (job, leftover) = match self
             .store
             .claim(&message.job_id, mp3_fid)

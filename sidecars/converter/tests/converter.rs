@@ -363,6 +363,21 @@ async fn assert_converted(fx: &Fixture, job: &Job, seconds: f64) -> String {
     assert_eq!(files.len(), 1, "exactly one MP3 for the job: {files:#?}");
     assert_eq!(files[0].get_object_id("_id").unwrap().to_hex(), fid);
     assert_eq!(files[0].get_i32("chunkSize").unwrap(), 255 * 1024);
+    let length = files[0].get_i64("length").unwrap() as u64;
+    assert!(length > 0);
+    // Addressable chunks, for the gateway's downloads by id.
+    let id = ObjectId::parse_str(&fid).unwrap();
+    let chunks = fx.mp3s().collection::<Document>("fs.chunks");
+    for n in 0..length.div_ceil(255 * 1024) {
+        let chunk = chunks
+            .find_one(doc! { "_id": mongo_wire::chunk_id(id, n).unwrap() })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("chunk {n} of MP3 {fid} is not at its derived id"));
+        assert_eq!(chunk.get_object_id("files_id").unwrap(), id);
+        assert_eq!(chunk.get_i32("n").unwrap() as u64, n);
+    }
+    assert_eq!(fx.chunk_count(id).await, length.div_ceil(255 * 1024));
     let mp3 = fx.download_mp3(&fid).await;
     let (format, duration) = probe(&mp3);
     assert_eq!(format, "mp3");
