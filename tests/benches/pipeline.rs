@@ -14,38 +14,18 @@
 //! with small sizes so it cannot rot. Needs the dev services and the release builds, as the tests.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use converter::convert::OUTPUT_ARGS;
 use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::Bucket;
 use system_tests::system::{make_video, upload, System};
 use system_tests::{service_env, TempDir};
 
 const MB: u64 = 1_000_000;
-
-/// The converter's encoding (sidecars/converter/src/convert.rs `OUTPUT_ARGS`), writing a file.
-const FFMPEG_MP3_ARGS: &[&str] = &[
-    "-map",
-    "0:a:0",
-    "-vn",
-    "-sn",
-    "-dn",
-    "-map_metadata",
-    "-1",
-    "-c:a",
-    "libmp3lame",
-    "-b:a",
-    "192k",
-    "-write_xing",
-    "0",
-    "-id3v2_version",
-    "0",
-    "-f",
-    "mp3",
-];
 
 struct Plan {
     upload_sizes: &'static [u64],
@@ -110,10 +90,10 @@ fn peak_rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-fn delete_video(fid: &str) {
+fn delete_file(db: &str, fid: &str) {
     let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
     if let Ok(id) = ObjectId::parse_str(fid) {
-        let _ = Bucket::new(mp3_model::VIDEOS_DB).delete(&mut client, id);
+        let _ = Bucket::new(db).delete(&mut client, id);
     }
 }
 
@@ -164,7 +144,7 @@ fn uploads(plan: &Plan, dir: &Path) {
         );
     }
     for fid in fids {
-        delete_video(&fid);
+        delete_file(mp3_model::VIDEOS_DB, &fid);
     }
 }
 
@@ -197,22 +177,25 @@ fn conversion(plan: &Plan, dir: &Path) {
         std::fs::metadata(&moov_last).map_or(0, |m| m.len()) as f64 / MB as f64,
         plan.conversion_runs
     );
-    println!("| MP4 layout | plain ffmpeg on a file | pipeline (queued → done) | ratio |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| MP4 layout | plain ffmpeg on a file | pipeline (queued → done) | ratio \
+         | GridFS read + write alone |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     for (label, clip) in [
         ("index last (copied locally)", &moov_last),
         ("faststart (streamed)", &faststart),
     ] {
         let mut plain = Vec::new();
         let mut pipeline = Vec::new();
+        let mut storage = Vec::new();
         for run in 0..plan.conversion_runs {
             let out = dir.join(format!("plain-{run}.mp3"));
             let started = Instant::now();
             let status = Command::new("ffmpeg")
                 .args(["-loglevel", "error", "-y", "-i"])
                 .arg(clip)
-                .args(FFMPEG_MP3_ARGS)
-                .arg(&out)
+                .args(mp3_args_to(&out))
                 .status()
                 .expect("running ffmpeg");
             assert!(status.success());
@@ -236,13 +219,64 @@ fn conversion(plan: &Plan, dir: &Path) {
                     .unwrap_or_else(|| panic!("{field} in {job}"))
             };
             pipeline.push((millis("updated_at") - millis("created_at")) as f64 / 1000.0);
+            storage.push(transfer_alone(&job, &out));
+            // FerretDB reads GridFS by scanning every stored chunk: each run starts from the
+            // same store, or later runs would pay for the earlier ones' files.
+            delete_file(
+                mp3_model::VIDEOS_DB,
+                job["video_fid"].as_str().unwrap_or_default(),
+            );
+            delete_file(
+                mp3_model::MP3S_DB,
+                job["mp3_fid"].as_str().unwrap_or_default(),
+            );
         }
-        let (plain, pipeline) = (median(plain), median(pipeline));
+        let (plain, pipeline, storage) = (median(plain), median(pipeline), median(storage));
         println!(
-            "| {label} | {plain:.2} s | {pipeline:.2} s | {:.2} |",
+            "| {label} | {plain:.2} s | {pipeline:.2} s | {:.2} | {storage:.2} s |",
             pipeline / plain
         );
     }
+}
+
+/// Seconds to read a job's video from GridFS and write an MP3 (`mp3`) to GridFS, one after the
+/// other, natively: what the pipeline's storage costs alone.
+fn transfer_alone(job: &serde_json::Value, mp3: &Path) -> f64 {
+    let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
+    let video = job["video_fid"]
+        .as_str()
+        .and_then(|fid| ObjectId::parse_str(fid).ok())
+        .expect("the job's video_fid");
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    Bucket::new(mp3_model::VIDEOS_DB)
+        .open_download(&mut client, video)
+        .expect("opening the video")
+        .read_to_end(&mut bytes)
+        .expect("reading the video");
+    let mp3s = Bucket::new(mp3_model::MP3S_DB).with_chunk_size(mp3_model::GRIDFS_CHUNK_SIZE);
+    let id = mp3s
+        .upload(
+            &mut client,
+            File::open(mp3).expect("opening the MP3"),
+            "bench.mp3",
+            None,
+            u64::MAX,
+        )
+        .expect("storing the MP3");
+    let seconds = started.elapsed().as_secs_f64();
+    mp3s.delete(&mut client, id).expect("deleting the MP3");
+    seconds
+}
+
+/// The converter's ffmpeg output arguments, writing `path` instead of its stdout.
+fn mp3_args_to(path: &Path) -> Vec<std::ffi::OsString> {
+    let (&stdout, args) = OUTPUT_ARGS.split_last().expect("output arguments");
+    assert_eq!(stdout, "pipe:1", "the converter writes to stdout");
+    args.iter()
+        .map(Into::into)
+        .chain([path.as_os_str().to_owned()])
+        .collect()
 }
 
 fn job_of(upload_body: &str) -> String {

@@ -1,12 +1,5 @@
 //! GridFS in the standard layout (`<bucket>.files`, `<bucket>.chunks`), readable and writable by
 //! every official driver. Uploads and downloads are streamed: memory holds a few chunks at most.
-//!
-//! Chunks are addressable: a file uploaded here gets an id of its own random 5-byte middle with
-//! counter 0, and its chunk `n` the same id with counter `n + 1` ([`chunk_id`]), still a unique
-//! ObjectId as the layout asks. A reader then fetches each chunk by `_id`, which every server
-//! indexes, where a `files_id` query would read the whole collection on servers that do not use
-//! the `files_id_1_n_1` index (FerretDB's SQLite backend). Readers check the `files_id` and `n` of
-//! what they find, and read files written by other drivers (random chunk ids) the standard way.
 
 use std::io::{Read, Write};
 
@@ -109,7 +102,7 @@ impl Bucket {
         if self.create_indexes {
             self.ensure_indexes(client)?;
         }
-        let id = new_file_id();
+        let id = ObjectId::new();
         match self.write_chunks(client, &mut reader, id, max_bytes) {
             Ok(length) => {
                 let mut files = doc! {
@@ -162,12 +155,8 @@ impl Bucket {
                 if total > max_bytes {
                     return Err(Error::TooLarge { max: max_bytes });
                 }
-                let chunk = u64::try_from(n)
-                    .ok()
-                    .and_then(|n| chunk_id(id, n))
-                    .ok_or(Error::TooLarge { max: max_bytes })?;
                 pending.push(doc! {
-                    "_id": chunk,
+                    "_id": ObjectId::new(),
                     "files_id": id,
                     "n": n,
                     "data": Binary { subtype: BinarySubtype::Generic, bytes: data },
@@ -236,27 +225,13 @@ impl Bucket {
         let expected_chunks = info.length.div_ceil(chunk);
         let offset = offset.min(info.length);
         let first = (offset / chunk).min(expected_chunks);
-        if first < expected_chunks {
-            if let Some(probe) = chunk_id(id, first) {
-                let chunk = client.find_one(&self.db, &self.chunks(), doc! {"_id": probe})?;
-                if let Some(chunk) = chunk.filter(|c| is_chunk_of(c, id, first)) {
-                    return Ok(Download::new(
-                        Source::ById {
-                            client,
-                            db: self.db.clone(),
-                            chunks: self.chunks(),
-                            next: Some(chunk),
-                        },
-                        info,
-                        first,
-                        offset,
-                    ));
-                }
-            }
-        }
         let mut filter = doc! {"files_id": id};
         if first > 0 {
-            filter.insert("n", doc! {"$gte": n_bson(first)});
+            let first_n = match i32::try_from(first) {
+                Ok(n) => Bson::Int32(n),
+                Err(_) => Bson::Int64(i64::try_from(first).unwrap_or(i64::MAX)),
+            };
+            filter.insert("n", doc! {"$gte": first_n});
         }
         let cursor = client.find(
             &self.db,
@@ -268,7 +243,15 @@ impl Bucket {
                 ..FindOptions::default()
             },
         )?;
-        Ok(Download::new(Source::Cursor(cursor), info, first, offset))
+        Ok(Download {
+            cursor,
+            info,
+            expected_chunks,
+            next_n: first,
+            current: Vec::new(),
+            pos: 0,
+            skip: usize::try_from(offset - first * chunk).unwrap_or(0),
+        })
     }
 
     /// Deletes the files document, then the chunks. [`Error::NotFound`] if there was no files
@@ -283,61 +266,10 @@ impl Bucket {
     }
 }
 
-/// The id of a new file: its own random middle and counter 0, leaving the counter to its chunks.
-pub fn new_file_id() -> ObjectId {
-    let mut bytes = ObjectId::new().bytes();
-    let mut middle = [0u8; 5];
-    if getrandom::getrandom(&mut middle).is_ok() {
-        bytes[4..9].copy_from_slice(&middle);
-    }
-    bytes[9..].fill(0);
-    ObjectId::from_bytes(bytes)
-}
-
-/// The `_id` of chunk `n` of file `file` as uploads here write it: the file id with `n + 1`
-/// added to its 3-byte counter. `None` past the counter's range (16,777,215 chunks of a file
-/// from [`new_file_id`], 4 TiB at the default chunk size).
-pub fn chunk_id(file: ObjectId, n: u64) -> Option<ObjectId> {
-    let mut bytes = file.bytes();
-    let counter = u64::from(u32::from_be_bytes([0, bytes[9], bytes[10], bytes[11]]));
-    let counter = counter.checked_add(n)?.checked_add(1)?;
-    if counter > 0xFF_FFFF {
-        return None;
-    }
-    bytes[9..].copy_from_slice(&(counter as u32).to_be_bytes()[1..]);
-    Some(ObjectId::from_bytes(bytes))
-}
-
-/// A chunk number as drivers store it: int32 while it fits.
-fn n_bson(n: u64) -> Bson {
-    match i32::try_from(n) {
-        Ok(n) => Bson::Int32(n),
-        Err(_) => Bson::Int64(i64::try_from(n).unwrap_or(i64::MAX)),
-    }
-}
-
-/// Whether `chunk` is chunk `n` of file `id`.
-fn is_chunk_of(chunk: &Document, id: ObjectId, n: u64) -> bool {
-    chunk.get_object_id("files_id").ok() == Some(id) && as_u64(chunk.get("n")) == Some(n)
-}
-
-/// Where a download's chunks come from.
-enum Source<'c, S: Read + Write> {
-    /// The standard query on `files_id`, sorted by `n`.
-    Cursor(Cursor<'c, S>),
-    /// One `_id` lookup per chunk (addressable chunks); `next` is the chunk already fetched.
-    ById {
-        client: &'c mut Client<S>,
-        db: String,
-        chunks: String,
-        next: Option<Document>,
-    },
-}
-
 /// A streaming download: `impl Read`. Errors come out as `std::io::Error` wrapping [`Error`]
 /// (get it back with `e.into_inner()` and `downcast`).
 pub struct Download<'c, S: Read + Write> {
-    source: Source<'c, S>,
+    cursor: Cursor<'c, S>,
     info: FileInfo,
     expected_chunks: u64,
     next_n: u64,
@@ -347,28 +279,9 @@ pub struct Download<'c, S: Read + Write> {
     skip: usize,
 }
 
-impl<'c, S: Read + Write> Download<'c, S> {
-    fn new(source: Source<'c, S>, info: FileInfo, first: u64, offset: u64) -> Self {
-        let chunk = u64::from(info.chunk_size);
-        Download {
-            source,
-            expected_chunks: info.length.div_ceil(chunk),
-            skip: usize::try_from(offset - first * chunk).unwrap_or(0),
-            info,
-            next_n: first,
-            current: Vec::new(),
-            pos: 0,
-        }
-    }
-
+impl<S: Read + Write> Download<'_, S> {
     pub fn info(&self) -> &FileInfo {
         &self.info
-    }
-
-    /// Whether the chunks are fetched by `_id` (the file's chunks are addressable) rather than
-    /// by a `files_id` query.
-    pub fn reads_by_id(&self) -> bool {
-        matches!(self.source, Source::ById { .. })
     }
 
     fn corrupt(&self, reason: String) -> Error {
@@ -379,29 +292,8 @@ impl<'c, S: Read + Write> Download<'c, S> {
     }
 
     /// Loads the next chunk into `current`; false at the end of the file.
-    fn fetch(&mut self) -> Result<Option<Document>> {
-        match &mut self.source {
-            Source::Cursor(cursor) => cursor.next().transpose(),
-            Source::ById { next, .. } if next.is_some() => Ok(next.take()),
-            Source::ById { .. } if self.next_n >= self.expected_chunks => Ok(None),
-            Source::ById {
-                client, db, chunks, ..
-            } => {
-                let (file, n) = (self.info.id, self.next_n);
-                if let Some(id) = chunk_id(file, n) {
-                    let chunk = client.find_one(db, chunks, doc! {"_id": id})?;
-                    if let Some(chunk) = chunk.filter(|c| is_chunk_of(c, file, n)) {
-                        return Ok(Some(chunk));
-                    }
-                }
-                // Rewritten by another tool: the standard lookup still finds it.
-                client.find_one(db, chunks, doc! {"files_id": file, "n": n_bson(n)})
-            }
-        }
-    }
-
     fn next_chunk(&mut self) -> Result<bool> {
-        let Some(doc) = self.fetch()? else {
+        let Some(doc) = self.cursor.next().transpose()? else {
             if self.next_n < self.expected_chunks {
                 return Err(self.corrupt(format!("missing chunk {}", self.next_n)));
             }
@@ -479,35 +371,4 @@ fn read_up_to<R: Read>(reader: &mut R, want: usize) -> std::io::Result<Vec<u8>> 
     }
     buf.truncate(filled);
     Ok(buf)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_ids_count_up_from_the_file_id_within_its_counter() {
-        let file = new_file_id();
-        assert_eq!(file.bytes()[9..], [0, 0, 0]);
-        let first = chunk_id(file, 0).expect("chunk 0");
-        assert_eq!(first.bytes()[..9], file.bytes()[..9]);
-        assert_eq!(first.bytes()[9..], [0, 0, 1]);
-        assert_eq!(
-            chunk_id(file, 0x1234).unwrap().bytes()[9..],
-            [0, 0x12, 0x35]
-        );
-        assert_eq!(chunk_id(file, 0xFF_FFFE).unwrap().bytes()[9..], [0xFF; 3]);
-        assert_eq!(chunk_id(file, 0xFF_FFFF), None);
-        assert_eq!(chunk_id(file, u64::MAX), None);
-        // Any file id works, with less room above a high counter.
-        let other = ObjectId::from_bytes([7, 7, 7, 7, 1, 2, 3, 4, 5, 0xFF, 0xFF, 0xFD]);
-        assert_eq!(chunk_id(other, 1).unwrap().bytes()[9..], [0xFF; 3]);
-        assert_eq!(chunk_id(other, 2), None);
-    }
-
-    #[test]
-    fn new_file_ids_differ_in_their_random_middle() {
-        let ids: std::collections::HashSet<_> = (0..1000).map(|_| new_file_id()).collect();
-        assert_eq!(ids.len(), 1000);
-    }
 }

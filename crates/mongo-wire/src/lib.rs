@@ -19,5 +19,5 @@ pub mod wire;
 pub use bson;
 pub use client::{connect, Client, Cursor, FindOptions, ServerInfo, UpdateResult};
 pub use error::{Error, Result};
-pub use gridfs::{chunk_id, new_file_id, Bucket, Download, FileInfo, DEFAULT_CHUNK_SIZE};
+pub use gridfs::{Bucket, Download, FileInfo, DEFAULT_CHUNK_SIZE};
 pub use uri::{ConnectionString, Credentials};

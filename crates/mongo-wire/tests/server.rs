@@ -216,7 +216,6 @@ fn gridfs_round_trip_of_3mb() {
     let mut back = Vec::new();
     // A small buffer on purpose: many reads per chunk.
     let mut dl = bucket.open_download(&mut t.client, id).unwrap();
-    assert!(dl.reads_by_id(), "our own uploads have addressable chunks");
     let mut buf = [0u8; 10_000];
     loop {
         let n = dl.read(&mut buf).unwrap();
@@ -250,51 +249,6 @@ fn gridfs_round_trip_of_3mb() {
         .find_one(&t.name, "fs.chunks", doc! {"files_id": id})
         .unwrap()
         .is_none());
-}
-
-#[test]
-fn gridfs_chunks_are_found_by_id_and_a_rewritten_one_by_query() {
-    let mut t = TestDb::new("gridfs_ids");
-    let bucket = Bucket::new(&t.name).with_chunk_size(1000);
-    let data = pseudo_random_bytes(4500, 3);
-    let id = bucket
-        .upload(&mut t.client, data.as_slice(), "f", None, 1 << 20)
-        .unwrap();
-    let db = t.name.clone();
-    for n in 0..5u64 {
-        let chunk = t
-            .client
-            .find_one(
-                &db,
-                "fs.chunks",
-                doc! {"_id": mongo_wire::chunk_id(id, n).unwrap()},
-            )
-            .unwrap()
-            .unwrap_or_else(|| panic!("chunk {n} is not at its derived id"));
-        assert_eq!(chunk.get_object_id("files_id").unwrap(), id);
-        assert_eq!(chunk.get_i32("n").unwrap(), n as i32);
-    }
-
-    // Another tool rewrites chunk 2 under a random id: still read, by the standard query.
-    let moved = t
-        .client
-        .find_one(&db, "fs.chunks", doc! {"files_id": id, "n": 2})
-        .unwrap()
-        .unwrap();
-    t.client
-        .delete_many(&db, "fs.chunks", doc! {"files_id": id, "n": 2})
-        .unwrap();
-    let mut copy = moved.clone();
-    copy.insert("_id", ObjectId::new());
-    t.client.insert_one(&db, "fs.chunks", copy).unwrap();
-    // From chunk 0 or 1 the chunks are fetched by id; from the rewritten chunk 2 on, by query.
-    for (offset, by_id) in [(0u64, true), (1500, true), (2500, false)] {
-        let mut download = bucket.open_download_at(&mut t.client, id, offset).unwrap();
-        assert_eq!(download.reads_by_id(), by_id, "offset {offset}");
-        let mut back = Vec::new();
-        download.read_to_end(&mut back).unwrap();
-        assert!(back == data[offset as usize..], "offset {offset}");
-    }
 }
 
 #[test]

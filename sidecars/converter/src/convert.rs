@@ -2,7 +2,6 @@
 //! MP3 bytes out on stdout, in bounded memory.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io::ErrorKind as IoErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -12,7 +11,7 @@ use anyhow::Context as _;
 use ffmpeg_sidecar::child::FfmpegChild;
 use ffmpeg_sidecar::command::FfmpegCommand;
 use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
-use futures_util::io::{AsyncRead, AsyncReadExt as _};
+use futures_util::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
@@ -73,13 +72,7 @@ pub enum ConvertError {
     Transient(#[from] anyhow::Error),
 }
 
-/// Where the MP3 goes, in order.
-pub trait Output {
-    fn write(&mut self, bytes: &[u8]) -> impl Future<Output = anyhow::Result<()>> + Send;
-}
-
-/// Converts `input` to MP3, writing it to `output` (not closed: the caller closes it or deletes
-/// what was written).
+/// Converts `input` to MP3, writing it to `output` (not closed: the caller closes or aborts).
 pub async fn convert<R, W>(
     ffmpeg: &Path,
     input: Input<R>,
@@ -87,7 +80,7 @@ pub async fn convert<R, W>(
 ) -> Result<Converted, ConvertError>
 where
     R: AsyncRead + Unpin,
-    W: Output,
+    W: AsyncWrite + Unpin,
 {
     let mut command = FfmpegCommand::new_with_path(ffmpeg);
     command.hide_banner();
@@ -191,9 +184,10 @@ where
     let store = async {
         let mut total = 0u64;
         while let Some(buffer) = mp3_rx.recv().await {
-            output.write(&buffer).await.context("writing the MP3")?;
+            output.write_all(&buffer).await.context("writing the MP3")?;
             total += buffer.len() as u64;
         }
+        output.flush().await.context("writing the MP3")?;
         Ok::<u64, anyhow::Error>(total)
     };
     // A failed drain drops stdout, so ffmpeg ends on EPIPE; a failed feed drops stdin, so ffmpeg

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context as _};
-use futures_util::io::AsyncReadExt as _;
+use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use mongodb::bson::oid::ObjectId;
 use mp3_model::topology::MP3_QUEUE;
 use mp3_model::{Job, JobMessage};
@@ -83,12 +83,13 @@ impl Converter {
             Err(error) => return Err(Failure::permanent(error)),
         };
         let started = Instant::now();
-        let mut reader = self.store.open_video(video).await.map_err(|error| {
-            match error.downcast_ref::<VideoError>() {
-                Some(_) => Failure::Permanent(error),
-                None => Failure::Retry(error),
-            }
-        })?;
+        let mut reader =
+            self.store.open_video(video.id).await.map_err(|error| {
+                match error.downcast_ref::<VideoError>() {
+                    Some(_) => Failure::Permanent(error),
+                    None => Failure::Retry(error),
+                }
+            })?;
         let (layout, prefix) = layout::sniff(&mut reader, video.len)
             .await
             .context("reading the start of the video")
@@ -113,11 +114,18 @@ impl Converter {
             .map_err(Failure::retry)?;
         let converted = convert(&self.ffmpeg, input, &mut upload).await;
         drop(temp);
-        // On failure the caller deletes the chunks written so far.
-        let converted = converted.map_err(|error| match error {
-            ConvertError::Rejected { .. } => Failure::permanent(error),
-            ConvertError::Transient(error) => Failure::Retry(error),
-        })?;
+        let converted = match converted {
+            Ok(converted) => converted,
+            Err(error) => {
+                if let Err(abort) = upload.abort().await {
+                    tracing::warn!(error = %abort, "aborting the MP3 upload");
+                }
+                return Err(match error {
+                    ConvertError::Rejected { .. } => Failure::permanent(error),
+                    ConvertError::Transient(error) => Failure::Retry(error),
+                });
+            }
+        };
         upload
             .close()
             .await
@@ -140,7 +148,7 @@ impl Converter {
     }
 
     async fn handle_job(&self, message: &JobMessage, cx: &Context) -> Result<(), Failure> {
-        let mp3_fid = mongo_wire::new_file_id();
+        let mp3_fid = ObjectId::new();
         let (job, leftover) = match self
             .store
             .claim(&message.job_id, mp3_fid)

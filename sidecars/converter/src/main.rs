@@ -1,11 +1,6 @@
 //! `converter`: consumes the `video` queue, converts each job's video to MP3 with ffmpeg into
 //! GridFS `mp3s`, marks the job done and announces it on the `mp3` queue.
 
-mod convert;
-mod handler;
-mod layout;
-mod store;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use converter::{handler, store};
 use mp3_worker::{LogFormat, Worker, WorkerOptions};
 use prometheus_client::registry::Registry;
 

@@ -10,22 +10,14 @@
 //! - [`Store::mark_done`] succeeds only while `converting_fid` is still this attempt's id: of
 //!   two racing attempts only the last to claim can finish; the other deletes its own MP3.
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use futures_util::io::AsyncRead;
-use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
-use mongodb::bson::spec::BinarySubtype;
-use mongodb::bson::{doc, oid::ObjectId, Binary, Bson, DateTime, Document};
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::error::{ErrorKind, GridFsErrorKind};
-use mongodb::gridfs::GridFsBucket;
-use mongodb::options::{IndexOptions, ReturnDocument};
-use mongodb::IndexModel;
+use mongodb::gridfs::{GridFsBucket, GridFsUploadStream};
+use mongodb::options::{GridFsBucketOptions, GridFsUploadOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database};
 use mp3_model::{Job, JobStatus, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
-use tokio::sync::OnceCell;
-
-use crate::convert::Output;
 
 /// The field holding the id of the MP3 the current attempt is writing (hex), next to the
 /// model's fields in the job document.
@@ -37,8 +29,7 @@ pub struct Store {
     videos_db: Database,
     videos: GridFsBucket,
     mp3s_db: Database,
-    /// Set once the `mp3s` bucket's standard indexes are known to exist.
-    mp3_indexes: Arc<OnceCell<()>>,
+    mp3s: GridFsBucket,
 }
 
 /// The outcome of [`Store::claim`].
@@ -84,14 +75,7 @@ pub enum MarkFailed {
 pub struct Video {
     pub id: ObjectId,
     pub len: u64,
-    pub chunk_size: u64,
 }
-
-/// A video's bytes, as [`Store::open_video`] streams them.
-pub type VideoStream = Box<dyn AsyncRead + Send + Unpin>;
-
-/// Video chunks fetched ahead of ffmpeg (about 1 MiB).
-const CHUNKS_AHEAD: usize = 4;
 
 /// A video that cannot be converted, whatever the attempt.
 #[derive(Debug, thiserror::Error)]
@@ -106,12 +90,19 @@ impl Store {
     pub fn new(client: &Client) -> Self {
         let videos_db = client.database(VIDEOS_DB);
         let mp3s_db = client.database(MP3S_DB);
+        let bucket = |db: &Database| {
+            db.gridfs_bucket(
+                GridFsBucketOptions::builder()
+                    .chunk_size_bytes(GRIDFS_CHUNK_SIZE)
+                    .build(),
+            )
+        };
         Self {
             jobs: videos_db.collection(JOBS_COLLECTION),
-            videos: videos_db.gridfs_bucket(None),
+            videos: bucket(&videos_db),
+            mp3s: bucket(&mp3s_db),
             videos_db,
             mp3s_db,
-            mp3_indexes: Arc::default(),
         }
     }
 
@@ -252,105 +243,40 @@ impl Store {
             return Ok(Err(VideoError::Missing(id)));
         };
         let len = integer(&file, "length").context("video files document without a length")?;
-        let chunk_size = integer(&file, "chunkSize")
-            .filter(|&n| n > 0)
-            .context("video files document without a chunk size")?;
-        Ok(Ok(Video {
-            id,
-            len,
-            chunk_size,
-        }))
+        Ok(Ok(Video { id, len }))
     }
 
-    /// Streams a video's bytes, fetching [`CHUNKS_AHEAD`] chunks ahead. Chunks written with
-    /// addressable ids (the gateway's uploads, see `mongo_wire::chunk_id`) are fetched by `_id`;
-    /// other files through the driver's GridFS download, whose `files_id` query reads the whole
-    /// chunks collection on FerretDB.
-    pub async fn open_video(&self, video: Video) -> anyhow::Result<VideoStream> {
-        let chunks = self.videos_db.collection::<Document>("fs.chunks");
-        let count = video.len.div_ceil(video.chunk_size);
-        if count > 0 {
-            if let Some(first) = chunk_by_id(&chunks, video.id, 0).await? {
-                let first = check_chunk(&video, 0, first);
-                let rest = stream::iter(1..count)
-                    .map(move |n| {
-                        let chunks = chunks.clone();
-                        async move { fetch_chunk(&chunks, &video, n).await }
-                    })
-                    .buffered(CHUNKS_AHEAD);
-                let bytes = stream::once(async { first }).chain(rest);
-                return Ok(Box::new(Box::pin(bytes).into_async_read()));
-            }
-        }
-        let download = self
-            .videos
-            .open_download_stream(Bson::ObjectId(video.id))
+    /// Streams a video's bytes.
+    pub async fn open_video(&self, id: ObjectId) -> anyhow::Result<impl AsyncRead + Unpin> {
+        self.videos
+            .open_download_stream(Bson::ObjectId(id))
             .await
             .map_err(|error| match *error.kind {
                 ErrorKind::GridFs(GridFsErrorKind::FileNotFound { .. }) => {
-                    anyhow::Error::new(VideoError::Missing(video.id))
+                    anyhow::Error::new(VideoError::Missing(id))
                 }
-                _ => anyhow::Error::new(error).context(format!("opening video {}", video.id)),
-            })?;
-        Ok(Box::new(download))
+                _ => anyhow::Error::new(error).context(format!("opening video {id}")),
+            })
     }
 
-    /// Starts storing the MP3 `id` (from [`mongo_wire::new_file_id`]) with the job in its
+    /// Opens the upload of an MP3 with a chosen id, 255 KiB chunks and the job in its
     /// metadata.
     pub async fn create_mp3(
         &self,
         id: ObjectId,
         filename: &str,
         job: &Job,
-    ) -> anyhow::Result<Mp3Upload> {
-        self.mp3_indexes
-            .get_or_try_init(|| self.create_mp3_indexes())
-            .await?;
-        Ok(Mp3Upload {
-            chunks: self.mp3s_db.collection("fs.chunks"),
-            files: self.mp3s_db.collection("fs.files"),
-            id,
-            filename: filename.to_owned(),
-            metadata: doc! { "job_id": &job.id, "owner": &job.owner, "content_type": "audio/mpeg" },
-            pending: Vec::with_capacity(GRIDFS_CHUNK_SIZE as usize),
-            n: 0,
-            length: 0,
-        })
-    }
-
-    /// The indexes official drivers create for a bucket, under their names: the gateway's
-    /// downloads of files of other writers and [`Store::delete_mp3`] query `files_id`.
-    async fn create_mp3_indexes(&self) -> anyhow::Result<()> {
-        let index = |keys: Document, name: &str, unique: bool| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(
-                    IndexOptions::builder()
-                        .name(name.to_owned())
-                        .unique(unique)
-                        .build(),
-                )
-                .build()
-        };
-        self.mp3s_db
-            .collection::<Document>("fs.files")
-            .create_index(index(
-                doc! { "filename": 1, "uploadDate": 1 },
-                "filename_1_uploadDate_1",
-                false,
-            ))
+    ) -> anyhow::Result<GridFsUploadStream> {
+        let options = GridFsUploadOptions::builder()
+            .chunk_size_bytes(GRIDFS_CHUNK_SIZE)
+            .metadata(doc! { "job_id": &job.id, "owner": &job.owner, "content_type": "audio/mpeg" })
+            .build();
+        self.mp3s
+            .open_upload_stream(filename)
+            .id(Bson::ObjectId(id))
+            .with_options(options)
             .await
-            .context("creating the index of mp3s fs.files")?;
-        self.mp3s_db
-            .collection::<Document>("fs.chunks")
-            .create_index(index(
-                doc! { "files_id": 1, "n": 1 },
-                "files_id_1_n_1",
-                true,
-            ))
-            .await
-            .context("creating the index of mp3s fs.chunks")?;
-        Ok(())
+            .with_context(|| format!("opening the upload of MP3 {id}"))
     }
 
     /// Deletes an MP3 and its chunks, complete or not (a killed upload leaves chunks without a
@@ -366,131 +292,6 @@ impl Store {
             .delete_many(doc! { "files_id": id })
             .await
             .with_context(|| format!("deleting the chunks of MP3 {id}"))?;
-        Ok(())
-    }
-}
-
-/// Chunk `n` of `file` at its addressable id, if it is there.
-async fn chunk_by_id(
-    chunks: &Collection<Document>,
-    file: ObjectId,
-    n: u64,
-) -> anyhow::Result<Option<Document>> {
-    let Some(id) = mongo_wire::chunk_id(file, n) else {
-        return Ok(None);
-    };
-    let chunk = chunks
-        .find_one(doc! { "_id": id })
-        .await
-        .with_context(|| format!("reading chunk {n} of video {file}"))?;
-    Ok(chunk
-        .filter(|c| c.get_object_id("files_id").ok() == Some(file) && integer(c, "n") == Some(n)))
-}
-
-/// Chunk `n` of a video whose chunk 0 was at its addressable id: by id, or by the standard
-/// query if another tool rewrote it.
-async fn fetch_chunk(
-    chunks: &Collection<Document>,
-    video: &Video,
-    n: u64,
-) -> std::io::Result<Vec<u8>> {
-    let found = match chunk_by_id(chunks, video.id, n).await {
-        Ok(Some(chunk)) => Ok(Some(chunk)),
-        Ok(None) => chunks
-            .find_one(doc! { "files_id": video.id, "n": i64::try_from(n).unwrap_or(i64::MAX) })
-            .await
-            .with_context(|| format!("reading chunk {n} of video {}", video.id)),
-        Err(error) => Err(error),
-    };
-    match found {
-        Ok(Some(chunk)) => check_chunk(video, n, chunk),
-        Ok(None) => Err(std::io::Error::other(format!(
-            "video {} has no chunk {n}",
-            video.id
-        ))),
-        Err(error) => Err(std::io::Error::other(format!("{error:#}"))),
-    }
-}
-
-/// The data of chunk `n`, if it has the length the files document implies.
-fn check_chunk(video: &Video, n: u64, mut chunk: Document) -> std::io::Result<Vec<u8>> {
-    let expected = (video.len - n * video.chunk_size).min(video.chunk_size);
-    match chunk.remove("data") {
-        Some(Bson::Binary(binary)) if binary.bytes.len() as u64 == expected => Ok(binary.bytes),
-        _ => Err(std::io::Error::other(format!(
-            "chunk {n} of video {} is not {expected} bytes of binary data",
-            video.id
-        ))),
-    }
-}
-
-/// An MP3 being stored in GridFS `mp3s`, in 255 KiB chunks at addressable ids (so the
-/// gateway's download fetches them by `_id`, see `mongo_wire::chunk_id`); the files document
-/// is written by [`Mp3Upload::close`], so an interrupted upload leaves only chunks, which
-/// [`Store::delete_mp3`] finds.
-pub struct Mp3Upload {
-    chunks: Collection<Document>,
-    files: Collection<Document>,
-    id: ObjectId,
-    filename: String,
-    metadata: Document,
-    pending: Vec<u8>,
-    n: u64,
-    length: u64,
-}
-
-impl Mp3Upload {
-    async fn insert_chunk(&mut self) -> anyhow::Result<()> {
-        let id = mongo_wire::chunk_id(self.id, self.n)
-            .with_context(|| format!("MP3 {} has too many chunks for its id", self.id))?;
-        let chunk = doc! {
-            "_id": id,
-            "files_id": self.id,
-            "n": i32::try_from(self.n)?,
-            "data": Binary { subtype: BinarySubtype::Generic, bytes: std::mem::take(&mut self.pending) },
-        };
-        self.chunks
-            .insert_one(chunk)
-            .await
-            .with_context(|| format!("storing chunk {} of MP3 {}", self.n, self.id))?;
-        self.n += 1;
-        self.pending.reserve(GRIDFS_CHUNK_SIZE as usize);
-        Ok(())
-    }
-
-    /// Writes the last chunk and the files document.
-    pub async fn close(mut self) -> anyhow::Result<()> {
-        if !self.pending.is_empty() {
-            self.insert_chunk().await?;
-        }
-        let files = doc! {
-            "_id": self.id,
-            "length": i64::try_from(self.length)?,
-            "chunkSize": i32::try_from(GRIDFS_CHUNK_SIZE)?,
-            "uploadDate": DateTime::now(),
-            "filename": &self.filename,
-            "metadata": &self.metadata,
-        };
-        self.files
-            .insert_one(files)
-            .await
-            .with_context(|| format!("storing the files document of MP3 {}", self.id))?;
-        Ok(())
-    }
-}
-
-impl Output for Mp3Upload {
-    async fn write(&mut self, mut bytes: &[u8]) -> anyhow::Result<()> {
-        let chunk_size = GRIDFS_CHUNK_SIZE as usize;
-        while !bytes.is_empty() {
-            let take = (chunk_size - self.pending.len()).min(bytes.len());
-            self.pending.extend_from_slice(&bytes[..take]);
-            self.length += take as u64;
-            bytes = &bytes[take..];
-            if self.pending.len() == chunk_size {
-                self.insert_chunk().await?;
-            }
-        }
         Ok(())
     }
 }

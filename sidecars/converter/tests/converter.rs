@@ -18,17 +18,6 @@ const CONVERTER: &str = env!("CARGO_BIN_EXE_converter");
 /// Generous: the dev services are shared, and FerretDB slows down under other tests' uploads.
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How a stored video's chunks are keyed.
-#[derive(Debug, Clone, Copy)]
-enum ChunkIds {
-    /// As the gateway writes them: chunk `n` at `mongo_wire::chunk_id(file, n)`, fetched by id.
-    Addressable,
-    /// Addressable but chunk `n`, rewritten at a random id: that one is found by query.
-    AddressableExcept(i64),
-    /// Random, as other writers may leave them: read through the driver's GridFS download.
-    Random,
-}
-
 struct Fixture {
     vhost: Vhost,
     client: Client,
@@ -74,34 +63,21 @@ impl Fixture {
         worker
     }
 
-    /// Stores `bytes` in GridFS `videos` with `chunk_size` and addressable chunk ids, and a
-    /// queued job for it; returns the job.
+    /// Stores `bytes` in GridFS `videos` with `chunk_size` and a queued job for it; returns the
+    /// job.
     async fn queue_job(&self, bytes: &[u8], filename: &str, chunk_size: u32) -> Job {
-        self.queue_job_keyed(bytes, filename, chunk_size, ChunkIds::Addressable)
-            .await
-    }
-
-    async fn queue_job_keyed(
-        &self,
-        bytes: &[u8],
-        filename: &str,
-        chunk_size: u32,
-        ids: ChunkIds,
-    ) -> Job {
         let bucket = self.videos().gridfs_bucket(
             GridFsBucketOptions::builder()
                 .chunk_size_bytes(chunk_size)
                 .build(),
         );
-        let video_id = mongo_wire::new_file_id();
-        let mut upload = bucket
-            .open_upload_stream(filename)
-            .id(Bson::ObjectId(video_id))
-            .await
-            .expect("upload");
+        let mut upload = bucket.open_upload_stream(filename).await.expect("upload");
         upload.write_all(bytes).await.expect("uploading the video");
         upload.close().await.expect("closing the upload");
-        self.rekey_chunks(video_id, ids).await;
+        let video_id = match upload.id() {
+            Bson::ObjectId(id) => *id,
+            other => panic!("unexpected file id {other:?}"),
+        };
         let video_fid = video_id.to_hex();
         let now = 1_700_000_000_000;
         let job = Job {
@@ -123,37 +99,6 @@ impl Fixture {
             .expect("inserting the job");
         self.made.lock().unwrap().push((job.id.clone(), video_id));
         job
-    }
-
-    /// Rewrites the chunks of `file` under the ids `ids` says (the driver's own are sequential
-    /// ObjectIds, addressable or not depending on the clock).
-    async fn rekey_chunks(&self, file: ObjectId, ids: ChunkIds) {
-        let chunks = self.videos().collection::<Document>("fs.chunks");
-        let mut docs: Vec<Document> = chunks
-            .find(doc! { "files_id": file })
-            .await
-            .expect("reading chunks")
-            .try_collect()
-            .await
-            .expect("reading chunks");
-        for chunk in &mut docs {
-            let n = chunk.get_i32("n").expect("chunk number");
-            let id = match ids {
-                ChunkIds::Addressable => mongo_wire::chunk_id(file, n as u64),
-                ChunkIds::AddressableExcept(except) if i64::from(n) != except => {
-                    mongo_wire::chunk_id(file, n as u64)
-                }
-                _ => None,
-            };
-            chunk.insert("_id", id.unwrap_or_else(ObjectId::new));
-        }
-        chunks
-            .delete_many(doc! { "files_id": file })
-            .await
-            .expect("deleting chunks");
-        if !docs.is_empty() {
-            chunks.insert_many(docs).await.expect("rewriting chunks");
-        }
     }
 
     fn publish(&self, job: &Job) {
@@ -363,21 +308,6 @@ async fn assert_converted(fx: &Fixture, job: &Job, seconds: f64) -> String {
     assert_eq!(files.len(), 1, "exactly one MP3 for the job: {files:#?}");
     assert_eq!(files[0].get_object_id("_id").unwrap().to_hex(), fid);
     assert_eq!(files[0].get_i32("chunkSize").unwrap(), 255 * 1024);
-    let length = files[0].get_i64("length").unwrap() as u64;
-    assert!(length > 0);
-    // Addressable chunks, for the gateway's downloads by id.
-    let id = ObjectId::parse_str(&fid).unwrap();
-    let chunks = fx.mp3s().collection::<Document>("fs.chunks");
-    for n in 0..length.div_ceil(255 * 1024) {
-        let chunk = chunks
-            .find_one(doc! { "_id": mongo_wire::chunk_id(id, n).unwrap() })
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("chunk {n} of MP3 {fid} is not at its derived id"));
-        assert_eq!(chunk.get_object_id("files_id").unwrap(), id);
-        assert_eq!(chunk.get_i32("n").unwrap() as u64, n);
-    }
-    assert_eq!(fx.chunk_count(id).await, length.div_ceil(255 * 1024));
     let mp3 = fx.download_mp3(&fid).await;
     let (format, duration) = probe(&mp3);
     assert_eq!(format, "mp3");
@@ -407,15 +337,9 @@ async fn converts_streamable_and_moov_at_end_videos() {
 
     let worker = fx.start(&[]);
     assert_eq!(worker.metric("converter_jobs_done_total"), Some(0.0));
-    // Stored by another writer: read through the driver's GridFS download.
-    let streamed = fx
-        .queue_job_keyed(&mkv, "clip.mkv", 255 * 1024, ChunkIds::Random)
-        .await;
-    // Small chunks: the box walk must read headers across chunk boundaries. Fetched by id but
-    // one chunk, found by query.
-    let seeking = fx
-        .queue_job_keyed(&mp4, "holiday.mp4", 1000, ChunkIds::AddressableExcept(3))
-        .await;
+    let streamed = fx.queue_job(&mkv, "clip.mkv", 255 * 1024).await;
+    // Small chunks: the box walk must read headers across chunk boundaries.
+    let seeking = fx.queue_job(&mp4, "holiday.mp4", 1000).await;
     fx.publish(&streamed);
     fx.publish(&seeking);
 
