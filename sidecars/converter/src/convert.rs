@@ -1,9 +1,8 @@
-//! Running ffmpeg: video bytes in on stdin (or from a temporary file when it needs seeking),
-//! MP3 bytes out on stdout, in bounded memory.
+//! Running ffmpeg: video bytes in on stdin, MP3 bytes out on stdout, in bounded memory.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind as IoErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -46,12 +45,14 @@ pub const OUTPUT_ARGS: &[&str] = &[
     "pipe:1",
 ];
 
-/// Where ffmpeg reads the video.
-pub enum Input<R> {
-    /// Streamed into stdin.
-    Pipe(R),
-    /// A seekable local copy.
-    File(PathBuf),
+/// How ffmpeg reads the video from its stdin.
+pub enum Source {
+    /// Front to back.
+    Stdin,
+    /// Through ffmpeg's cache protocol, which keeps what it reads in a temporary file of its own
+    /// (unlinked at once, so nothing outlives the process) and can seek back in it, reading ahead
+    /// as far as a seek forward needs: for a video whose index comes after its media.
+    SeekableStdin,
 }
 
 /// Bytes moved by a successful conversion.
@@ -72,151 +73,162 @@ pub enum ConvertError {
     Transient(#[from] anyhow::Error),
 }
 
-/// Converts `input` to MP3, writing it to `output` (not closed: the caller closes or aborts).
-pub async fn convert<R, W>(
-    ffmpeg: &Path,
-    input: Input<R>,
-    output: &mut W,
-) -> Result<Converted, ConvertError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut command = FfmpegCommand::new_with_path(ffmpeg);
-    command.hide_banner();
-    let (reader, from_file) = match input {
-        Input::Pipe(reader) => (Some(reader), false),
-        Input::File(path) => {
-            command.args(["-nostdin"]).input(&path);
-            (None, true)
-        }
-    };
-    if !from_file {
-        command.input("pipe:0");
-    }
-    command.args(OUTPUT_ARGS);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("starting {}", ffmpeg.display()))?;
-    let stdin = child.take_stdin();
-    let stdout = child.take_stdout().context("ffmpeg has no stdout")?;
-    let events = child.iter().context("reading ffmpeg's stderr")?;
-    let mut child = Running(Some(child));
+/// A running ffmpeg encoding MP3 to its stdout. Starting one takes tens of milliseconds (the
+/// process and its libraries), which the caller can overlap with fetching the video; dropping
+/// it kills the process.
+pub struct Encoder {
+    child: Running,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    /// ffmpeg's last error lines.
+    errors: tokio::task::JoinHandle<String>,
+}
 
-    let errors = tokio::task::spawn_blocking(move || {
-        let mut last = VecDeque::with_capacity(ERROR_LINES);
-        for event in events {
-            let line = match event {
-                FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) => line,
-                _ => continue,
-            };
-            tracing::debug!(ffmpeg = %line);
-            if last.len() == ERROR_LINES {
-                last.pop_front();
-            }
-            last.push_back(strip_level(&line).to_owned());
-        }
-        Vec::from(last).join("; ")
-    });
-
-    let stdin = stdin
-        .map(tokio::process::ChildStdin::from_std)
-        .transpose()
-        .context("ffmpeg's stdin")?;
-    let mut stdout = tokio::process::ChildStdout::from_std(stdout).context("ffmpeg's stdout")?;
-
-    // Each direction is two halves joined by a queue of up to READ_AHEAD buffers, so a slow
-    // GridFS round trip (a chunk fetched or inserted) does not stall ffmpeg, nor ffmpeg the
-    // transfers: memory stays bounded at 2 x READ_AHEAD x BUFFER per job.
-    let (video_tx, mut video_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
-    let fetch = async move {
-        let Some(mut reader) = reader else {
-            return Ok::<(), anyhow::Error>(());
+impl Encoder {
+    /// Starts ffmpeg reading `source`. Needs the Tokio runtime.
+    pub fn start(ffmpeg: &Path, source: &Source) -> anyhow::Result<Self> {
+        let mut command = FfmpegCommand::new_with_path(ffmpeg);
+        command.hide_banner();
+        match source {
+            Source::Stdin => command.input("pipe:0"),
+            Source::SeekableStdin => command
+                .args(["-read_ahead_limit", "-1"])
+                .input("cache:pipe:0"),
         };
-        loop {
-            let mut buffer = vec![0u8; BUFFER];
-            let n = reader
-                .read(&mut buffer)
-                .await
-                .context("reading the video")?;
-            if n == 0 {
-                return Ok(());
+        command.args(OUTPUT_ARGS);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", ffmpeg.display()))?;
+        let stdin = child.take_stdin().context("ffmpeg has no stdin")?;
+        let stdout = child.take_stdout().context("ffmpeg has no stdout")?;
+        let events = child.iter().context("reading ffmpeg's stderr")?;
+        let child = Running(Some(child));
+
+        let errors = tokio::task::spawn_blocking(move || {
+            let mut last = VecDeque::with_capacity(ERROR_LINES);
+            for event in events {
+                let line = match event {
+                    FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) => line,
+                    _ => continue,
+                };
+                tracing::debug!(ffmpeg = %line);
+                if last.len() == ERROR_LINES {
+                    last.pop_front();
+                }
+                last.push_back(strip_level(&line).to_owned());
             }
-            buffer.truncate(n);
-            if video_tx.send(buffer).await.is_err() {
-                return Ok(()); // ffmpeg stopped reading; its exit status tells why
-            }
-        }
-    };
-    let feed = async move {
-        let Some(mut stdin) = stdin else {
-            return Ok::<u64, anyhow::Error>(0);
-        };
-        let mut total = 0u64;
-        while let Some(buffer) = video_rx.recv().await {
-            match stdin.write_all(&buffer).await {
-                Ok(()) => total += buffer.len() as u64,
-                // ffmpeg stopped reading (it failed, or needs no more input): its exit status
-                // tells which.
-                Err(e) if e.kind() == IoErrorKind::BrokenPipe => break,
-                Err(e) => return Err(anyhow::Error::new(e).context("writing to ffmpeg")),
-            }
-        }
-        Ok(total)
-    };
-    let (mp3_tx, mut mp3_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
-    let drain = async move {
-        loop {
-            let mut buffer = vec![0u8; BUFFER];
-            let n = stdout
-                .read(&mut buffer)
-                .await
-                .context("reading ffmpeg's output")?;
-            if n == 0 {
-                return Ok::<(), anyhow::Error>(());
-            }
-            buffer.truncate(n);
-            if mp3_tx.send(buffer).await.is_err() {
-                return Ok(()); // the store failed and says so
-            }
-        }
-    };
-    let store = async {
-        let mut total = 0u64;
-        while let Some(buffer) = mp3_rx.recv().await {
-            output.write_all(&buffer).await.context("writing the MP3")?;
-            total += buffer.len() as u64;
-        }
-        output.flush().await.context("writing the MP3")?;
-        Ok::<u64, anyhow::Error>(total)
-    };
-    // A failed drain drops stdout, so ffmpeg ends on EPIPE; a failed feed drops stdin, so ffmpeg
-    // sees the end of its input: both sides always finish.
-    let (fetched, fed, drained, stored) = tokio::join!(fetch, feed, drain, store);
-    let status = child.wait().await.context("waiting for ffmpeg")?;
-    let message = errors.await.unwrap_or_default();
-    let bytes_out = stored?;
-    drained?;
-    let bytes_in = fed?;
-    fetched?;
-    if status.success() {
-        return Ok(Converted {
-            bytes_in,
-            bytes_out,
+            Vec::from(last).join("; ")
         });
+        Ok(Self {
+            child,
+            stdin: tokio::process::ChildStdin::from_std(stdin).context("ffmpeg's stdin")?,
+            stdout: tokio::process::ChildStdout::from_std(stdout).context("ffmpeg's stdout")?,
+            errors,
+        })
     }
-    if status.code().is_none() {
-        // Killed by a signal (the OOM killer, an operator): not the input's fault.
-        return Err(ConvertError::Transient(anyhow::anyhow!(
-            "ffmpeg was killed ({status}): {message}"
-        )));
+
+    /// Feeds `video` to ffmpeg and writes the MP3 to `output` (not closed: the caller closes or
+    /// aborts it).
+    pub async fn encode<R, W>(self, video: R, output: &mut W) -> Result<Converted, ConvertError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let Self {
+            mut child,
+            stdin,
+            mut stdout,
+            errors,
+        } = self;
+        // Each direction is two halves joined by a queue of up to READ_AHEAD buffers, so a slow
+        // GridFS round trip (a chunk fetched or inserted) does not stall ffmpeg, nor ffmpeg the
+        // transfers: memory stays bounded at 2 x READ_AHEAD x BUFFER per job.
+        let (video_tx, mut video_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
+        let fetch = async move {
+            let mut reader = video;
+            loop {
+                let mut buffer = vec![0u8; BUFFER];
+                let n = reader
+                    .read(&mut buffer)
+                    .await
+                    .context("reading the video")?;
+                if n == 0 {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                buffer.truncate(n);
+                if video_tx.send(buffer).await.is_err() {
+                    return Ok(()); // ffmpeg stopped reading; its exit status tells why
+                }
+            }
+        };
+        let feed = async move {
+            let mut stdin = stdin;
+            let mut total = 0u64;
+            while let Some(buffer) = video_rx.recv().await {
+                match stdin.write_all(&buffer).await {
+                    Ok(()) => total += buffer.len() as u64,
+                    // ffmpeg stopped reading (it failed, or needs no more input): its exit status
+                    // tells which.
+                    Err(e) if e.kind() == IoErrorKind::BrokenPipe => break,
+                    Err(e) => return Err(anyhow::Error::new(e).context("writing to ffmpeg")),
+                }
+            }
+            Ok(total)
+        };
+        let (mp3_tx, mut mp3_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
+        let drain = async move {
+            loop {
+                let mut buffer = vec![0u8; BUFFER];
+                let n = stdout
+                    .read(&mut buffer)
+                    .await
+                    .context("reading ffmpeg's output")?;
+                if n == 0 {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                buffer.truncate(n);
+                if mp3_tx.send(buffer).await.is_err() {
+                    return Ok(()); // the store failed and says so
+                }
+            }
+        };
+        let store = async {
+            let mut total = 0u64;
+            while let Some(buffer) = mp3_rx.recv().await {
+                output.write_all(&buffer).await.context("writing the MP3")?;
+                total += buffer.len() as u64;
+            }
+            output.flush().await.context("writing the MP3")?;
+            Ok::<u64, anyhow::Error>(total)
+        };
+        // A failed drain drops stdout, so ffmpeg ends on EPIPE; a failed feed drops stdin, so ffmpeg
+        // sees the end of its input: both sides always finish.
+        let (fetched, fed, drained, stored) = tokio::join!(fetch, feed, drain, store);
+        let status = child.wait().await.context("waiting for ffmpeg")?;
+        let message = errors.await.unwrap_or_default();
+        let bytes_out = stored?;
+        drained?;
+        let bytes_in = fed?;
+        fetched?;
+        if status.success() {
+            return Ok(Converted {
+                bytes_in,
+                bytes_out,
+            });
+        }
+        if status.code().is_none() {
+            // Killed by a signal (the OOM killer, an operator): not the input's fault.
+            return Err(ConvertError::Transient(anyhow::anyhow!(
+                "ffmpeg was killed ({status}): {message}"
+            )));
+        }
+        let message = if message.is_empty() {
+            "no error message".to_owned()
+        } else {
+            message
+        };
+        Err(ConvertError::Rejected { status, message })
     }
-    let message = if message.is_empty() {
-        "no error message".to_owned()
-    } else {
-        message
-    };
-    Err(ConvertError::Rejected { status, message })
 }
 
 /// An ffmpeg log line without the `[error] ` level prefix that `-loglevel level+...` adds.
@@ -257,56 +269,6 @@ impl Drop for Running {
         if let Some(mut child) = self.0.take() {
             let _ = child.kill();
             let _ = child.wait();
-        }
-    }
-}
-
-/// A temporary file deleted when dropped.
-pub struct TempFile(PathBuf);
-
-impl TempFile {
-    /// Copies `reader` into a new file in `dir`; returns it and the bytes copied.
-    pub async fn copy_from<R: AsyncRead + Unpin>(
-        dir: &Path,
-        name: &str,
-        mut reader: R,
-    ) -> anyhow::Result<(Self, u64)> {
-        let path = dir.join(name);
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await
-            .with_context(|| format!("creating {}", path.display()))?;
-        let temp = Self(path);
-        let mut buffer = vec![0u8; BUFFER];
-        let mut total = 0u64;
-        loop {
-            let n = reader
-                .read(&mut buffer)
-                .await
-                .context("reading the video")?;
-            if n == 0 {
-                break;
-            }
-            file.write_all(&buffer[..n])
-                .await
-                .with_context(|| format!("writing {}", temp.0.display()))?;
-            total += n as u64;
-        }
-        file.flush().await?;
-        Ok((temp, total))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_file(&self.0) {
-            tracing::warn!(path = %self.0.display(), %error, "cannot delete a temporary file");
         }
     }
 }

@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tracing::Instrument as _;
 
-use crate::convert::{convert, ConvertError, Input, TempFile};
+use crate::convert::{ConvertError, Encoder, Source};
 use crate::layout::{self, Layout};
 use crate::store::{Claim, MarkFailed, Store, VideoError};
 
@@ -58,16 +58,14 @@ impl Metrics {
 pub struct Converter {
     store: Store,
     ffmpeg: PathBuf,
-    temp_dir: PathBuf,
     metrics: Metrics,
 }
 
 impl Converter {
-    pub fn new(store: Store, ffmpeg: PathBuf, temp_dir: PathBuf, metrics: Metrics) -> Self {
+    pub fn new(store: Store, ffmpeg: PathBuf, metrics: Metrics) -> Self {
         Self {
             store,
             ffmpeg,
-            temp_dir,
             metrics,
         }
     }
@@ -83,6 +81,9 @@ impl Converter {
             Err(error) => return Err(Failure::permanent(error)),
         };
         let started = Instant::now();
+        // ffmpeg takes tens of milliseconds to start: start it reading its stdin while the
+        // video is fetched, discarded only if the video turns out to need a seekable copy.
+        let piped = Encoder::start(&self.ffmpeg, &Source::Stdin).map_err(Failure::retry)?;
         let mut reader =
             self.store.open_video(video.id).await.map_err(|error| {
                 match error.downcast_ref::<VideoError>() {
@@ -96,14 +97,11 @@ impl Converter {
             .map_err(Failure::retry)?;
         tracing::info!(video = %video.id, bytes = video.len, ?layout, "converting");
         let reader = futures_util::io::Cursor::new(prefix).chain(reader);
-        let (input, temp, copied) = match layout {
-            Layout::Streamable => (Input::Pipe(reader), None, 0),
+        let encoder = match layout {
+            Layout::Streamable => piped,
             Layout::NeedsSeek => {
-                let name = format!("converter-{}-{mp3_fid}.video", job.id);
-                let (temp, copied) = TempFile::copy_from(&self.temp_dir, &name, reader)
-                    .await
-                    .map_err(Failure::retry)?;
-                (Input::File(temp.path().to_owned()), Some(temp), copied)
+                drop(piped);
+                Encoder::start(&self.ffmpeg, &Source::SeekableStdin).map_err(Failure::retry)?
             }
         };
 
@@ -112,8 +110,7 @@ impl Converter {
             .create_mp3(mp3_fid, &mp3_filename(job), job)
             .await
             .map_err(Failure::retry)?;
-        let converted = convert(&self.ffmpeg, input, &mut upload).await;
-        drop(temp);
+        let converted = encoder.encode(reader, &mut upload).await;
         let converted = match converted {
             Ok(converted) => converted,
             Err(error) => {
@@ -131,7 +128,7 @@ impl Converter {
             .await
             .context("storing the MP3")
             .map_err(Failure::retry)?;
-        let bytes_in = converted.bytes_in.max(copied);
+        let bytes_in = converted.bytes_in;
         self.metrics.bytes_in.inc_by(bytes_in);
         self.metrics.bytes_out.inc_by(converted.bytes_out);
         self.metrics

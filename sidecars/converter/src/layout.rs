@@ -4,7 +4,7 @@
 //! ffmpeg reads such a file front to back only when the `moov` box (the index) comes before
 //! `mdat` (the media): a "fast start" file. When `mdat` comes first, as cameras and many
 //! encoders write it, ffmpeg must seek to the end for the index, which a pipe cannot do, so
-//! that file is copied to a temporary file first. Everything else (Matroska, WebM, AVI, MPEG-TS,
+//! ffmpeg reads that file through its cache protocol. Everything else (Matroska, WebM, AVI, MPEG-TS,
 //! fragmented MP4, files that are not video at all) is streamed, and ffmpeg judges it.
 //!
 //! The verdict comes from the start of the file: the walk over the top-level boxes ends at the

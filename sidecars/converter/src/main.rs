@@ -75,12 +75,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut registry = Registry::with_prefix("converter");
     let metrics = handler::Metrics::register(&mut registry);
-    let converter = handler::Converter::new(
-        store::Store::new(&client),
-        config.ffmpeg_path,
-        std::env::temp_dir(),
-        metrics,
-    );
+    let converter =
+        handler::Converter::new(store::Store::new(&client), config.ffmpeg_path, metrics);
     let options = WorkerOptions {
         name: "converter",
         queue: mp3_model::topology::VIDEO[0],
