@@ -11,8 +11,9 @@ use ffmpeg_sidecar::child::FfmpegChild;
 use ffmpeg_sidecar::command::FfmpegCommand;
 use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
 use futures_util::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
+use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 /// Bytes copied at a time between GridFS and ffmpeg.
 const BUFFER: usize = 64 * 1024;
@@ -137,30 +138,15 @@ impl Encoder {
         let Self {
             mut child,
             stdin,
-            mut stdout,
+            stdout,
             errors,
         } = self;
         // Each direction is two halves joined by a queue of up to READ_AHEAD buffers, so a slow
         // GridFS round trip (a chunk fetched or inserted) does not stall ffmpeg, nor ffmpeg the
         // transfers: memory stays bounded at 2 x READ_AHEAD x BUFFER per job.
         let (video_tx, mut video_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
-        let fetch = async move {
-            let mut reader = video;
-            loop {
-                let mut buffer = vec![0u8; BUFFER];
-                let n = reader
-                    .read(&mut buffer)
-                    .await
-                    .context("reading the video")?;
-                if n == 0 {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                buffer.truncate(n);
-                if video_tx.send(buffer).await.is_err() {
-                    return Ok(()); // ffmpeg stopped reading; its exit status tells why
-                }
-            }
-        };
+        // Once ffmpeg stops reading, its exit status tells why.
+        let fetch = pump(video, video_tx, "reading the video");
         let feed = async move {
             let mut stdin = stdin;
             let mut total = 0u64;
@@ -176,22 +162,8 @@ impl Encoder {
             Ok(total)
         };
         let (mp3_tx, mut mp3_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
-        let drain = async move {
-            loop {
-                let mut buffer = vec![0u8; BUFFER];
-                let n = stdout
-                    .read(&mut buffer)
-                    .await
-                    .context("reading ffmpeg's output")?;
-                if n == 0 {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                buffer.truncate(n);
-                if mp3_tx.send(buffer).await.is_err() {
-                    return Ok(()); // the store failed and says so
-                }
-            }
-        };
+        // Once the store stops, it says why.
+        let drain = pump(stdout.compat(), mp3_tx, "reading ffmpeg's output");
         let store = async {
             let mut total = 0u64;
             while let Some(buffer) = mp3_rx.recv().await {
@@ -228,6 +200,26 @@ impl Encoder {
             message
         };
         Err(ConvertError::Rejected { status, message })
+    }
+}
+
+/// Reads `reader` to its end in buffers sent to `tx`; stops early, without error, when the
+/// receiving side is gone.
+async fn pump<R: AsyncRead + Unpin>(
+    mut reader: R,
+    tx: mpsc::Sender<Vec<u8>>,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    loop {
+        let mut buffer = vec![0u8; BUFFER];
+        let n = reader.read(&mut buffer).await.context(what)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buffer.truncate(n);
+        if tx.send(buffer).await.is_err() {
+            return Ok(());
+        }
     }
 }
 
