@@ -40,7 +40,7 @@ fn plan() -> Plan {
         Plan {
             upload_sizes: &[10 * MB, 100 * MB, 1000 * MB],
             clip: (60, "1280x720"),
-            conversion_runs: 5,
+            conversion_runs: 7,
             e2e_clip: (10, "640x360"),
             e2e_runs: 5,
         }
