@@ -122,7 +122,7 @@ fn uploads(plan: &Plan, dir: &Path) {
     );
     println!("| file | gateway MB/s | direct GridFS MB/s | ratio | runner peak RSS during it |");
     println!("|---:|---:|---:|---:|---:|");
-    let mut fids = vec![fid_of(&warm.body)];
+    let mut fids = vec![field_of(&warm.body, "video_fid")];
     for &size in plan.upload_sizes {
         let file = dir.join(format!("upload-{size}.mp4"));
         padded_video(&head, &file, size);
@@ -130,7 +130,7 @@ fn uploads(plan: &Plan, dir: &Path) {
 
         let (reply, secs) = upload(&system.runner.url("/upload"), &token, &file);
         assert_eq!(reply.status, 202, "{}", reply.body);
-        fids.push(fid_of(&reply.body));
+        fids.push(field_of(&reply.body, "video_fid"));
         let gateway = size as f64 / MB as f64 / secs;
         let peak = memory_mib(pid, "VmHWM");
 
@@ -161,9 +161,13 @@ fn uploads(plan: &Plan, dir: &Path) {
     }
 }
 
-fn fid_of(upload_body: &str) -> String {
+/// A string field (`job_id`, `video_fid`) of an upload's 202 answer.
+fn field_of(upload_body: &str, field: &str) -> String {
     let json: serde_json::Value = serde_json::from_str(upload_body).expect("upload JSON");
-    json["video_fid"].as_str().expect("video_fid").to_owned()
+    json[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {json}"))
+        .to_owned()
 }
 
 fn conversion(plan: &Plan, dir: &Path) {
@@ -216,7 +220,7 @@ fn conversion(plan: &Plan, dir: &Path) {
 
             let reply = system.upload(&token, clip);
             assert_eq!(reply.status, 202, "{}", reply.body);
-            let job_id = job_of(&reply.body);
+            let job_id = field_of(&reply.body, "job_id");
             // The job's own times (queued by the gateway, done by the converter), polled
             // slowly: a fast poller would take CPU from ffmpeg that the baseline has.
             let job = system.poll_job(
@@ -292,11 +296,6 @@ fn mp3_args_to(path: &Path) -> Vec<std::ffi::OsString> {
         .collect()
 }
 
-fn job_of(upload_body: &str) -> String {
-    let json: serde_json::Value = serde_json::from_str(upload_body).expect("upload JSON");
-    json["job_id"].as_str().expect("job_id").to_owned()
-}
-
 fn end_to_end(plan: &Plan, dir: &Path) {
     let (seconds, size) = plan.e2e_clip;
     let clip = dir.join("short.mp4");
@@ -308,7 +307,11 @@ fn end_to_end(plan: &Plan, dir: &Path) {
         let reply = system.upload(&token, &clip);
         assert_eq!(reply.status, 202, "{}", reply.body);
         let uploaded = Instant::now();
-        let job = system.wait_for_job(&token, &job_of(&reply.body), Duration::from_secs(120));
+        let job = system.wait_for_job(
+            &token,
+            &field_of(&reply.body, "job_id"),
+            Duration::from_secs(120),
+        );
         let mp3_fid = job["mp3_fid"].as_str().expect("a done job");
         let download = system.download(&token, mp3_fid);
         assert_eq!(download.status, 200);

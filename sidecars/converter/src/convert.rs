@@ -15,8 +15,8 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
-/// Bytes copied at a time between GridFS and ffmpeg.
-const BUFFER: usize = 64 * 1024;
+/// Bytes read at a time from GridFS and from ffmpeg.
+pub(crate) const BUFFER: usize = 64 * 1024;
 /// Buffers queued in each direction between GridFS and ffmpeg (2 MiB).
 const READ_AHEAD: usize = 32;
 /// ffmpeg error lines kept for the job's error message.
@@ -137,7 +137,7 @@ impl Encoder {
     {
         let Self {
             mut child,
-            stdin,
+            mut stdin,
             stdout,
             errors,
         } = self;
@@ -148,7 +148,6 @@ impl Encoder {
         // Once ffmpeg stops reading, its exit status tells why.
         let fetch = pump(video, video_tx, "reading the video");
         let feed = async move {
-            let mut stdin = stdin;
             let mut total = 0u64;
             while let Some(buffer) = video_rx.recv().await {
                 match stdin.write_all(&buffer).await {

@@ -128,15 +128,14 @@ impl Converter {
             .await
             .context("storing the MP3")
             .map_err(Failure::retry)?;
-        let bytes_in = converted.bytes_in;
-        self.metrics.bytes_in.inc_by(bytes_in);
+        self.metrics.bytes_in.inc_by(converted.bytes_in);
         self.metrics.bytes_out.inc_by(converted.bytes_out);
         self.metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
         tracing::info!(
             mp3_fid = %mp3_fid,
-            bytes_in,
+            bytes_in = converted.bytes_in,
             bytes_out = converted.bytes_out,
             seconds = started.elapsed().as_secs_f64(),
             "converted"

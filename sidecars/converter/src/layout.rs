@@ -3,9 +3,9 @@
 //!
 //! ffmpeg reads such a file front to back only when the `moov` box (the index) comes before
 //! `mdat` (the media): a "fast start" file. When `mdat` comes first, as cameras and many
-//! encoders write it, ffmpeg must seek to the end for the index, which a pipe cannot do, so
-//! ffmpeg reads that file through its cache protocol. Everything else (Matroska, WebM, AVI, MPEG-TS,
-//! fragmented MP4, files that are not video at all) is streamed, and ffmpeg judges it.
+//! encoders write it, ffmpeg must seek to the end for the index, which a plain pipe cannot do,
+//! so ffmpeg reads that file through its cache protocol. Everything else (Matroska, WebM, AVI,
+//! MPEG-TS, fragmented MP4, files that are not video at all) is streamed, and ffmpeg judges it.
 //!
 //! The verdict comes from the start of the file: the walk over the top-level boxes ends at the
 //! first `moov`, `moof` or `mdat`. [`sniff`] reads that start from the stream ffmpeg will be
@@ -13,12 +13,14 @@
 
 use futures_util::io::{AsyncRead, AsyncReadExt as _};
 
+use crate::convert::BUFFER;
+
 /// How ffmpeg must be given the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     /// Read front to back from a pipe.
     Streamable,
-    /// `mdat` before `moov`: needs a seekable file.
+    /// `mdat` before `moov`: ffmpeg must seek in it.
     NeedsSeek,
 }
 
@@ -28,10 +30,8 @@ pub const HEADER_LEN: usize = 16;
 /// Boxes walked before giving up and streaming (ffmpeg decides then).
 const MAX_BOXES: u32 = 256;
 /// Bytes [`sniff`] reads ahead at most. Boxes before the media larger than that are unusual;
-/// the file is then copied, which ffmpeg reads whatever its layout.
+/// the file is then read as [`Layout::NeedsSeek`], which works whatever its layout.
 const MAX_PREFIX: u64 = 4 << 20;
-/// Bytes read at a time while sniffing.
-const READ: usize = 64 * 1024;
 
 /// Reads the start of a file of `len` bytes from `reader` until the layout is known; returns it
 /// with the bytes read, which go back in front of the rest of the stream.
@@ -53,7 +53,7 @@ pub async fn sniff<R: AsyncRead + Unpin>(
         let end = end as usize; // at most MAX_PREFIX
         while prefix.len() < end {
             let start = prefix.len();
-            prefix.resize(start + READ.max(end - start), 0);
+            prefix.resize(start + BUFFER.max(end - start), 0);
             let n = reader.read(&mut prefix[start..]).await?;
             prefix.truncate(start + n);
             if n == 0 {
@@ -263,7 +263,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_huge_box_before_the_media_means_a_copy() {
+    async fn a_huge_box_before_the_media_means_seeking() {
         let f = file(&[
             boxed(b"ftyp", 16),
             boxed(b"free", 5 << 20),
