@@ -47,6 +47,7 @@ pub const OUTPUT_ARGS: &[&str] = &[
 ];
 
 /// How ffmpeg reads the video from its stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// Front to back.
     Stdin,
@@ -54,6 +55,10 @@ pub enum Source {
     /// (unlinked at once, so nothing outlives the process) and can seek back in it, reading ahead
     /// as far as a seek forward needs: for a video whose index comes after its media.
     SeekableStdin,
+}
+
+impl Source {
+    pub const ALL: [Source; 2] = [Source::Stdin, Source::SeekableStdin];
 }
 
 /// Bytes moved by a successful conversion.
@@ -78,6 +83,7 @@ pub enum ConvertError {
 /// process and its libraries), which the caller can overlap with fetching the video; dropping
 /// it kills the process.
 pub struct Encoder {
+    source: Source,
     child: Running,
     stdin: tokio::process::ChildStdin,
     stdout: tokio::process::ChildStdout,
@@ -87,7 +93,7 @@ pub struct Encoder {
 
 impl Encoder {
     /// Starts ffmpeg reading `source`. Needs the Tokio runtime.
-    pub fn start(ffmpeg: &Path, source: &Source) -> anyhow::Result<Self> {
+    pub fn start(ffmpeg: &Path, source: Source) -> anyhow::Result<Self> {
         let mut command = FfmpegCommand::new_with_path(ffmpeg);
         command.hide_banner();
         match source {
@@ -121,11 +127,26 @@ impl Encoder {
             Vec::from(last).join("; ")
         });
         Ok(Self {
+            source,
             child,
             stdin: tokio::process::ChildStdin::from_std(stdin).context("ffmpeg's stdin")?,
             stdout: tokio::process::ChildStdout::from_std(stdout).context("ffmpeg's stdout")?,
             errors,
         })
+    }
+
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
+    /// ffmpeg's process id, while it runs.
+    pub fn pid(&mut self) -> Option<u32> {
+        self.child.0.as_mut().map(|child| child.as_inner().id())
+    }
+
+    /// Whether ffmpeg is no longer running (it cannot take a video any more).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.has_exited()
     }
 
     /// Feeds `video` to ffmpeg and writes the MP3 to `output` (not closed: the caller closes or
@@ -136,6 +157,7 @@ impl Encoder {
         W: AsyncWrite + Unpin,
     {
         let Self {
+            source: _,
             mut child,
             mut stdin,
             stdout,
@@ -238,6 +260,13 @@ fn strip_level(line: &str) -> &str {
 struct Running(Option<FfmpegChild>);
 
 impl Running {
+    fn has_exited(&mut self) -> bool {
+        match self.0.as_mut() {
+            Some(child) => !matches!(child.as_inner_mut().try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
     /// Called once ffmpeg closed its output, so it is about to exit: polled briefly at first.
     async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         let mut pause = Duration::from_millis(1);

@@ -1,6 +1,5 @@
 //! What the converter does with one `video` message.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context as _};
@@ -14,9 +13,10 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tracing::Instrument as _;
 
-use crate::convert::{ConvertError, Encoder, Source};
+use crate::convert::{ConvertError, Source};
 use crate::layout::{self, Layout};
-use crate::store::{Claim, MarkFailed, Store, VideoError};
+use crate::store::{Claim, MarkFailed, Store};
+use crate::warm::WarmEncoders;
 
 /// The converter's own metrics (the runtime adds retries, dead letters, in flight).
 #[derive(Clone)]
@@ -57,15 +57,17 @@ impl Metrics {
 
 pub struct Converter {
     store: Store,
-    ffmpeg: PathBuf,
+    encoders: WarmEncoders,
     metrics: Metrics,
 }
 
 impl Converter {
-    pub fn new(store: Store, ffmpeg: PathBuf, metrics: Metrics) -> Self {
+    /// Starts the waiting ffmpeg processes: needs the Tokio runtime.
+    pub fn new(store: Store, encoders: WarmEncoders, metrics: Metrics) -> Self {
+        encoders.refill();
         Self {
             store,
-            ffmpeg,
+            encoders,
             metrics,
         }
     }
@@ -81,29 +83,18 @@ impl Converter {
             Err(error) => return Err(Failure::permanent(error)),
         };
         let started = Instant::now();
-        // ffmpeg takes tens of milliseconds to start: start it reading its stdin while the
-        // video is fetched, discarded only if the video turns out to need a seekable copy.
-        let piped = Encoder::start(&self.ffmpeg, &Source::Stdin).map_err(Failure::retry)?;
-        let mut reader =
-            self.store.open_video(video.id).await.map_err(|error| {
-                match error.downcast_ref::<VideoError>() {
-                    Some(_) => Failure::Permanent(error),
-                    None => Failure::Retry(error),
-                }
-            })?;
+        let mut reader = self.store.open_video(video).await.map_err(Failure::retry)?;
         let (layout, prefix) = layout::sniff(&mut reader, video.len)
             .await
             .context("reading the start of the video")
             .map_err(Failure::retry)?;
         tracing::info!(video = %video.id, bytes = video.len, ?layout, "converting");
         let reader = futures_util::io::Cursor::new(prefix).chain(reader);
-        let encoder = match layout {
-            Layout::Streamable => piped,
-            Layout::NeedsSeek => {
-                drop(piped);
-                Encoder::start(&self.ffmpeg, &Source::SeekableStdin).map_err(Failure::retry)?
-            }
+        let source = match layout {
+            Layout::Streamable => Source::Stdin,
+            Layout::NeedsSeek => Source::SeekableStdin,
         };
+        let encoder = self.encoders.take(source).map_err(Failure::retry)?;
 
         let mut upload = self
             .store
@@ -215,7 +206,10 @@ impl Handler for Converter {
 
     async fn handle(&self, message: &JobMessage, cx: &Context) -> Result<(), Failure> {
         let span = tracing::info_span!("job", job_id = %message.job_id, attempt = cx.attempt);
-        self.handle_job(message, cx).instrument(span).await
+        let outcome = self.handle_job(message, cx).instrument(span).await;
+        // For the next job, now that this one no longer needs the CPU.
+        self.encoders.refill();
+        outcome
     }
 
     async fn give_up(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use converter::warm::WarmEncoders;
 use converter::{handler, store};
 use mp3_worker::{LogFormat, Worker, WorkerOptions};
 use prometheus_client::registry::Registry;
@@ -42,6 +43,10 @@ struct Config {
     /// The ffmpeg binary.
     #[arg(long, env = "FFMPEG_PATH", default_value = "ffmpeg")]
     ffmpeg_path: PathBuf,
+    /// ffmpeg processes started ahead of the jobs, each about 10 MiB of memory while it waits
+    /// (default: the concurrency; 0: start ffmpeg for each job).
+    #[arg(long, env = "WARM_FFMPEG")]
+    warm_ffmpeg: Option<u16>,
     /// Log lines as `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -75,8 +80,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut registry = Registry::with_prefix("converter");
     let metrics = handler::Metrics::register(&mut registry);
-    let converter =
-        handler::Converter::new(store::Store::new(&client), config.ffmpeg_path, metrics);
+    let encoders = WarmEncoders::new(
+        config.ffmpeg_path,
+        config.warm_ffmpeg.unwrap_or(config.concurrency).into(),
+    );
+    let converter = handler::Converter::new(store::Store::new(&client), encoders, metrics);
     let options = WorkerOptions {
         name: "converter",
         queue: mp3_model::topology::VIDEO[0],
@@ -122,6 +130,7 @@ mod tests {
                 "MONGODB_URL",
                 "RETRY_BASE_DELAY_MS",
                 "SHUTDOWN_TIMEOUT_SECS",
+                "WARM_FFMPEG",
             ]
         );
     }
@@ -136,6 +145,7 @@ mod tests {
         assert_eq!(config.ffmpeg_path, PathBuf::from("ffmpeg"));
         assert_eq!(config.log_format, LogFormat::Text);
         assert!(config.concurrency >= 1);
+        assert_eq!(config.warm_ffmpeg, None);
     }
 
     #[test]
@@ -145,6 +155,8 @@ mod tests {
         assert!(parse(&["--metrics-addr", "9101"]).is_err());
         assert!(parse(&["--log-format", "xml"]).is_err());
         assert!(parse(&["--log-format", "json"]).is_ok());
+        assert!(parse(&["--warm-ffmpeg", "-1"]).is_err());
+        assert_eq!(parse(&["--warm-ffmpeg", "0"]).unwrap().warm_ffmpeg, Some(0));
         let missing_mongodb = ["converter", "--amqp-url", "amqp://h"];
         assert!(mp3_worker::cli::parse_ignoring_env::<Config>(missing_mongodb).is_err());
     }

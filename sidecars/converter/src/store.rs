@@ -12,11 +12,11 @@
 
 use anyhow::Context as _;
 use futures_util::io::AsyncRead;
+use futures_util::TryStreamExt as _;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
-use mongodb::error::{ErrorKind, GridFsErrorKind};
 use mongodb::gridfs::{GridFsBucket, GridFsUploadStream};
 use mongodb::options::{GridFsBucketOptions, GridFsUploadOptions, ReturnDocument};
-use mongodb::{Client, Collection, Database};
+use mongodb::{Client, Collection, Cursor, Database};
 use mp3_model::{Job, JobStatus, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
 
 /// The field holding the id of the MP3 the current attempt is writing (hex), next to the
@@ -27,7 +27,6 @@ const CONVERTING_FID: &str = "converting_fid";
 pub struct Store {
     jobs: Collection<Job>,
     videos_db: Database,
-    videos: GridFsBucket,
     mp3s_db: Database,
     mp3s: GridFsBucket,
 }
@@ -75,6 +74,7 @@ pub enum MarkFailed {
 pub struct Video {
     pub id: ObjectId,
     pub len: u64,
+    pub chunk_size: u64,
 }
 
 /// A video that cannot be converted, whatever the attempt.
@@ -84,6 +84,8 @@ pub enum VideoError {
     BadId(String),
     #[error("video {0} is not in GridFS")]
     Missing(ObjectId),
+    #[error("the GridFS files document of video {0} has no valid `{1}`")]
+    Invalid(ObjectId, &'static str),
 }
 
 impl Store {
@@ -99,7 +101,6 @@ impl Store {
         };
         Self {
             jobs: videos_db.collection(JOBS_COLLECTION),
-            videos: bucket(&videos_db),
             mp3s: bucket(&mp3s_db),
             videos_db,
             mp3s_db,
@@ -242,21 +243,46 @@ impl Store {
         else {
             return Ok(Err(VideoError::Missing(id)));
         };
-        let len = integer(&file, "length").context("video files document without a length")?;
-        Ok(Ok(Video { id, len }))
+        let Some(len) = integer(&file, "length") else {
+            return Ok(Err(VideoError::Invalid(id, "length")));
+        };
+        let Some(chunk_size) = integer(&file, "chunkSize").filter(|&size| size > 0) else {
+            return Ok(Err(VideoError::Invalid(id, "chunkSize")));
+        };
+        Ok(Ok(Video {
+            id,
+            len,
+            chunk_size,
+        }))
     }
 
-    /// Streams a video's bytes.
-    pub async fn open_video(&self, id: ObjectId) -> anyhow::Result<impl AsyncRead + Unpin> {
-        self.videos
-            .open_download_stream(Bson::ObjectId(id))
-            .await
-            .map_err(|error| match *error.kind {
-                ErrorKind::GridFs(GridFsErrorKind::FileNotFound { .. }) => {
-                    anyhow::Error::new(VideoError::Missing(id))
-                }
-                _ => anyhow::Error::new(error).context(format!("opening video {id}")),
-            })
+    /// Streams a video's bytes, each chunk as soon as the store returns it.
+    ///
+    /// The chunks are asked for unsorted: MongoDB returns them in `n` order anyway (through the
+    /// GridFS `files_id, n` index), and FerretDB, which decodes every stored chunk to answer a
+    /// query and would sort them all before returning the first, returns them as it reads them,
+    /// in the order they were written. Should one still come out of order, the rest is read
+    /// through a sorted query from there on.
+    pub async fn open_video(&self, video: Video) -> anyhow::Result<impl AsyncRead + Unpin> {
+        let chunks = self.videos_db.collection::<Document>("fs.chunks");
+        let reader = ChunkReader {
+            chunks,
+            video,
+            next: 0,
+            remaining: video.len,
+            sorted: false,
+        };
+        let cursor = reader.query(None).await?;
+        let stream = futures_util::stream::try_unfold(
+            (reader, cursor),
+            |(mut reader, mut cursor)| async move {
+                let bytes = reader.next_chunk(&mut cursor).await.map_err(|error| {
+                    std::io::Error::other(format!("reading video {}: {error:#}", reader.video.id))
+                })?;
+                Ok(bytes.map(|bytes| (bytes, (reader, cursor))))
+            },
+        );
+        Ok(Box::pin(stream).into_async_read())
     }
 
     /// Opens the upload of an MP3 with a chosen id, 255 KiB chunks and the job in its
@@ -293,6 +319,79 @@ impl Store {
             .await
             .with_context(|| format!("deleting the chunks of MP3 {id}"))?;
         Ok(())
+    }
+}
+
+/// Chunks per query batch: FerretDB answers a batch only once it has decoded all of it.
+const CHUNKS_PER_BATCH: u32 = 1;
+
+/// A video's chunks in order, checked against its files document.
+struct ChunkReader {
+    chunks: Collection<Document>,
+    video: Video,
+    /// The next chunk's `n`.
+    next: u64,
+    /// Bytes still to come.
+    remaining: u64,
+    /// Whether the cursor is the sorted query.
+    sorted: bool,
+}
+
+impl ChunkReader {
+    /// The video's chunks: in storage order, or sorted from chunk `from` on.
+    async fn query(&self, from: Option<u64>) -> anyhow::Result<Cursor<Document>> {
+        let mut filter = doc! { "files_id": self.video.id };
+        let mut find = match from {
+            None => self.chunks.find(filter),
+            Some(n) => {
+                filter.insert("n", doc! { "$gte": i64::try_from(n).unwrap_or(i64::MAX) });
+                self.chunks.find(filter).sort(doc! { "n": 1 })
+            }
+        };
+        find = find.batch_size(CHUNKS_PER_BATCH);
+        find.await
+            .with_context(|| format!("querying the chunks of video {}", self.video.id))
+    }
+
+    /// The next chunk's bytes; `None` after the last.
+    async fn next_chunk(
+        &mut self,
+        cursor: &mut Cursor<Document>,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        loop {
+            let Some(mut chunk) = cursor.try_next().await? else {
+                anyhow::bail!("chunk {} is missing", self.next);
+            };
+            let n = integer(&chunk, "n").context("a chunk without a valid n")?;
+            if n != self.next {
+                // Out of order, or a gap, which the sorted query shows.
+                anyhow::ensure!(!self.sorted, "chunk {} is missing", self.next);
+                tracing::info!(
+                    expected = self.next,
+                    got = n,
+                    "video chunks out of order; reading the rest sorted"
+                );
+                *cursor = self.query(Some(self.next)).await?;
+                self.sorted = true;
+                continue;
+            }
+            let data = match chunk.remove("data") {
+                Some(Bson::Binary(binary)) => binary.bytes,
+                _ => anyhow::bail!("chunk {n} has no binary data"),
+            };
+            let expected = self.remaining.min(self.video.chunk_size);
+            anyhow::ensure!(
+                data.len() as u64 == expected,
+                "chunk {n} holds {} bytes instead of {expected}",
+                data.len()
+            );
+            self.next += 1;
+            self.remaining -= expected;
+            return Ok(Some(data));
+        }
     }
 }
 

@@ -169,6 +169,38 @@ impl Fixture {
         path
     }
 
+    /// The chunks of the job's video, in `n` order.
+    fn video_chunks(&self) -> mongodb::Collection<Document> {
+        self.videos().collection::<Document>("fs.chunks")
+    }
+
+    /// Stores the chunks of the job's video again in reverse order, as a GridFS writer that
+    /// does not write front to back might have.
+    async fn reverse_chunks(&self, job: &Job) {
+        let files_id = ObjectId::parse_str(&job.video_fid).unwrap();
+        let mut chunks: Vec<Document> = self
+            .video_chunks()
+            .find(doc! { "files_id": files_id })
+            .sort(doc! { "n": 1 })
+            .await
+            .expect("reading the chunks")
+            .try_collect()
+            .await
+            .expect("reading the chunks");
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        self.video_chunks()
+            .delete_many(doc! { "files_id": files_id })
+            .await
+            .expect("deleting the chunks");
+        chunks.reverse();
+        for chunk in chunks {
+            self.video_chunks()
+                .insert_one(chunk)
+                .await
+                .expect("inserting a chunk");
+        }
+    }
+
     /// Waits for `n` messages on `queue` and takes them.
     fn take(&self, queue: &str, n: u64) -> Vec<serde_json::Value> {
         wait_for(&format!("{n} message(s) on {queue}"), JOB_TIMEOUT, || {
@@ -393,6 +425,48 @@ async fn converts_streamable_and_moov_at_end_videos() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_stored_out_of_order_are_read_in_order() {
+    let fx = Fixture::new("chunk-order").await;
+    let video = make_video(&fx.dir, "clip.mkv", 3, &[]);
+    let worker = fx.start(&[]);
+    // Small chunks: a dozen or more of them.
+    let job = fx.queue_job(&video, "clip.mkv", 8 * 1024).await;
+    fx.reverse_chunks(&job).await;
+    fx.publish(&job);
+    assert_converted(&fx, &job, 3.0).await;
+    assert_eq!(fx.job(&job.id).await.attempts, 1);
+    assert!(
+        worker.log().contains("video chunks out of order"),
+        "{}",
+        worker.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_with_a_missing_chunk_fails_without_an_mp3() {
+    let fx = Fixture::new("chunk-missing").await;
+    let video = make_video(&fx.dir, "clip.mkv", 3, &[]);
+    let worker = fx.start(&[]);
+    let job = fx.queue_job(&video, "clip.mkv", 8 * 1024).await;
+    let files_id = ObjectId::parse_str(&job.video_fid).unwrap();
+    let deleted = fx
+        .video_chunks()
+        .delete_one(doc! { "files_id": files_id, "n": 2 })
+        .await
+        .expect("deleting a chunk");
+    assert_eq!(deleted.deleted_count, 1);
+    fx.publish(&job);
+
+    let failed = fx.wait_status(&job.id, JobStatus::Failed).await;
+    let error = failed.error.expect("a failed job says why");
+    assert!(error.contains("chunk 2 is missing"), "error: {error}");
+    assert!(fx.mp3_files(&job.id).await.is_empty());
+    let told = payload(&fx.take("mp3", 1)[0]);
+    assert_eq!(told.error.as_deref(), Some(error.as_str()));
+    assert_eq!(worker.metric("converter_jobs_failed_total"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_done_job_is_announced_again_without_a_second_mp3() {
     let fx = Fixture::new("redeliver").await;
     let video = make_video(&fx.dir, "clip.mkv", 2, &[]);
@@ -552,10 +626,36 @@ async fn transient_failures_are_retried_with_backoff_then_given_up() {
     assert_eq!(worker.metric("converter_jobs_failed_total"), Some(1.0));
 }
 
+/// The processes whose parent is `pid`, with their command names.
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("listing /proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some((head, tail)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let (child, comm) = head.split_once(" (").unwrap_or_default();
+        if tail.split(' ').nth(1) == Some(&pid.to_string()) {
+            children.push((child.parse().unwrap_or_default(), comm.to_owned()));
+        }
+    }
+    children
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_idle_exits_zero_promptly() {
     let fx = Fixture::new("sigterm").await;
     let mut worker = fx.start(&[]);
+    // Waiting for jobs: an ffmpeg of each kind per job slot (CONCURRENCY=2), stopped on exit.
+    let waiting = children(worker.pid());
+    assert_eq!(
+        waiting.iter().filter(|(_, comm)| comm == "ffmpeg").count(),
+        4,
+        "{waiting:?}"
+    );
     let started = std::time::Instant::now();
     worker.signal("TERM");
     let status = worker.wait_exit(Duration::from_secs(10));
@@ -565,6 +665,12 @@ async fn sigterm_while_idle_exits_zero_promptly() {
         "took {:?}",
         started.elapsed()
     );
+    for (pid, _) in waiting {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "ffmpeg {pid} outlived the converter"
+        );
+    }
 }
 
 /// An ffmpeg that reads its input at `speed` times real time, so a test can act mid-conversion.
