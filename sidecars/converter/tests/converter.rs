@@ -169,7 +169,7 @@ impl Fixture {
         path
     }
 
-    /// The chunks of the job's video, in `n` order.
+    /// The chunks collection of GridFS `videos`.
     fn video_chunks(&self) -> mongodb::Collection<Document> {
         self.videos().collection::<Document>("fs.chunks")
     }
