@@ -79,9 +79,8 @@ pub enum ConvertError {
     Transient(#[from] anyhow::Error),
 }
 
-/// A running ffmpeg encoding MP3 to its stdout. Starting one takes tens of milliseconds (the
-/// process and its libraries), which the caller can overlap with fetching the video; dropping
-/// it kills the process.
+/// A running ffmpeg encoding MP3 to its stdout, started before it is given a video (see
+/// [`crate::warm`]); dropping it kills the process.
 pub struct Encoder {
     source: Source,
     child: Running,

@@ -92,16 +92,13 @@ impl Store {
     pub fn new(client: &Client) -> Self {
         let videos_db = client.database(VIDEOS_DB);
         let mp3s_db = client.database(MP3S_DB);
-        let bucket = |db: &Database| {
-            db.gridfs_bucket(
+        Self {
+            jobs: videos_db.collection(JOBS_COLLECTION),
+            mp3s: mp3s_db.gridfs_bucket(
                 GridFsBucketOptions::builder()
                     .chunk_size_bytes(GRIDFS_CHUNK_SIZE)
                     .build(),
-            )
-        };
-        Self {
-            jobs: videos_db.collection(JOBS_COLLECTION),
-            mp3s: bucket(&mp3s_db),
+            ),
             videos_db,
             mp3s_db,
         }
@@ -277,7 +274,7 @@ impl Store {
             (reader, cursor),
             |(mut reader, mut cursor)| async move {
                 let bytes = reader.next_chunk(&mut cursor).await.map_err(|error| {
-                    std::io::Error::other(format!("reading video {}: {error:#}", reader.video.id))
+                    std::io::Error::other(format!("video {}: {error:#}", reader.video.id))
                 })?;
                 Ok(bytes.map(|bytes| (bytes, (reader, cursor))))
             },
