@@ -23,7 +23,7 @@ use converter::convert::OUTPUT_ARGS;
 use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::Bucket;
 use system_tests::system::{make_video, upload, System};
-use system_tests::{service_env, TempDir};
+use system_tests::{service_env, Runtime, TempDir};
 
 const MB: u64 = 1_000_000;
 
@@ -106,14 +106,14 @@ fn delete_file(db: &str, fid: &str) {
 }
 
 fn uploads(plan: &Plan, dir: &Path) {
-    let system = System::without_workers();
+    let system = System::without_workers(Runtime::Runner);
     let token = system.login();
     let head = dir.join("head.mp4");
     make_video(&head, 1, "160x120");
     // A first small upload so the idle figure includes a warmed-up instance.
-    let (warm, _) = upload(&system.runner.url("/upload"), &token, &head);
+    let (warm, _) = upload(&system.app.url("/upload"), &token, &head);
     assert_eq!(warm.status, 202, "{}", warm.body);
-    let pid = system.runner.pid();
+    let pid = system.app.server_pid();
     let (startup, idle) = (memory_mib(pid, "VmHWM"), memory_mib(pid, "VmRSS"));
 
     println!(
@@ -128,7 +128,7 @@ fn uploads(plan: &Plan, dir: &Path) {
         padded_video(&head, &file, size);
         reset_peak(pid);
 
-        let (reply, secs) = upload(&system.runner.url("/upload"), &token, &file);
+        let (reply, secs) = upload(&system.app.url("/upload"), &token, &file);
         assert_eq!(reply.status, 202, "{}", reply.body);
         fids.push(field_of(&reply.body, "video_fid"));
         let gateway = size as f64 / MB as f64 / secs;
@@ -186,7 +186,7 @@ fn conversion(plan: &Plan, dir: &Path) {
         .status()
         .expect("running ffmpeg");
     assert!(status.success(), "ffmpeg could not remux the clip");
-    let system = System::start();
+    let system = System::start(Runtime::Runner);
     let token = system.login();
 
     println!(
@@ -302,7 +302,7 @@ fn end_to_end(plan: &Plan, dir: &Path) {
     let (seconds, size) = plan.e2e_clip;
     let clip = dir.join("short.mp4");
     make_video(&clip, seconds, size);
-    let system = System::start();
+    let system = System::start(Runtime::Runner);
     let token = system.login();
     let mut times = Vec::new();
     for _ in 0..plan.e2e_runs {

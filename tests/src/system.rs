@@ -1,5 +1,5 @@
 //! The whole system for one test or benchmark: a fresh auth database with one user, a RabbitMQ
-//! virtual host of its own, the app under the runner, and the converter and notifier workers,
+//! virtual host of its own, the app (on the runner or on Spin), and the converter and notifier workers,
 //! all against the real dev services. Only the MongoDB databases are shared; tests tell their
 //! files apart by ids.
 
@@ -12,7 +12,7 @@ use base64::Engine as _;
 
 use crate::http::{send, send_raw, Body, RawReply, Reply};
 use crate::services::Vhost;
-use crate::{admin, release_bin, service_env, unique, Runner, RunnerConfig, TestDb};
+use crate::{admin, release_bin, service_env, unique, App, AppConfig, Runtime, TestDb};
 
 pub const JWT_SECRET: &str = "system-test-secret-that-is-long-enough-for-hs256";
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -109,7 +109,7 @@ impl Drop for Worker {
 pub struct System {
     pub converter: Option<Worker>,
     pub notifier: Option<Worker>,
-    pub runner: Runner,
+    pub app: App,
     pub db: TestDb,
     pub vhost: Vhost,
     /// A unique email, so Mailpit searches find only this test's messages.
@@ -118,15 +118,15 @@ pub struct System {
 
 impl System {
     /// Everything, with both workers running.
-    pub fn start() -> Self {
-        let mut system = Self::without_workers();
+    pub fn start(runtime: Runtime) -> Self {
+        let mut system = Self::without_workers(runtime);
         system.converter = Some(system.start_converter());
         system.notifier = Some(system.start_notifier());
         system
     }
 
     /// The app alone: nothing consumes the queues until a test starts a worker.
-    pub fn without_workers() -> Self {
+    pub fn without_workers(runtime: Runtime) -> Self {
         let vhost = Vhost::new();
         let db = TestDb::migrated();
         let email = format!("user-{}@example.com", unique());
@@ -136,7 +136,7 @@ impl System {
             &format!("{PASSWORD}\n"),
         );
         assert!(ok, "mp3-admin user add failed: {output}");
-        let runner = RunnerConfig::app()
+        let app = AppConfig::app(runtime)
             .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
             .env("SPIN_VARIABLE_DB_URL", db.url())
             .env("SPIN_VARIABLE_DB_HOST", db.host_port())
@@ -145,7 +145,7 @@ impl System {
         System {
             converter: None,
             notifier: None,
-            runner,
+            app,
             db,
             vhost,
             email,
@@ -172,7 +172,7 @@ impl System {
             ("SMTP_HOST", service_env("SMTP_HOST")),
             ("SMTP_PORT", service_env("SMTP_PORT")),
             ("SMTP_TLS", "none".into()),
-            ("DOWNLOAD_BASE_URL", self.runner.base().to_owned()),
+            ("DOWNLOAD_BASE_URL", self.app.base().to_owned()),
         ]);
         Worker::start("notifier", &env)
     }
@@ -183,7 +183,7 @@ impl System {
             base64::engine::general_purpose::STANDARD.encode(format!("{}:{PASSWORD}", self.email));
         let reply = send(
             "POST",
-            &self.runner.url("/login"),
+            &self.app.url("/login"),
             &[("Authorization", &format!("Basic {basic}"))],
             Some(b""),
         );
@@ -193,7 +193,7 @@ impl System {
 
     /// Uploads `path` with curl (which streams the file as multipart/form-data); the reply.
     pub fn upload(&self, token: &str, path: &Path) -> Reply {
-        upload(&self.runner.url("/upload"), token, path).0
+        upload(&self.app.url("/upload"), token, path).0
     }
 
     /// `GET /jobs/{id}` every 10 ms until the job is `done` or `failed`; the final job JSON.
@@ -227,7 +227,7 @@ impl System {
     pub fn download(&self, token: &str, mp3_fid: &str) -> RawReply {
         send_raw(
             "GET",
-            &self.runner.url(&format!("/download?fid={mp3_fid}")),
+            &self.app.url(&format!("/download?fid={mp3_fid}")),
             &[("Authorization", &format!("Bearer {token}"))],
             Body::Empty,
         )
@@ -237,7 +237,7 @@ impl System {
     pub fn get(&self, token: &str, path: &str) -> Reply {
         send(
             "GET",
-            &self.runner.url(path),
+            &self.app.url(path),
             &[("Authorization", &format!("Bearer {token}"))],
             None,
         )

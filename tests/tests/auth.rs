@@ -1,41 +1,54 @@
-//! login and validate, as users call them: the project's spin.toml under the runner, a fresh
-//! MariaDB database with users made by `mp3-admin`, HTTP from the outside.
+//! login and validate, as users call them: the project's spin.toml on the runner and on Spin, a
+//! fresh MariaDB database with users made by `mp3-admin`, HTTP from the outside.
 
 use std::time::Duration;
 
 use base64::Engine as _;
 use mp3_auth::TokenConfig;
 use system_tests::http::{post, Reply};
-use system_tests::{admin, Runner, RunnerConfig, TestDb};
+use system_tests::{admin, on_each_runtime, App, AppConfig, Runtime, TestDb};
 
 const SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123456789";
 const EMAIL: &str = "alice@example.com";
 const PASSWORD: &str = "correct horse battery staple";
 
-struct App {
+on_each_runtime!(
+    login_returns_a_token_that_validate_accepts,
+    admin_users_get_the_admin_claim,
+    bad_credentials_are_401_never_500,
+    login_rejects_other_methods,
+    validate_refuses_bad_tokens_with_403,
+    validate_wants_a_bearer_token,
+    a_short_secret_is_refused_not_used,
+    database_down_is_503,
+    unknown_email_costs_as_much_as_a_wrong_password,
+    repeated_failures_lock_the_email_out_then_the_window_passes,
+);
+
+struct Auth {
     db: TestDb,
-    runner: Runner,
+    app: App,
 }
 
-fn start_with(db: TestDb, secret: &str) -> App {
-    start_configured(db, secret, RunnerConfig::app())
+fn start_with(runtime: Runtime, db: TestDb, secret: &str) -> Auth {
+    start_configured(db, secret, AppConfig::app(runtime))
 }
 
-fn start_configured(db: TestDb, secret: &str, config: RunnerConfig) -> App {
-    let runner = config
+fn start_configured(db: TestDb, secret: &str, config: AppConfig) -> Auth {
+    let app = config
         .env("SPIN_VARIABLE_DB_URL", db.url())
         .env("SPIN_VARIABLE_DB_HOST", db.host_port())
         .env("SPIN_VARIABLE_JWT_SECRET", secret)
         .start();
-    App { db, runner }
+    Auth { db, app }
 }
 
 /// A migrated database with one user, and the app serving it.
-fn start() -> App {
+fn start(runtime: Runtime) -> Auth {
     let db = TestDb::migrated();
     let (ok, output) = admin(&db.url(), &["user", "add", EMAIL], &format!("{PASSWORD}\n"));
     assert!(ok, "mp3-admin user add failed: {output}");
-    start_with(db, SECRET)
+    start_with(runtime, db, SECRET)
 }
 
 fn basic(email: &str, password: &str) -> String {
@@ -45,17 +58,17 @@ fn basic(email: &str, password: &str) -> String {
     )
 }
 
-fn login(app: &App, authorization: Option<&str>) -> Reply {
+fn login(app: &Auth, authorization: Option<&str>) -> Reply {
     let headers: Vec<(&str, &str)> = authorization
         .map(|a| ("Authorization", a))
         .into_iter()
         .collect();
-    post(&app.runner.url("/login"), &headers)
+    post(&app.app.url("/login"), &headers)
 }
 
-fn validate(app: &App, token: &str) -> Reply {
+fn validate(app: &Auth, token: &str) -> Reply {
     post(
-        &app.runner.url("/validate"),
+        &app.app.url("/validate"),
         &[("Authorization", &format!("Bearer {token}"))],
     )
 }
@@ -64,9 +77,8 @@ fn config(secret: &str, audience: &str, ttl: Duration) -> TokenConfig {
     TokenConfig::new(secret, "mp3-converter", audience, ttl).expect("valid token config")
 }
 
-#[test]
-fn login_returns_a_token_that_validate_accepts() {
-    let app = start();
+fn login_returns_a_token_that_validate_accepts(runtime: Runtime) {
+    let app = start(runtime);
     let reply = login(&app, Some(&basic(EMAIL, PASSWORD)));
     assert_eq!(reply.status, 200, "{reply:?}");
     let token = reply.body.trim();
@@ -87,9 +99,8 @@ fn login_returns_a_token_that_validate_accepts() {
     assert_eq!(exp - iat, 86_400, "default lifetime is 24 h");
 }
 
-#[test]
-fn admin_users_get_the_admin_claim() {
-    let app = start();
+fn admin_users_get_the_admin_claim(runtime: Runtime) {
+    let app = start(runtime);
     let (ok, output) = admin(
         &app.db.url(),
         &["user", "add", "root@example.com", "--admin"],
@@ -102,9 +113,8 @@ fn admin_users_get_the_admin_claim() {
     assert_eq!(claims["admin"], true);
 }
 
-#[test]
-fn bad_credentials_are_401_never_500() {
-    let app = start();
+fn bad_credentials_are_401_never_500(runtime: Runtime) {
+    let app = start(runtime);
     let cases: &[(&str, Option<String>, &str)] = &[
         (
             "wrong password",
@@ -158,16 +168,14 @@ fn bad_credentials_are_401_never_500() {
     );
 }
 
-#[test]
-fn login_rejects_other_methods() {
-    let app = start();
-    let reply = system_tests::http::get(&app.runner.url("/login"));
+fn login_rejects_other_methods(runtime: Runtime) {
+    let app = start(runtime);
+    let reply = system_tests::http::get(&app.app.url("/login"));
     assert_eq!(reply.status, 405, "{reply:?}");
 }
 
-#[test]
-fn validate_refuses_bad_tokens_with_403() {
-    let app = start();
+fn validate_refuses_bad_tokens_with_403(runtime: Runtime) {
+    let app = start(runtime);
     let good = login(&app, Some(&basic(EMAIL, PASSWORD)))
         .body
         .trim()
@@ -233,10 +241,9 @@ fn validate_refuses_bad_tokens_with_403() {
     assert!(validate(&app, &expired).body.contains("expired"));
 }
 
-#[test]
-fn validate_wants_a_bearer_token() {
-    let app = start();
-    let url = app.runner.url("/validate");
+fn validate_wants_a_bearer_token(runtime: Runtime) {
+    let app = start(runtime);
+    let url = app.app.url("/validate");
     for (case, headers) in [
         ("no header", vec![]),
         ("basic", vec![("Authorization", "Basic YTpi")]),
@@ -248,12 +255,11 @@ fn validate_wants_a_bearer_token() {
     }
 }
 
-#[test]
-fn a_short_secret_is_refused_not_used() {
+fn a_short_secret_is_refused_not_used(runtime: Runtime) {
     let db = TestDb::migrated();
     let (ok, output) = admin(&db.url(), &["user", "add", EMAIL], &format!("{PASSWORD}\n"));
     assert!(ok, "{output}");
-    let app = start_with(db, "too-short");
+    let app = start_with(runtime, db, "too-short");
     let reply = login(&app, Some(&basic(EMAIL, PASSWORD)));
     assert_eq!(reply.status, 500, "{reply:?}");
     assert!(
@@ -261,7 +267,7 @@ fn a_short_secret_is_refused_not_used() {
         "no token in the body: {}",
         reply.body
     );
-    let log = app.runner.wait_for_log("jwt secret");
+    let log = app.app.wait_for_log("jwt secret");
     assert!(
         log.contains("jwt secret is 9 bytes long"),
         "the log names the problem:\n{log}"
@@ -270,14 +276,13 @@ fn a_short_secret_is_refused_not_used() {
     assert_eq!(reply.status, 500, "{reply:?}");
 }
 
-#[test]
-fn database_down_is_503() {
+fn database_down_is_503(runtime: Runtime) {
     // A port nothing listens on, allowed so that the failure is the connection, not the allow-list.
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let runner = RunnerConfig::app()
+    let app = AppConfig::app(runtime)
         .env(
             "SPIN_VARIABLE_DB_URL",
             format!("mysql://nobody:pw@127.0.0.1:{port}/auth"),
@@ -286,18 +291,17 @@ fn database_down_is_503() {
         .env("SPIN_VARIABLE_JWT_SECRET", SECRET)
         .start();
     let reply = post(
-        &runner.url("/login"),
+        &app.url("/login"),
         &[("Authorization", &basic(EMAIL, PASSWORD))],
     );
     assert_eq!(reply.status, 503, "{reply:?}");
     assert_eq!(reply.body.trim(), "database unavailable");
 }
 
-#[test]
-fn unknown_email_costs_as_much_as_a_wrong_password() {
+fn unknown_email_costs_as_much_as_a_wrong_password(runtime: Runtime) {
     // Not a timing assertion (those flake): the unknown-email path must run a full argon2
     // verification, which shows as a similar order of magnitude over several tries.
-    let app = start();
+    let app = start(runtime);
     let time = |email: &str| {
         let start = std::time::Instant::now();
         for _ in 0..3 {
@@ -313,12 +317,11 @@ fn unknown_email_costs_as_much_as_a_wrong_password() {
     );
 }
 
-#[test]
-fn repeated_failures_lock_the_email_out_then_the_window_passes() {
+fn repeated_failures_lock_the_email_out_then_the_window_passes(runtime: Runtime) {
     let db = TestDb::migrated();
     let (ok, output) = admin(&db.url(), &["user", "add", EMAIL], &format!("{PASSWORD}\n"));
     assert!(ok, "{output}");
-    let config = RunnerConfig::app()
+    let config = AppConfig::app(runtime)
         .env("SPIN_VARIABLE_LOGIN_MAX_FAILURES", "2")
         .env("SPIN_VARIABLE_LOGIN_LOCKOUT_SECONDS", "2");
     let app = start_configured(db, SECRET, config);

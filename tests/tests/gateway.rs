@@ -1,4 +1,4 @@
-//! The gateway as clients use it: the project's spin.toml under the runner, real RabbitMQ (a
+//! The gateway as clients use it: the project's spin.toml on the app and on Spin, real RabbitMQ (a
 //! virtual host per test) and MongoDB (FerretDB), HTTP from the outside. Tokens are minted
 //! with the test's JWT secret, which validate checks like any other.
 
@@ -13,7 +13,22 @@ use mp3_auth::{issue, TokenConfig};
 use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
 use system_tests::http::{send_raw, Body, RawReply};
 use system_tests::services::{closed_port, TcpProxy, Vhost};
-use system_tests::{admin, service_env, unique, Runner, RunnerConfig, TempDir, TestDb};
+use system_tests::{
+    admin, on_each_runtime, service_env, unique, App, AppConfig, Runtime, TempDir, TestDb,
+};
+
+on_each_runtime!(
+    upload_stores_the_video_records_the_job_and_queues_one_message,
+    tokens_are_checked_through_validate,
+    forms_without_exactly_one_video_are_refused_and_leave_nothing,
+    uploads_over_the_limit_are_413_and_leave_nothing,
+    rabbitmq_gone_mid_upload_is_503_and_leaves_nothing,
+    a_rabbitmq_connection_lost_mid_upload_is_replaced,
+    rabbitmq_or_mongodb_unreachable_is_503,
+    downloads_stream_the_owners_mp3_with_ranges,
+    unknown_paths_and_methods,
+    split_deployment_forwards_login_and_validates_remotely,
+);
 
 const SECRET: &str = "gateway-test-secret-long-enough-for-hs256-0123456789";
 
@@ -48,8 +63,8 @@ fn mongo_address() -> String {
 }
 
 /// The app with the test's secret and its own vhost; `configure` adds or overrides variables.
-fn start(vhost: &Vhost, configure: impl FnOnce(RunnerConfig) -> RunnerConfig) -> Runner {
-    let config = RunnerConfig::app()
+fn start(runtime: Runtime, vhost: &Vhost, configure: impl FnOnce(AppConfig) -> AppConfig) -> App {
+    let config = AppConfig::app(runtime)
         // login is not called here, but its variable is required.
         .env(
             "SPIN_VARIABLE_DB_URL",
@@ -124,19 +139,19 @@ fn content_type() -> String {
     format!("multipart/form-data; boundary={BOUNDARY}")
 }
 
-fn upload(runner: &Runner, auth: Option<&str>, body: Body) -> RawReply {
+fn upload(app: &App, auth: Option<&str>, body: Body) -> RawReply {
     let ct = content_type();
     let mut headers = vec![("Content-Type", ct.as_str())];
     if let Some(auth) = auth {
         headers.push(("Authorization", auth));
     }
-    send_raw("POST", &runner.url("/upload"), &headers, body).expect("POST /upload")
+    send_raw("POST", &app.url("/upload"), &headers, body).expect("POST /upload")
 }
 
-fn get(runner: &Runner, path: &str, auth: &str, extra: &[(&str, &str)]) -> RawReply {
+fn get(app: &App, path: &str, auth: &str, extra: &[(&str, &str)]) -> RawReply {
     let mut headers = vec![("Authorization", auth)];
     headers.extend_from_slice(extra);
-    send_raw("GET", &runner.url(path), &headers, Body::Empty).expect("GET")
+    send_raw("GET", &app.url(path), &headers, Body::Empty).expect("GET")
 }
 
 /// How many GridFS files in `videos` and job documents carry `filename`.
@@ -196,18 +211,17 @@ impl Read for Interrupting {
     }
 }
 
-#[test]
-fn upload_stores_the_video_records_the_job_and_queues_one_message() {
+fn upload_stores_the_video_records_the_job_and_queues_one_message(runtime: Runtime) {
     let vhost = Vhost::new();
-    let runner = start(&vhost, |c| c);
+    let app = start(runtime, &vhost, |c| c);
     let (email, auth) = user();
     let filename = format!("holiday-{}.mp4", unique());
     let body = form(&[
         Part::Field("title", "holiday"),
         Part::File(&filename, video()),
     ]);
-    let reply = upload(&runner, Some(&auth), Body::Bytes(body));
-    assert_eq!(reply.status, 202, "{}\n{}", reply.text(), runner.log());
+    let reply = upload(&app, Some(&auth), Body::Bytes(body));
+    assert_eq!(reply.status, 202, "{}\n{}", reply.text(), app.log());
     let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
     let job_id = json["job_id"].as_str().expect("job_id").to_owned();
     let video_fid = json["video_fid"].as_str().expect("video_fid").to_owned();
@@ -270,34 +284,33 @@ fn upload_stores_the_video_records_the_job_and_queues_one_message() {
     }
 
     // The job is the owner's to see, no one else's.
-    let reply = get(&runner, &format!("/jobs/{job_id}"), &auth, &[]);
+    let reply = get(&app, &format!("/jobs/{job_id}"), &auth, &[]);
     assert_eq!(reply.status, 200, "{}", reply.text());
     let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(status["status"], "queued");
     assert_eq!(status["created_at"], job.created_at);
     let (_, other) = user();
-    let reply = get(&runner, &format!("/jobs/{job_id}"), &other, &[]);
+    let reply = get(&app, &format!("/jobs/{job_id}"), &other, &[]);
     assert_eq!((reply.status, reply.text().as_str()), (403, "not your job"));
     let unknown = ObjectId::new().to_hex();
     assert_eq!(
-        get(&runner, &format!("/jobs/{unknown}"), &auth, &[]).status,
+        get(&app, &format!("/jobs/{unknown}"), &auth, &[]).status,
         404
     );
-    assert_eq!(get(&runner, "/jobs/not-an-id", &auth, &[]).status, 404);
+    assert_eq!(get(&app, "/jobs/not-an-id", &auth, &[]).status, 404);
 
-    let log = runner.wait_for_log("outcome=queued");
+    let log = app.wait_for_log("outcome=queued");
     assert!(log.contains("component=gateway"), "{log}");
     forget_upload(&mut client, &job_id, &video_fid);
 }
 
-#[test]
-fn tokens_are_checked_through_validate() {
+fn tokens_are_checked_through_validate(runtime: Runtime) {
     let vhost = Vhost::new();
-    let runner = start(&vhost, |c| c);
+    let app = start(runtime, &vhost, |c| c);
     // Small bodies: a refusal comes before the body is read, and a big one might still be
     // on its way when the connection closes.
     let body = || Body::Bytes(form(&[Part::File("a.mp4", &video()[..20_000])]));
-    let reply = upload(&runner, None, body());
+    let reply = upload(&app, None, body());
     assert_eq!(
         (reply.status, reply.text().as_str()),
         (401, "missing token")
@@ -308,37 +321,28 @@ fn tokens_are_checked_through_validate() {
         "Bearer {}",
         token_for("a@example.com", "another-secret-another-secret-another-01")
     );
-    let reply = upload(&runner, Some(&forged), body());
+    let reply = upload(&app, Some(&forged), body());
     assert_eq!(
         (reply.status, reply.text().as_str()),
         (403, "invalid token: bad signature")
     );
-    let reply = get(
-        &runner,
-        "/jobs/0123456789abcdef01234567",
-        "Bearer x.y.z",
-        &[],
-    );
+    let reply = get(&app, "/jobs/0123456789abcdef01234567", "Bearer x.y.z", &[]);
     assert_eq!(
         (reply.status, reply.text().as_str()),
         (403, "invalid token: malformed")
     );
-    assert_eq!(
-        get(&runner, "/download?fid=x", "Basic YTpi", &[]).status,
-        401
-    );
+    assert_eq!(get(&app, "/download?fid=x", "Basic YTpi", &[]).status, 401);
     assert!(vhost.drain("video").is_empty());
 }
 
-#[test]
-fn forms_without_exactly_one_video_are_refused_and_leave_nothing() {
+fn forms_without_exactly_one_video_are_refused_and_leave_nothing(runtime: Runtime) {
     let vhost = Vhost::new();
-    let runner = start(&vhost, |c| c);
+    let app = start(runtime, &vhost, |c| c);
     let (_, auth) = user();
     let mut client = mongo();
 
     let reply = upload(
-        &runner,
+        &app,
         Some(&auth),
         Body::Bytes(form(&[Part::Field("title", "x")])),
     );
@@ -350,7 +354,7 @@ fn forms_without_exactly_one_video_are_refused_and_leave_nothing() {
     let name = format!("twice-{}.mp4", unique());
     let part = &video()[..30_000];
     let body = form(&[Part::File(&name, part), Part::File(&name, part)]);
-    let reply = upload(&runner, Some(&auth), Body::Bytes(body));
+    let reply = upload(&app, Some(&auth), Body::Bytes(body));
     assert_eq!(
         (reply.status, reply.text().as_str()),
         (400, "exactly one file expected, got several")
@@ -360,7 +364,7 @@ fn forms_without_exactly_one_video_are_refused_and_leave_nothing() {
     let name = format!("notes-{}.txt", unique());
     let text = b"Dear diary, today I uploaded a text file instead of a video.".repeat(100);
     let reply = upload(
-        &runner,
+        &app,
         Some(&auth),
         Body::Bytes(form(&[Part::File(&name, &text)])),
     );
@@ -372,7 +376,7 @@ fn forms_without_exactly_one_video_are_refused_and_leave_nothing() {
 
     let reply = send_raw(
         "POST",
-        &runner.url("/upload"),
+        &app.url("/upload"),
         &[
             ("Authorization", &auth),
             ("Content-Type", "application/json"),
@@ -384,18 +388,17 @@ fn forms_without_exactly_one_video_are_refused_and_leave_nothing() {
     assert!(vhost.drain("video").is_empty());
 }
 
-#[test]
-fn uploads_over_the_limit_are_413_and_leave_nothing() {
+fn uploads_over_the_limit_are_413_and_leave_nothing(runtime: Runtime) {
     let vhost = Vhost::new();
-    let runner = start(&vhost, |c| {
+    let app = start(runtime, &vhost, |c| {
         c.env("SPIN_VARIABLE_MAX_UPLOAD_BYTES", "300000")
     });
     let (_, auth) = user();
     let mut client = mongo();
 
     // Declared too large: refused before a byte of the body is sent.
-    let mut stream = std::net::TcpStream::connect(runner.base().trim_start_matches("http://"))
-        .expect("connecting to the runner");
+    let mut stream = std::net::TcpStream::connect(app.base().trim_start_matches("http://"))
+        .expect("connecting to the app");
     let ct = content_type();
     write!(
         stream,
@@ -422,18 +425,18 @@ fn uploads_over_the_limit_are_413_and_leave_nothing() {
     let name = format!("streamed-{}.mp4", unique());
     let body = form(&[Part::File(&name, &video()[..310_000])]);
     let reply = upload(
-        &runner,
+        &app,
         Some(&auth),
         Body::Stream(Box::new(std::io::Cursor::new(body))),
     );
-    assert_eq!(reply.status, 413, "{}\n{}", reply.text(), runner.log());
+    assert_eq!(reply.status, 413, "{}\n{}", reply.text(), app.log());
     assert_eq!(stored_with_name(&mut client, &name), (0, 0));
 
     // Under the limit is fine.
     let small = &video()[..200_000];
     let name = format!("small-{}.mp4", unique());
     let reply = upload(
-        &runner,
+        &app,
         Some(&auth),
         Body::Stream(Box::new(std::io::Cursor::new(form(&[Part::File(
             &name, small,
@@ -448,11 +451,10 @@ fn uploads_over_the_limit_are_413_and_leave_nothing() {
     );
 }
 
-#[test]
-fn rabbitmq_gone_mid_upload_is_503_and_leaves_nothing() {
+fn rabbitmq_gone_mid_upload_is_503_and_leaves_nothing(runtime: Runtime) {
     let vhost = Vhost::new();
     let proxy = std::sync::Arc::new(TcpProxy::start(&Vhost::broker_address()));
-    let runner = start(&vhost, |c| {
+    let app = start(runtime, &vhost, |c| {
         c.env(
             "SPIN_VARIABLE_AMQP_URL",
             vhost.amqp_url_via(&proxy.address()),
@@ -478,26 +480,25 @@ fn rabbitmq_gone_mid_upload_is_503_and_leaves_nothing() {
     let ct = content_type();
     let reply = send_raw(
         "POST",
-        &runner.url("/upload"),
+        &app.url("/upload"),
         &[("Content-Type", &ct), ("Authorization", &auth)],
         Body::Stream(Box::new(body)),
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", runner.log()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", app.log()));
     assert_eq!(
         (reply.status, reply.text().as_str()),
         (503, "queue unavailable"),
         "{}",
-        runner.log()
+        app.log()
     );
     assert_eq!(stored_with_name(&mut client, &name), (0, 0));
     assert!(vhost.drain("video").is_empty());
 }
 
-#[test]
-fn a_rabbitmq_connection_lost_mid_upload_is_replaced() {
+fn a_rabbitmq_connection_lost_mid_upload_is_replaced(runtime: Runtime) {
     let vhost = Vhost::new();
     let proxy = std::sync::Arc::new(TcpProxy::start(&Vhost::broker_address()));
-    let runner = start(&vhost, |c| {
+    let app = start(runtime, &vhost, |c| {
         c.env(
             "SPIN_VARIABLE_AMQP_URL",
             vhost.amqp_url_via(&proxy.address()),
@@ -516,8 +517,8 @@ fn a_rabbitmq_connection_lost_mid_upload_is_replaced() {
             std::thread::sleep(Duration::from_millis(200));
         })),
     };
-    let reply = upload(&runner, Some(&auth), Body::Stream(Box::new(body)));
-    assert_eq!(reply.status, 202, "{}\n{}", reply.text(), runner.log());
+    let reply = upload(&app, Some(&auth), Body::Stream(Box::new(body)));
+    assert_eq!(reply.status, 202, "{}\n{}", reply.text(), app.log());
     let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     let job_id = json["job_id"].as_str().unwrap();
     let video_fid = json["video_fid"].as_str().unwrap();
@@ -529,21 +530,20 @@ fn a_rabbitmq_connection_lost_mid_upload_is_replaced() {
     forget_upload(&mut mongo(), job_id, video_fid);
 }
 
-#[test]
-fn rabbitmq_or_mongodb_unreachable_is_503() {
+fn rabbitmq_or_mongodb_unreachable_is_503(runtime: Runtime) {
     let vhost = Vhost::new();
     let (_, auth) = user();
     let mut client = mongo();
     let port = closed_port();
     let closed = format!("127.0.0.1:{port}");
 
-    let runner = start(&vhost, |c| {
+    let app = start(runtime, &vhost, |c| {
         c.env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url_via(&closed))
             .env("SPIN_VARIABLE_AMQP_HOST", &closed)
     });
     let name = format!("noamqp-{}.mp4", unique());
     let reply = upload(
-        &runner,
+        &app,
         Some(&auth),
         Body::Bytes(form(&[Part::File(&name, &video()[..50_000])])),
     );
@@ -552,14 +552,14 @@ fn rabbitmq_or_mongodb_unreachable_is_503() {
         (503, "queue unavailable")
     );
     assert_eq!(stored_with_name(&mut client, &name), (0, 0));
-    drop(runner);
+    drop(app);
 
-    let runner = start(&vhost, |c| {
+    let app = start(runtime, &vhost, |c| {
         c.env("SPIN_VARIABLE_MONGODB_URL", format!("mongodb://{closed}"))
             .env("SPIN_VARIABLE_MONGODB_HOST", &closed)
     });
     let reply = upload(
-        &runner,
+        &app,
         Some(&auth),
         Body::Bytes(form(&[Part::File("x.mp4", &video()[..50_000])])),
     );
@@ -567,14 +567,9 @@ fn rabbitmq_or_mongodb_unreachable_is_503() {
         (reply.status, reply.text().as_str()),
         (503, "storage unavailable")
     );
-    let reply = get(&runner, "/jobs/0123456789abcdef01234567", &auth, &[]);
+    let reply = get(&app, "/jobs/0123456789abcdef01234567", &auth, &[]);
     assert_eq!(reply.status, 503);
-    let reply = get(
-        &runner,
-        "/download?fid=0123456789abcdef01234567",
-        &auth,
-        &[],
-    );
+    let reply = get(&app, "/download?fid=0123456789abcdef01234567", &auth, &[]);
     assert_eq!(reply.status, 503);
     assert!(vhost.drain("video").is_empty());
 }
@@ -636,16 +631,15 @@ impl Drop for Converted {
     }
 }
 
-#[test]
-fn downloads_stream_the_owners_mp3_with_ranges() {
+fn downloads_stream_the_owners_mp3_with_ranges(runtime: Runtime) {
     let vhost = Vhost::new();
-    let runner = start(&vhost, |c| c);
+    let app = start(runtime, &vhost, |c| c);
     let (email, auth) = user();
     let converted = Converted::new(&email, "Summer Trip.mov");
     let fid = converted.mp3_fid.to_hex();
     let path = format!("/download?fid={fid}");
 
-    let reply = get(&runner, &path, &auth, &[]);
+    let reply = get(&app, &path, &auth, &[]);
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(reply.body == converted.data, "downloaded bytes differ");
     assert_eq!(reply.header("content-type"), Some("audio/mpeg"));
@@ -658,57 +652,55 @@ fn downloads_stream_the_owners_mp3_with_ranges() {
     );
 
     // One range, across a chunk boundary.
-    let reply = get(&runner, &path, &auth, &[("Range", "bytes=261000-262999")]);
+    let reply = get(&app, &path, &auth, &[("Range", "bytes=261000-262999")]);
     assert_eq!(reply.status, 206);
     assert_eq!(
         reply.header("content-range"),
         Some("bytes 261000-262999/600000")
     );
     assert!(reply.body == converted.data[261_000..263_000]);
-    let reply = get(&runner, &path, &auth, &[("Range", "bytes=-100")]);
+    let reply = get(&app, &path, &auth, &[("Range", "bytes=-100")]);
     assert_eq!(reply.status, 206);
     assert!(reply.body == converted.data[599_900..]);
 
-    let reply = get(&runner, &path, &auth, &[("Range", "bytes=600000-")]);
+    let reply = get(&app, &path, &auth, &[("Range", "bytes=600000-")]);
     assert_eq!(reply.status, 416);
     assert_eq!(reply.header("content-range"), Some("bytes */600000"));
 
     // Only the owner; unknown and malformed ids.
     let (_, other) = user();
-    let reply = get(&runner, &path, &other, &[]);
+    let reply = get(&app, &path, &other, &[]);
     assert_eq!((reply.status, reply.text().as_str()), (403, "not your mp3"));
     let unknown = format!("/download?fid={}", ObjectId::new().to_hex());
-    assert_eq!(get(&runner, &unknown, &auth, &[]).status, 404);
-    let reply = get(&runner, "/download", &auth, &[]);
+    assert_eq!(get(&app, &unknown, &auth, &[]).status, 404);
+    let reply = get(&app, "/download", &auth, &[]);
     assert_eq!((reply.status, reply.text().as_str()), (400, "missing fid"));
-    let reply = get(&runner, "/download?fid=nope", &auth, &[]);
+    let reply = get(&app, "/download?fid=nope", &auth, &[]);
     assert_eq!(
         (reply.status, reply.text().as_str()),
         (400, "malformed fid")
     );
 
     // The job shows where the MP3 is.
-    let reply = get(&runner, &format!("/jobs/{}", converted.job_id), &auth, &[]);
+    let reply = get(&app, &format!("/jobs/{}", converted.job_id), &auth, &[]);
     let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(status["status"], "done");
     assert_eq!(status["mp3_fid"], fid);
 }
 
-#[test]
-fn unknown_paths_and_methods() {
+fn unknown_paths_and_methods(runtime: Runtime) {
     let vhost = Vhost::new();
-    let runner = start(&vhost, |c| c);
+    let app = start(runtime, &vhost, |c| c);
     let (_, auth) = user();
-    assert_eq!(get(&runner, "/nothing-here", &auth, &[]).status, 404);
-    let reply = send_raw("GET", &runner.url("/upload"), &[], Body::Empty).unwrap();
+    assert_eq!(get(&app, "/nothing-here", &auth, &[]).status, 404);
+    let reply = send_raw("GET", &app.url("/upload"), &[], Body::Empty).unwrap();
     assert_eq!(reply.status, 405);
     assert_eq!(reply.header("allow"), Some("POST"));
 }
 
 /// Gateway and auth as two apps, as in Kubernetes: the gateway alone in its manifest, with
-/// `auth_url` pointing at another runner serving login and validate.
-#[test]
-fn split_deployment_forwards_login_and_validates_remotely() {
+/// `auth_url` pointing at another app serving login and validate.
+fn split_deployment_forwards_login_and_validates_remotely(runtime: Runtime) {
     let db = TestDb::migrated();
     let email = format!("split{}@example.com", unique());
     let (ok, out) = admin(&db.url(), &["user", "add", &email], "split-password\n");
@@ -753,7 +745,7 @@ jwt_audience = "mp3-converter"
             validate = wasm("validate"),
         ),
     );
-    let auth_runner = RunnerConfig::new(auth_manifest)
+    let auth_app = AppConfig::new(auth_manifest, runtime)
         .env("SPIN_VARIABLE_DB_URL", db.url())
         .env("SPIN_VARIABLE_DB_HOST", db.host_port())
         .env("SPIN_VARIABLE_JWT_SECRET", SECRET)
@@ -787,12 +779,12 @@ max_upload_bytes = "10000000"
         ),
     );
     let vhost = Vhost::new();
-    let gateway = RunnerConfig::new(gateway_manifest)
+    let gateway = AppConfig::new(gateway_manifest, runtime)
         .env("SPIN_VARIABLE_MONGODB_URL", service_env("MONGODB_URL"))
         .env("SPIN_VARIABLE_MONGODB_HOST", mongo_address())
         .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
         .env("SPIN_VARIABLE_AMQP_HOST", Vhost::broker_address())
-        .env("SPIN_VARIABLE_AUTH_URL", auth_runner.base())
+        .env("SPIN_VARIABLE_AUTH_URL", auth_app.base())
         .start();
 
     // Login through the gateway, forwarded to the auth app.
@@ -846,7 +838,7 @@ max_upload_bytes = "10000000"
     assert_eq!(reply.status, 403);
 
     // The auth app gone: 503, not a hang or a 500.
-    drop(auth_runner);
+    drop(auth_app);
     let reply = get(&gateway, "/jobs/0123456789abcdef01234567", &auth, &[]);
     assert_eq!(
         (reply.status, reply.text().as_str()),

@@ -1,13 +1,19 @@
 //! The product end to end, as a user meets it: log in, upload a video through the gateway, the
 //! converter makes the MP3, the notifier emails it, the user downloads it. Everything real: the
-//! runner with the project's spin.toml, MariaDB, RabbitMQ (a vhost per test), FerretDB, Mailpit,
+//! project's spin.toml on the runner and on Spin, MariaDB, RabbitMQ (a vhost per test), FerretDB, Mailpit,
 //! ffmpeg, and the worker binaries.
 
 use std::time::{Duration, Instant};
 
 use mongo_wire::bson::{doc, Document};
 use system_tests::system::{mailpit_search, make_video, probe, System};
-use system_tests::{service_env, TempDir};
+use system_tests::{on_each_runtime, service_env, Runtime, TempDir};
+
+on_each_runtime!(
+    upload_convert_notify_download,
+    converter_killed_mid_job_finishes_it_once_after_restart,
+    a_video_ffmpeg_cannot_read_fails_the_job_dead_letters_it_and_tells_the_user,
+);
 
 /// Job documents and MP3 files, read straight from MongoDB.
 fn mongo() -> mongo_wire::Client<std::net::TcpStream> {
@@ -85,9 +91,8 @@ fn upload_ok(system: &System, token: &str, video: &std::path::Path) -> serde_jso
     serde_json::from_str(&reply.body).expect("the upload answer is JSON")
 }
 
-#[test]
-fn upload_convert_notify_download() {
-    let system = System::start();
+fn upload_convert_notify_download(runtime: Runtime) {
+    let system = System::start(runtime);
     let dir = TempDir::new("pipeline");
     let video = dir.path().join("holiday.mp4");
     make_video(&video, 3, "320x240");
@@ -128,9 +133,8 @@ fn upload_convert_notify_download() {
     assert!(converter.contains("converter_"), "{converter}");
 }
 
-#[test]
-fn converter_killed_mid_job_finishes_it_once_after_restart() {
-    let mut system = System::without_workers();
+fn converter_killed_mid_job_finishes_it_once_after_restart(runtime: Runtime) {
+    let mut system = System::without_workers(runtime);
     system.notifier = Some(system.start_notifier());
     let dir = TempDir::new("kill");
     // Long enough that the kill lands while ffmpeg is encoding.
@@ -185,9 +189,8 @@ fn converter_killed_mid_job_finishes_it_once_after_restart() {
     emails_to(&system.email, 1);
 }
 
-#[test]
-fn a_video_ffmpeg_cannot_read_fails_the_job_dead_letters_it_and_tells_the_user() {
-    let system = System::start();
+fn a_video_ffmpeg_cannot_read_fails_the_job_dead_letters_it_and_tells_the_user(runtime: Runtime) {
+    let system = System::start(runtime);
     let dir = TempDir::new("poison");
     // The magic bytes of an MP4 (so the gateway takes it), then nothing ffmpeg can decode.
     let fake = dir.path().join("broken.mp4");

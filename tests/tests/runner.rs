@@ -1,12 +1,27 @@
 //! The runner against Spin's contract, through the `probe` test component: routes and `spin-*`
-//! headers, variables, the allow-list on every outbound path, service chaining, manifest
-//! refusals, traps and graceful shutdown.
+//! headers, variables, the allow-list on every outbound path, outbound MySQL, service chaining,
+//! traps and shutdown. Each of these runs on the runner and on real Spin with the same
+//! expectations: what the component observes must not differ. The runner's own log lines and
+//! its refusals of what it does not host are checked on the runner only, and say so.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
 use system_tests::http::get;
-use system_tests::{wasm, RunnerConfig, TempDir, TestDb};
+use system_tests::{on_each_runtime, wasm, App, AppConfig, Runtime, TempDir, TestDb};
+
+on_each_runtime!(
+    variables_resolve_from_templates_env_and_command_line,
+    a_missing_required_variable_stops_the_app,
+    routes_follow_spin_precedence_and_headers,
+    tcp_connects_only_to_allowed_hosts,
+    tcp_host_names_are_not_resolved_as_in_spin,
+    outbound_http_only_to_allowed_hosts,
+    service_chaining_reaches_private_components_when_allowed,
+    outbound_mysql_is_checked_and_works,
+    a_trapping_component_gets_a_500_and_the_runner_keeps_serving,
+    sigterm_lets_in_flight_requests_finish,
+);
 
 /// A probe app: `/probe/...` and `/probe/exact` go to `probe`; `hidden` is private.
 fn manifest(dir: &TempDir, allowed: &[String], extra: &str) -> std::path::PathBuf {
@@ -57,10 +72,10 @@ source = {source:?}
     )
 }
 
-fn start(allowed: &[String]) -> (TempDir, system_tests::Runner) {
+fn start(runtime: Runtime, allowed: &[String]) -> (TempDir, App) {
     let dir = TempDir::new("probe");
     let path = manifest(&dir, allowed, "");
-    let runner = RunnerConfig::new(path)
+    let runner = AppConfig::new(path, runtime)
         .env("SPIN_VARIABLE_NEEDED", "from-env")
         .start();
     (dir, runner)
@@ -83,9 +98,8 @@ fn pong_server() -> u16 {
     port
 }
 
-#[test]
-fn variables_resolve_from_templates_env_and_command_line() {
-    let (_dir, runner) = start(&[]);
+fn variables_resolve_from_templates_env_and_command_line(runtime: Runtime) {
+    let (_dir, runner) = start(runtime, &[]);
     assert_eq!(
         get(&runner.url("/probe/variable/greeting")).body,
         "hello, world"
@@ -103,7 +117,7 @@ fn variables_resolve_from_templates_env_and_command_line() {
 
     let dir = TempDir::new("probe-cli");
     let path = manifest(&dir, &[], "");
-    let runner = RunnerConfig::new(path)
+    let runner = AppConfig::new(path, runtime)
         .env("SPIN_VARIABLE_NEEDED", "from-env")
         .env("SPIN_VARIABLE_GREETING", "hi")
         .arg("--variable")
@@ -116,21 +130,20 @@ fn variables_resolve_from_templates_env_and_command_line() {
     assert_eq!(get(&runner.url("/probe/variable/needed")).body, "from-cli");
 }
 
-#[test]
-fn a_missing_required_variable_stops_the_app() {
+fn a_missing_required_variable_stops_the_app(runtime: Runtime) {
     let dir = TempDir::new("probe-missing");
     let path = manifest(&dir, &[], "");
-    let (status, stderr) = RunnerConfig::new(path).start_expecting_failure();
+    let (status, stderr) = AppConfig::new(path, runtime).start_expecting_failure();
     assert!(!status.success());
-    assert!(
-        stderr.contains("needed") && stderr.contains("SPIN_VARIABLE_NEEDED"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("needed"), "names the variable:\n{stderr}");
+    if runtime == Runtime::Runner {
+        // The runner's message also says how to set it; Spin's names only the variable.
+        assert!(stderr.contains("SPIN_VARIABLE_NEEDED"), "{stderr}");
+    }
 }
 
-#[test]
-fn routes_follow_spin_precedence_and_headers() {
-    let (_dir, runner) = start(&[]);
+fn routes_follow_spin_precedence_and_headers(runtime: Runtime) {
+    let (_dir, runner) = start(runtime, &[]);
     let exact = get(&runner.url("/probe/exact"));
     assert!(
         exact.body.contains("spin-matched-route: /probe/exact"),
@@ -156,18 +169,20 @@ fn routes_follow_spin_precedence_and_headers() {
     assert_eq!(get(&runner.url("/probe/env/PROBE_MODE")).body, "test");
 }
 
-#[test]
-fn tcp_connects_only_to_allowed_hosts() {
+fn tcp_connects_only_to_allowed_hosts(runtime: Runtime) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let open = listener.local_addr().unwrap().port();
     let other = TcpListener::bind("127.0.0.1:0").unwrap();
     let closed = other.local_addr().unwrap().port();
 
-    let (_dir, runner) = start(&[format!("tcp://127.0.0.1:{open}")]);
+    let (_dir, runner) = start(runtime, &[format!("tcp://127.0.0.1:{open}")]);
     let allowed = get(&runner.url(&format!("/probe/tcp?127.0.0.1:{open}")));
     assert_eq!((allowed.status, allowed.body.as_str()), (200, "connected"));
     let denied = get(&runner.url(&format!("/probe/tcp?127.0.0.1:{closed}")));
     assert_eq!(denied.status, 502, "{denied:?}");
+    if runtime != Runtime::Runner {
+        return; // The log line below is the runner's own; Spin words its log its own way.
+    }
     let log = runner.wait_for_log(&format!("127.0.0.1:{closed}"));
     assert!(
         log.contains("probe") && log.contains(&format!("127.0.0.1:{closed}")),
@@ -175,16 +190,18 @@ fn tcp_connects_only_to_allowed_hosts() {
     );
 }
 
-#[test]
-fn tcp_host_names_are_not_resolved_as_in_spin() {
+fn tcp_host_names_are_not_resolved_as_in_spin(runtime: Runtime) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let open = listener.local_addr().unwrap().port();
     // Even with the name in the allow-list, Spin 3 gives guests no name lookup: only an IP
     // address connects.
-    let (_dir, runner) = start(&[
-        format!("tcp://localhost:{open}"),
-        format!("tcp://127.0.0.1:{open}"),
-    ]);
+    let (_dir, runner) = start(
+        runtime,
+        &[
+            format!("tcp://localhost:{open}"),
+            format!("tcp://127.0.0.1:{open}"),
+        ],
+    );
     let by_name = get(&runner.url(&format!("/probe/tcp?localhost:{open}")));
     assert_eq!(by_name.status, 502, "{by_name:?}");
     assert!(by_name.body.contains("lookup"), "{}", by_name.body);
@@ -192,10 +209,9 @@ fn tcp_host_names_are_not_resolved_as_in_spin() {
     assert_eq!((by_ip.status, by_ip.body.as_str()), (200, "connected"));
 }
 
-#[test]
-fn outbound_http_only_to_allowed_hosts() {
+fn outbound_http_only_to_allowed_hosts(runtime: Runtime) {
     let port = pong_server();
-    let (_dir, runner) = start(&[format!("http://127.0.0.1:{port}")]);
+    let (_dir, runner) = start(runtime, &[format!("http://127.0.0.1:{port}")]);
     let allowed = get(&runner.url(&format!("/probe/http?http://127.0.0.1:{port}/ping")));
     assert_eq!((allowed.status, allowed.body.as_str()), (200, "200 pong"));
 
@@ -207,58 +223,220 @@ fn outbound_http_only_to_allowed_hosts() {
         "{}",
         denied.body
     );
+    if runtime != Runtime::Runner {
+        return; // The runner's own log line.
+    }
     let log = runner.wait_for_log(&format!("127.0.0.1:{other}"));
     assert!(log.contains(&format!("127.0.0.1:{other}")), "{log}");
 }
 
-#[test]
-fn service_chaining_reaches_private_components_when_allowed() {
-    let (_dir, runner) = start(&["http://hidden.spin.internal".to_owned()]);
+fn service_chaining_reaches_private_components_when_allowed(runtime: Runtime) {
+    let (_dir, runner) = start(runtime, &["http://hidden.spin.internal".to_owned()]);
     let chained = get(&runner.url("/probe/http?http://hidden.spin.internal/probe/env/PROBE_MODE"));
     // `hidden` has no `environment`, so the variable is absent there: the answer came from it.
     assert_eq!(chained.status, 200, "{chained:?}");
     assert!(chained.body.starts_with("404 "), "{}", chained.body);
 
-    let (_dir, runner) = start(&[]);
+    let (_dir, runner) = start(runtime, &[]);
     let denied = get(&runner.url("/probe/http?http://hidden.spin.internal/probe/headers"));
     assert_eq!(denied.status, 502, "{denied:?}");
 }
 
-#[test]
-fn outbound_mysql_is_checked_and_works() {
-    let db = TestDb::empty();
-    let (_dir, runner) = start(&[format!("mysql://{}", db.host_port())]);
-    let reply = get(&runner.url(&format!("/probe/mysql?{}", db.url())));
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert!(
-        reply.body.contains("Int64(2)") || reply.body.contains("Int32(2)"),
-        "{}",
-        reply.body
+/// `probe`'s MySQL answer (status, body) for `sql`, run with `query` (or `execute`).
+fn mysql(runner: &App, db: &TestDb, sql: &str, execute: bool) -> (u16, String) {
+    let mut headers = vec![("x-sql", sql)];
+    if execute {
+        headers.push(("x-sql-execute", "1"));
+    }
+    let reply = system_tests::http::send(
+        "GET",
+        &runner.url(&format!("/probe/mysql?{}", db.url())),
+        &headers,
+        None,
     );
-    assert!(
-        reply.body.contains("Str(\"text\")") && reply.body.contains("DbNull"),
-        "{}",
-        reply.body
-    );
-
-    let (_dir, runner) = start(&[]);
-    let denied = get(&runner.url(&format!("/probe/mysql?{}", db.url())));
-    assert_eq!(denied.status, 502, "{denied:?}");
-    assert!(denied.body.contains("ConnectionFailed"), "{}", denied.body);
+    (reply.status, reply.body)
 }
 
-#[test]
-fn a_trapping_component_gets_a_500_and_the_runner_keeps_serving() {
-    let (_dir, runner) = start(&[]);
+/// What the component sees of outbound MySQL, value for value and error for error, as Spin
+/// 3.6 gives it: the same column types (what Spin cannot map is an error), the same error
+/// variants and texts, a connection of its own per `open`, and the 128 MiB result cap.
+fn outbound_mysql_is_checked_and_works(runtime: Runtime) {
+    let db = TestDb::empty();
+    db.query_strings(
+        "CREATE TABLE t (ti TINYINT, tu TINYINT UNSIGNED, si SMALLINT, su SMALLINT UNSIGNED, \
+         mi MEDIUMINT, i INT, iu INT UNSIGNED, bi BIGINT, bu BIGINT UNSIGNED, f FLOAT, d DOUBLE, \
+         c CHAR(3), vc VARCHAR(10), vb VARCHAR(10) COLLATE utf8mb4_bin, tx TEXT, bl BLOB, \
+         vbin VARBINARY(4), dec1 DECIMAL(5,2), dt DATE, js JSON, n INT)",
+    );
+    db.query_strings(
+        "INSERT INTO t VALUES (-1, 255, -2, 65535, -3, -4, 4294967295, -5, \
+         18446744073709551615, 1.5, 2.25, 'abc', 'hello', 'Bin', 'text', 'blob', 'vb', 1.25, \
+         '2026-12-01', '{\"a\":1}', NULL)",
+    );
+    db.query_strings("CREATE TABLE big (b MEDIUMBLOB)");
+    db.query_strings("INSERT INTO big VALUES (REPEAT('x', 1048576))");
+    let closed = system_tests::services::closed_port();
+    let (_dir, runner) = start(
+        runtime,
+        &[
+            format!("mysql://{}", db.host_port()),
+            format!("mysql://127.0.0.1:{closed}"),
+        ],
+    );
+    let column = |name: &str, kind: &str| {
+        format!("Column {{ name: \"{name}\", data-type: DbDataType::{kind} }}")
+    };
+    let cases: Vec<(&str, bool, u16, String)> = vec![
+        (
+            "SELECT ti, tu, si, su, mi, i, iu, bi, bu, f, d, n FROM t",
+            false,
+            200,
+            format!(
+                "[{}] [[DbValue::Int8(-1), DbValue::Uint8(255), DbValue::Int16(-2), \
+                 DbValue::Uint16(65535), DbValue::Int32(-3), DbValue::Int32(-4), \
+                 DbValue::Uint32(4294967295), DbValue::Int64(-5), \
+                 DbValue::Uint64(18446744073709551615), DbValue::Floating32(1.5), \
+                 DbValue::Floating64(2.25), DbValue::DbNull]]",
+                [
+                    ("ti", "Int8"),
+                    ("tu", "Uint8"),
+                    ("si", "Int16"),
+                    ("su", "Uint16"),
+                    ("mi", "Int32"),
+                    ("i", "Int32"),
+                    ("iu", "Uint32"),
+                    ("bi", "Int64"),
+                    ("bu", "Uint64"),
+                    ("f", "Floating32"),
+                    ("d", "Floating64"),
+                    ("n", "Int32"),
+                ]
+                .map(|(n, k)| column(n, k))
+                .join(", ")
+            ),
+        ),
+        (
+            // A binary collation makes VARCHAR bytes; JSON comes as bytes too.
+            "SELECT c, vc, vb, tx, bl, vbin, js FROM t",
+            false,
+            200,
+            format!(
+                "[{}] [[DbValue::Str(\"abc\"), DbValue::Str(\"hello\"), \
+                 DbValue::Binary([66, 105, 110]), DbValue::Str(\"text\"), \
+                 DbValue::Binary([98, 108, 111, 98]), DbValue::Binary([118, 98]), \
+                 DbValue::Binary([123, 34, 97, 34, 58, 49, 125])]]",
+                [
+                    ("c", "Str"),
+                    ("vc", "Str"),
+                    ("vb", "Binary"),
+                    ("tx", "Str"),
+                    ("bl", "Binary"),
+                    ("vbin", "Binary"),
+                    ("js", "Binary"),
+                ]
+                .map(|(n, k)| column(n, k))
+                .join(", ")
+            ),
+        ),
+        (
+            "SELECT 1 + 1 AS two, 'text' AS word, NULL AS nothing",
+            false,
+            200,
+            format!(
+                "[{}, {}, {}] [[DbValue::Int32(2), DbValue::Str(\"text\"), DbValue::DbNull]]",
+                column("two", "Int32"),
+                column("word", "Str"),
+                column("nothing", "Other")
+            ),
+        ),
+        (
+            "SELECT dec1 FROM t",
+            false,
+            502,
+            "mysql query error: Error::ValueConversionFailed(\"Cannot convert value \
+             Bytes(\\\"1.25\\\") in column dec1 data type DbDataType::Other\")"
+                .into(),
+        ),
+        (
+            "SELECT dt FROM t",
+            false,
+            502,
+            "mysql query error: Error::ValueConversionFailed(\"Cannot convert value \
+             Date(\\\"'2026-12-01'\\\") in column dt data type DbDataType::Other\")"
+                .into(),
+        ),
+        (
+            "SELEC nonsense",
+            false,
+            502,
+            "mysql query error: Error::QueryFailed(\"Server(ServerError { code: 1064, message: \
+             \\\"You have an error in your SQL syntax; check the manual that corresponds to your \
+             MariaDB server version for the right syntax to use near 'SELEC nonsense' at line \
+             1\\\", state: \\\"42000\\\" })\")"
+                .into(),
+        ),
+        ("UPDATE t SET n = 7", true, 200, "executed".into()),
+        (
+            "UPDATE nope SET n = 7",
+            true,
+            502,
+            format!(
+                "mysql execute error: Error::QueryFailed(\"Server(ServerError {{ code: 1146, \
+                 message: \\\"Table '{}.nope' doesn't exist\\\", state: \\\"42S02\\\" }})\")",
+                db.name()
+            ),
+        ),
+        (
+            // About 130 MiB: over the cap on what the host buffers for one result.
+            "SELECT b FROM big JOIN seq_1_to_130",
+            false,
+            502,
+            "mysql query error: Error::Other(\"query result exceeds limit of 134217728 bytes\")"
+                .into(),
+        ),
+    ];
+    for (sql, execute, status, body) in cases {
+        assert_eq!(mysql(&runner, &db, sql, execute), (status, body), "{sql}");
+    }
+
+    // Each `open` is a connection of its own, as in Spin (the runner used to pool them).
+    let reply = get(&runner.url(&format!("/probe/mysql-connections?{}", db.url())));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let ids: Vec<&str> = reply.body.split(' ').collect();
+    assert!(ids.len() == 2 && ids[0] != ids[1], "{}", reply.body);
+
+    let refused = get(&runner.url(&format!("/probe/mysql?mysql://u:p@127.0.0.1:{closed}/x")));
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (
+            502,
+            "mysql open error: Error::ConnectionFailed(\"Input/output error: Input/output error: \
+             Connection refused (os error 111)\\n\\nCaused by:\\n    0: Input/output error: \
+             Connection refused (os error 111)\\n    1: Connection refused (os error 111)\")"
+        )
+    );
+    let denied = get(&runner.url("/probe/mysql?mysql://u:p@127.0.0.1:1/x"));
+    assert_eq!(
+        (denied.status, denied.body.as_str()),
+        (
+            502,
+            "mysql open error: Error::ConnectionFailed(\"address mysql://u:p@127.0.0.1:1/x is not permitted\")"
+        )
+    );
+}
+
+fn a_trapping_component_gets_a_500_and_the_runner_keeps_serving(runtime: Runtime) {
+    let (_dir, runner) = start(runtime, &[]);
     assert_eq!(get(&runner.url("/probe/trap")).status, 500);
     assert_eq!(get(&runner.url("/probe/variable/greeting")).status, 200);
 }
 
+/// Runner only: Spin hosts what the runner refuses here.
 #[test]
 fn unsupported_manifest_features_fail_loudly() {
     let dir = TempDir::new("probe-kv");
     let path = manifest(&dir, &[], "key_value_stores = [\"default\"]");
-    let (status, stderr) = RunnerConfig::new(path)
+    let (status, stderr) = AppConfig::new(path, Runtime::Runner)
         .env("SPIN_VARIABLE_NEEDED", "x")
         .start_expecting_failure();
     assert!(!status.success());
@@ -268,18 +446,32 @@ fn unsupported_manifest_features_fail_loudly() {
     );
 }
 
-#[test]
-fn sigterm_lets_in_flight_requests_finish() {
-    let (_dir, runner) = start(&[]);
+fn sigterm_lets_in_flight_requests_finish(runtime: Runtime) {
+    let (_dir, runner) = start(runtime, &[]);
     let url = runner.url("/probe/sleep?1500");
-    let request = std::thread::spawn(move || get(&url));
+    let request = std::thread::spawn(move || {
+        system_tests::http::send_raw("GET", &url, &[], system_tests::http::Body::Empty)
+    });
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let status = runner.terminate().expect("runner exits");
-    assert!(status.success(), "clean exit: {status:?}");
+    let status = runner.terminate().expect("the app exits");
     let reply = request.join().unwrap();
-    assert_eq!((reply.status, reply.body.as_str()), (200, "slept 1500 ms"));
+    match runtime {
+        Runtime::Runner => {
+            assert!(status.success(), "clean exit: {status:?}");
+            let reply = reply.expect("the in-flight request is answered");
+            assert_eq!(
+                (reply.status, reply.text().as_str()),
+                (200, "slept 1500 ms")
+            );
+        }
+        // Spin 3.6's `spin trigger http` has no SIGTERM handler: it ends at once and cuts the
+        // requests in flight. Only Spin can fix that (README, "Runner and Spin"); this pins the
+        // behaviour, so a Spin that drains shows up here.
+        Runtime::Spin => assert!(reply.is_err(), "Spin now drains: {reply:?}"),
+    }
 }
 
+/// Runner only: Spin hosts the interface this component imports.
 #[test]
 fn a_component_importing_an_unhosted_interface_is_refused_at_start() {
     let dir = TempDir::new("unhosted");
@@ -298,7 +490,7 @@ source = {:?}
             wasm("unhosted")
         ),
     );
-    let (status, stderr) = RunnerConfig::new(path).start_expecting_failure();
+    let (status, stderr) = AppConfig::new(path, Runtime::Runner).start_expecting_failure();
     assert!(!status.success());
     assert!(
         stderr.contains("counter") && stderr.contains("key-value"),

@@ -6,19 +6,20 @@
 //!
 //! ```ignore
 //! #[http_component]
-//! fn handle(req: IncomingRequest) -> Response {
+//! fn handle(req: IncomingRequest, out: ResponseOutparam) {
 //!     let started = Instant::now();
 //!     let method = method_name(&req.method());
 //!     let reply = decide(&method, authorization(&req).as_deref(), &SpinVariables);
-//!     respond("name", &method, reply, started)
+//!     respond("name", &method, out, reply, started)
 //! }
 //! ```
 //!
 //! - [`reply`]: [`Reply`] and its builders, and [`log_line`], the one stderr line per request.
 //! - [`variables`]: [`Variables`] and [`token_config`], the JWT settings every token-handling
 //!   component reads (`jwt_secret`, `jwt_issuer`, `jwt_audience`).
-//! - `spin` (wasm only): `method_name`, `authorization` (the single `Authorization` header),
-//!   `respond` (log the line, build the response) and `SpinVariables`.
+//! - `spin` (wasm only): `method_name`, `header` and `authorization` (a single request header),
+//!   `respond` (log the line, send the response head and body in one piece), `start_body` and
+//!   `BodyWriter` for streamed bodies, and `SpinVariables`.
 
 pub mod reply;
 #[cfg(target_arch = "wasm32")]

@@ -21,7 +21,6 @@ use wasmtime_wasi_http::WasiHttpView;
 
 use crate::engine::{new_engine, EngineOptions};
 use crate::host;
-use crate::host::mysql::MysqlPools;
 use crate::state::RequestState;
 
 /// Index of a component in [`Runtime`]; cheaper to carry per request than its id.
@@ -46,7 +45,6 @@ pub struct Runtime {
     by_id: HashMap<String, ComponentIndex>,
     router: Router<ComponentIndex>,
     variables: Resolved,
-    pub(crate) mysql: MysqlPools,
     engine: Engine,
 }
 
@@ -106,7 +104,6 @@ impl Runtime {
             by_id,
             router,
             variables,
-            mysql: MysqlPools::default(),
             engine,
         }))
     }

@@ -5,13 +5,13 @@ use std::future::Future;
 use std::io::Read;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use component_http::spin::{method_name, SpinVariables};
-use component_http::{log_line, Reply};
-use futures::{SinkExt, StreamExt};
-use mongo_wire::bson::oid::ObjectId;
-use spin_sdk::http::{
-    Fields, IncomingRequest, Method, OutgoingResponse, Request, Response, ResponseOutparam,
+use component_http::spin::{
+    header, method_name, respond, response_head, start_body, SpinVariables,
 };
+use component_http::{log_line, Reply};
+use futures::StreamExt;
+use mongo_wire::bson::oid::ObjectId;
+use spin_sdk::http::{IncomingRequest, Method, Request, Response, ResponseOutparam};
 use spin_sdk::http_component;
 
 use crate::auth::{self, Answer};
@@ -28,15 +28,6 @@ impl BlockOn for SpinExecutor {
     fn block_on<F: Future>(&self, future: F) -> F::Output {
         spin_sdk::http::run(future)
     }
-}
-
-/// The single value of header `name` as UTF-8, or `None` (absent, repeated or not UTF-8).
-fn header(req: &IncomingRequest, name: &str) -> Option<String> {
-    let mut values = req.headers().get(name);
-    if values.len() != 1 {
-        return None;
-    }
-    String::from_utf8(values.pop()?).ok()
 }
 
 #[http_component]
@@ -227,33 +218,66 @@ fn download_route(
             return send(out, reply, method, started);
         }
     };
-    let mut sink = response.take_body();
-    out.set(response);
+    // The first step goes out with the head (see `start_body`), the rest as it is read.
     let mut left = plan.len;
     let mut buf = vec![0u8; DOWNLOAD_STEP];
-    while left > 0 {
+    let mut next = |left: u64, buf: &mut [u8]| -> Result<usize, (String, &'static str)> {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = match source.read(&mut buf[..want]) {
-            Ok(0) => {
-                log = log.detail(format!("mp3 ended {left} bytes early"));
-                log.outcome = "stream_failed".into();
-                break;
-            }
+        match source.read(&mut buf[..want]) {
+            Ok(0) => Err((format!("mp3 ended {left} bytes early"), "stream_failed")),
+            Ok(n) => Ok(n),
+            Err(e) => Err((format!("reading the mp3: {e}"), "stream_failed")),
+        }
+    };
+    let mut failure = None;
+    let first = if left == 0 {
+        0
+    } else {
+        match next(left, &mut buf) {
             Ok(n) => n,
-            Err(e) => {
-                log = log.detail(format!("reading the mp3: {e}"));
-                log.outcome = "stream_failed".into();
+            Err(f) => {
+                failure = Some(f);
+                0
+            }
+        }
+    };
+    left -= first as u64;
+    let body = match start_body(out, response, &buf[..first]) {
+        Ok(body) => body,
+        Err(e) => {
+            log = log.detail(format!("client went away: {e}"));
+            log.outcome = "client_gone".into();
+            eprintln!("{}", log_line(COMPONENT, method, &log, started.elapsed()));
+            return;
+        }
+    };
+    while left > 0 && failure.is_none() {
+        let n = match next(left, &mut buf) {
+            Ok(n) => n,
+            Err(f) => {
+                failure = Some(f);
                 break;
             }
         };
-        if let Err(e) = spin_sdk::http::run(sink.send(buf[..n].to_vec())) {
-            log = log.detail(format!("client went away: {e:?}"));
-            log.outcome = "client_gone".into();
+        if let Err(e) = body.write_all(&buf[..n]) {
+            failure = Some((format!("client went away: {e}"), "client_gone"));
             break;
         }
         left -= n as u64;
     }
-    drop(sink);
+    match failure {
+        // A body cut short is not finished, so the client sees the response end early.
+        Some((detail, outcome)) => {
+            log = log.detail(detail);
+            log.outcome = outcome.into();
+        }
+        None => {
+            if let Err(e) = body.finish() {
+                log = log.detail(format!("client went away: {e}"));
+                log.outcome = "client_gone".into();
+            }
+        }
+    }
     eprintln!("{}", log_line(COMPONENT, method, &log, started.elapsed()));
 }
 
@@ -264,31 +288,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// An outgoing response with `status` and `headers`, body not yet written.
-fn response_head(status: u16, headers: &[(&str, String)]) -> Result<OutgoingResponse, String> {
-    let list: Vec<(String, Vec<u8>)> = headers
-        .iter()
-        .map(|(name, value)| ((*name).to_owned(), value.clone().into_bytes()))
-        .collect();
-    let fields = Fields::from_list(&list).map_err(|e| format!("response headers: {e:?}"))?;
-    let response = OutgoingResponse::new(fields);
-    response
-        .set_status_code(status)
-        .map_err(|()| format!("invalid status {status}"))?;
-    Ok(response)
-}
-
 /// Logs `reply` and sends it as the whole response.
 fn send(out: ResponseOutparam, reply: Reply, method: &str, started: Instant) {
-    eprintln!("{}", log_line(COMPONENT, method, &reply, started.elapsed()));
-    let response = match response_head(reply.status, &reply.headers) {
-        Ok(response) => response,
-        Err(e) => {
-            eprintln!("component={COMPONENT} error={e:?}");
-            return;
-        }
-    };
-    if let Err(e) = spin_sdk::http::run(out.set_with_body(response, reply.body.into_bytes())) {
-        eprintln!("component={COMPONENT} error=\"writing the response: {e:?}\"");
-    }
+    respond(COMPONENT, method, out, reply, started);
 }

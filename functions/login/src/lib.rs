@@ -149,7 +149,7 @@ mod spin {
     use super::*;
     use component_http::spin::{authorization, method_name, respond, SpinVariables};
     use mp3_auth::unix_now;
-    use spin_sdk::http::{IncomingRequest, Response};
+    use spin_sdk::http::{IncomingRequest, ResponseOutparam};
     use spin_sdk::http_component;
     use spin_sdk::mysql::{Connection, DbValue, ParameterValue};
     use std::time::Instant;
@@ -258,12 +258,12 @@ mod spin {
     }
 
     #[http_component]
-    fn handle(req: IncomingRequest) -> Response {
+    fn handle(req: IncomingRequest, out: ResponseOutparam) {
         let started = Instant::now();
         let method = method_name(&req.method());
         let authorization = authorization(&req);
         let reply = login(&method, authorization.as_deref(), &SpinHost, unix_now());
-        respond(COMPONENT, &method, reply, started)
+        respond(COMPONENT, &method, out, reply, started);
     }
 }
 

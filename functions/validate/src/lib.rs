@@ -57,12 +57,12 @@ mod spin {
     use super::*;
     use component_http::spin::{authorization, method_name, respond, SpinVariables};
     use mp3_auth::unix_now;
-    use spin_sdk::http::{IncomingRequest, Response};
+    use spin_sdk::http::{IncomingRequest, ResponseOutparam};
     use spin_sdk::http_component;
     use std::time::Instant;
 
     #[http_component]
-    fn handle(req: IncomingRequest) -> Response {
+    fn handle(req: IncomingRequest, out: ResponseOutparam) {
         let started = Instant::now();
         let method = method_name(&req.method());
         let authorization = authorization(&req);
@@ -72,7 +72,7 @@ mod spin {
             &SpinVariables,
             unix_now(),
         );
-        respond(COMPONENT, &method, reply, started)
+        respond(COMPONENT, &method, out, reply, started);
     }
 }
 

@@ -1,0 +1,364 @@
+//! The app under test as a process: the project's `spin-runner up`, or the real Spin CLI's
+//! `spin up`, on the same `spin.toml` and the same `.wasm` files. Tests say which with
+//! [`Runtime`] and otherwise cannot tell them apart: both are started, addressed, read and
+//! stopped the same way.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{build_all, release_bin};
+
+include!("spin_bin.rs");
+
+/// What runs the components.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// `target/release/spin-runner` (crates/runner).
+    Runner,
+    /// The Spin CLI (`SPIN_BIN`, else `spin` on PATH; `scripts/dev-services env` finds it).
+    Spin,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Runner => "spin-runner",
+            Runtime::Spin => "spin",
+        }
+    }
+}
+
+/// Runs each listed test function (`fn name(runtime: Runtime)`) once on the runner and once on
+/// Spin, as `on_runner::name` and `on_spin::name`. Without a Spin CLI (a machine where it is
+/// not installed) the Spin half is reported as ignored, with the reason; `CI=true` makes a
+/// missing Spin a build error instead (see tests/build.rs).
+#[macro_export]
+macro_rules! on_each_runtime {
+    ($($test:ident),* $(,)?) => {
+        mod on_runner {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test($crate::Runtime::Runner)
+                }
+            )*
+        }
+        mod on_spin {
+            $(
+                #[test]
+                #[cfg_attr(
+                    spin_missing,
+                    ignore = "no Spin CLI: set SPIN_BIN or put spin 3.x on PATH (scripts/dev-services spin)"
+                )]
+                fn $test() {
+                    super::$test($crate::Runtime::Spin)
+                }
+            )*
+        }
+    };
+}
+
+/// The Spin CLI the tests run, or a panic saying how to get one.
+pub fn spin_bin() -> PathBuf {
+    find_spin_bin().unwrap_or_else(|| {
+        panic!("no Spin CLI: set SPIN_BIN or put spin on PATH (`scripts/dev-services spin` unpacks one)")
+    })
+}
+
+/// How to start the app.
+pub struct AppConfig {
+    pub manifest: PathBuf,
+    pub runtime: Runtime,
+    /// Extra environment (e.g. `SPIN_VARIABLE_*`); the test process's own SPIN_VARIABLE_* are removed.
+    pub env: Vec<(String, String)>,
+    /// Arguments both CLIs take the same way (`--variable name=value`).
+    pub args: Vec<String>,
+}
+
+impl AppConfig {
+    pub fn new(manifest: impl Into<PathBuf>, runtime: Runtime) -> Self {
+        Self {
+            manifest: manifest.into(),
+            runtime,
+            env: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// The project's `spin.toml`, with the variables every test shares already set from the
+    /// dev services' environment: `mongodb_url` and `amqp_url` (required by the gateway).
+    pub fn app(runtime: Runtime) -> Self {
+        Self::new(crate::root().join("spin.toml"), runtime)
+            .env(
+                "SPIN_VARIABLE_MONGODB_URL",
+                crate::service_env("MONGODB_URL"),
+            )
+            .env("SPIN_VARIABLE_AMQP_URL", crate::service_env("AMQP_URL"))
+    }
+
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_owned(), value.into()));
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    fn command(&self, listen: &str) -> Command {
+        build_all();
+        let mut command = match self.runtime {
+            Runtime::Runner => Command::new(release_bin("spin-runner")),
+            Runtime::Spin => Command::new(spin_bin()),
+        };
+        command
+            .arg("up")
+            .arg("--from")
+            .arg(&self.manifest)
+            .arg("--listen")
+            .arg(listen)
+            .args(&self.args);
+        if self.runtime == Runtime::Spin {
+            // Component output to the terminal only (the log the tests read), and no state
+            // directory beside the manifest: nothing is written into the checkout.
+            command.args(["--log-dir", "", "--state-dir", ""]);
+        }
+        // Only what the test sets: no variables of the test process's own, and no backtrace
+        // settings, which make both hosts append a backtrace to the errors they hand guests.
+        for (name, _) in std::env::vars() {
+            if name.starts_with("SPIN_VARIABLE_") || name.ends_with("_BACKTRACE") {
+                command.env_remove(name);
+            }
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Starts the app and waits until it prints the address it serves on.
+    pub fn start(self) -> App {
+        // Spin makes self requests (`http://self.alt`) to the address it was told to listen
+        // on, so it gets a real port rather than port 0; a port taken in between is retried.
+        for attempt in 1.. {
+            let listen = match self.runtime {
+                Runtime::Runner => "127.0.0.1:0".to_owned(),
+                Runtime::Spin => format!("127.0.0.1:{}", crate::system::free_port()),
+            };
+            match self.try_start(&listen) {
+                Ok(app) => return app,
+                Err(log) if attempt < 3 && log.contains("already in use") => continue,
+                Err(log) => panic!("{} did not start; its output:\n{log}", self.runtime.name()),
+            }
+        }
+        unreachable!()
+    }
+
+    fn try_start(&self, listen: &str) -> Result<App, String> {
+        let mut child = self
+            .command(listen)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.runtime.name()));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
+            let (log, tx) = (log.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(url) = line.trim().strip_prefix("Serving ") {
+                        let _ = tx.send(url.trim().to_owned());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(base) => {
+                    return Ok(App {
+                        runtime: self.runtime,
+                        child,
+                        base,
+                        log,
+                    })
+                }
+                Err(_) if Instant::now() > deadline => break,
+                Err(_) => {
+                    if matches!(child.try_wait(), Ok(Some(_))) {
+                        // Give the readers a moment to collect the last lines.
+                        std::thread::sleep(Duration::from_millis(100));
+                        return Err(log.lock().unwrap().clone());
+                    }
+                }
+            }
+        }
+        stop_tree(&mut child);
+        Err(format!("not serving after 180 s\n{}", log.lock().unwrap()))
+    }
+
+    /// Runs the app expecting it to refuse to start; returns its exit status and output.
+    pub fn start_expecting_failure(self) -> (ExitStatus, String) {
+        let listen = format!("127.0.0.1:{}", crate::system::free_port());
+        let mut child = self
+            .command(&listen)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.runtime.name()));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the app") {
+                let mut output = String::new();
+                for stream in [
+                    child.stdout.take().map(|s| Box::new(s) as Box<dyn Read>),
+                    child.stderr.take().map(|s| Box::new(s) as Box<dyn Read>),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    let mut text = String::new();
+                    let _ = { stream }.read_to_string(&mut text);
+                    output.push_str(&text);
+                }
+                return (status, output);
+            }
+            if Instant::now() > deadline {
+                stop_tree(&mut child);
+                panic!(
+                    "{} kept running although it should have refused to start",
+                    self.runtime.name()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A running app; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct App {
+    runtime: Runtime,
+    /// `spin-runner up`, or `spin up` (whose child `spin trigger http` serves).
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl App {
+    pub fn runtime(&self) -> Runtime {
+        self.runtime
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Everything the app wrote so far (its log and the components' output).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`, for log lines written after a response.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process that serves the requests: the runner itself, or Spin's `spin trigger http`
+    /// (the child of `spin up`), whose memory is what a benchmark must measure.
+    pub fn server_pid(&self) -> u32 {
+        match self.runtime {
+            Runtime::Runner => self.child.id(),
+            Runtime::Spin => children(self.child.id())
+                .first()
+                .copied()
+                .unwrap_or_else(|| panic!("spin up ({}) has no trigger process", self.child.id())),
+        }
+    }
+
+    /// Sends SIGTERM to the process a user would signal (`spin up` passes it on to its
+    /// trigger) and waits for the exit status.
+    pub fn terminate(mut self) -> Result<ExitStatus> {
+        signal(self.child.id(), "TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit after SIGTERM", self.runtime.name());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        stop_tree(&mut self.child);
+    }
+}
+
+/// The pids of `pid`'s children.
+fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// SIGTERM, a short wait, then SIGKILL for `child` and any process it started (`spin up`
+/// forwards SIGTERM to its trigger, but a SIGKILL would orphan it).
+fn stop_tree(child: &mut Child) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    let descendants = children(child.id());
+    let _ = signal(child.id(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for pid in descendants {
+        let _ = signal(pid, "KILL");
+    }
+}
+
+fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed");
+    }
+    Ok(())
+}
