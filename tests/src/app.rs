@@ -78,6 +78,8 @@ pub struct AppConfig {
     pub env: Vec<(String, String)>,
     /// Arguments both CLIs take the same way (`--variable name=value`).
     pub args: Vec<String>,
+    /// `--listen` address; by default a free loopback port.
+    pub listen: Option<String>,
 }
 
 impl AppConfig {
@@ -87,6 +89,7 @@ impl AppConfig {
             runtime,
             env: Vec::new(),
             args: Vec::new(),
+            listen: None,
         }
     }
 
@@ -108,6 +111,12 @@ impl AppConfig {
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Listens on `address` (`IP:port`) instead of a free loopback port.
+    pub fn listen(mut self, address: &str) -> Self {
+        self.listen = Some(address.to_owned());
         self
     }
 
@@ -145,9 +154,10 @@ impl AppConfig {
         // Spin makes self requests (`http://self.alt`) to the address it was told to listen
         // on, so it gets a real port rather than port 0; a port taken in between is retried.
         for attempt in 1.. {
-            let listen = match self.runtime {
-                Runtime::Runner => "127.0.0.1:0".to_owned(),
-                Runtime::Spin => format!("127.0.0.1:{}", crate::system::free_port()),
+            let listen = match (&self.listen, self.runtime) {
+                (Some(address), _) => address.clone(),
+                (None, Runtime::Runner) => "127.0.0.1:0".to_owned(),
+                (None, Runtime::Spin) => format!("127.0.0.1:{}", crate::system::free_port()),
             };
             match self.try_start(&listen) {
                 Ok(app) => return app,

@@ -18,8 +18,10 @@ on_each_runtime!(
     tcp_host_names_are_not_resolved_as_in_spin,
     outbound_http_only_to_allowed_hosts,
     service_chaining_reaches_private_components_when_allowed,
+    self_requests_go_to_the_listening_address,
     outbound_mysql_is_checked_and_works,
     a_trapping_component_gets_a_500_and_the_runner_keeps_serving,
+    instance_memory_is_limited_as_spin_limits_it,
     sigterm_lets_in_flight_requests_finish,
 );
 
@@ -150,21 +152,23 @@ fn routes_follow_spin_precedence_and_headers(runtime: Runtime) {
         "{}",
         exact.body
     );
-    let wildcard = get(&runner.url("/probe/headers?x=1"));
-    assert_eq!(wildcard.status, 200);
-    for expected in [
-        "spin-matched-route: /probe/...",
-        "spin-path-info: /headers",
-        "spin-component-route: /probe",
-        &format!("spin-full-url: {}/probe/headers?x=1", runner.base()),
-        "spin-client-addr: 127.0.0.1:",
-    ] {
-        assert!(
-            wildcard.body.contains(expected),
-            "missing `{expected}` in:\n{}",
-            wildcard.body
-        );
-    }
+    let wildcard = system_tests::http::send(
+        "GET",
+        &runner.url("/probe/headers?x=1&y=%20"),
+        &[("Host", "example.com:8080")],
+        None,
+    );
+    assert_eq!(
+        (wildcard.status, loopback_port_elided(&wildcard.body)),
+        (
+            200,
+            "spin-base-path: /\nspin-client-addr: 127.0.0.1:*\nspin-component-route: /probe\n\
+             spin-full-url: http://example.com:8080/probe/headers?x=1&y=%20\n\
+             spin-matched-route: /probe/...\nspin-path-info: /headers\n\
+             spin-raw-component-route: /probe/..."
+                .to_owned()
+        )
+    );
     assert_eq!(get(&runner.url("/elsewhere")).status, 404);
     assert_eq!(get(&runner.url("/probe/env/PROBE_MODE")).body, "test");
 }
@@ -231,15 +235,85 @@ fn outbound_http_only_to_allowed_hosts(runtime: Runtime) {
 }
 
 fn service_chaining_reaches_private_components_when_allowed(runtime: Runtime) {
-    let (_dir, runner) = start(runtime, &["http://hidden.spin.internal".to_owned()]);
+    let (_dir, runner) = start(runtime, &["http://*.spin.internal".to_owned()]);
     let chained = get(&runner.url("/probe/http?http://hidden.spin.internal/probe/env/PROBE_MODE"));
     // `hidden` has no `environment`, so the variable is absent there: the answer came from it.
     assert_eq!(chained.status, 200, "{chained:?}");
     assert!(chained.body.starts_with("404 "), "{}", chained.body);
+    // What a chained request carries, exactly as Spin sets it: routed by component, not path.
+    let headers = get(&runner.url("/probe/http?http://hidden.spin.internal/probe/headers?q=1"));
+    assert_eq!(
+        headers.body,
+        "200 spin-base-path: /\nspin-client-addr: 0.0.0.0:0\nspin-component-route: \n\
+         spin-full-url: http://localhost/probe/headers?q=1\nspin-matched-route: /...\n\
+         spin-path-info: /probe/headers\nspin-raw-component-route: /..."
+    );
+    // A component the app does not have is refused like a host the allow-list lacks.
+    let unknown = get(&runner.url("/probe/http?http://nothere.spin.internal/x"));
+    assert_eq!(
+        (unknown.status, unknown.body.as_str()),
+        (502, "http error: ErrorCode::HttpRequestDenied")
+    );
 
     let (_dir, runner) = start(runtime, &[]);
     let denied = get(&runner.url("/probe/http?http://hidden.spin.internal/probe/headers"));
-    assert_eq!(denied.status, 502, "{denied:?}");
+    assert_eq!(
+        (denied.status, denied.body.as_str()),
+        (502, "http error: ErrorCode::HttpRequestDenied")
+    );
+}
+
+/// A request to the app itself (no authority, or host `self.alt` with any port) goes, as in
+/// Spin, to the address the app listens on: the target sees a loopback client and that address
+/// in its URL, whether the app listens on 127.0.0.1 or on every interface.
+fn self_requests_go_to_the_listening_address(runtime: Runtime) {
+    for host in ["127.0.0.1", "0.0.0.0"] {
+        let dir = TempDir::new("probe-self");
+        let path = manifest(&dir, &["http://self.alt".to_owned()], "");
+        let port = system_tests::system::free_port();
+        let runner = AppConfig::new(path, runtime)
+            .env("SPIN_VARIABLE_NEEDED", "x")
+            .listen(&format!("{host}:{port}"))
+            .start();
+        for url in [
+            "http://self.alt/probe/headers?a=1",
+            "http://self.alt:9999/probe/headers?a=1",
+            "/probe/headers?a=1",
+        ] {
+            let reply = get(&runner.url(&format!("/probe/http?{url}")));
+            let body = loopback_port_elided(&reply.body);
+            assert_eq!(
+                body,
+                format!(
+                    "200 spin-base-path: /\nspin-client-addr: 127.0.0.1:*\n\
+                     spin-component-route: /probe\n\
+                     spin-full-url: http://{host}:{port}/probe/headers?a=1\n\
+                     spin-matched-route: /probe/...\nspin-path-info: /headers\n\
+                     spin-raw-component-route: /probe/..."
+                ),
+                "{url}"
+            );
+        }
+    }
+    let (_dir, runner) = start(runtime, &[]);
+    let denied = get(&runner.url("/probe/http?http://self.alt/probe/headers"));
+    assert_eq!(
+        (denied.status, denied.body.as_str()),
+        (502, "http error: ErrorCode::HttpRequestDenied")
+    );
+}
+
+/// `spin-client-addr: 127.0.0.1:<port>` with the ephemeral port replaced by `*`.
+fn loopback_port_elided(body: &str) -> String {
+    body.lines()
+        .map(
+            |line| match line.strip_prefix("spin-client-addr: 127.0.0.1:") {
+                Some(_) => "spin-client-addr: 127.0.0.1:*".to_owned(),
+                None => line.to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `probe`'s MySQL answer (status, body) for `sql`, run with `query` (or `execute`).
@@ -429,6 +503,36 @@ fn a_trapping_component_gets_a_500_and_the_runner_keeps_serving(runtime: Runtime
     let (_dir, runner) = start(runtime, &[]);
     assert_eq!(get(&runner.url("/probe/trap")).status, 500);
     assert_eq!(get(&runner.url("/probe/variable/greeting")).status, 200);
+}
+
+/// Linear memory: 4 GiB by default as in Spin (a guest may reserve 1.5 GiB), and with
+/// `SPIN_MAX_INSTANCE_MEMORY` (what SpinKube's `invocationLimits.memory` sets) growing past the
+/// limit fails the guest's allocation instead of trapping.
+fn instance_memory_is_limited_as_spin_limits_it(runtime: Runtime) {
+    let alloc = |runner: &App, mib: u32| {
+        let reply = get(&runner.url(&format!("/probe/alloc?{mib}")));
+        (reply.status, reply.body)
+    };
+    let (_dir, runner) = start(runtime, &[]);
+    assert_eq!(alloc(&runner, 1536), (200, "reserved 1536 MiB".to_owned()));
+
+    let dir = TempDir::new("probe-memory");
+    let runner = AppConfig::new(manifest(&dir, &[], ""), runtime)
+        .env("SPIN_VARIABLE_NEEDED", "x")
+        .env("SPIN_MAX_INSTANCE_MEMORY", (32u32 << 20).to_string())
+        .start();
+    assert_eq!(alloc(&runner, 8), (200, "reserved 8 MiB".to_owned()));
+    assert_eq!(
+        alloc(&runner, 64),
+        (
+            507,
+            "reserving 64 MiB failed: memory allocation failed because the memory allocator \
+             returned an error"
+                .to_owned()
+        )
+    );
+    // The refusal is the guest's to handle; the instance and the app go on.
+    assert_eq!(alloc(&runner, 8), (200, "reserved 8 MiB".to_owned()));
 }
 
 /// Runner only: Spin hosts what the runner refuses here.

@@ -293,8 +293,9 @@ fn parse_like_spin(address: &str, default_scheme: &str) -> Option<url::Url> {
 }
 
 /// Whether an outbound HTTP request is a request to the app itself, for Spin: its URL has no
-/// authority (a relative URL; wasi:http gives an empty host) or the host `self.alt`. Not
-/// `http://self/...`: that is an ordinary URL, allowed only by a `*` host.
+/// authority (a relative URL; wasi:http gives an empty host) or the host `self.alt`, whatever
+/// the port (`host` is the URL's host, without it). Not `http://self/...`: that is an ordinary
+/// URL, allowed only by a `*` host.
 pub fn is_self_request(host: Option<&str>) -> bool {
     matches!(host, None | Some("") | Some("self.alt"))
 }

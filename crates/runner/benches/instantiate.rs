@@ -56,6 +56,7 @@ async fn load(pooling: bool) -> Result<Arc<Runtime>> {
             "db_url=mysql://bench:bench@127.0.0.1:13306/auth".into(),
             "jwt_secret=benchmark-secret-that-is-at-least-32-bytes".into(),
         ],
+        max_instance_memory: None,
         engine: EngineOptions {
             pooling,
             ..EngineOptions::default()

@@ -60,8 +60,9 @@ fn pooling_config(max_instances: u32) -> PoolingAllocationConfig {
         .total_memories(max_instances)
         .total_tables(max_instances)
         .total_stacks(max_instances)
-        // A guest may grow its memory to 1 GiB (argon2 in login needs about 10 MiB).
-        .max_memory_size(1 << 30)
+        // As in Spin: any 32-bit memory may grow to 4 GiB here; an instance's limit, if any, is
+        // the store's (`--max-instance-memory`).
+        .max_memory_size(4 << 30)
         // Resetting a slot by zeroing its first pages, instead of handing them back to the kernel,
         // spares every request the copy-on-write faults and the cross-core TLB flushes that
         // dominated a profile under load (a Rust guest touches its 1 MiB stack and some heap):

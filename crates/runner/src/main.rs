@@ -52,6 +52,11 @@ struct Up {
     /// Do not use wasmtime's on-disk compilation cache.
     #[arg(long)]
     no_cache: bool,
+    /// Most linear memory one instance may grow to, in bytes (past it, memory.grow fails and
+    /// the guest's allocation with it); unlimited by default. SpinKube's
+    /// `invocationLimits.memory` sets SPIN_MAX_INSTANCE_MEMORY.
+    #[arg(long, env = "SPIN_MAX_INSTANCE_MEMORY")]
+    max_instance_memory: Option<usize>,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
@@ -94,6 +99,7 @@ fn up_blocking(up: Up) -> Result<()> {
             let runtime = Runtime::load(RuntimeOptions {
                 manifest: up.manifest,
                 variables: up.variables,
+                max_instance_memory: up.max_instance_memory,
                 engine: EngineOptions {
                     cache: !up.no_cache,
                     ..EngineOptions::default()

@@ -1,8 +1,9 @@
 //! Loading a Spin app: manifest, variables, and one pre-instantiated component per `[component]`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -34,6 +35,8 @@ pub struct RuntimeOptions {
     /// `--variable` arguments (`name=value`, `name=@file`, `@file.json`); they take precedence
     /// over the environment, as in Spin.
     pub variables: Vec<String>,
+    /// Most bytes of linear memory an instance may have (Spin's `--max-instance-memory`).
+    pub max_instance_memory: Option<usize>,
     pub engine: EngineOptions,
 }
 
@@ -46,6 +49,9 @@ pub struct Runtime {
     router: Router<ComponentIndex>,
     variables: Resolved,
     engine: Engine,
+    max_instance_memory: Option<usize>,
+    /// The address the app listens on, where self requests go (set once it is bound).
+    self_origin: OnceLock<SocketAddr>,
 }
 
 /// One `[component.<id>]`, compiled, linked and ready to instantiate.
@@ -105,6 +111,8 @@ impl Runtime {
             router,
             variables,
             engine,
+            max_instance_memory: options.max_instance_memory,
+            self_origin: OnceLock::new(),
         }))
     }
 
@@ -128,14 +136,37 @@ impl Runtime {
         self.by_id.get(id).copied()
     }
 
+    /// Records the address the app serves on: self requests go there, as in Spin.
+    pub fn set_self_origin(&self, address: SocketAddr) {
+        let _ = self.self_origin.set(address);
+    }
+
+    pub(crate) fn self_origin(&self) -> Option<SocketAddr> {
+        self.self_origin.get().copied()
+    }
+
     pub(crate) fn variables(&self) -> &Resolved {
         &self.variables
+    }
+
+    /// A store for one request to `component`, its memory capped as Spin caps it: growing past
+    /// the limit fails (memory.grow returns -1), it does not trap.
+    fn new_store(self: &Arc<Self>, component: ComponentIndex) -> Store<RequestState> {
+        let mut state = RequestState::new(self.clone(), component);
+        if let Some(limit) = self.max_instance_memory {
+            state.limits = wasmtime::StoreLimitsBuilder::new()
+                .memory_size(limit)
+                .build();
+        }
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store
     }
 
     /// Creates a store and an instance of `component` and drops them: the fixed cost each request
     /// pays before the guest runs. Public for the benchmark that reports it.
     pub async fn instantiate_once(self: &Arc<Self>, component: ComponentIndex) -> Result<()> {
-        let mut store = Store::new(&self.engine, RequestState::new(self.clone(), component));
+        let mut store = self.new_store(component);
         self.components[component]
             .pre
             .instantiate_async(&mut store)
@@ -155,7 +186,7 @@ impl Runtime {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let mut store = Store::new(&self.engine, RequestState::new(self.clone(), component));
+        let mut store = self.new_store(component);
         let (sender, receiver) = oneshot::channel();
         let request = store
             .data_mut()

@@ -47,6 +47,7 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .context("reading the listening address")?;
+    runtime.set_self_origin(local);
     print_routes(&runtime, local);
 
     // HTTP/1.1 with keep-alive, as Spin's HTTP trigger serves plain-text connections.

@@ -17,6 +17,8 @@ pub struct RequestState {
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
     pub(crate) outbound_http: OutboundHttp,
+    /// The store's memory limit (none unless `--max-instance-memory` is set).
+    pub(crate) limits: wasmtime::StoreLimits,
 }
 
 impl RequestState {
@@ -30,6 +32,7 @@ impl RequestState {
             wasi,
             http: WasiHttpCtx::new(),
             outbound_http,
+            limits: wasmtime::StoreLimits::default(),
         }
     }
 

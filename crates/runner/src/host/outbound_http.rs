@@ -31,8 +31,9 @@ impl OutboundHttp {
 enum Destination {
     /// Another component of this app, by id (`http://<id>.spin.internal`).
     Component(ComponentIndex),
-    /// This app's own router (a URL without authority, or host `self.alt`). Spin sends these over
-    /// loopback to its own listener; answering them in-process gives the guest the same result.
+    /// This app itself (a URL without authority, or host `self.alt` with any port). As Spin
+    /// does, the request goes over the network to the address the app listens on, so the
+    /// target sees what Spin's would: a real client address, and that address in the URL.
     SelfApp,
     /// The network.
     Network,
@@ -50,7 +51,7 @@ impl WasiHttpHooks for OutboundHttp {
         let url = request.uri().to_string();
         let host = request.uri().authority().map(Authority::as_str);
 
-        let destination = if is_self_request(host) {
+        let destination = if is_self_request(request.uri().host()) {
             if let Err(denial) = allowed.check_self() {
                 return deny(caller, &denial);
             }
@@ -66,9 +67,10 @@ impl WasiHttpHooks for OutboundHttp {
             match host.and_then(service_chaining_target) {
                 Some(id) => match self.runtime.component_index(id) {
                     Some(target) => Destination::Component(target),
+                    // Spin refuses these as it refuses a host the allow-list lacks.
                     None => {
                         tracing::error!(component = %caller.id, "service chaining to unknown component `{id}` ({url})");
-                        return Box::new(std::future::ready(Err(Error::DestinationNotFound)));
+                        return Box::new(std::future::ready(Err(Error::HttpRequestDenied)));
                     }
                 },
                 None => Destination::Network,
@@ -87,15 +89,10 @@ impl WasiHttpHooks for OutboundHttp {
                     (target, with_spin_headers(&runtime, request, None, None))
                 }
                 Destination::SelfApp => {
-                    let path = request.uri().path().to_owned();
-                    let Some(matched) = runtime.router().route(&path) else {
-                        return Ok((not_found(), done()));
-                    };
-                    let target = *matched.target;
-                    (
-                        target,
-                        with_spin_headers(&runtime, request, Some(&matched), None),
-                    )
+                    let request = to_self(&runtime, request)?;
+                    let (response, io) = default_send_request(request, options).await?;
+                    let response = response.map(|body| http_body_util::BodyExt::boxed_unsync(body));
+                    return Ok((response, Box::new(io) as IoFuture));
                 }
             };
             let response = Box::pin(runtime.handle(target, request))
@@ -109,6 +106,26 @@ impl WasiHttpHooks for OutboundHttp {
     }
 }
 
+/// `request` addressed to the app's own listener (`http://<listen address><path>`, `Host` set
+/// to it), as Spin rewrites a self request.
+fn to_self(
+    runtime: &crate::runtime::Runtime,
+    mut request: http::Request<WasiBody>,
+) -> Result<http::Request<WasiBody>, Error> {
+    let origin = runtime.self_origin().ok_or_else(|| {
+        tracing::error!("a self request before the app listens");
+        Error::HttpRequestUriInvalid
+    })?;
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    *request.uri_mut() = format!("http://{origin}{path}")
+        .parse()
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    let host = http::HeaderValue::from_str(&origin.to_string())
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    request.headers_mut().insert(http::header::HOST, host);
+    Ok(request)
+}
+
 /// Logs what `spin up` logs for a denied request, naming the component, and refuses it.
 fn deny(caller: &crate::runtime::LoadedComponent, denial: &Denial) -> SendFuture {
     tracing::error!(component = %caller.id, "{} {}", denial.warning(), denial.suggestion().unwrap_or_default());
@@ -117,10 +134,4 @@ fn deny(caller: &crate::runtime::LoadedComponent, denial: &Denial) -> SendFuture
 
 fn done() -> IoFuture {
     Box::new(std::future::ready(Ok(())))
-}
-
-fn not_found() -> http::Response<WasiBody> {
-    let mut response = http::Response::new(crate::server::empty_body());
-    *response.status_mut() = http::StatusCode::NOT_FOUND;
-    response
 }
