@@ -4,7 +4,7 @@
 //! stopped the same way.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -80,6 +80,9 @@ pub struct AppConfig {
     pub args: Vec<String>,
     /// `--listen` address; by default a free loopback port.
     pub listen: Option<String>,
+    /// `--state-dir` (where the default key-value store lives); by default unset, so nothing is
+    /// written beside the manifest and the store is in memory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl AppConfig {
@@ -90,6 +93,7 @@ impl AppConfig {
             env: Vec::new(),
             args: Vec::new(),
             listen: None,
+            state_dir: None,
         }
     }
 
@@ -114,6 +118,12 @@ impl AppConfig {
         self
     }
 
+    /// Keeps the app's state (the default key-value store) in `dir`.
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Listens on `address` (`IP:port`) instead of a free loopback port.
     pub fn listen(mut self, address: &str) -> Self {
         self.listen = Some(address.to_owned());
@@ -132,11 +142,12 @@ impl AppConfig {
             .arg(&self.manifest)
             .arg("--listen")
             .arg(listen)
+            .arg("--state-dir")
+            .arg(self.state_dir.as_deref().unwrap_or(Path::new("")))
             .args(&self.args);
         if self.runtime == Runtime::Spin {
-            // Component output to the terminal only (the log the tests read), and no state
-            // directory beside the manifest: nothing is written into the checkout.
-            command.args(["--log-dir", "", "--state-dir", ""]);
+            // Component output to the terminal only: the log the tests read.
+            command.args(["--log-dir", ""]);
         }
         // Only what the test sets: no variables of the test process's own, and no backtrace
         // settings, which make both hosts append a backtrace to the errors they hand guests.

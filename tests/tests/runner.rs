@@ -22,6 +22,7 @@ on_each_runtime!(
     outbound_mysql_is_checked_and_works,
     a_trapping_component_gets_a_500_and_the_runner_keeps_serving,
     instance_memory_is_limited_as_spin_limits_it,
+    key_value_stores_behave_as_in_spin,
     sigterm_lets_in_flight_requests_finish,
 );
 
@@ -535,17 +536,111 @@ fn instance_memory_is_limited_as_spin_limits_it(runtime: Runtime) {
     assert_eq!(alloc(&runner, 8), (200, "reserved 8 MiB".to_owned()));
 }
 
+/// `probe`'s key-value answer (status, body) for `op` on store `label`.
+fn kv(runner: &App, label: &str, op: &str, key: &str, value: Option<&str>) -> (u16, String) {
+    let headers: Vec<(&str, &str)> = value.map(|v| ("x-value", v)).into_iter().collect();
+    let reply = system_tests::http::send(
+        "GET",
+        &runner.url(&format!("/probe/kv/{label}/{op}?{key}")),
+        &headers,
+        None,
+    );
+    (reply.status, reply.body)
+}
+
+fn ok(text: &str) -> (u16, String) {
+    (200, text.to_owned())
+}
+
+/// Key-value stores as Spin gives them: what a component may open, what each operation answers,
+/// the default store kept in the state directory across restarts (or in memory without one),
+/// other labels from the runtime config file, and a label no store has refused at start-up.
+fn key_value_stores_behave_as_in_spin(runtime: Runtime) {
+    let dir = TempDir::new("probe-kv");
+    let state = dir.path().join("state");
+    let runtime_config = dir.write(
+        "runtime-config.toml",
+        "[key_value_store.cache]\ntype = \"spin\"\n",
+    );
+    let path = manifest(&dir, &[], "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "environment = { PROBE_MODE = \"test\" }",
+        "environment = { PROBE_MODE = \"test\" }\nkey_value_stores = [\"default\", \"cache\"]",
+    );
+    std::fs::write(&path, text).unwrap();
+    let start = |state: &std::path::Path| {
+        AppConfig::new(&path, runtime)
+            .env("SPIN_VARIABLE_NEEDED", "x")
+            .arg("--runtime-config-file")
+            .arg(runtime_config.display().to_string())
+            .state_dir(state)
+            .start()
+    };
+
+    let runner = start(&state);
+    assert_eq!(kv(&runner, "default", "get", "a", None), ok("None"));
+    assert_eq!(kv(&runner, "default", "exists", "a", None), ok("false"));
+    assert_eq!(kv(&runner, "default", "set", "a", Some("one")), ok("set"));
+    assert_eq!(kv(&runner, "default", "set", "b", Some("")), ok("set"));
+    assert_eq!(kv(&runner, "default", "set", "a", Some("two")), ok("set"));
+    assert_eq!(
+        kv(&runner, "default", "get", "a", None),
+        ok("Some(\"two\")")
+    );
+    assert_eq!(kv(&runner, "default", "get", "b", None), ok("Some(\"\")"));
+    assert_eq!(kv(&runner, "default", "exists", "a", None), ok("true"));
+    assert_eq!(kv(&runner, "default", "keys", "", None), ok("a,b"));
+    assert_eq!(kv(&runner, "default", "delete", "b", None), ok("deleted"));
+    assert_eq!(kv(&runner, "default", "delete", "b", None), ok("deleted"));
+    assert_eq!(kv(&runner, "default", "keys", "", None), ok("a"));
+    // Another label is another store, even in the same database.
+    assert_eq!(kv(&runner, "cache", "get", "a", None), ok("None"));
+    assert_eq!(kv(&runner, "cache", "set", "c", Some("3")), ok("set"));
+    // Defined but not listed by the component; not defined at all.
+    let denied = (502, "open error: Error::AccessDenied".to_owned());
+    assert_eq!(kv(&runner, "other", "get", "a", None), denied);
+    // `hidden` lists no stores at all.
+    let chained =
+        get(&runner.url("/probe/http?http://hidden.spin.internal/probe/kv/default/get?a"));
+    assert_eq!(chained.status, 502, "{chained:?}");
+
+    // The default store outlives the app in its state directory; the in-memory one does not.
+    drop(runner);
+    assert!(state.join("sqlite_key_value.db").is_file());
+    let runner = start(&state);
+    assert_eq!(
+        kv(&runner, "default", "get", "a", None),
+        ok("Some(\"two\")")
+    );
+    assert_eq!(kv(&runner, "cache", "get", "c", None), ok("None"));
+    drop(runner);
+    let runner = start(std::path::Path::new(""));
+    assert_eq!(kv(&runner, "default", "get", "a", None), ok("None"));
+    drop(runner);
+
+    // A label no store has: refused at start-up, naming label and component.
+    let path = manifest(&dir, &[], "key_value_stores = [\"nowhere\"]");
+    let (status, output) = AppConfig::new(path, runtime)
+        .env("SPIN_VARIABLE_NEEDED", "x")
+        .start_expecting_failure();
+    assert!(!status.success());
+    assert!(
+        output.contains(r#"unknown key_value_stores label "nowhere" for component "hidden""#),
+        "{output}"
+    );
+}
+
 /// Runner only: Spin hosts what the runner refuses here.
 #[test]
 fn unsupported_manifest_features_fail_loudly() {
-    let dir = TempDir::new("probe-kv");
-    let path = manifest(&dir, &[], "key_value_stores = [\"default\"]");
+    let dir = TempDir::new("probe-sqlite");
+    let path = manifest(&dir, &[], "sqlite_databases = [\"default\"]");
     let (status, stderr) = AppConfig::new(path, Runtime::Runner)
         .env("SPIN_VARIABLE_NEEDED", "x")
         .start_expecting_failure();
     assert!(!status.success());
     assert!(
-        stderr.contains("hidden") && stderr.contains("key_value_stores"),
+        stderr.contains("hidden") && stderr.contains("sqlite_databases"),
         "{stderr}"
     );
 }
@@ -597,7 +692,7 @@ source = {:?}
     let (status, stderr) = AppConfig::new(path, Runtime::Runner).start_expecting_failure();
     assert!(!status.success());
     assert!(
-        stderr.contains("counter") && stderr.contains("key-value"),
+        stderr.contains("counter") && stderr.contains("sqlite"),
         "names component and import:\n{stderr}"
     );
 }

@@ -8,7 +8,7 @@ use bson::spec::BinarySubtype;
 use bson::{doc, Binary, Bson, Document};
 
 use crate::error::{Error, Result};
-use crate::scram::ScramSha256;
+use crate::scram::{KeyCache, NoCache, ScramSha256};
 use crate::uri::ConnectionString;
 use crate::wire::{self, DocumentSequence, OpMsg};
 
@@ -42,10 +42,16 @@ pub struct Client<S> {
 
 /// Connects to the first usable host of a `mongodb://` URI, handshakes and authenticates.
 pub fn connect(uri: &str) -> Result<Client<TcpStream>> {
+    connect_cached(uri, &NoCache)
+}
+
+/// [`connect`], keeping the keys SCRAM derives from the password in `cache` (see
+/// [`KeyCache`]), so that later connections skip the derivation.
+pub fn connect_cached(uri: &str, cache: &dyn KeyCache) -> Result<Client<TcpStream>> {
     let cs: ConnectionString = uri.parse()?;
     let mut last = None;
     for (host, port) in &cs.hosts {
-        match connect_host(&cs, host, *port) {
+        match connect_host(&cs, host, *port, cache) {
             Ok(client) if client.info.writable_primary || cs.hosts.len() == 1 => return Ok(client),
             Ok(_) => last = Some(Error::protocol(format!("{host}:{port} is not the primary"))),
             Err(e) => last = Some(e),
@@ -54,7 +60,12 @@ pub fn connect(uri: &str) -> Result<Client<TcpStream>> {
     Err(last.unwrap_or_else(|| Error::InvalidUri("no host".into())))
 }
 
-fn connect_host(cs: &ConnectionString, host: &str, port: u16) -> Result<Client<TcpStream>> {
+fn connect_host(
+    cs: &ConnectionString,
+    host: &str,
+    port: u16,
+    cache: &dyn KeyCache,
+) -> Result<Client<TcpStream>> {
     let mut last: Option<std::io::Error> = None;
     let mut stream = None;
     for addr in (host, port).to_socket_addrs()? {
@@ -94,7 +105,7 @@ fn connect_host(cs: &ConnectionString, host: &str, port: u16) -> Result<Client<T
     let mut client = Client::handshake(stream, cs.app_name.as_deref())?;
     client.default_database = cs.database.clone();
     if let Some(cred) = &cs.credentials {
-        client.authenticate(&cred.source, &cred.username, &cred.password)?;
+        client.authenticate_cached(&cred.source, &cred.username, &cred.password, cache)?;
     }
     Ok(client)
 }
@@ -184,7 +195,40 @@ impl<S: Read + Write> Client<S> {
 
     /// SCRAM-SHA-256 with saslStart/saslContinue against `source` (usually `admin`).
     pub fn authenticate(&mut self, source: &str, username: &str, password: &str) -> Result<()> {
+        self.authenticate_cached(source, username, password, &NoCache)
+    }
+
+    /// [`Client::authenticate`] with the derived keys kept in `cache`. Keys from the cache that
+    /// the server refuses are dropped from it and the conversation is started again once, with
+    /// keys derived anew: a stale or damaged entry costs one round, never a failed login.
+    pub fn authenticate_cached(
+        &mut self,
+        source: &str,
+        username: &str,
+        password: &str,
+        cache: &dyn KeyCache,
+    ) -> Result<()> {
         let mut scram = ScramSha256::new(username, password)?;
+        match (
+            self.sasl_conversation(source, &mut scram, cache),
+            scram.cache_entry(),
+        ) {
+            (Err(Error::Auth(_)), Some(entry)) => {
+                // Without the entry the keys are derived again, and cached afresh.
+                cache.remove(entry);
+                let mut scram = ScramSha256::new(username, password)?;
+                self.sasl_conversation(source, &mut scram, cache)
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn sasl_conversation(
+        &mut self,
+        source: &str,
+        scram: &mut ScramSha256,
+        cache: &dyn KeyCache,
+    ) -> Result<()> {
         let start = self.command(
             source,
             doc! {
@@ -201,7 +245,7 @@ impl<S: Read + Write> Client<S> {
             .cloned()
             .ok_or_else(|| Error::Auth("saslStart answer has no conversationId".into()))?;
         let server_first = sasl_payload(&start)?;
-        let client_final = scram.client_final(&server_first)?;
+        let client_final = scram.client_final_cached(&server_first, cache)?;
         let cont = self
             .command(
                 source,

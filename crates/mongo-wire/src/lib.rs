@@ -17,7 +17,8 @@ mod uri;
 pub mod wire;
 
 pub use bson;
-pub use client::{connect, Client, Cursor, FindOptions, ServerInfo, UpdateResult};
+pub use client::{connect, connect_cached, Client, Cursor, FindOptions, ServerInfo, UpdateResult};
 pub use error::{Error, Result};
 pub use gridfs::{Bucket, Download, FileInfo, DEFAULT_CHUNK_SIZE};
+pub use scram::{KeyCache, NoCache};
 pub use uri::{ConnectionString, Credentials};

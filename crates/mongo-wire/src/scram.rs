@@ -2,6 +2,12 @@
 //!
 //! Passwords are used as given: SASLprep is the identity for ASCII passwords, which is all this
 //! crate supports (non-ASCII passwords are refused rather than silently mis-normalised).
+//!
+//! Deriving the keys from the password (PBKDF2, thousands of HMAC rounds) is nearly all of a
+//! handshake's cost, and the keys do not change while the password and the server's salt and
+//! iteration count do not. A [`KeyCache`] keeps them across connections, as official drivers
+//! keep them across a process's connections: a caller whose connections each live in a fresh
+//! process (a wasm instance per request) hands in a cache that outlives them.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -17,12 +23,81 @@ const MIN_ITERATIONS: u32 = 4096;
 /// Refuse absurd iteration counts a hostile server could use to burn our CPU.
 const MAX_ITERATIONS: u32 = 10_000_000;
 
+/// Where derived SCRAM keys are kept between connections. A cache may lose or refuse entries at
+/// any time; what it returns is checked by the server, and a wrong entry costs one failed
+/// attempt, after which the keys are derived again.
+pub trait KeyCache {
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    fn put(&self, key: &str, value: &[u8]);
+    fn remove(&self, key: &str);
+}
+
+/// No cache: every handshake derives the keys.
+pub struct NoCache;
+
+impl KeyCache for NoCache {
+    fn get(&self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn put(&self, _: &str, _: &[u8]) {}
+    fn remove(&self, _: &str) {}
+}
+
+/// The keys SCRAM derives from a password for one salt and iteration count.
+#[derive(Clone, PartialEq, Eq)]
+struct DerivedKeys {
+    client_key: [u8; 32],
+    server_key: [u8; 32],
+}
+
+impl DerivedKeys {
+    /// PBKDF2 over the password, then the client and server keys (RFC 5802 section 3).
+    fn derive(password: &str, salt: &[u8], iterations: u32) -> Result<Self> {
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2::<HmacSha256>(password.as_bytes(), salt, iterations, &mut salted)
+            .map_err(|_| Error::Auth("PBKDF2 failed".into()))?;
+        Ok(Self {
+            client_key: hmac32(&salted, b"Client Key")?,
+            server_key: hmac32(&salted, b"Server Key")?,
+        })
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        [self.client_key, self.server_key].concat()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 64 {
+            return None;
+        }
+        Some(Self {
+            client_key: bytes[..32].try_into().ok()?,
+            server_key: bytes[32..].try_into().ok()?,
+        })
+    }
+}
+
+/// The cache entry's name: a hash over everything the keys depend on, so that another
+/// password, user, salt or iteration count never finds them, and the name reveals nothing.
+fn cache_key(username: &str, password: &str, salt: &[u8], iterations: u32) -> String {
+    let mut hash = Sha256::new();
+    for part in [username.as_bytes(), password.as_bytes(), salt] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.update(iterations.to_be_bytes());
+    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("mongo-wire/scram-sha-256/{hex}")
+}
+
 /// One SCRAM-SHA-256 conversation.
 pub struct ScramSha256 {
+    username: String,
     password: String,
     client_nonce: String,
     client_first_bare: String,
     server_signature: Option<Vec<u8>>,
+    cache_entry: Option<String>,
 }
 
 impl ScramSha256 {
@@ -43,10 +118,12 @@ impl ScramSha256 {
         }
         let user = username.replace('=', "=3D").replace(',', "=2C");
         Ok(ScramSha256 {
+            username: username.to_owned(),
             password: password.to_owned(),
             client_nonce: nonce.to_owned(),
             client_first_bare: format!("n={user},r={nonce}"),
             server_signature: None,
+            cache_entry: None,
         })
     }
 
@@ -57,6 +134,16 @@ impl ScramSha256 {
 
     /// Takes the server-first message, returns the client-final message.
     pub fn client_final(&mut self, server_first: &str) -> Result<String> {
+        self.client_final_cached(server_first, &NoCache)
+    }
+
+    /// [`ScramSha256::client_final`] with the derived keys taken from `cache` when it has them,
+    /// and put there when it had not.
+    pub fn client_final_cached(
+        &mut self,
+        server_first: &str,
+        cache: &dyn KeyCache,
+    ) -> Result<String> {
         let mut nonce = None;
         let mut salt = None;
         let mut iterations = None;
@@ -90,25 +177,42 @@ impl ScramSha256 {
             )));
         }
 
-        let mut salted = [0u8; 32];
-        pbkdf2::pbkdf2::<HmacSha256>(self.password.as_bytes(), &salt, iterations, &mut salted)
-            .map_err(|_| Error::Auth("PBKDF2 failed".into()))?;
-        let client_key = hmac(&salted, b"Client Key")?;
-        let stored_key = Sha256::digest(&client_key);
+        let name = cache_key(&self.username, &self.password, &salt, iterations);
+        let keys = match cache
+            .get(&name)
+            .and_then(|bytes| DerivedKeys::from_bytes(&bytes))
+        {
+            Some(keys) => {
+                self.cache_entry = Some(name);
+                keys
+            }
+            None => {
+                let keys = DerivedKeys::derive(&self.password, &salt, iterations)?;
+                cache.put(&name, &keys.to_bytes());
+                keys
+            }
+        };
+        let stored_key = Sha256::digest(keys.client_key);
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!(
             "{},{},{}",
             self.client_first_bare, server_first, without_proof
         );
         let client_signature = hmac(&stored_key, auth_message.as_bytes())?;
-        let proof: Vec<u8> = client_key
+        let proof: Vec<u8> = keys
+            .client_key
             .iter()
             .zip(client_signature.iter())
             .map(|(a, b)| a ^ b)
             .collect();
-        let server_key = hmac(&salted, b"Server Key")?;
-        self.server_signature = Some(hmac(&server_key, auth_message.as_bytes())?);
+        self.server_signature = Some(hmac(&keys.server_key, auth_message.as_bytes())?);
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// The cache entry this conversation's keys came from, if they came from one: the entry to
+    /// drop if the server refuses them.
+    pub fn cache_entry(&self) -> Option<&str> {
+        self.cache_entry.as_deref()
     }
 
     /// Checks the server-final message: the server must prove it knows the password too.
@@ -136,6 +240,13 @@ impl ScramSha256 {
         }
         Err(Error::Auth("server-final has no signature".into()))
     }
+}
+
+fn hmac32(key: &[u8], data: &[u8]) -> Result<[u8; 32]> {
+    let mut mac =
+        HmacSha256::new_from_slice(key).map_err(|_| Error::Auth("bad HMAC key".into()))?;
+    mac.update(data);
+    Ok(mac.finalize().into_bytes().into())
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Result<Vec<u8>> {
@@ -191,6 +302,77 @@ mod tests {
                 ScramSha256::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO").unwrap();
             assert!(scram.client_final(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A cache that counts what it was asked.
+    #[derive(Default)]
+    struct Counting {
+        entries: std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>,
+        puts: std::cell::Cell<u32>,
+    }
+
+    impl KeyCache for Counting {
+        fn get(&self, key: &str) -> Option<Vec<u8>> {
+            self.entries.borrow().get(key).cloned()
+        }
+        fn put(&self, key: &str, value: &[u8]) {
+            self.puts.set(self.puts.get() + 1);
+            self.entries
+                .borrow_mut()
+                .insert(key.to_owned(), value.to_vec());
+        }
+        fn remove(&self, key: &str) {
+            self.entries.borrow_mut().remove(key);
+        }
+    }
+
+    #[test]
+    fn cached_keys_give_the_same_proof_as_derived_ones() {
+        let cache = Counting::default();
+        for expect_cached in [false, true] {
+            let mut scram =
+                ScramSha256::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO").unwrap();
+            let message = scram.client_final_cached(SERVER_FIRST, &cache).unwrap();
+            assert_eq!(scram.cache_entry().is_some(), expect_cached);
+            assert!(message.ends_with("p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="));
+            scram
+                .verify_server_final("v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+                .unwrap();
+        }
+        assert_eq!(cache.puts.get(), 1, "derived once");
+    }
+
+    #[test]
+    fn the_cache_entry_depends_on_password_user_salt_and_iterations() {
+        let base = cache_key("user", "pencil", b"salt", 4096);
+        assert!(base.starts_with("mongo-wire/scram-sha-256/"));
+        assert!(!base.contains("pencil"));
+        for other in [
+            cache_key("user", "pencil2", b"salt", 4096),
+            cache_key("user2", "pencil", b"salt", 4096),
+            cache_key("user", "pencil", b"salt2", 4096),
+            cache_key("user", "pencil", b"salt", 4097),
+            // Length prefixes: moving a byte from one part to the next is another entry.
+            cache_key("userp", "encil", b"salt", 4096),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+
+    #[test]
+    fn a_malformed_cache_entry_is_ignored() {
+        let cache = Counting::default();
+        let mut scram = ScramSha256::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO").unwrap();
+        let name = cache_key(
+            "user",
+            "pencil",
+            &B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap(),
+            4096,
+        );
+        cache.entries.borrow_mut().insert(name, vec![1, 2, 3]);
+        let message = scram.client_final_cached(SERVER_FIRST, &cache).unwrap();
+        assert!(scram.cache_entry().is_none());
+        assert!(message.ends_with("p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Parses and validates a Spin manifest (spin.toml, version 2), as Spin 3 reads it.
 //!
 //! What this runner supports is kept; what Spin accepts but this runner does not support
-//! (other trigger types, `files`, key-value stores, remote sources, …) is refused with an
+//! (other trigger types, `files`, SQLite databases, remote sources, …) is refused with an
 //! error naming the component and the field, so an app never runs differently from `spin up`.
 //! Unknown keys are refused as Spin refuses them.
 
@@ -96,6 +96,8 @@ pub struct Component {
     pub variables: BTreeMap<String, String>,
     /// `environment`: WASI environment variables for the component.
     pub environment: BTreeMap<String, String>,
+    /// `key_value_stores`: the labels of the key-value stores the component may open.
+    pub key_value_stores: Vec<String>,
     /// `[component.<id>.build]`, used by `spin build`-like tooling.
     pub build: Option<Build>,
 }
@@ -263,6 +265,7 @@ fn component(
         allowed_outbound_hosts: raw.allowed_outbound_hosts,
         variables: raw.variables,
         environment: raw.environment,
+        key_value_stores: raw.key_value_stores,
         build,
     })
 }

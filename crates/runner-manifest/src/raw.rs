@@ -94,6 +94,8 @@ pub(crate) struct Component {
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
     #[serde(default)]
+    pub key_value_stores: Vec<String>,
+    #[serde(default)]
     pub build: Option<Build>,
     /// Settings for other tools: Spin ignores them, and so does this runner.
     #[serde(default)]
@@ -107,8 +109,6 @@ pub(crate) struct Component {
     pub exclude_files: Option<toml::Value>,
     #[serde(default)]
     pub allowed_http_hosts: Option<toml::Value>,
-    #[serde(default)]
-    pub key_value_stores: Option<toml::Value>,
     #[serde(default)]
     pub sqlite_databases: Option<toml::Value>,
     #[serde(default)]
@@ -130,7 +130,6 @@ impl Component {
             ("files", &self.files),
             ("exclude_files", &self.exclude_files),
             ("allowed_http_hosts", &self.allowed_http_hosts),
-            ("key_value_stores", &self.key_value_stores),
             ("sqlite_databases", &self.sqlite_databases),
             ("ai_models", &self.ai_models),
             ("dependencies", &self.dependencies),

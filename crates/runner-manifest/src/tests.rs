@@ -144,14 +144,26 @@ fn load_reads_a_file_and_resolves_paths_against_its_directory() {
 
     std::fs::write(
         &path,
-        format!("{HEAD}{ONE_COMPONENT}key_value_stores = [\"default\"]\n"),
+        format!("{HEAD}{ONE_COMPONENT}sqlite_databases = [\"default\"]\n"),
     )
     .unwrap();
-    assert!(format!("{:#}", load(&path).unwrap_err()).contains("key_value_stores"));
+    assert!(format!("{:#}", load(&path).unwrap_err()).contains("sqlite_databases"));
     let err = format!("{}", load(&path).unwrap_err());
     assert!(err.contains(&path.display().to_string()), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(load(&path).is_err());
+}
+
+#[test]
+fn key_value_store_labels_are_read() {
+    let app = App::from_toml(
+        &format!("{HEAD}{ONE_COMPONENT}key_value_stores = [\"default\", \"cache\"]\n"),
+        Path::new("/app"),
+    )
+    .unwrap();
+    assert_eq!(app.components["web"].key_value_stores, ["default", "cache"]);
+    let none = App::from_toml(&format!("{HEAD}{ONE_COMPONENT}"), Path::new("/app")).unwrap();
+    assert!(none.components["web"].key_value_stores.is_empty());
 }
 
 #[test]
@@ -437,7 +449,6 @@ fn unsupported_component_fields_are_refused_by_name() {
         ("files", "[\"assets/*\"]"),
         ("exclude_files", "[\"secret/*\"]"),
         ("allowed_http_hosts", "[\"example.com\"]"),
-        ("key_value_stores", "[\"default\"]"),
         ("sqlite_databases", "[\"default\"]"),
         ("ai_models", "[\"llama2-chat\"]"),
         ("dependencies", "{ \"a:b/c\" = \"1.0.0\" }"),
@@ -454,7 +465,7 @@ fn unsupported_component_fields_are_refused_by_name() {
     }
     // Empty values ask for nothing and are accepted.
     app(&format!(
-        "{ONE_COMPONENT}files = []\nkey_value_stores = []\ndependencies = {{}}\n"
+        "{ONE_COMPONENT}files = []\nsqlite_databases = []\ndependencies = {{}}\n"
     ))
     .unwrap();
 }

@@ -6,6 +6,7 @@
 //! Run with `scripts/bench-auth` (which builds the components first) or
 //! `cargo bench -p spin-runner --bench instantiate`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,8 @@ async fn load(pooling: bool) -> Result<Arc<Runtime>> {
             "jwt_secret=benchmark-secret-that-is-at-least-32-bytes".into(),
         ],
         max_instance_memory: None,
+        runtime_config: None,
+        state_dir: Some(PathBuf::new()),
         engine: EngineOptions {
             pooling,
             ..EngineOptions::default()

@@ -57,6 +57,13 @@ struct Up {
     /// `invocationLimits.memory` sets SPIN_MAX_INSTANCE_MEMORY.
     #[arg(long, env = "SPIN_MAX_INSTANCE_MEMORY")]
     max_instance_memory: Option<usize>,
+    /// Runtime config file (Spin's format; the runner implements `[key_value_store.<label>]`).
+    #[arg(long, env = "RUNTIME_CONFIG_FILE")]
+    runtime_config_file: Option<PathBuf>,
+    /// Where the default key-value store lives (`sqlite_key_value.db`); default `.spin/` beside
+    /// the manifest, as in Spin; an empty value keeps it in memory.
+    #[arg(long, value_parser = clap::builder::OsStringValueParser::new())]
+    state_dir: Option<std::ffi::OsString>,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
@@ -100,6 +107,8 @@ fn up_blocking(up: Up) -> Result<()> {
                 manifest: up.manifest,
                 variables: up.variables,
                 max_instance_memory: up.max_instance_memory,
+                runtime_config: up.runtime_config_file,
+                state_dir: up.state_dir.map(PathBuf::from),
                 engine: EngineOptions {
                     cache: !up.no_cache,
                     ..EngineOptions::default()

@@ -22,6 +22,8 @@ use wasmtime_wasi_http::WasiHttpView;
 
 use crate::engine::{new_engine, EngineOptions};
 use crate::host;
+use crate::host::key_value::KeyValueStores;
+use crate::runtime_config::RuntimeConfig;
 use crate::state::RequestState;
 
 /// Index of a component in [`Runtime`]; cheaper to carry per request than its id.
@@ -37,6 +39,11 @@ pub struct RuntimeOptions {
     pub variables: Vec<String>,
     /// Most bytes of linear memory an instance may have (Spin's `--max-instance-memory`).
     pub max_instance_memory: Option<usize>,
+    /// `--runtime-config-file`.
+    pub runtime_config: Option<PathBuf>,
+    /// `--state-dir`: where the default key-value store lives. `None` is Spin's default for a
+    /// local app, `.spin/` beside the manifest; `Some("")` unsets it (the store is in memory).
+    pub state_dir: Option<PathBuf>,
     pub engine: EngineOptions,
 }
 
@@ -50,6 +57,7 @@ pub struct Runtime {
     variables: Resolved,
     engine: Engine,
     max_instance_memory: Option<usize>,
+    key_value: KeyValueStores,
     /// The address the app listens on, where self requests go (set once it is bound).
     self_origin: OnceLock<SocketAddr>,
 }
@@ -60,6 +68,8 @@ pub struct LoadedComponent {
     pre: ProxyPre<RequestState>,
     pub(crate) allowed_hosts: Arc<AllowedHosts>,
     environment: Vec<(String, String)>,
+    /// The key-value store labels it may open.
+    pub(crate) key_value_stores: Vec<String>,
 }
 
 impl Runtime {
@@ -74,6 +84,24 @@ impl Runtime {
             Box::new(EnvProvider::from_process()),
         ];
         let variables = Resolved::resolve(&app, &providers)?;
+
+        let runtime_config = match &options.runtime_config {
+            Some(path) => RuntimeConfig::load(path)?,
+            None => RuntimeConfig::default(),
+        };
+        let state_dir = match &options.state_dir {
+            None => Some(app.dir.join(".spin")),
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir.clone()),
+        };
+        let key_value = KeyValueStores::new(
+            state_dir.as_deref(),
+            runtime_config.key_value_stores,
+            runtime_config.dir.as_deref(),
+        );
+        for component in app.components.values() {
+            key_value.check_component(&component.id, &component.key_value_stores)?;
+        }
 
         let engine = new_engine(&options.engine)?;
         let mut linker = Linker::<RequestState>::new(&engine);
@@ -112,6 +140,7 @@ impl Runtime {
             variables,
             engine,
             max_instance_memory: options.max_instance_memory,
+            key_value,
             self_origin: OnceLock::new(),
         }))
     }
@@ -143,6 +172,10 @@ impl Runtime {
 
     pub(crate) fn self_origin(&self) -> Option<SocketAddr> {
         self.self_origin.get().copied()
+    }
+
+    pub(crate) fn key_value(&self) -> &KeyValueStores {
+        &self.key_value
     }
 
     pub(crate) fn variables(&self) -> &Resolved {
@@ -295,6 +328,7 @@ async fn load_components(
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            key_value_stores: spec.key_value_stores.clone(),
         });
     }
     Ok(loaded)

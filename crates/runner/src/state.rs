@@ -6,6 +6,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::host::key_value::KeyValueAccess;
 use crate::host::outbound_http::OutboundHttp;
 use crate::runtime::{ComponentIndex, Runtime};
 
@@ -19,12 +20,15 @@ pub struct RequestState {
     pub(crate) outbound_http: OutboundHttp,
     /// The store's memory limit (none unless `--max-instance-memory` is set).
     pub(crate) limits: wasmtime::StoreLimits,
+    /// The key-value stores the component may open, and how many it holds open.
+    pub(crate) key_value: KeyValueAccess,
 }
 
 impl RequestState {
     pub(crate) fn new(runtime: Arc<Runtime>, component: ComponentIndex) -> Self {
         let wasi = runtime.component(component).wasi_ctx();
         let outbound_http = OutboundHttp::new(runtime.clone(), component);
+        let key_value = KeyValueAccess::new(&runtime.component(component).key_value_stores);
         Self {
             runtime,
             component,
@@ -33,6 +37,7 @@ impl RequestState {
             http: WasiHttpCtx::new(),
             outbound_http,
             limits: wasmtime::StoreLimits::default(),
+            key_value,
         }
     }
 

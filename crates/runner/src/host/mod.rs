@@ -1,6 +1,7 @@
 //! Host implementations of the interfaces Spin 3 gives components, beyond WASI and wasi:http.
 //! One module per interface, as Spin's factors are organised.
 
+pub mod key_value;
 pub mod mysql;
 pub mod outbound_http;
 pub mod sockets;
@@ -23,6 +24,7 @@ pub(crate) mod bindings {
         },
         with: {
             "fermyon:spin/mysql.connection": super::mysql::Connection,
+            "fermyon:spin/key-value.store": super::key_value::Store,
         },
         require_store_data_send: true,
     });
@@ -35,5 +37,6 @@ pub fn add_to_linker(linker: &mut Linker<RequestState>) -> anyhow::Result<()> {
     bindings::fermyon::spin::variables::add_to_linker::<_, HasSelf<RequestState>>(linker, |s| s)?;
     bindings::fermyon::spin::rdbms_types::add_to_linker::<_, HasSelf<RequestState>>(linker, |s| s)?;
     bindings::fermyon::spin::mysql::add_to_linker::<_, HasSelf<RequestState>>(linker, |s| s)?;
+    bindings::fermyon::spin::key_value::add_to_linker::<_, HasSelf<RequestState>>(linker, |s| s)?;
     Ok(())
 }
