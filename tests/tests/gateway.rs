@@ -1,6 +1,7 @@
-//! The gateway as clients use it: the project's spin.toml on the app and on Spin, real RabbitMQ (a
-//! virtual host per test) and MongoDB (FerretDB), HTTP from the outside. Tokens are minted
-//! with the test's JWT secret, which validate checks like any other.
+//! The gateway as clients use it: the project's spin.toml on the runner and on Spin, real RabbitMQ
+//! (a virtual host per test) and MongoDB (FerretDB, the instance that requires logins, as
+//! Kubernetes' MongoDB does), HTTP from the outside. Tokens are minted with the test's JWT
+//! secret, which validate checks like any other.
 
 use std::io::{Read, Write};
 use std::sync::OnceLock;
@@ -28,6 +29,7 @@ on_each_runtime!(
     downloads_stream_the_owners_mp3_with_ranges,
     unknown_paths_and_methods,
     split_deployment_forwards_login_and_validates_remotely,
+    mongodb_logins_reuse_the_keys_derived_from_the_password,
 );
 
 const SECRET: &str = "gateway-test-secret-long-enough-for-hs256-0123456789";
@@ -54,9 +56,14 @@ fn user() -> (String, String) {
     (email, format!("Bearer {token}"))
 }
 
-/// `host:port` of MongoDB, from `MONGODB_URL`.
+/// The MongoDB that requires SCRAM logins (`MONGODB_AUTH_URL`), as in production.
+fn mongo_url() -> String {
+    service_env("MONGODB_AUTH_URL")
+}
+
+/// `host:port` of that MongoDB.
 fn mongo_address() -> String {
-    let url = service_env("MONGODB_URL");
+    let url = mongo_url();
     let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
@@ -73,12 +80,13 @@ fn start(runtime: Runtime, vhost: &Vhost, configure: impl FnOnce(AppConfig) -> A
         .env("SPIN_VARIABLE_JWT_SECRET", SECRET)
         .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
         .env("SPIN_VARIABLE_AMQP_HOST", Vhost::broker_address())
+        .env("SPIN_VARIABLE_MONGODB_URL", mongo_url())
         .env("SPIN_VARIABLE_MONGODB_HOST", mongo_address());
     configure(config).start()
 }
 
 fn mongo() -> Client<std::net::TcpStream> {
-    mongo_wire::connect(&service_env("MONGODB_URL")).expect("connecting to MongoDB")
+    mongo_wire::connect(&mongo_url()).expect("connecting to MongoDB")
 }
 
 /// A real little MP4 (MPEG-4 video and AAC audio, several GridFS chunks), made once by ffmpeg.
@@ -571,7 +579,72 @@ fn rabbitmq_or_mongodb_unreachable_is_503(runtime: Runtime) {
     assert_eq!(reply.status, 503);
     let reply = get(&app, "/download?fid=0123456789abcdef01234567", &auth, &[]);
     assert_eq!(reply.status, 503);
+    drop(app);
+
+    // MongoDB is there, but refuses the password.
+    let url = mongo_url();
+    let (head, tail) = url
+        .split_once('@')
+        .expect("MONGODB_AUTH_URL has credentials");
+    let user = head.rsplit_once(':').expect("user:password").0;
+    let app = start(runtime, &vhost, |c| {
+        c.env(
+            "SPIN_VARIABLE_MONGODB_URL",
+            format!("{user}:not-the-password@{tail}"),
+        )
+    });
+    let reply = get(&app, "/jobs/0123456789abcdef01234567", &auth, &[]);
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (503, "storage unavailable")
+    );
     assert!(vhost.drain("video").is_empty());
+}
+
+/// The SCRAM keys derived from the MongoDB password are kept in Spin's default key-value store,
+/// so each request's new instance logs in without the derivation; an entry the server refuses
+/// costs one more round and is replaced, never a failed request.
+fn mongodb_logins_reuse_the_keys_derived_from_the_password(runtime: Runtime) {
+    let vhost = Vhost::new();
+    let state = TempDir::new("gateway-state");
+    let app = start(runtime, &vhost, |c| c.state_dir(state.path()));
+    let (_, auth) = user();
+    let unknown = "/jobs/0123456789abcdef01234567";
+    assert_eq!(get(&app, unknown, &auth, &[]).status, 404);
+
+    let store = rusqlite::Connection::open(state.path().join("sqlite_key_value.db"))
+        .expect("the default store is in the state directory");
+    store
+        .busy_timeout(Duration::from_secs(5))
+        .expect("a busy timeout");
+    let entries = || -> Vec<(String, Vec<u8>)> {
+        let mut query = store
+            .prepare("SELECT key, value FROM spin_key_value WHERE store = 'default'")
+            .unwrap();
+        let rows = query
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let cached = entries();
+    assert_eq!(cached.len(), 1, "one entry: {cached:?}");
+    let (key, keys) = &cached[0];
+    assert!(key.starts_with("mongo-wire/scram-sha-256/"), "{key}");
+    assert_eq!(keys.len(), 64, "the client and server keys");
+
+    for _ in 0..3 {
+        assert_eq!(get(&app, unknown, &auth, &[]).status, 404);
+    }
+    assert_eq!(&entries(), &cached, "reused, not derived again");
+
+    store
+        .execute(
+            "UPDATE spin_key_value SET value = ?1 WHERE key = ?2",
+            rusqlite::params![vec![7u8; 64], key],
+        )
+        .unwrap();
+    assert_eq!(get(&app, unknown, &auth, &[]).status, 404);
+    assert_eq!(&entries(), &cached, "the damaged entry was replaced");
 }
 
 /// An MP3-like file in GridFS `mp3s` and the done job that produced it, as the converter
@@ -780,7 +853,7 @@ max_upload_bytes = "10000000"
     );
     let vhost = Vhost::new();
     let gateway = AppConfig::new(gateway_manifest, runtime)
-        .env("SPIN_VARIABLE_MONGODB_URL", service_env("MONGODB_URL"))
+        .env("SPIN_VARIABLE_MONGODB_URL", mongo_url())
         .env("SPIN_VARIABLE_MONGODB_HOST", mongo_address())
         .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
         .env("SPIN_VARIABLE_AMQP_HOST", Vhost::broker_address())

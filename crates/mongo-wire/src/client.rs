@@ -9,7 +9,7 @@ use bson::{doc, Binary, Bson, Document};
 
 use crate::error::{Error, Result};
 use crate::scram::{KeyCache, NoCache, ScramSha256};
-use crate::uri::ConnectionString;
+use crate::uri::{ConnectionString, Credentials};
 use crate::wire::{self, DocumentSequence, OpMsg};
 
 /// Limits before the handshake tells the real ones (MongoDB's defaults).
@@ -102,12 +102,57 @@ fn connect_host(
             }
         }
     }
-    let mut client = Client::handshake(stream, cs.app_name.as_deref())?;
+    let app_name = cs.app_name.as_deref();
+    let mut client = match &cs.credentials {
+        None => Client::handshake(stream, app_name)?,
+        Some(cred) => {
+            let scram = ScramSha256::new(&cred.username, &cred.password)?;
+            let mut speculative = sasl_start_command(&scram);
+            speculative.insert("db", cred.source.clone());
+            let (mut client, start) = Client::handshake_speculative(stream, app_name, speculative)?;
+            client.log_in(cred, scram, start, cache)?;
+            client
+        }
+    };
     client.default_database = cs.database.clone();
-    if let Some(cred) = &cs.credentials {
-        client.authenticate_cached(&cred.source, &cred.username, &cred.password, cache)?;
-    }
     Ok(client)
+}
+
+/// The `hello` (or legacy `isMaster`) command with the client metadata drivers send.
+fn hello_command(name: &str, app_name: Option<&str>) -> Document {
+    let mut hello = doc! {
+        name: 1,
+        "client": {
+            "driver": {"name": "mongo-wire", "version": env!("CARGO_PKG_VERSION")},
+            "os": {"type": std::env::consts::OS, "architecture": std::env::consts::ARCH},
+        },
+    };
+    if let Some(app) = app_name {
+        if let Ok(client_doc) = hello.get_document_mut("client") {
+            client_doc.insert("application", doc! {"name": app});
+        }
+    }
+    hello
+}
+
+/// The limits a `hello` answer announces.
+fn server_info(reply: &Document) -> ServerInfo {
+    let size = |key: &str, default: usize| -> usize {
+        match reply.get(key) {
+            Some(Bson::Int32(v)) => usize::try_from(*v).unwrap_or(default),
+            Some(Bson::Int64(v)) => usize::try_from(*v).unwrap_or(default),
+            Some(Bson::Double(v)) if *v >= 1.0 => *v as usize,
+            _ => default,
+        }
+    };
+    ServerInfo {
+        max_bson_object_size: size("maxBsonObjectSize", DEFAULT_MAX_BSON),
+        max_message_size_bytes: size("maxMessageSizeBytes", DEFAULT_MAX_MESSAGE),
+        max_write_batch_size: size("maxWriteBatchSize", DEFAULT_MAX_WRITE_BATCH).max(1),
+        writable_primary: reply.get_bool("isWritablePrimary").unwrap_or(false)
+            || reply.get_bool("ismaster").unwrap_or(false),
+        max_wire_version: reply.get_i32("maxWireVersion").unwrap_or(0),
+    }
 }
 
 /// Options of [`Client::find`].
@@ -133,7 +178,38 @@ pub struct UpdateResult {
 impl<S: Read + Write> Client<S> {
     /// Wraps a connected stream and runs the `hello` handshake.
     pub fn handshake(stream: S, app_name: Option<&str>) -> Result<Self> {
-        let mut client = Client {
+        let mut client = Self::new(stream);
+        let reply = client.command("admin", hello_command("hello", app_name))?;
+        client.info = server_info(&reply);
+        Ok(client)
+    }
+
+    /// The handshake as drivers make it when they will log in: a legacy OP_QUERY `isMaster`
+    /// (the one command servers still take that way) carrying the SCRAM client-first message
+    /// as `speculativeAuthenticate`. A server that supports it (MongoDB 4.4+, FerretDB) answers
+    /// with its saslStart reply in the same round trip; `None` means it did not, and the
+    /// conversation starts the usual way.
+    fn handshake_speculative(
+        stream: S,
+        app_name: Option<&str>,
+        speculative: Document,
+    ) -> Result<(Self, Option<Document>)> {
+        let mut client = Self::new(stream);
+        let mut hello = hello_command("isMaster", app_name);
+        hello.insert("helloOk", true);
+        hello.insert("speculativeAuthenticate", speculative);
+        let request_id = client.next_id();
+        let bytes = wire::encode_op_query(request_id, "admin", &hello)?;
+        client.write_all(&bytes)?;
+        let reply = client.read_reply(request_id)?;
+        let body = check_ok(reply.into_body()?)?;
+        client.info = server_info(&body);
+        let start = body.get_document("speculativeAuthenticate").ok().cloned();
+        Ok((client, start))
+    }
+
+    fn new(stream: S) -> Self {
+        Client {
             stream,
             next_request_id: 1,
             info: ServerInfo {
@@ -146,37 +222,7 @@ impl<S: Read + Write> Client<S> {
             default_database: None,
             broken: false,
             unanswered: VecDeque::new(),
-        };
-        let mut hello = doc! {
-            "hello": 1,
-            "client": {
-                "driver": {"name": "mongo-wire", "version": env!("CARGO_PKG_VERSION")},
-                "os": {"type": std::env::consts::OS, "architecture": std::env::consts::ARCH},
-            },
-        };
-        if let Some(app) = app_name {
-            if let Ok(client_doc) = hello.get_document_mut("client") {
-                client_doc.insert("application", doc! {"name": app});
-            }
         }
-        let reply = client.command("admin", hello)?;
-        let size = |key: &str, default: usize| -> usize {
-            match reply.get(key) {
-                Some(Bson::Int32(v)) => usize::try_from(*v).unwrap_or(default),
-                Some(Bson::Int64(v)) => usize::try_from(*v).unwrap_or(default),
-                Some(Bson::Double(v)) if *v >= 1.0 => *v as usize,
-                _ => default,
-            }
-        };
-        client.info = ServerInfo {
-            max_bson_object_size: size("maxBsonObjectSize", DEFAULT_MAX_BSON),
-            max_message_size_bytes: size("maxMessageSizeBytes", DEFAULT_MAX_MESSAGE),
-            max_write_batch_size: size("maxWriteBatchSize", DEFAULT_MAX_WRITE_BATCH).max(1),
-            writable_primary: reply.get_bool("isWritablePrimary").unwrap_or(false)
-                || reply.get_bool("ismaster").unwrap_or(false),
-            max_wire_version: reply.get_i32("maxWireVersion").unwrap_or(0),
-        };
-        Ok(client)
     }
 
     pub fn server_info(&self) -> &ServerInfo {
@@ -198,9 +244,7 @@ impl<S: Read + Write> Client<S> {
         self.authenticate_cached(source, username, password, &NoCache)
     }
 
-    /// [`Client::authenticate`] with the derived keys kept in `cache`. Keys from the cache that
-    /// the server refuses are dropped from it and the conversation is started again once, with
-    /// keys derived anew: a stale or damaged entry costs one round, never a failed login.
+    /// [`Client::authenticate`] with the derived keys kept in `cache`.
     pub fn authenticate_cached(
         &mut self,
         source: &str,
@@ -208,16 +252,35 @@ impl<S: Read + Write> Client<S> {
         password: &str,
         cache: &dyn KeyCache,
     ) -> Result<()> {
-        let mut scram = ScramSha256::new(username, password)?;
+        let credentials = Credentials {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            source: source.to_owned(),
+        };
+        let scram = ScramSha256::new(username, password)?;
+        self.log_in(&credentials, scram, None, cache)
+    }
+
+    /// Finishes the conversation `scram` began (`start` is the server's saslStart answer when
+    /// the handshake carried it). Keys from the cache that the server refuses are dropped from
+    /// it and the conversation is started again once, with keys derived anew: a stale or damaged
+    /// entry costs one round, never a failed login.
+    fn log_in(
+        &mut self,
+        credentials: &Credentials,
+        mut scram: ScramSha256,
+        start: Option<Document>,
+        cache: &dyn KeyCache,
+    ) -> Result<()> {
+        let source = credentials.source.as_str();
         match (
-            self.sasl_conversation(source, &mut scram, cache),
+            self.sasl_conversation(source, &mut scram, start, cache),
             scram.cache_entry(),
         ) {
             (Err(Error::Auth(_)), Some(entry)) => {
-                // Without the entry the keys are derived again, and cached afresh.
                 cache.remove(entry);
-                let mut scram = ScramSha256::new(username, password)?;
-                self.sasl_conversation(source, &mut scram, cache)
+                let mut scram = ScramSha256::new(&credentials.username, &credentials.password)?;
+                self.sasl_conversation(source, &mut scram, None, cache)
             }
             (result, _) => result,
         }
@@ -227,19 +290,15 @@ impl<S: Read + Write> Client<S> {
         &mut self,
         source: &str,
         scram: &mut ScramSha256,
+        start: Option<Document>,
         cache: &dyn KeyCache,
     ) -> Result<()> {
-        let start = self.command(
-            source,
-            doc! {
-                "saslStart": 1,
-                "mechanism": "SCRAM-SHA-256",
-                "payload": binary(scram.client_first().into_bytes()),
-                "autoAuthorize": 1,
-                "options": {"skipEmptyExchange": true},
-            },
-        );
-        let start = start.map_err(auth_error)?;
+        let start = match start {
+            Some(start) => start,
+            None => self
+                .command(source, sasl_start_command(scram))
+                .map_err(auth_error)?,
+        };
         let conversation = start
             .get("conversationId")
             .cloned()
@@ -257,25 +316,18 @@ impl<S: Read + Write> Client<S> {
             )
             .map_err(auth_error)?;
         scram.verify_server_final(&sasl_payload(&cont)?)?;
-        let mut done = cont.get_bool("done").unwrap_or(false);
-        // Servers that ignore skipEmptyExchange want one more, empty, round.
-        let mut rounds = 0;
-        while !done {
-            rounds += 1;
-            if rounds > 2 {
-                return Err(Error::Auth("SASL conversation does not finish".into()));
-            }
-            let more = self
-                .command(
-                    source,
-                    doc! {
-                        "saslContinue": 1,
-                        "conversationId": conversation.clone(),
-                        "payload": binary(Vec::new()),
-                    },
-                )
-                .map_err(auth_error)?;
-            done = more.get_bool("done").unwrap_or(false);
+        if !cont.get_bool("done").unwrap_or(false) {
+            // A server that ignores skipEmptyExchange (FerretDB, MongoDB before 4.4) wants one
+            // more, empty, round. It goes without waiting: the next command's answer comes after
+            // its answer, which is skipped, and a server that refused it refuses that command.
+            self.command_deferred(
+                source,
+                doc! {
+                    "saslContinue": 1,
+                    "conversationId": conversation,
+                    "payload": binary(Vec::new()),
+                },
+            )?;
         }
         Ok(())
     }
@@ -299,6 +351,40 @@ impl<S: Read + Write> Client<S> {
             sequences,
         };
         let request_id = self.send(&msg)?;
+        let reply = self.read_reply(request_id)?;
+        let body = reply.into_body()?;
+        check_ok(body)
+    }
+
+    /// Sends a command without waiting for its answer, which a later command skips.
+    fn command_deferred(&mut self, db: &str, mut cmd: Document) -> Result<()> {
+        cmd.insert("$db", db);
+        let id = self.send(&OpMsg::new(cmd))?;
+        self.remember_unanswered(id);
+        Ok(())
+    }
+
+    fn remember_unanswered(&mut self, id: i32) {
+        if self.unanswered.len() >= 64 {
+            self.unanswered.pop_front();
+        }
+        self.unanswered.push_back(id);
+    }
+
+    /// Sends a command with `moreToCome`: MongoDB sends no answer (use with `writeConcern: {w:
+    /// 0}`). FerretDB 1.x answers anyway; that answer is recognised and skipped later.
+    pub fn command_no_reply(&mut self, db: &str, mut cmd: Document) -> Result<()> {
+        cmd.insert("$db", db);
+        let mut msg = OpMsg::new(cmd);
+        msg.flags = wire::MORE_TO_COME;
+        let id = self.send(&msg)?;
+        self.remember_unanswered(id);
+        Ok(())
+    }
+
+    /// Reads until the answer to `request_id`, skipping answers to messages sent without
+    /// waiting (see [`Client::command_no_reply`]).
+    fn read_reply(&mut self, request_id: i32) -> Result<wire::Reply> {
         let (header, reply) = loop {
             let bytes = wire::read_message(&mut self.stream, self.info.max_message_size_bytes)
                 .inspect_err(|_| self.broken = true)?;
@@ -330,22 +416,22 @@ impl<S: Read + Write> Client<S> {
                 ));
             }
         }
-        let body = reply.into_body()?;
-        check_ok(body)
+        Ok(reply)
     }
 
-    /// Sends a command with `moreToCome`: MongoDB sends no answer (use with `writeConcern: {w:
-    /// 0}`). FerretDB 1.x answers anyway; that answer is recognised and skipped later.
-    pub fn command_no_reply(&mut self, db: &str, mut cmd: Document) -> Result<()> {
-        cmd.insert("$db", db);
-        let mut msg = OpMsg::new(cmd);
-        msg.flags = wire::MORE_TO_COME;
-        let id = self.send(&msg)?;
-        if self.unanswered.len() >= 64 {
-            self.unanswered.pop_front();
+    fn next_id(&mut self) -> i32 {
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        request_id
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.broken {
+            return Err(Error::protocol(
+                "connection unusable after an earlier i/o error",
+            ));
         }
-        self.unanswered.push_back(id);
-        Ok(())
+        wire::write_message(&mut self.stream, bytes).inspect_err(|_| self.broken = true)
     }
 
     /// False once an i/o or framing error has left the stream unusable.
@@ -370,8 +456,7 @@ impl<S: Read + Write> Client<S> {
                 });
             }
         }
-        let request_id = self.next_request_id;
-        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        let request_id = self.next_id();
         let bytes = wire::encode_op_msg(request_id, msg, false)?;
         if bytes.len() > self.info.max_message_size_bytes {
             return Err(Error::MessageTooLarge {
@@ -379,7 +464,7 @@ impl<S: Read + Write> Client<S> {
                 max: self.info.max_message_size_bytes,
             });
         }
-        wire::write_message(&mut self.stream, &bytes).inspect_err(|_| self.broken = true)?;
+        self.write_all(&bytes)?;
         Ok(request_id)
     }
 
@@ -727,6 +812,18 @@ fn sasl_payload(reply: &Document) -> Result<String> {
         _ => return Err(Error::Auth("SASL answer has no payload".into())),
     };
     String::from_utf8(bytes).map_err(|_| Error::Auth("SASL payload is not UTF-8".into()))
+}
+
+/// saslStart with the conversation's client-first message, asking the server to end the
+/// exchange as soon as it has proved itself (skipEmptyExchange).
+fn sasl_start_command(scram: &ScramSha256) -> Document {
+    doc! {
+        "saslStart": 1,
+        "mechanism": "SCRAM-SHA-256",
+        "payload": binary(scram.client_first().into_bytes()),
+        "autoAuthorize": 1,
+        "options": {"skipEmptyExchange": true},
+    }
 }
 
 fn auth_error(e: Error) -> Error {

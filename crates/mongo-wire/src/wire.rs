@@ -1,5 +1,6 @@
 //! MongoDB wire framing: OP_MSG (sections of kind 0 and 1, flag bits, CRC-32C checksum) out and
-//! in, plus decoding of the legacy OP_REPLY. Decoders take untrusted bytes and never panic.
+//! in, plus the legacy OP_QUERY out (servers still take the first `hello` that way) and OP_REPLY
+//! in. Decoders take untrusted bytes and never panic.
 
 use std::io::{Read, Write};
 
@@ -8,6 +9,7 @@ use bson::Document;
 use crate::error::{Error, Result};
 
 pub const OP_REPLY: i32 = 1;
+pub const OP_QUERY: i32 = 2004;
 pub const OP_COMPRESSED: i32 = 2012;
 pub const OP_MSG: i32 = 2013;
 pub const HEADER_LEN: usize = 16;
@@ -125,6 +127,29 @@ pub fn encode_op_msg(request_id: i32, msg: &OpMsg, checksum: bool) -> Result<Vec
         out[0..4].copy_from_slice(&total.to_le_bytes());
         write_header_tail(&mut out, request_id);
     }
+    Ok(out)
+}
+
+/// Encodes a legacy OP_QUERY of one command document on `db`'s `$cmd` collection, asking for one
+/// answer. Servers take only the connection's first `hello` this way (the handshake in which
+/// drivers ask for speculative authentication); everything else goes as OP_MSG.
+pub fn encode_op_query(request_id: i32, db: &str, command: &Document) -> Result<Vec<u8>> {
+    if db.as_bytes().contains(&0) {
+        return Err(Error::protocol("database name contains NUL"));
+    }
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    out.extend_from_slice(&0i32.to_le_bytes()); // flags
+    out.extend_from_slice(db.as_bytes());
+    out.extend_from_slice(b".$cmd\0");
+    out.extend_from_slice(&0i32.to_le_bytes()); // numberToSkip
+    out.extend_from_slice(&(-1i32).to_le_bytes()); // numberToReturn: one, and close the cursor
+    command.to_writer(&mut out)?;
+    let total = len_i32(out.len())?;
+    out[0..4].copy_from_slice(&total.to_le_bytes());
+    out[4..8].copy_from_slice(&request_id.to_le_bytes());
+    out[8..12].copy_from_slice(&0i32.to_le_bytes());
+    out[12..16].copy_from_slice(&OP_QUERY.to_le_bytes());
     Ok(out)
 }
 
@@ -395,6 +420,20 @@ pub fn crc32c(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn op_query_layout() {
+        let command = bson::doc! {"isMaster": 1};
+        let bytes = encode_op_query(7, "admin", &command).unwrap();
+        let int = |at: usize| i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        assert_eq!(int(0) as usize, bytes.len());
+        assert_eq!((int(4), int(8), int(12)), (7, 0, OP_QUERY));
+        assert_eq!(int(16), 0);
+        assert_eq!(&bytes[20..31], b"admin.$cmd\0");
+        assert_eq!((int(31), int(35)), (0, -1));
+        assert_eq!(Document::from_reader(&bytes[39..]).unwrap(), command);
+        assert!(encode_op_query(1, "a\0b", &command).is_err());
+    }
     use bson::doc;
 
     #[test]

@@ -488,3 +488,104 @@ fn unacknowledged_write_with_more_to_come() {
         .count();
     assert_eq!(n, 1);
 }
+
+/// A thread-unsafe cache that counts what it was asked, for the tests below.
+#[derive(Default)]
+struct CountingCache {
+    entries: std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>,
+    hits: std::cell::Cell<u32>,
+    puts: std::cell::Cell<u32>,
+}
+
+impl mongo_wire::KeyCache for CountingCache {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let found = self.entries.borrow().get(key).cloned();
+        if found.is_some() {
+            self.hits.set(self.hits.get() + 1);
+        }
+        found
+    }
+    fn put(&self, key: &str, value: &[u8]) {
+        self.puts.set(self.puts.get() + 1);
+        self.entries
+            .borrow_mut()
+            .insert(key.to_owned(), value.to_vec());
+    }
+    fn remove(&self, key: &str) {
+        self.entries.borrow_mut().remove(key);
+    }
+}
+
+/// `MONGODB_URL` must carry credentials here: the dev services run FerretDB with
+/// authentication, as Kubernetes runs MongoDB.
+fn authenticated_url() -> String {
+    let url = url();
+    assert!(
+        url.contains('@'),
+        "MONGODB_URL has no credentials: these tests need a server with authentication"
+    );
+    url
+}
+
+#[test]
+fn scram_keys_are_derived_once_then_taken_from_the_cache() {
+    let url = authenticated_url();
+    let cache = CountingCache::default();
+    for round in 0..3 {
+        let mut client = mongo_wire::connect_cached(&url, &cache).expect("logging in");
+        // The login is real: a command that needs it works.
+        client
+            .command("admin", doc! {"listDatabases": 1, "nameOnly": true})
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    assert_eq!(cache.puts.get(), 1, "derived on the first login only");
+    assert_eq!(cache.hits.get(), 2);
+    assert_eq!(cache.entries.borrow().len(), 1);
+}
+
+#[test]
+fn a_damaged_cache_entry_costs_one_round_not_the_login() {
+    let url = authenticated_url();
+    let cache = CountingCache::default();
+    mongo_wire::connect_cached(&url, &cache).expect("logging in");
+    let (name, good) = cache
+        .entries
+        .borrow()
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    cache
+        .entries
+        .borrow_mut()
+        .insert(name.clone(), vec![7u8; 64]);
+    let mut client =
+        mongo_wire::connect_cached(&url, &cache).expect("logging in despite the entry");
+    client
+        .command("admin", doc! {"listDatabases": 1, "nameOnly": true})
+        .expect("a command after the second login");
+    assert_eq!(
+        cache.entries.borrow()[&name],
+        good,
+        "the entry was derived again"
+    );
+}
+
+#[test]
+fn a_wrong_password_fails_with_or_without_a_cache() {
+    let url = authenticated_url();
+    let (head, tail) = url.split_once('@').unwrap();
+    let user = head.rsplit_once(':').unwrap().0;
+    let wrong = format!("{user}:not-the-password@{tail}");
+    let cache = CountingCache::default();
+    for _ in 0..2 {
+        let err = mongo_wire::connect_cached(&wrong, &cache)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, Error::Auth(_)), "{err}");
+    }
+    assert!(matches!(
+        mongo_wire::connect(&wrong).err().expect("refused"),
+        Error::Auth(_)
+    ));
+}

@@ -92,8 +92,35 @@ fn authenticate(req: &IncomingRequest, config: &Config) -> Result<String, Reply>
     auth::claims(call_auth(config, "/validate", Some(&authorization))).map(|c| c.username)
 }
 
+/// The SCRAM key cache: Spin's default key-value store, which outlives the request's instance
+/// (in memory or in a local SQLite file of Spin's; the entries are as secret as the MongoDB
+/// password they come from, and named by a hash). Any store failure only means no cache.
+struct KeyValueCache(Option<spin_sdk::key_value::Store>);
+
+impl KeyValueCache {
+    fn open() -> Self {
+        Self(spin_sdk::key_value::Store::open_default().ok())
+    }
+}
+
+impl mongo_wire::KeyCache for KeyValueCache {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.as_ref()?.get(key).ok().flatten()
+    }
+    fn put(&self, key: &str, value: &[u8]) {
+        if let Some(store) = &self.0 {
+            let _ = store.set(key, value);
+        }
+    }
+    fn remove(&self, key: &str) {
+        if let Some(store) = &self.0 {
+            let _ = store.delete(key);
+        }
+    }
+}
+
 fn connect_mongo(config: &Config) -> Result<Mongo, Reply> {
-    Mongo::connect(&config.mongodb_url)
+    Mongo::connect(&config.mongodb_url, &KeyValueCache::open())
         .map_err(|e| Reply::text(503, "storage unavailable", "storage_unavailable").detail(e))
 }
 
