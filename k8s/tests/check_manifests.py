@@ -599,6 +599,17 @@ def spinapps_match_spin_toml(ctx: Context, c: Check) -> None:
                 default = str(decl.get("default", ""))
                 if name in used and name not in provided and re.search(r"127\.0\.0\.1|localhost|self\.alt", default):
                     c.fail(where, f"variable {name} keeps its local default {default!r}; set it for the cluster")
+            # Key-value stores: every label its components open must be defined for the pod,
+            # and in memory (a `spin` store without a path): the root filesystem is read-only,
+            # and what the gateway keeps there (derived MongoDB keys) must not land on disk.
+            stores = {s.get("name"): s for s in app["spec"].get("runtimeConfig", {}).get("keyValueStores", [])}
+            for comp in selected:
+                for label in spin.get("component", {}).get(comp, {}).get("key_value_stores", []):
+                    store = stores.get(label)
+                    if store is None:
+                        c.fail(where, f"component {comp} opens key-value store {label!r}, which runtimeConfig.keyValueStores does not define")
+                    elif store.get("type") != "spin" or any(o.get("name") == "path" for o in store.get("options", [])):
+                        c.fail(where, f"key-value store {label!r} is not an in-memory `spin` store")
         if apps:
             missing = components - set(seen)
             for comp in sorted(missing):
