@@ -1,13 +1,16 @@
 //! The product's speed and memory on this machine, each against a baseline measured in the same
 //! process:
 //!
-//! 1. Upload throughput through the gateway (curl → runner → GridFS `videos` → job → queue) for
-//!    growing files, against writing the same file to GridFS directly from native code
-//!    (mongo-wire); and the runner's peak resident memory after each upload, which must not grow
-//!    with the file.
+//! 1. Upload throughput through the gateway (curl → runner or Spin → GridFS `videos` → job →
+//!    queue) for growing files, against writing the same file to GridFS directly from native code
+//!    (mongo-wire); and the serving process's peak resident memory during each upload, which must
+//!    not grow with the file.
 //! 2. Conversion: the pipeline (job queued → converter streams GridFS → ffmpeg → GridFS → job
 //!    done) against the same ffmpeg command on a local file.
-//! 3. End to end: from the upload's 202 to the MP3 being downloadable, polling the job.
+//! 3. End to end: from the upload's 202 to the MP3 being downloadable, polling the job, on each
+//!    runtime.
+//! 4. `GET /jobs/{id}` requests/s with MongoDB requiring logins against MongoDB without (FerretDB
+//!    both, one of each), on each runtime: what logging in costs each request.
 //!
 //! `cargo bench -p system-tests --bench pipeline` (or `scripts/bench-pipeline`) runs the full
 //! sizes (10 MB / 100 MB / 1 GB uploads, a 60 s 720p clip, a 10 s clip); `cargo test` runs it once
@@ -23,11 +26,14 @@ use converter::convert::OUTPUT_ARGS;
 use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::Bucket;
 use system_tests::system::{make_video, upload, System};
-use system_tests::{service_env, Runtime, TempDir};
+use system_tests::{available_runtimes, service_env, AppConfig, Runtime, TempDir};
 
 const MB: u64 = 1_000_000;
 
 struct Plan {
+    /// Seconds of load per `GET /jobs` run, and runs of each (alternating auth on and off).
+    jobs_seconds: u32,
+    jobs_runs: usize,
     upload_sizes: &'static [u64],
     clip: (u32, &'static str),
     conversion_runs: usize,
@@ -38,6 +44,8 @@ struct Plan {
 fn plan() -> Plan {
     if std::env::args().any(|a| a == "--bench") {
         Plan {
+            jobs_seconds: 4,
+            jobs_runs: 7,
             upload_sizes: &[10 * MB, 100 * MB, 1000 * MB],
             clip: (60, "1280x720"),
             conversion_runs: 9,
@@ -46,6 +54,8 @@ fn plan() -> Plan {
         }
     } else {
         Plan {
+            jobs_seconds: 1,
+            jobs_runs: 1,
             upload_sizes: &[MB, 8 * MB],
             clip: (4, "320x240"),
             conversion_runs: 1,
@@ -106,58 +116,60 @@ fn delete_file(db: &str, fid: &str) {
 }
 
 fn uploads(plan: &Plan, dir: &Path) {
-    let system = System::without_workers(Runtime::Runner);
-    let token = system.login();
     let head = dir.join("head.mp4");
     make_video(&head, 1, "160x120");
-    // A first small upload so the idle figure includes a warmed-up instance.
-    let (warm, _) = upload(&system.app.url("/upload"), &token, &head);
-    assert_eq!(warm.status, 202, "{}", warm.body);
-    let pid = system.app.server_pid();
-    let (startup, idle) = (memory_mib(pid, "VmHWM"), memory_mib(pid, "VmRSS"));
-
+    println!("\n### Upload through the gateway\n");
     println!(
-        "\n### Upload through the gateway (runner resident after warm-up: {idle:.0} MiB; \
-         peak before, start-up included: {startup:.0} MiB)\n"
+        "| file | runtime | gateway MB/s | direct GridFS MB/s | ratio | serving process: resident \
+         after warm-up, peak during the upload |"
     );
-    println!("| file | gateway MB/s | direct GridFS MB/s | ratio | runner peak RSS during it |");
-    println!("|---:|---:|---:|---:|---:|");
-    let mut fids = vec![field_of(&warm.body, "video_fid")];
-    for &size in plan.upload_sizes {
-        let file = dir.join(format!("upload-{size}.mp4"));
-        padded_video(&head, &file, size);
-        reset_peak(pid);
+    println!("|---:|---|---:|---:|---:|---:|");
+    for runtime in available_runtimes() {
+        let system = System::without_workers(runtime);
+        let token = system.login();
+        // A first small upload so the idle figure includes a warmed-up instance.
+        let (warm, _) = upload(&system.app.url("/upload"), &token, &head);
+        assert_eq!(warm.status, 202, "{}", warm.body);
+        let pid = system.app.server_pid();
+        let idle = memory_mib(pid, "VmRSS");
+        let mut fids = vec![field_of(&warm.body, "video_fid")];
+        for &size in plan.upload_sizes {
+            let file = dir.join(format!("upload-{size}.mp4"));
+            padded_video(&head, &file, size);
+            reset_peak(pid);
 
-        let (reply, secs) = upload(&system.app.url("/upload"), &token, &file);
-        assert_eq!(reply.status, 202, "{}", reply.body);
-        fids.push(field_of(&reply.body, "video_fid"));
-        let gateway = size as f64 / MB as f64 / secs;
-        let peak = memory_mib(pid, "VmHWM");
+            let (reply, secs) = upload(&system.app.url("/upload"), &token, &file);
+            assert_eq!(reply.status, 202, "{}", reply.body);
+            fids.push(field_of(&reply.body, "video_fid"));
+            let gateway = size as f64 / MB as f64 / secs;
+            let peak = memory_mib(pid, "VmHWM");
 
-        let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
-        let started = Instant::now();
-        let direct_id = Bucket::new(mp3_model::VIDEOS_DB)
-            .with_chunk_size(mp3_model::GRIDFS_CHUNK_SIZE)
-            .upload(
-                &mut client,
-                File::open(&file).expect("opening"),
-                "bench-direct.mp4",
-                None,
-                u64::MAX,
-            )
-            .expect("direct GridFS upload");
-        let direct = size as f64 / MB as f64 / started.elapsed().as_secs_f64();
-        fids.push(direct_id.to_hex());
-        std::fs::remove_file(&file).expect("removing the file");
+            let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
+            let started = Instant::now();
+            let direct_id = Bucket::new(mp3_model::VIDEOS_DB)
+                .with_chunk_size(mp3_model::GRIDFS_CHUNK_SIZE)
+                .upload(
+                    &mut client,
+                    File::open(&file).expect("opening"),
+                    "bench-direct.mp4",
+                    None,
+                    u64::MAX,
+                )
+                .expect("direct GridFS upload");
+            let direct = size as f64 / MB as f64 / started.elapsed().as_secs_f64();
+            fids.push(direct_id.to_hex());
+            std::fs::remove_file(&file).expect("removing the file");
 
-        println!(
-            "| {} MB | {gateway:.1} | {direct:.1} | {:.2} | {peak:.0} MiB |",
-            size / MB,
-            gateway / direct
-        );
-    }
-    for fid in fids {
-        delete_file(mp3_model::VIDEOS_DB, &fid);
+            println!(
+                "| {} MB | {} | {gateway:.1} | {direct:.1} | {:.2} | {idle:.0} MiB, {peak:.0} MiB |",
+                size / MB,
+                runtime.name(),
+                gateway / direct
+            );
+        }
+        for fid in fids {
+            delete_file(mp3_model::VIDEOS_DB, &fid);
+        }
     }
 }
 
@@ -302,36 +314,163 @@ fn end_to_end(plan: &Plan, dir: &Path) {
     let (seconds, size) = plan.e2e_clip;
     let clip = dir.join("short.mp4");
     make_video(&clip, seconds, size);
-    let system = System::start(Runtime::Runner);
-    let token = system.login();
-    let mut times = Vec::new();
-    for _ in 0..plan.e2e_runs {
-        let reply = system.upload(&token, &clip);
-        assert_eq!(reply.status, 202, "{}", reply.body);
-        let uploaded = Instant::now();
-        let job = system.wait_for_job(
-            &token,
-            &field_of(&reply.body, "job_id"),
-            Duration::from_secs(120),
-        );
-        let mp3_fid = job["mp3_fid"].as_str().expect("a done job");
-        let download = system.download(&token, mp3_fid);
-        assert_eq!(download.status, 200);
-        times.push(uploaded.elapsed().as_secs_f64());
-    }
     println!(
         "\n### End to end, {seconds} s {size} clip (median of {})\n",
         plan.e2e_runs
     );
-    println!("| upload answered → MP3 downloaded | target |");
-    println!("|---:|---:|");
-    println!("| {:.2} s | < 2 s |", median(times));
+    println!("| runtime | upload answered → MP3 downloaded | target |");
+    println!("|---|---:|---:|");
+    for runtime in available_runtimes() {
+        let system = System::start(runtime);
+        let token = system.login();
+        let mut times = Vec::new();
+        for _ in 0..plan.e2e_runs {
+            let reply = system.upload(&token, &clip);
+            assert_eq!(reply.status, 202, "{}", reply.body);
+            let uploaded = Instant::now();
+            let job = system.wait_for_job(
+                &token,
+                &field_of(&reply.body, "job_id"),
+                Duration::from_secs(120),
+            );
+            let mp3_fid = job["mp3_fid"].as_str().expect("a done job");
+            let download = system.download(&token, mp3_fid);
+            assert_eq!(download.status, 200);
+            times.push(uploaded.elapsed().as_secs_f64());
+        }
+        println!("| {} | {:.2} s | < 2 s |", runtime.name(), median(times));
+    }
+}
+
+/// `GET /jobs/{id}` at 8 connections (wrk, on the same cores) against the gateway with MongoDB
+/// requiring logins (`MONGODB_AUTH_URL`) and without (`MONGODB_URL`), alternating, each store
+/// holding the same one job: the ratio is what logging in costs a request, since every request
+/// is a new instance with a new connection.
+fn jobs_with_and_without_login(plan: &Plan, dir: &Path) {
+    const SECRET: &str = "bench-secret-that-is-long-enough-for-hs256-0123456789";
+    let owner = format!("bench-{}@example.com", system_tests::unique());
+    let job_id = ObjectId::new().to_hex();
+    let job = mongo_wire::bson::doc! {
+        "_id": &job_id, "owner": &owner, "video_fid": ObjectId::new().to_hex(),
+        "filename": "bench.mp4", "status": "queued", "attempts": 0,
+        "created_at": 1_i64, "updated_at": 1_i64,
+    };
+    let stores = [
+        ("without", service_env("MONGODB_URL")),
+        ("with", service_env("MONGODB_AUTH_URL")),
+    ];
+    for (_, url) in &stores {
+        mongo_wire::connect(url)
+            .expect("MongoDB")
+            .insert_one(
+                mp3_model::VIDEOS_DB,
+                mp3_model::JOBS_COLLECTION,
+                job.clone(),
+            )
+            .expect("storing the job");
+    }
+    let config = mp3_auth::TokenConfig::new(
+        SECRET,
+        "mp3-converter",
+        "mp3-converter",
+        Duration::from_secs(3600),
+    )
+    .expect("token config");
+    let token = mp3_auth::issue(&config, &owner, false, mp3_auth::unix_now()).expect("a token");
+    let script = dir.join("get.lua");
+    std::fs::write(
+        &script,
+        format!("wrk.method = \"GET\"\nwrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"),
+    )
+    .expect("writing the wrk script");
+
+    println!(
+        "\n### `GET /jobs/{{id}}`, MongoDB with logins against without (8 connections, median \
+         of {} alternating {} s runs)\n",
+        plan.jobs_runs, plan.jobs_seconds
+    );
+    println!("| runtime | without logins, requests/s | with logins, requests/s | ratio |");
+    println!("|---|---:|---:|---:|");
+    for runtime in available_runtimes() {
+        let apps: Vec<_> = stores
+            .iter()
+            .map(|(_, url)| {
+                let address = url
+                    .rsplit_once('@')
+                    .map_or(url.as_str(), |(_, rest)| rest)
+                    .trim_start_matches("mongodb://")
+                    .split(['/', '?'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                AppConfig::app(runtime)
+                    .env("SPIN_VARIABLE_MONGODB_URL", url.clone())
+                    .env("SPIN_VARIABLE_MONGODB_HOST", address)
+                    .env(
+                        "SPIN_VARIABLE_DB_URL",
+                        "mysql://unused:unused@127.0.0.1:1/auth",
+                    )
+                    .env("SPIN_VARIABLE_JWT_SECRET", SECRET)
+                    .start()
+            })
+            .collect();
+        let url = |app: &system_tests::App| app.url(&format!("/jobs/{job_id}"));
+        for app in &apps {
+            let reply = system_tests::http::send(
+                "GET",
+                &url(app),
+                &[("Authorization", &format!("Bearer {token}"))],
+                None,
+            );
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..plan.jobs_runs {
+            let a = wrk_rps(&url(&apps[0]), &script, plan.jobs_seconds);
+            let b = wrk_rps(&url(&apps[1]), &script, plan.jobs_seconds);
+            without.push(a);
+            with.push(b);
+            ratios.push(b / a);
+        }
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} |",
+            runtime.name(),
+            median(without),
+            median(with),
+            median(ratios)
+        );
+    }
+    for (_, url) in &stores {
+        let _ = mongo_wire::connect(url).and_then(|mut c| {
+            c.delete_many(
+                mp3_model::VIDEOS_DB,
+                mp3_model::JOBS_COLLECTION,
+                mongo_wire::bson::doc! {"_id": &job_id},
+            )
+        });
+    }
+}
+
+/// Requests/s wrk reaches on `url` with 8 connections for `seconds`; every answer must be 2xx.
+fn wrk_rps(url: &str, script: &Path, seconds: u32) -> f64 {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c8", &format!("-d{seconds}s"), "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("running wrk (scripts/dev-services installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx"), "errors under load:\n{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no requests/s in wrk's output:\n{text}"))
 }
 
 fn main() {
     let plan = plan();
     let dir = TempDir::new("bench-pipeline");
-    // BENCH_ONLY=uploads|conversion|end-to-end runs one part.
+    // BENCH_ONLY=uploads|conversion|end-to-end|jobs runs one part.
     let only = std::env::var("BENCH_ONLY").ok();
     let run = |part: &str| only.as_deref().is_none_or(|only| only == part);
     if run("uploads") {
@@ -342,5 +481,8 @@ fn main() {
     }
     if run("end-to-end") {
         end_to_end(&plan, dir.path());
+    }
+    if run("jobs") {
+        jobs_with_and_without_login(&plan, dir.path());
     }
 }

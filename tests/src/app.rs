@@ -63,6 +63,18 @@ macro_rules! on_each_runtime {
     };
 }
 
+/// The runtimes this machine has: the runner, and Spin when a Spin CLI is found (the benchmarks
+/// measure both; without Spin they say so and measure the runner).
+pub fn available_runtimes() -> Vec<Runtime> {
+    match find_spin_bin() {
+        Some(_) => vec![Runtime::Runner, Runtime::Spin],
+        None => {
+            eprintln!("no Spin CLI found (SPIN_BIN, PATH): measuring the runner only");
+            vec![Runtime::Runner]
+        }
+    }
+}
+
 /// The Spin CLI the tests run, or a panic saying how to get one.
 pub fn spin_bin() -> PathBuf {
     find_spin_bin().unwrap_or_else(|| {

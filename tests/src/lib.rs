@@ -16,7 +16,7 @@ pub mod http;
 pub mod services;
 pub mod system;
 
-pub use app::{App, AppConfig, Runtime};
+pub use app::{available_runtimes, App, AppConfig, Runtime};
 pub use db::TestDb;
 
 /// The repository root.

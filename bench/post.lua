@@ -1,3 +1,0 @@
--- wrk script: POST with the Authorization header given in the environment.
-wrk.method = "POST"
-wrk.headers["Authorization"] = os.getenv("BENCH_AUTHORIZATION")
