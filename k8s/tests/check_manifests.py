@@ -304,6 +304,10 @@ def workloads_have_resources_probes_and_pinned_images(ctx: Context, c: Check) ->
             for probe in ("readiness", "liveness"):
                 if "httpGet" not in spec.get("checks", {}).get(probe, {}):
                     c.fail(where, f"no checks.{probe}.httpGet")
+            # One request must not be able to take the pod's memory: the operator turns this
+            # into SPIN_MAX_INSTANCE_MEMORY (the black-box tests run under the same 64 MiB).
+            if "memory" not in spec.get("invocationLimits", {}):
+                c.fail(where, "no invocationLimits.memory: one request could use the whole pod")
             if not spec.get("enableAutoscaling"):
                 c.fail(where, "enableAutoscaling is off")
             elif "replicas" in spec:

@@ -109,6 +109,8 @@ CASES = [
      "spinapps_match_spin_toml", "gets a secret that none of its components uses"),
     ("a component in no SpinApp", AUTH, "    - validate\n", "",
      "spinapps_match_spin_toml", "component validate runs in no SpinApp"),
+    ("no per-request memory limit", GATEWAY, "  invocationLimits:\n    memory: 64Mi\n", "",
+     "workloads_have_resources_probes_and_pinned_images", "no invocationLimits.memory"),
     ("a key-value store the gateway opens, undefined", GATEWAY,
      "  runtimeConfig:\n    keyValueStores:\n      - name: default\n        type: spin\n", "",
      "spinapps_match_spin_toml", "opens key-value store 'default', which runtimeConfig.keyValueStores does not define"),

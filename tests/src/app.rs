@@ -82,6 +82,9 @@ pub fn spin_bin() -> PathBuf {
     })
 }
 
+/// The per-request memory limit of the Kubernetes manifests (`invocationLimits.memory: 64Mi`).
+pub const INSTANCE_MEMORY: usize = 64 << 20;
+
 /// How to start the app.
 pub struct AppConfig {
     pub manifest: PathBuf,
@@ -110,9 +113,12 @@ impl AppConfig {
     }
 
     /// The project's `spin.toml`, with the variables every test shares already set from the
-    /// dev services' environment: `mongodb_url` and `amqp_url` (required by the gateway).
+    /// dev services' environment: `mongodb_url` and `amqp_url` (required by the gateway); and
+    /// each instance held to the memory the Kubernetes manifests give it
+    /// (`invocationLimits.memory`, which SpinKube passes on as `SPIN_MAX_INSTANCE_MEMORY`).
     pub fn app(runtime: Runtime) -> Self {
         Self::new(crate::root().join("spin.toml"), runtime)
+            .env("SPIN_MAX_INSTANCE_MEMORY", INSTANCE_MEMORY.to_string())
             .env(
                 "SPIN_VARIABLE_MONGODB_URL",
                 crate::service_env("MONGODB_URL"),
@@ -169,6 +175,9 @@ impl AppConfig {
             }
         }
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        // A process group of its own: `spin up` and the `spin trigger http` it starts are
+        // stopped together, whichever of them is still there.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         command
     }
 
@@ -204,14 +213,18 @@ impl AppConfig {
         let stderr = child.stderr.take().expect("piped stderr");
         for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
             let (log, tx) = (log.clone(), tx.clone());
+            // Reads to the end whatever the bytes: a reader that stopped would close the pipe,
+            // and the app's next write to it would fail.
             std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Some(url) = line.trim().strip_prefix("Serving ") {
+                let mut reader = BufReader::new(stream);
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    let text = String::from_utf8_lossy(&line);
+                    if let Some(url) = text.trim().strip_prefix("Serving ") {
                         let _ = tx.send(url.trim().to_owned());
                     }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
+                    log.lock().unwrap().push_str(&text);
+                    line.clear();
                 }
             });
         }
@@ -250,22 +263,31 @@ impl AppConfig {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", self.runtime.name()));
+        // Drained as the app writes, so a long message cannot fill a pipe and stall it.
+        let readers: Vec<_> = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|mut stream| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = stream.read_to_end(&mut bytes);
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+        })
+        .collect();
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        let status = loop {
             if let Some(status) = child.try_wait().expect("waiting for the app") {
-                let mut output = String::new();
-                for stream in [
-                    child.stdout.take().map(|s| Box::new(s) as Box<dyn Read>),
-                    child.stderr.take().map(|s| Box::new(s) as Box<dyn Read>),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    let mut text = String::new();
-                    let _ = { stream }.read_to_string(&mut text);
-                    output.push_str(&text);
-                }
-                return (status, output);
+                break status;
             }
             if Instant::now() > deadline {
                 stop_tree(&mut child);
@@ -275,7 +297,14 @@ impl AppConfig {
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        // A trigger process still holding the pipes would keep the readers waiting.
+        stop_tree(&mut child);
+        let output = readers
+            .into_iter()
+            .map(|reader| reader.join().unwrap_or_default())
+            .collect();
+        (status, output)
     }
 }
 
@@ -364,23 +393,36 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// SIGTERM, a short wait, then SIGKILL for `child` and any process it started (`spin up`
-/// forwards SIGTERM to its trigger, but a SIGKILL would orphan it).
+/// SIGTERM to `child`'s process group (the runner, or `spin up` and its trigger), a short wait,
+/// then SIGKILL to whatever of the group is left, even when `child` itself is gone already.
 fn stop_tree(child: &mut Child) {
-    if !matches!(child.try_wait(), Ok(None)) {
-        return;
+    let group = format!("-{}", child.id());
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = signal_group(&group, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
-    let descendants = children(child.id());
-    let _ = signal(child.id(), "TERM");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _ = signal_group(&group, "KILL");
     let _ = child.kill();
     let _ = child.wait();
-    for pid in descendants {
-        let _ = signal(pid, "KILL");
+}
+
+/// `kill -<signal> -- -<pgid>`: every process of the group.
+fn signal_group(group: &str, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg("--")
+        .arg(group)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{name} -- {group} failed");
     }
+    Ok(())
 }
 
 fn signal(pid: u32, name: &str) -> Result<()> {

@@ -632,10 +632,34 @@ fn mongodb_logins_reuse_the_keys_derived_from_the_password(runtime: Runtime) {
     assert!(key.starts_with("mongo-wire/scram-sha-256/"), "{key}");
     assert_eq!(keys.len(), 64, "the client and server keys");
 
+    // From here on, every write to the store is recorded: the cache must be read, not written.
+    store
+        .execute_batch(
+            "CREATE TABLE audit (op TEXT NOT NULL);
+             CREATE TRIGGER audit_insert AFTER INSERT ON spin_key_value
+                 BEGIN INSERT INTO audit VALUES ('insert'); END;
+             CREATE TRIGGER audit_update AFTER UPDATE ON spin_key_value
+                 BEGIN INSERT INTO audit VALUES ('update'); END;
+             CREATE TRIGGER audit_delete AFTER DELETE ON spin_key_value
+                 BEGIN INSERT INTO audit VALUES ('delete'); END;",
+        )
+        .unwrap();
+    let writes = || -> Vec<String> {
+        let mut query = store
+            .prepare("SELECT op FROM audit ORDER BY rowid")
+            .unwrap();
+        let rows = query.query_map([], |row| row.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
     for _ in 0..3 {
         assert_eq!(get(&app, unknown, &auth, &[]).status, 404);
     }
-    assert_eq!(&entries(), &cached, "reused, not derived again");
+    assert_eq!(
+        writes(),
+        Vec::<String>::new(),
+        "the keys were read, not derived again"
+    );
+    assert_eq!(&entries(), &cached);
 
     store
         .execute(
@@ -643,7 +667,10 @@ fn mongodb_logins_reuse_the_keys_derived_from_the_password(runtime: Runtime) {
             rusqlite::params![vec![7u8; 64], key],
         )
         .unwrap();
+    store.execute("DELETE FROM audit", []).unwrap();
     assert_eq!(get(&app, unknown, &auth, &[]).status, 404);
+    // Read, refused by the server, dropped, derived again and stored once the server agreed.
+    assert_eq!(writes(), ["delete", "insert"]);
     assert_eq!(&entries(), &cached, "the damaged entry was replaced");
 }
 

@@ -316,6 +316,7 @@ impl<S: Read + Write> Client<S> {
             )
             .map_err(auth_error)?;
         scram.verify_server_final(&sasl_payload(&cont)?)?;
+        scram.cache_verified_keys(cache);
         if !cont.get_bool("done").unwrap_or(false) {
             // A server that ignores skipEmptyExchange (FerretDB, MongoDB before 4.4) wants one
             // more, empty, round. It goes without waiting: the next command's answer comes after

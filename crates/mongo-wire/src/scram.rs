@@ -78,7 +78,8 @@ impl DerivedKeys {
 }
 
 /// The cache entry's name: a hash over everything the keys depend on, so that another
-/// password, user, salt or iteration count never finds them, and the name reveals nothing.
+/// password, user, salt or iteration count never finds them. (Whoever can read the cache can log
+/// in with the value anyway: keep the cache as secret as the password.)
 fn cache_key(username: &str, password: &str, salt: &[u8], iterations: u32) -> String {
     let mut hash = Sha256::new();
     for part in [username.as_bytes(), password.as_bytes(), salt] {
@@ -97,7 +98,11 @@ pub struct ScramSha256 {
     client_nonce: String,
     client_first_bare: String,
     server_signature: Option<Vec<u8>>,
+    /// The cache entry the keys came from, if they did.
     cache_entry: Option<String>,
+    /// Keys derived in this conversation, cached once the server has proved itself with them.
+    derived: Option<(String, DerivedKeys)>,
+    verified: bool,
 }
 
 impl ScramSha256 {
@@ -124,6 +129,8 @@ impl ScramSha256 {
             client_first_bare: format!("n={user},r={nonce}"),
             server_signature: None,
             cache_entry: None,
+            derived: None,
+            verified: false,
         })
     }
 
@@ -137,8 +144,10 @@ impl ScramSha256 {
         self.client_final_cached(server_first, &NoCache)
     }
 
-    /// [`ScramSha256::client_final`] with the derived keys taken from `cache` when it has them,
-    /// and put there when it had not.
+    /// [`ScramSha256::client_final`] with the derived keys taken from `cache` when it has them.
+    /// Keys derived instead go into the cache only once the server has accepted them (see
+    /// [`ScramSha256::cache_verified_keys`]): a wrong password or a server's made-up salt must
+    /// not leave entries behind.
     pub fn client_final_cached(
         &mut self,
         server_first: &str,
@@ -188,7 +197,7 @@ impl ScramSha256 {
             }
             None => {
                 let keys = DerivedKeys::derive(&self.password, &salt, iterations)?;
-                cache.put(&name, &keys.to_bytes());
+                self.derived = Some((name, keys.clone()));
                 keys
             }
         };
@@ -215,8 +224,16 @@ impl ScramSha256 {
         self.cache_entry.as_deref()
     }
 
+    /// Puts the keys this conversation derived into `cache`, if the server has proved it
+    /// knows them (its final message checked out) and they did not come from the cache.
+    pub fn cache_verified_keys(&self, cache: &dyn KeyCache) {
+        if let (true, Some((name, keys))) = (self.verified, &self.derived) {
+            cache.put(name, &keys.to_bytes());
+        }
+    }
+
     /// Checks the server-final message: the server must prove it knows the password too.
-    pub fn verify_server_final(&self, server_final: &str) -> Result<()> {
+    pub fn verify_server_final(&mut self, server_final: &str) -> Result<()> {
         let expected = self
             .server_signature
             .as_ref()
@@ -230,6 +247,7 @@ impl ScramSha256 {
                         .map_err(|_| Error::Auth("server signature is not base64".into()))?;
                     // Constant time is not needed here: the value is the server's, not a secret.
                     return if &got == expected {
+                        self.verified = true;
                         Ok(())
                     } else {
                         Err(Error::Auth("server signature does not match".into()))
@@ -332,14 +350,22 @@ mod tests {
         for expect_cached in [false, true] {
             let mut scram =
                 ScramSha256::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO").unwrap();
+            let puts = cache.puts.get();
             let message = scram.client_final_cached(SERVER_FIRST, &cache).unwrap();
             assert_eq!(scram.cache_entry().is_some(), expect_cached);
             assert!(message.ends_with("p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="));
+            scram.cache_verified_keys(&cache);
+            assert_eq!(
+                cache.puts.get(),
+                puts,
+                "nothing cached before the server proved itself"
+            );
             scram
                 .verify_server_final("v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
                 .unwrap();
+            scram.cache_verified_keys(&cache);
         }
-        assert_eq!(cache.puts.get(), 1, "derived once");
+        assert_eq!(cache.puts.get(), 1, "derived once, cached once");
     }
 
     #[test]
@@ -357,6 +383,16 @@ mod tests {
         ] {
             assert_ne!(base, other);
         }
+    }
+
+    #[test]
+    fn keys_the_server_did_not_confirm_are_not_cached() {
+        let cache = Counting::default();
+        let mut scram = ScramSha256::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO").unwrap();
+        scram.client_final_cached(SERVER_FIRST, &cache).unwrap();
+        assert!(scram.verify_server_final("e=invalid-proof").is_err());
+        scram.cache_verified_keys(&cache);
+        assert!(cache.entries.borrow().is_empty());
     }
 
     #[test]

@@ -516,14 +516,14 @@ impl mongo_wire::KeyCache for CountingCache {
     }
 }
 
-/// `MONGODB_URL` must carry credentials here: the dev services run FerretDB with
-/// authentication, as Kubernetes runs MongoDB.
+/// The server that requires logins (`MONGODB_AUTH_URL`: the dev services' second FerretDB, which
+/// asks for SCRAM-SHA-256 as Kubernetes' MongoDB does).
 fn authenticated_url() -> String {
-    let url = url();
-    assert!(
-        url.contains('@'),
-        "MONGODB_URL has no credentials: these tests need a server with authentication"
+    let url = std::env::var("MONGODB_AUTH_URL").expect(
+        "MONGODB_AUTH_URL is not set: start the services with scripts/dev-services start and \
+         eval \"$(scripts/dev-services env)\"",
     );
+    assert!(url.contains('@'), "MONGODB_AUTH_URL has no credentials");
     url
 }
 

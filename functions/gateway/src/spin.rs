@@ -256,15 +256,17 @@ fn download_route(
             Err(e) => Err((format!("reading the mp3: {e}"), "stream_failed")),
         }
     };
-    let mut failure = None;
+    // Nothing has been sent yet: a first read that fails is still a clean 503.
     let first = if left == 0 {
         0
     } else {
         match next(left, &mut buf) {
             Ok(n) => n,
-            Err(f) => {
-                failure = Some(f);
-                0
+            Err((detail, _)) => {
+                let reply = Reply::text(503, "storage unavailable", "storage_unavailable")
+                    .detail(detail)
+                    .user(&user);
+                return send(out, reply, method, started);
             }
         }
     };
@@ -272,12 +274,13 @@ fn download_route(
     let body = match start_body(out, response, &buf[..first]) {
         Ok(body) => body,
         Err(e) => {
-            log = log.detail(format!("client went away: {e}"));
-            log.outcome = "client_gone".into();
+            log = log.detail(format!("sending the response: {e}"));
+            log.outcome = "send_failed".into();
             eprintln!("{}", log_line(COMPONENT, method, &log, started.elapsed()));
             return;
         }
     };
+    let mut failure = None;
     while left > 0 && failure.is_none() {
         let n = match next(left, &mut buf) {
             Ok(n) => n,

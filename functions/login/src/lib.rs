@@ -87,6 +87,22 @@ fn positive_number(host: &impl Host, name: &str) -> Result<i64, String> {
     }
 }
 
+/// `text` with the password of `url` (`scheme://user:password@host/…`) replaced by `***`: Spin
+/// words some MySQL errors with the whole address (`address mysql://user:password@… is not
+/// permitted`), and the error goes to the log line.
+pub fn without_password(text: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|password| !password.is_empty());
+    match password {
+        Some(password) => text.replace(password, "***"),
+        None => text.to_owned(),
+    }
+}
+
 fn database_unavailable(detail: String, email: &str) -> Reply {
     Reply::text(503, "database unavailable", "database_unavailable")
         .detail(detail)
@@ -230,7 +246,7 @@ mod spin {
     }
 
     fn open(db_url: &str) -> Result<Connection, String> {
-        Connection::open(db_url).map_err(|e| format!("connect: {e}"))
+        Connection::open(db_url).map_err(|e| without_password(&format!("connect: {e}"), db_url))
     }
 
     /// The first row `sql` (with one `?`, bound to `email`) returns.
@@ -269,6 +285,20 @@ mod spin {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_password_never_reaches_the_log() {
+        let url = "mysql://mp3:s3cr%2Ft@10.0.0.5:3306/auth";
+        assert_eq!(
+            super::without_password(&format!("connect: address {url} is not permitted"), url),
+            "connect: address mysql://mp3:***@10.0.0.5:3306/auth is not permitted"
+        );
+        assert_eq!(
+            super::without_password("refused", "mysql://h/auth"),
+            "refused"
+        );
+        assert_eq!(super::without_password("x", "mysql://user@h/auth"), "x");
+    }
+
     use super::*;
     use component_http::log_line;
     use mp3_auth::{hash_password, verify};

@@ -31,17 +31,20 @@ pub enum Location {
 }
 
 /// One SQLite database, opened on first use and shared by every store label that lives in it.
+/// A failed open is not remembered: the next `open` tries again, as Spin's does.
 struct Database {
     location: Location,
-    connection: OnceLock<Result<Mutex<Connection>, String>>,
+    connection: OnceLock<Mutex<Connection>>,
 }
 
 impl Database {
     fn connection(&self) -> Result<&Mutex<Connection>, Error> {
-        self.connection
-            .get_or_init(|| self.open().map(Mutex::new).map_err(|e| format!("{e:#}")))
-            .as_ref()
-            .map_err(|e| Error::Other(e.clone()))
+        if let Some(connection) = self.connection.get() {
+            return Ok(connection);
+        }
+        let opened = self.open().map_err(|e| Error::Other(format!("{e:#}")))?;
+        // Two first opens at once: one wins, the other's connection is dropped.
+        Ok(self.connection.get_or_init(|| Mutex::new(opened)))
     }
 
     fn open(&self) -> Result<Connection> {
@@ -52,6 +55,7 @@ impl Database {
                     std::fs::create_dir_all(parent)
                         .with_context(|| format!("creating {}", parent.display()))?;
                 }
+                create_private(path)?;
                 Connection::open(path)
             }
         }
@@ -66,6 +70,20 @@ impl Database {
             [],
         )?;
         Ok(connection)
+    }
+}
+
+/// Creates the database file readable by its owner only, if it does not exist yet: what
+/// components keep there may be secret (the gateway keeps keys derived from a password).
+fn create_private(path: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
 }
 
@@ -348,6 +366,31 @@ mod tests {
             stores.location("default"),
             Some(&Location::File("/etc/app/d.db".into()))
         );
+    }
+
+    #[test]
+    fn a_failed_open_is_tried_again_and_the_file_is_private() {
+        let dir = std::env::temp_dir().join(format!("kv-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A file where the directory should be: the first open fails.
+        std::fs::write(&dir, b"").unwrap();
+        let database = Database {
+            location: Location::File(dir.join("kv.db")),
+            connection: OnceLock::new(),
+        };
+        assert!(database.connection().is_err());
+        std::fs::remove_file(&dir).unwrap();
+        assert!(database.connection().is_ok(), "opened on the next try");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("kv.db"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
