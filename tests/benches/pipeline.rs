@@ -389,8 +389,10 @@ fn jobs_with_and_without_login(plan: &Plan, dir: &Path) {
          of {} alternating {} s runs)\n",
         plan.jobs_runs, plan.jobs_seconds
     );
-    println!("| runtime | without logins, requests/s | with logins, requests/s | ratio |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| runtime | without logins, requests/s | with logins, requests/s | ratio | non-2xx answers |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     for runtime in available_runtimes() {
         let apps: Vec<_> = stores
             .iter()
@@ -424,16 +426,18 @@ fn jobs_with_and_without_login(plan: &Plan, dir: &Path) {
             );
             assert_eq!(reply.status, 200, "{}", reply.body);
         }
-        let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut without, mut with, mut ratios, mut errors) =
+            (Vec::new(), Vec::new(), Vec::new(), 0);
         for _ in 0..plan.jobs_runs {
-            let a = wrk_rps(&url(&apps[0]), &script, plan.jobs_seconds);
-            let b = wrk_rps(&url(&apps[1]), &script, plan.jobs_seconds);
+            let (a, a_errors) = wrk_rps(&url(&apps[0]), &script, plan.jobs_seconds);
+            let (b, b_errors) = wrk_rps(&url(&apps[1]), &script, plan.jobs_seconds);
             without.push(a);
             with.push(b);
             ratios.push(b / a);
+            errors += a_errors + b_errors;
         }
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} |",
+            "| {} | {:.0} | {:.0} | {:.2} | {errors} |",
             runtime.name(),
             median(without),
             median(with),
@@ -451,8 +455,9 @@ fn jobs_with_and_without_login(plan: &Plan, dir: &Path) {
     }
 }
 
-/// Requests/s wrk reaches on `url` with 8 connections for `seconds`; every answer must be 2xx.
-fn wrk_rps(url: &str, script: &Path, seconds: u32) -> f64 {
+/// Requests/s wrk reaches on `url` with 8 connections for `seconds`, and how many answers were
+/// not 2xx (reported, so a rare failure under load is seen rather than hidden or fatal).
+fn wrk_rps(url: &str, script: &Path, seconds: u32) -> (f64, u64) {
     let out = Command::new("wrk")
         .args(["-t2", "-c8", &format!("-d{seconds}s"), "-s"])
         .arg(script)
@@ -460,11 +465,17 @@ fn wrk_rps(url: &str, script: &Path, seconds: u32) -> f64 {
         .output()
         .expect("running wrk (scripts/dev-services installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("Non-2xx"), "errors under load:\n{text}");
-    text.lines()
+    let errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let rps = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no requests/s in wrk's output:\n{text}"))
+        .unwrap_or_else(|| panic!("no requests/s in wrk's output:\n{text}"));
+    (rps, errors)
 }
 
 fn main() {
