@@ -363,7 +363,7 @@ impl App {
     /// Sends SIGTERM to the process a user would signal (`spin up` passes it on to its
     /// trigger) and waits for the exit status.
     pub fn terminate(mut self) -> Result<ExitStatus> {
-        signal(self.child.id(), "TERM")?;
+        signal(&self.child.id().to_string(), "TERM")?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -398,42 +398,29 @@ fn children(pid: u32) -> Vec<u32> {
 fn stop_tree(child: &mut Child) {
     let group = format!("-{}", child.id());
     if matches!(child.try_wait(), Ok(None)) {
-        let _ = signal_group(&group, "TERM");
+        let _ = signal(&group, "TERM");
         let deadline = Instant::now() + Duration::from_secs(5);
         while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let _ = signal_group(&group, "KILL");
+    let _ = signal(&group, "KILL");
     let _ = child.kill();
     let _ = child.wait();
 }
 
-/// `kill -<signal> -- -<pgid>`: every process of the group.
-fn signal_group(group: &str, name: &str) -> Result<()> {
+/// `kill -<signal> -- <target>`: a pid, or `-<pgid>` for every process of a group.
+fn signal(target: &str, name: &str) -> Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
         .arg("--")
-        .arg(group)
+        .arg(target)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .context("running kill")?;
     if !status.success() {
-        bail!("kill -{name} -- {group} failed");
-    }
-    Ok(())
-}
-
-fn signal(pid: u32, name: &str) -> Result<()> {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status()
-        .context("running kill")?;
-    if !status.success() {
-        bail!("kill -{name} {pid} failed");
+        bail!("kill -{name} -- {target} failed");
     }
     Ok(())
 }
