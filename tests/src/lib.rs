@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 pub mod app;
 pub mod db;
 pub mod http;
+pub mod memory;
 pub mod services;
 pub mod system;
 

@@ -13,6 +13,7 @@ use mongo_wire::{Bucket, Client};
 use mp3_auth::{issue, TokenConfig};
 use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
 use system_tests::http::{send_raw, Body, RawReply};
+use system_tests::memory::{memory_mib, reset_peak};
 use system_tests::services::{closed_port, TcpProxy, Vhost};
 use system_tests::{
     admin, on_each_runtime, service_env, unique, App, AppConfig, Runtime, TempDir, TestDb,
@@ -30,6 +31,7 @@ on_each_runtime!(
     unknown_paths_and_methods,
     split_deployment_forwards_login_and_validates_remotely,
     mongodb_logins_reuse_the_keys_derived_from_the_password,
+    hostile_multipart_bodies_are_refused_in_bounded_memory,
 );
 
 const SECRET: &str = "gateway-test-secret-long-enough-for-hs256-0123456789";
@@ -944,4 +946,146 @@ max_upload_bytes = "10000000"
         (reply.status, reply.text().as_str()),
         (503, "authentication service unavailable")
     );
+}
+
+/// Sends `POST /upload` whose body is `head` and then `filler` bytes, `total` in all, while
+/// reading the answer: its status and body. The server may answer and close before the body is
+/// all sent; that is the point.
+fn hostile_upload(
+    base: &str,
+    auth: &str,
+    head: Vec<u8>,
+    filler: u8,
+    total: usize,
+) -> (u16, String) {
+    let address = base.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).expect("connecting to the app");
+    let ct = content_type();
+    write!(
+        stream,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: {ct}\r\n\
+         Content-Length: {total}\r\n\r\n"
+    )
+    .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let piece = vec![filler; 64 * 1024];
+        let mut sent = head.len();
+        if writer.write_all(&head).is_err() {
+            return;
+        }
+        while sent < total {
+            let n = piece.len().min(total - sent);
+            if writer.write_all(&piece[..n]).is_err() {
+                return;
+            }
+            sent += n;
+        }
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (status, body) = loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+                break (status, body[..length].to_owned());
+            }
+        }
+        assert!(
+            n > 0,
+            "the connection ended without a whole answer: {text:?}"
+        );
+    };
+    drop(stream);
+    sender.join().unwrap();
+    (status, body)
+}
+
+fn hostile_multipart_bodies_are_refused_in_bounded_memory(runtime: Runtime) {
+    let vhost = Vhost::new();
+    let app = start(runtime, &vhost, |c| c);
+    let (_, auth) = user();
+    // Warm the gateway up (compiled, one instance run), then measure from here.
+    let (status, _) = hostile_upload(app.base(), &auth, Vec::new(), 0, 1000);
+    assert_eq!(status, 400);
+    let pid = app.server_pid();
+    reset_peak(pid);
+    let before = memory_mib(pid, "VmRSS");
+
+    const BIG: usize = 200 << 20;
+    let field = |name: &str| {
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n")
+    };
+    let cases: Vec<(&str, Vec<u8>, u8, &str)> = vec![
+        (
+            "no boundary",
+            Vec::new(),
+            0,
+            "no multipart boundary in the first 8192 bytes",
+        ),
+        (
+            "endless part headers",
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"")
+                .into_bytes(),
+            b'a',
+            "multipart part headers over 16384 bytes",
+        ),
+        (
+            "endless field",
+            field("title").into_bytes(),
+            b'x',
+            "form field over 65536 bytes",
+        ),
+        (
+            "a million tiny fields",
+            format!("{}x\r\n", field("f"))
+                .repeat(1_000_000)
+                .into_bytes(),
+            b'\n',
+            "more than 32 parts in the form",
+        ),
+    ];
+    // All at once, as an attacker would.
+    let threads: Vec<_> = cases
+        .into_iter()
+        .map(|(what, head, filler, reason)| {
+            let (base, auth) = (app.base().to_owned(), auth.clone());
+            std::thread::spawn(move || {
+                (
+                    what,
+                    reason,
+                    hostile_upload(&base, &auth, head, filler, BIG),
+                )
+            })
+        })
+        .collect();
+    for thread in threads {
+        let (what, reason, (status, body)) = thread.join().unwrap();
+        assert_eq!((status, body.as_str()), (400, reason), "{what}");
+    }
+    let peak = memory_mib(pid, "VmHWM");
+    eprintln!(
+        "{}: resident {before:.0} MiB, peak {peak:.0} MiB",
+        runtime.name()
+    );
+    assert!(
+        peak - before < 48.0,
+        "{} grew from {before:.0} to a peak of {peak:.0} MiB",
+        runtime.name()
+    );
+    assert!(vhost.drain("video").is_empty());
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io::Read;
+use std::task::Waker;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use component_http::spin::{
@@ -25,8 +26,14 @@ const DOWNLOAD_STEP: usize = 64 * 1024;
 struct SpinExecutor;
 
 impl BlockOn for SpinExecutor {
+    type WakeUp = spin_executor::CancelOnDropToken;
     fn block_on<F: Future>(&self, future: F) -> F::Output {
         spin_sdk::http::run(future)
+    }
+    /// A timer that is due at once: Spin's executor only wakes tasks through pollables.
+    fn wake_soon(&self, waker: &Waker) -> Self::WakeUp {
+        let now = wasi::clocks::monotonic_clock::subscribe_duration(0);
+        spin_executor::push_waker_and_get_token(now, waker.clone()).into()
     }
 }
 

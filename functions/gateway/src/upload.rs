@@ -8,8 +8,8 @@
 
 use std::future::Future;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use component_http::Reply;
@@ -18,11 +18,26 @@ use mp3_model::{Job, JobMessage, JobStatus};
 
 use crate::magic;
 
+pub mod framing;
+
+use framing::{Framing, FramingError};
+
+/// The most bytes of an ordinary (non-file) form field, which is read and dropped.
+pub const MAX_FIELD_BYTES: u64 = 64 * 1024;
+
 /// Runs a future to completion from blocking code: Spin's executor in the component,
 /// `futures::executor::block_on` in tests.
-pub trait BlockOn {
+pub trait BlockOn: Sync {
+    /// Keeps a wake-up arranged by [`BlockOn::wake_soon`] alive until it is dropped.
+    type WakeUp: Send;
     fn block_on<F: Future>(&self, future: F) -> F::Output;
+    /// Has `waker` woken the next time the executor looks, so a stream may return `Pending`
+    /// and let its reader work off what it holds.
+    fn wake_soon(&self, waker: &Waker) -> Self::WakeUp;
 }
+
+/// Body bytes handed to multer before the stream pauses once (see [`paced`]).
+const PACE_BYTES: usize = 64 * 1024;
 
 /// Why the video could not be stored.
 #[derive(Debug, thiserror::Error)]
@@ -71,25 +86,69 @@ fn storage_unavailable(detail: impl Into<String>) -> Reply {
     Reply::text(503, "storage unavailable", "storage_unavailable").detail(detail)
 }
 
-/// The chunk stream multer reads, cut off with an error once more than `max` bytes came.
-fn limited<S, E>(
+/// Why the body stream was cut off before multer saw the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cutoff {
+    TooLarge,
+    Framing(FramingError),
+}
+
+/// The chunk stream multer reads, cut off with an error once more than `max` bytes came or
+/// the framing broke a limit (see [`framing`]); the reason goes to `cutoff`.
+fn guarded<S, E>(
     body: S,
     max: u64,
-    exceeded: Arc<AtomicBool>,
+    boundary: &str,
+    cutoff: Arc<Mutex<Option<Cutoff>>>,
 ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send
 where
     S: Stream<Item = Result<Vec<u8>, E>> + Send,
     E: std::fmt::Display,
 {
-    let seen = AtomicU64::new(0);
+    let mut seen = 0u64;
+    let mut framing = Framing::new(boundary);
     body.map(move |chunk| {
         let chunk = chunk.map_err(|e| io::Error::other(format!("reading the request: {e}")))?;
-        let total = seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
-        if total > max {
-            exceeded.store(true, Ordering::Relaxed);
-            return Err(io::Error::other("request body over the limit"));
+        seen += chunk.len() as u64;
+        let refused = if seen > max {
+            Some(Cutoff::TooLarge)
+        } else {
+            framing.feed(&chunk).err().map(Cutoff::Framing)
+        };
+        if let Some(reason) = refused {
+            if let Ok(mut cell) = cutoff.lock() {
+                cell.get_or_insert(reason);
+            }
+            return Err(io::Error::other("request body refused"));
         }
         Ok(Bytes::from(chunk))
+    })
+}
+
+/// `body`, pausing once every [`PACE_BYTES`]: multer pulls from its stream until the stream is
+/// not ready, so a body that is always ready (a fast client) would otherwise pile up in
+/// multer's buffer before any of it is parsed.
+fn paced<'a, S, X>(body: S, exec: &'a X) -> impl Stream<Item = S::Item> + Send + 'a
+where
+    S: Stream<Item = Result<Bytes, io::Error>> + Send + 'a,
+    X: BlockOn,
+{
+    let mut body = Box::pin(body);
+    let mut since_pause = 0usize;
+    // Held until the next poll: dropping it would cancel the wake-up.
+    let mut _wake_up: Option<X::WakeUp> = None;
+    futures::stream::poll_fn(move |cx| {
+        _wake_up = None;
+        if since_pause >= PACE_BYTES {
+            since_pause = 0;
+            _wake_up = Some(exec.wake_soon(cx.waker()));
+            return Poll::Pending;
+        }
+        let next = body.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &next {
+            since_pause += chunk.len();
+        }
+        next
     })
 }
 
@@ -175,14 +234,17 @@ where
             "not_multipart",
         );
     };
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let mut form =
-        multer::Multipart::new(limited(body, upload.max_bytes, exceeded.clone()), boundary);
+    let cutoff = Arc::new(Mutex::new(None));
+    let stream = paced(
+        guarded(body, upload.max_bytes, &boundary, cutoff.clone()),
+        exec,
+    );
+    let mut form = multer::Multipart::new(stream, boundary);
     let body_error = |detail: String| -> Reply {
-        if exceeded.load(Ordering::Relaxed) {
-            too_large(upload.max_bytes).detail(detail)
-        } else {
-            bad_request("malformed multipart body", "bad_multipart").detail(detail)
+        match cutoff.lock().ok().and_then(|cell| *cell) {
+            Some(Cutoff::TooLarge) => too_large(upload.max_bytes).detail(detail),
+            Some(Cutoff::Framing(e)) => bad_request(&e.to_string(), "bad_multipart"),
+            None => bad_request("malformed multipart body", "bad_multipart").detail(detail),
         }
     };
     // The stored file: (fid, clean file name).
@@ -202,12 +264,20 @@ where
             Err(e) => return failure(backend, &stored, body_error(e.to_string())),
         };
         let Some(filename) = field.file_name().map(clean_filename) else {
-            // An ordinary form field: read past it.
+            // An ordinary form field: read past it, up to its limit.
+            let mut size = 0u64;
             loop {
                 match exec.block_on(field.chunk()) {
-                    Ok(Some(_)) => {}
+                    Ok(Some(chunk)) => size += chunk.len() as u64,
                     Ok(None) => break,
                     Err(e) => return failure(backend, &stored, body_error(e.to_string())),
+                }
+                if size > MAX_FIELD_BYTES {
+                    let reply = bad_request(
+                        &format!("form field over {MAX_FIELD_BYTES} bytes"),
+                        "field_too_large",
+                    );
+                    return failure(backend, &stored, reply);
                 }
             }
             continue;

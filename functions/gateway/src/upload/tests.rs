@@ -5,8 +5,12 @@ use super::*;
 struct Executor;
 
 impl BlockOn for Executor {
+    type WakeUp = ();
     fn block_on<F: Future>(&self, future: F) -> F::Output {
         futures::executor::block_on(future)
+    }
+    fn wake_soon(&self, waker: &Waker) {
+        waker.wake_by_ref();
     }
 }
 
@@ -296,4 +300,89 @@ fn file_names_are_cleaned() {
     assert_eq!(clean_filename("a\nb\r.mp4"), "ab.mp4");
     assert_eq!(clean_filename("   "), "upload");
     assert_eq!(clean_filename(&"é".repeat(300)).chars().count(), 255);
+}
+
+/// An endless body: `head`, then `filler` forever, in 16 KiB chunks (as Spin hands them out);
+/// `pulled` counts the bytes the parser took.
+fn endless(
+    head: Vec<u8>,
+    filler: u8,
+    pulled: Arc<std::sync::atomic::AtomicU64>,
+) -> impl Stream<Item = Result<Vec<u8>, String>> + Send {
+    let head = futures::stream::iter([Ok::<_, String>(head)]);
+    let rest = futures::stream::repeat_with(move || Ok(vec![filler; 16 * 1024]));
+    head.chain(rest).inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            pulled.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+}
+
+fn run_endless(head: &str, filler: u8) -> (Reply, u64) {
+    let pulled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let upload = Upload {
+        content_type: Some(&content_type),
+        owner: "a@example.com",
+        max_bytes: 1 << 40,
+        clock: || 0,
+        job_id: JOB_ID.to_owned(),
+    };
+    let body = endless(head.as_bytes().to_vec(), filler, pulled.clone());
+    let mut fake = Fake::default();
+    let reply = handle(upload, body, &mut fake, &Executor);
+    assert!(fake.videos.is_empty() && fake.jobs.is_empty() && fake.published.is_empty());
+    (reply, pulled.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+#[test]
+fn hostile_framing_is_refused_after_a_bounded_read() {
+    let bound = (framing::MAX_PART_HEADERS + PACE_BYTES + 16 * 1024) as u64;
+    // No boundary ever.
+    let (reply, pulled) = run_endless("", 0);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, "no multipart boundary in the first 8192 bytes")
+    );
+    assert!(pulled <= bound, "read {pulled} bytes");
+    // A part whose headers never end.
+    let head =
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"");
+    let (reply, pulled) = run_endless(&head, b'a');
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, "multipart part headers over 16384 bytes")
+    );
+    assert!(pulled <= bound, "read {pulled} bytes");
+    // A field that never ends.
+    let head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n");
+    let (reply, pulled) = run_endless(&head, b'x');
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, "form field over 65536 bytes")
+    );
+    assert!(pulled <= MAX_FIELD_BYTES + bound, "read {pulled} bytes");
+}
+
+#[test]
+fn a_million_tiny_fields_stop_at_the_part_limit() {
+    let field = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n");
+    let (reply, pulled) = run_endless(&field, 0);
+    // The filler is not a part; build the flood itself instead.
+    assert_eq!(reply.status, 400, "{reply:?} after {pulled}");
+    let mut fake = Fake::default();
+    let flood = field.repeat(1_000_000).into_bytes();
+    let reply = run(&mut fake, flood, 1 << 30);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, "more than 32 parts in the form")
+    );
+    // A file among them is deleted again.
+    let video = mp4(3000);
+    let mut body = form(&[Part::File("a.mp4", &video)]);
+    body.truncate(body.len() - format!("--{BOUNDARY}--\r\n").len());
+    body.extend(field.repeat(40).into_bytes());
+    let reply = run(&mut fake, body, 1 << 30);
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(fake.videos.is_empty() && fake.jobs.is_empty());
 }
