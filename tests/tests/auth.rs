@@ -22,7 +22,11 @@ on_each_runtime!(
     a_short_secret_is_refused_not_used,
     database_down_is_503,
     unknown_email_costs_as_much_as_a_wrong_password,
-    repeated_failures_lock_the_email_out_then_the_window_passes,
+    repeated_failures_from_one_address_stop_its_checks_then_the_window_passes,
+    the_owner_logs_in_after_a_flood_of_failures_from_another_address,
+    concurrent_wrong_guesses_are_checked_at_most_the_budget,
+    a_distributed_attack_spares_the_owners_known_address,
+    an_untrusted_client_cannot_choose_its_address,
     responses_leave_in_one_piece_on_a_kept_alive_connection,
 );
 
@@ -339,41 +343,166 @@ fn unknown_email_costs_as_much_as_a_wrong_password(runtime: Runtime) {
     );
 }
 
-fn repeated_failures_lock_the_email_out_then_the_window_passes(runtime: Runtime) {
+/// `POST /login` as the ingress would pass it on for a client at `client`.
+fn login_from(app: &Auth, client: &str, email: &str, password: &str) -> Reply {
+    post(
+        &app.app.url("/login"),
+        &[
+            ("Authorization", &basic(email, password)),
+            ("X-Forwarded-For", client),
+        ],
+    )
+}
+
+fn start_throttled(runtime: Runtime, configure: impl FnOnce(AppConfig) -> AppConfig) -> Auth {
     let db = TestDb::migrated();
     let (ok, output) = admin(&db.url(), &["user", "add", EMAIL], &format!("{PASSWORD}\n"));
     assert!(ok, "{output}");
-    let config = AppConfig::app(runtime)
-        .env("SPIN_VARIABLE_LOGIN_MAX_FAILURES", "2")
-        .env("SPIN_VARIABLE_LOGIN_LOCKOUT_SECONDS", "2");
-    let app = start_configured(db, SECRET, config);
+    start_configured(db, SECRET, configure(AppConfig::app(runtime)))
+}
 
+fn count(app: &Auth, sql: &str) -> i64 {
+    app.db.query_strings(sql)[0]
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .unwrap()
+}
+
+const ATTACKER: &str = "203.0.113.66";
+const OWNER_HOME: &str = "198.51.100.7";
+
+fn repeated_failures_from_one_address_stop_its_checks_then_the_window_passes(runtime: Runtime) {
+    let app = start_throttled(runtime, |c| {
+        c.env("SPIN_VARIABLE_LOGIN_MAX_FAILURES", "2")
+            .env("SPIN_VARIABLE_LOGIN_LOCKOUT_SECONDS", "2")
+    });
     for _ in 0..2 {
-        assert_eq!(login(&app, Some(&basic(EMAIL, "guess"))).status, 401);
+        assert_eq!(login_from(&app, ATTACKER, EMAIL, "guess").status, 401);
     }
-    let locked = login(&app, Some(&basic(EMAIL, PASSWORD)));
+    let locked = login_from(&app, ATTACKER, EMAIL, PASSWORD);
     assert_eq!(locked.status, 429, "{locked:?}");
-    assert_eq!(locked.body.trim(), "too many failed logins");
+    assert_eq!(
+        locked.body.trim(),
+        "too many failed logins for this account from this address"
+    );
     let retry: u64 = locked
         .header("retry-after")
         .expect("Retry-After")
         .parse()
         .unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
-    // Another email is not affected.
+    // Another email from there is not affected.
     assert_eq!(
-        login(&app, Some(&basic("other@example.com", "x"))).status,
+        login_from(&app, ATTACKER, "other@example.com", "x").status,
         401
     );
 
     std::thread::sleep(Duration::from_millis(2_100));
-    let reply = login(&app, Some(&basic(EMAIL, PASSWORD)));
+    let reply = login_from(&app, ATTACKER, EMAIL, PASSWORD);
     assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
     assert_eq!(
-        app.db
-            .query_strings("SELECT COUNT(*) FROM login_failure WHERE email = 'alice@example.com'"),
-        vec![Some("0".to_owned())],
-        "a success clears the count"
+        count(
+            &app,
+            &format!(
+                "SELECT COUNT(*) FROM login_throttle WHERE bucket = 'pair {ATTACKER} {EMAIL}'"
+            )
+        ),
+        0,
+        "a success clears its address's count at the account"
+    );
+}
+
+fn the_owner_logs_in_after_a_flood_of_failures_from_another_address(runtime: Runtime) {
+    let app = start_throttled(runtime, |c| c);
+    // Far more than any budget, from one address.
+    for _ in 0..30 {
+        let reply = login_from(&app, ATTACKER, EMAIL, "guess");
+        assert!([401, 429].contains(&reply.status), "{reply:?}");
+    }
+    assert_eq!(login_from(&app, ATTACKER, EMAIL, PASSWORD).status, 429);
+    let reply = login_from(&app, OWNER_HOME, EMAIL, PASSWORD);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // Only the budget's worth of the flood reached the account's count.
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT attempts FROM login_throttle WHERE bucket = 'account {EMAIL}'")
+        ),
+        5
+    );
+}
+
+fn concurrent_wrong_guesses_are_checked_at_most_the_budget(runtime: Runtime) {
+    let app = std::sync::Arc::new(start_throttled(runtime, |c| c));
+    // 40 wrong passwords, 20 at a time; each check takes tens of milliseconds of argon2, so
+    // a count read before the check and written after it would let most of them through.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let threads: Vec<_> = (0..20)
+            .map(|_| {
+                let app = app.clone();
+                std::thread::spawn(move || login_from(&app, ATTACKER, EMAIL, "guess").status)
+            })
+            .collect();
+        statuses.extend(threads.into_iter().map(|t| t.join().unwrap()));
+    }
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((checked, refused), (5, 35), "{statuses:?}");
+}
+
+fn a_distributed_attack_spares_the_owners_known_address(runtime: Runtime) {
+    let app = start_throttled(runtime, |c| {
+        c.env("SPIN_VARIABLE_LOGIN_ACCOUNT_MAX_FAILURES", "6")
+            .env("SPIN_VARIABLE_LOGIN_MAX_FAILURES", "3")
+    });
+    assert_eq!(login_from(&app, OWNER_HOME, EMAIL, PASSWORD).status, 200);
+    for bot in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        for _ in 0..3 {
+            let reply = login_from(&app, bot, EMAIL, "guess");
+            assert!([401, 429].contains(&reply.status), "{reply:?}");
+        }
+    }
+    // The account's budget is spent: a new address is refused unchecked, right password or not.
+    let refused = login_from(&app, "192.0.2.50", EMAIL, PASSWORD);
+    assert_eq!(
+        (refused.status, refused.body.trim()),
+        (429, "too many failed logins for this account")
+    );
+    // The owner, from where they logged in before, is still checked and let in.
+    assert_eq!(login_from(&app, OWNER_HOME, EMAIL, "typo").status, 401);
+    assert_eq!(login_from(&app, OWNER_HOME, EMAIL, PASSWORD).status, 200);
+}
+
+fn an_untrusted_client_cannot_choose_its_address(runtime: Runtime) {
+    // The test's own address is not a trusted proxy here: its X-Forwarded-For is its own to
+    // forge, and login must ignore it.
+    let app = start_throttled(runtime, |c| {
+        c.env("SPIN_VARIABLE_TRUSTED_PROXIES", "10.244.0.0/16")
+            .env("SPIN_VARIABLE_LOGIN_ADDRESS_MAX_FAILURES", "3")
+    });
+    for n in 0..3 {
+        let reply = login_from(
+            &app,
+            &format!("198.51.100.{n}"),
+            &format!("u{n}@example.com"),
+            "x",
+        );
+        assert_eq!(reply.status, 401, "{reply:?}");
+    }
+    let reply = login_from(&app, "198.51.100.200", "fresh@example.com", "x");
+    assert_eq!(
+        (reply.status, reply.body.trim()),
+        (429, "too many failed logins from this address")
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT attempts FROM login_throttle WHERE bucket = 'address 127.0.0.1'"
+        ),
+        4
     );
 }
 

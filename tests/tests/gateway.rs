@@ -835,7 +835,10 @@ jwt_issuer = "mp3-converter"
 jwt_audience = "mp3-converter"
 jwt_ttl_seconds = "3600"
 login_max_failures = "5"
+login_address_max_failures = "50"
+login_account_max_failures = "20"
 login_lockout_seconds = "900"
+trusted_proxies = "127.0.0.0/8"
 [component.validate]
 source = "{validate}"
 [component.validate.variables]
@@ -889,22 +892,46 @@ max_upload_bytes = "10000000"
         .env("SPIN_VARIABLE_AUTH_URL", auth_app.base())
         .start();
 
-    // Login through the gateway, forwarded to the auth app.
-    let basic = {
+    // Login through the gateway, forwarded to the auth app, which learns the client's address
+    // from the gateway's X-Forwarded-For: an attacker's failures (as an ingress in front
+    // reports them) do not keep the owner, elsewhere, out.
+    let basic = |password: &str| {
         use base64::Engine as _;
         format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{email}:split-password"))
+            base64::engine::general_purpose::STANDARD.encode(format!("{email}:{password}"))
         )
     };
+    for attempt in 1..=6 {
+        let reply = send_raw(
+            "POST",
+            &gateway.url("/login"),
+            &[
+                ("Authorization", &basic("guess")),
+                ("X-Forwarded-For", "203.0.113.66"),
+            ],
+            Body::Empty,
+        )
+        .unwrap();
+        let expected = if attempt <= 5 { 401 } else { 429 };
+        assert_eq!(reply.status, expected, "{}", reply.text());
+        if attempt == 6 {
+            assert_eq!(
+                reply.text(),
+                "too many failed logins for this account from this address"
+            );
+            assert!(reply.header("retry-after").is_some());
+        }
+    }
     let reply = send_raw(
         "POST",
         &gateway.url("/login"),
-        &[("Authorization", &basic)],
+        &[("Authorization", &basic("split-password"))],
         Body::Empty,
     )
     .unwrap();
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), gateway.log());
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
     let auth = format!("Bearer {}", reply.text().trim());
     let reply = send_raw("POST", &gateway.url("/login"), &[], Body::Empty).unwrap();
     assert_eq!(

@@ -36,6 +36,21 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "create_login_failure",
         sql: include_str!("../migrations/0003_create_login_failure.sql"),
     },
+    Migration {
+        version: 4,
+        name: "create_login_throttle",
+        sql: include_str!("../migrations/0004_create_login_throttle.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "create_login_known",
+        sql: include_str!("../migrations/0005_create_login_known.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "drop_login_failure",
+        sql: include_str!("../migrations/0006_drop_login_failure.sql"),
+    },
 ];
 
 const LOCK: &str = "mp3_admin_migrate";

@@ -43,6 +43,20 @@ pub fn header(req: &IncomingRequest, name: &str) -> Option<String> {
     String::from_utf8(values.pop()?).ok()
 }
 
+/// Every value of header `name` that is UTF-8, in order.
+pub fn header_values(req: &IncomingRequest, name: &str) -> Vec<String> {
+    req.headers()
+        .get(name)
+        .into_iter()
+        .filter_map(|v| String::from_utf8(v).ok())
+        .collect()
+}
+
+/// The address Spin saw the request come from (`spin-client-addr`).
+pub fn peer_ip(req: &IncomingRequest) -> Option<std::net::IpAddr> {
+    crate::forwarded::peer_ip(&header(req, "spin-client-addr")?)
+}
+
 /// The single `Authorization` header as UTF-8, or `None` (absent, repeated or not UTF-8).
 pub fn authorization(req: &IncomingRequest) -> Option<String> {
     header(req, "authorization")

@@ -5,14 +5,30 @@
 use component_http::Reply;
 use mp3_model::Claims;
 
+/// The headers of login's answer that the gateway relays.
+pub const RELAYED: [&str; 4] = [
+    "content-type",
+    "retry-after",
+    "www-authenticate",
+    "cache-control",
+];
+
 /// What the auth service answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Answer {
     pub status: u16,
-    pub content_type: Option<String>,
-    pub retry_after: Option<String>,
-    pub www_authenticate: Option<String>,
+    /// The [`RELAYED`] headers it sent.
+    pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// 503: the auth service could not be asked, or answered nonsense.
@@ -68,9 +84,9 @@ fn or(text: String, fallback: &str) -> String {
     }
 }
 
-/// The gateway's reply to `POST /login`: the auth service's status and body (and its
-/// `Content-Type`, `Retry-After` and `WWW-Authenticate`), or 503 when it could not be reached
-/// or failed (5xx).
+/// The gateway's reply to `POST /login`: the auth service's status, body and [`RELAYED`]
+/// headers, or 503 when it could not be reached or failed (5xx). A token is never cached:
+/// a 200 goes out with `Cache-Control: no-store` whatever login said.
 pub fn login_reply(answer: Result<Answer, String>) -> Reply {
     let answer = match answer {
         Ok(answer) if answer.status < 500 => answer,
@@ -84,8 +100,9 @@ pub fn login_reply(answer: Result<Answer, String>) -> Reply {
         Err(e) => return unavailable(e),
     };
     let content_type = answer
-        .content_type
-        .unwrap_or_else(|| "text/plain; charset=utf-8".to_owned());
+        .header("content-type")
+        .unwrap_or("text/plain; charset=utf-8")
+        .to_owned();
     let outcome = if answer.status == 200 {
         "login_forwarded".to_owned()
     } else {
@@ -97,11 +114,13 @@ pub fn login_reply(answer: Result<Answer, String>) -> Reply {
         String::from_utf8_lossy(&answer.body).into_owned(),
         outcome,
     );
-    if let Some(retry_after) = answer.retry_after {
-        reply = reply.header("retry-after", retry_after);
+    for (name, value) in answer.headers {
+        if name != "content-type" && !(name == "cache-control" && answer.status == 200) {
+            reply = reply.header(name, value);
+        }
     }
-    if let Some(challenge) = answer.www_authenticate {
-        reply = reply.header("www-authenticate", challenge);
+    if answer.status == 200 {
+        reply = reply.header("cache-control", "no-store");
     }
     reply
 }
@@ -113,9 +132,7 @@ mod tests {
     fn answer(status: u16, body: &str) -> Result<Answer, String> {
         Ok(Answer {
             status,
-            content_type: None,
-            retry_after: None,
-            www_authenticate: None,
+            headers: Vec::new(),
             body: body.as_bytes().to_vec(),
         })
     }
@@ -156,20 +173,37 @@ mod tests {
     fn login_answers_are_forwarded() {
         let reply = login_reply(answer(200, "a.b.c"));
         assert_eq!((reply.status, reply.body.as_str()), (200, "a.b.c"));
+        assert_eq!(
+            reply.headers,
+            vec![
+                ("content-type", "text/plain; charset=utf-8".to_owned()),
+                ("cache-control", "no-store".to_owned())
+            ]
+        );
+        let reply = login_reply(Ok(Answer {
+            status: 200,
+            headers: vec![("cache-control", "max-age=600".into())],
+            body: b"a.b.c".to_vec(),
+        }));
+        assert!(reply
+            .headers
+            .contains(&("cache-control", "no-store".into())));
+        assert!(!reply
+            .headers
+            .contains(&("cache-control", "max-age=600".into())));
         let reply = login_reply(Ok(Answer {
             status: 429,
-            content_type: Some("text/plain".into()),
-            retry_after: Some("60".into()),
-            www_authenticate: None,
+            headers: vec![
+                ("content-type", "text/plain".into()),
+                ("retry-after", "60".into()),
+            ],
             body: b"too many failed logins".to_vec(),
         }));
         assert_eq!(reply.status, 429);
         assert!(reply.headers.contains(&("retry-after", "60".into())));
         let reply = login_reply(Ok(Answer {
             status: 401,
-            content_type: None,
-            retry_after: None,
-            www_authenticate: Some(r#"Basic realm="mp3""#.into()),
+            headers: vec![("www-authenticate", r#"Basic realm="mp3""#.into())],
             body: b"missing credentials".to_vec(),
         }));
         assert_eq!(reply.status, 401);

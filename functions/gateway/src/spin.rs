@@ -6,8 +6,9 @@ use std::io::Read;
 use std::task::Waker;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use component_http::forwarded::forward_for;
 use component_http::spin::{
-    header, method_name, respond, response_head, start_body, SpinVariables,
+    header, header_values, method_name, peer_ip, respond, response_head, start_body, SpinVariables,
 };
 use component_http::{log_line, Reply};
 use futures::StreamExt;
@@ -53,8 +54,12 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
     };
     match route {
         Route::Login => {
-            let authorization = header(&req, "authorization");
-            let reply = auth::login_reply(call_auth(&config, "/login", authorization.as_deref()));
+            // login counts failures per client: tell it who that is, as a proxy does.
+            let forwarded = forward_for(&header_values(&req, "x-forwarded-for"), peer_ip(&req));
+            let mut headers = Vec::new();
+            headers.extend(header(&req, "authorization").map(|v| ("authorization", v)));
+            headers.extend(forwarded.map(|v| ("x-forwarded-for", v)));
+            let reply = auth::login_reply(call_auth(&config, "/login", &headers));
             send(out, reply, &method, started);
         }
         Route::Upload => upload_route(req, out, &config, &method, started),
@@ -63,29 +68,28 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
     }
 }
 
-/// `POST {auth_url}{path}` with the caller's `Authorization`, and no body.
-fn call_auth(config: &Config, path: &str, authorization: Option<&str>) -> Result<Answer, String> {
+/// `POST {auth_url}{path}` with `headers` (the caller's `Authorization`, ...), and no body.
+fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<Answer, String> {
     let mut builder = Request::builder();
     builder
         .method(Method::Post)
         .uri(format!("{}{path}", config.auth_url));
-    if let Some(value) = authorization {
-        builder.header("authorization", value);
+    for (name, value) in headers {
+        builder.header(*name, value.as_str());
     }
     let request = builder.body(Vec::new()).build();
     let response: Response = spin_sdk::http::run(spin_sdk::http::send(request))
         .map_err(|e| format!("calling {}{path}: {e}", config.auth_url))?;
-    let text = |name: &str| {
-        response
-            .header(name)
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    };
+    let headers = auth::RELAYED
+        .into_iter()
+        .filter_map(|name| {
+            let value = response.header(name)?.as_str()?;
+            Some((name, value.to_owned()))
+        })
+        .collect();
     Ok(Answer {
         status: *response.status(),
-        content_type: text("content-type"),
-        retry_after: text("retry-after"),
-        www_authenticate: text("www-authenticate"),
+        headers,
         body: response.body().to_vec(),
     })
 }
@@ -96,7 +100,8 @@ fn authenticate(req: &IncomingRequest, config: &Config) -> Result<String, Reply>
         return Err(Reply::text(401, "missing token", "missing_token")
             .header("www-authenticate", r#"Bearer realm="mp3""#));
     };
-    auth::claims(call_auth(config, "/validate", Some(&authorization))).map(|c| c.username)
+    let headers = [("authorization", authorization)];
+    auth::claims(call_auth(config, "/validate", &headers)).map(|c| c.username)
 }
 
 /// The SCRAM key cache: Spin's default key-value store, which outlives the request's instance

@@ -2,19 +2,21 @@
 //!
 //! Spin variables read: `db_url` (`mysql://user:pw@host:port/auth`), `jwt_secret` (at least 32
 //! bytes), `jwt_issuer`, `jwt_audience`, `jwt_ttl_seconds`, `login_max_failures`,
-//! `login_lockout_seconds`.
+//! `login_address_max_failures`, `login_account_max_failures`, `login_lockout_seconds`,
+//! `trusted_proxies`.
 //!
-//! Failed logins are counted per email (existing or not, so the lockout reveals nothing) in the
-//! `login_failure` table: after `login_max_failures` failures within `login_lockout_seconds`, the
-//! email is refused with 429 until that window has passed, whatever the password, so guessing
-//! is limited to a few tries per window. A success clears the count.
+//! Password checks are budgeted ([`throttle`]): per client address, per client address and
+//! email, and per email from addresses it has not logged in from before. The budgets are
+//! charged before the password is checked, so concurrent guesses cannot exceed them, and a
+//! failure elsewhere never stops the owner from where they logged in before. Emails that do not
+//! exist are counted the same, so the budgets tell nothing about which accounts exist.
 //!
 //! | case | status | body |
 //! |---|---|---|
-//! | success | 200 `text/plain` | the JWT |
+//! | success | 200 `text/plain`, `Cache-Control: no-store` | the JWT |
 //! | no or malformed Basic credentials | 401 + `WWW-Authenticate: Basic realm="mp3"` | `missing credentials` |
 //! | unknown email or wrong password | 401 | `invalid credentials` |
-//! | too many failures for this email | 429 + `Retry-After` | `too many failed logins` |
+//! | a budget is spent | 429 + `Retry-After` | `too many failed logins from this address` (or `for this account`) |
 //! | database unreachable or failing | 503 | `database unavailable` |
 //! | missing/invalid variable, secret under 32 bytes | 500 | `server misconfigured` |
 //! | any method but POST | 405 + `Allow: POST` | `method not allowed` |
@@ -23,32 +25,45 @@
 //! The decision logic ([`login`]) talks to the host through [`Host`], so it is unit-tested natively
 //! with a fake; the Spin entry point only adapts the request and the host interfaces.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use component_http::forwarded::{client_ip, client_key, TrustedProxies};
 use component_http::{token_config, Reply, Variables};
 use mp3_auth::{issue, parse_basic, verify_login, TokenConfig};
+
+pub mod throttle;
+
+use throttle::{Budgets, Charge, Verdict};
 
 /// The component's name in its log line.
 pub const COMPONENT: &str = "login";
 
-/// What [`login`] needs from its host: Spin variables, the user table and the failure counts.
+/// What [`login`] needs from its host: Spin variables, the user table and the login budgets.
 /// `Err` is always a database failure.
 pub trait Host: Variables {
     /// The user's stored email, password hash and admin flag.
     fn find_user(&self, db_url: &str, email: &str) -> Result<Option<User>, String>;
-    /// The failures recorded for `email`: `(count, window_start)`.
-    fn failures(&self, db_url: &str, email: &str) -> Result<Option<(i64, i64)>, String>;
-    /// Counts one more failure, starting a new window at `now` when the current one began
-    /// before `window_floor`.
-    fn record_failure(
+    /// Counts one more attempt in `bucket`, in a new window from `now` when its window began at
+    /// or before `window_floor`, in one statement; then the count that statement made, and the
+    /// window's start.
+    fn charge(
         &self,
         db_url: &str,
-        email: &str,
+        bucket: &str,
         now: i64,
         window_floor: i64,
-    ) -> Result<(), String>;
-    /// Forgets the failures of `email` (after a successful login).
-    fn clear_failures(&self, db_url: &str, email: &str) -> Result<(), String>;
+    ) -> Result<Charge, String>;
+    /// Takes one attempt off `bucket` (it was the right password), or all of them (`clear`).
+    fn refund(&self, db_url: &str, bucket: &str, clear: bool) -> Result<(), String>;
+    /// Whether `email` logged in from `client` after `since`.
+    fn is_known(&self, db_url: &str, email: &str, client: &str, since: i64)
+        -> Result<bool, String>;
+    /// Records that `email` logged in from `client` at `now`.
+    fn remember(&self, db_url: &str, email: &str, client: &str, now: i64) -> Result<(), String>;
+    /// Deletes some counters whose window began at or before `window_floor` (the next charge
+    /// would start them over anyway), so the table holds about one window's worth.
+    fn forget_expired(&self, db_url: &str, window_floor: i64) -> Result<(), String>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,22 +73,41 @@ pub struct User {
     pub admin: bool,
 }
 
+/// What login reads from the request.
+#[derive(Debug, Clone, Default)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// `None` when the header is absent, repeated, or not UTF-8.
+    pub authorization: Option<&'a str>,
+    /// The address the request came from (`spin-client-addr`).
+    pub peer: Option<IpAddr>,
+    /// Every `X-Forwarded-For` value, in order.
+    pub forwarded_for: Vec<String>,
+}
+
 struct Config {
     db_url: String,
     tokens: TokenConfig,
-    max_failures: i64,
-    lockout_seconds: i64,
+    budgets: Budgets,
+    trusted: TrustedProxies,
 }
 
 fn load_config(host: &impl Host) -> Result<Config, String> {
     let db_url = host.require("db_url")?;
     let ttl = positive_number(host, "jwt_ttl_seconds")?;
     let tokens = token_config(host, Some(Duration::from_secs(ttl.unsigned_abs())))?;
+    let trusted = TrustedProxies::parse(&host.require("trusted_proxies")?)
+        .map_err(|e| format!("variable trusted_proxies: {e}"))?;
     Ok(Config {
         db_url,
         tokens,
-        max_failures: positive_number(host, "login_max_failures")?,
-        lockout_seconds: positive_number(host, "login_lockout_seconds")?,
+        budgets: Budgets {
+            per_account_and_address: positive_number(host, "login_max_failures")?,
+            per_address: positive_number(host, "login_address_max_failures")?,
+            per_account: positive_number(host, "login_account_max_failures")?,
+            window_seconds: positive_number(host, "login_lockout_seconds")?,
+        },
+        trusted,
     })
 }
 
@@ -109,31 +143,25 @@ fn database_unavailable(detail: String, email: &str) -> Reply {
         .user(email)
 }
 
-/// The whole decision for one request. `authorization` is `None` when the header is absent,
-/// repeated, or not UTF-8.
-pub fn login(method: &str, authorization: Option<&str>, host: &impl Host, now: i64) -> Reply {
-    if method != "POST" {
+/// The whole decision for one request.
+pub fn login(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
+    if request.method != "POST" {
         return Reply::method_not_allowed("POST");
     }
     let config = match load_config(host) {
         Ok(config) => config,
         Err(detail) => return Reply::misconfigured(detail),
     };
-    let Some(Ok((email, password))) = authorization.map(parse_basic) else {
+    let Some(Ok((email, password))) = request.authorization.map(parse_basic) else {
         return Reply::text(401, "missing credentials", "missing_credentials")
             .header("www-authenticate", r#"Basic realm="mp3""#);
     };
-    let window_floor = now - config.lockout_seconds;
-    match host.failures(&config.db_url, &email) {
-        Ok(Some((failures, window_start)))
-            if failures >= config.max_failures && window_start > window_floor =>
-        {
-            let retry_after = window_start - window_floor;
-            return Reply::text(429, "too many failed logins", "locked_out")
-                .header("retry-after", retry_after.to_string())
-                .user(&email);
-        }
-        Ok(_) => {}
+    let peer = request.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let client = client_key(client_ip(peer, &request.forwarded_for, &config.trusted));
+    let plan = throttle::Plan::new(&config.budgets, &client, &email, now);
+    match throttle::admit(&plan, host, &config.db_url) {
+        Ok(Verdict::Check) => {}
+        Ok(Verdict::Refuse(refusal)) => return refusal.reply().user(&email).detail(client),
         Err(detail) => return database_unavailable(detail, &email),
     }
     let user = match host.find_user(&config.db_url, &email) {
@@ -143,12 +171,10 @@ pub fn login(method: &str, authorization: Option<&str>, host: &impl Host, now: i
     // Unknown user: verify_login still runs a full argon2 verification (dummy hash).
     let ok = verify_login(user.as_ref().map(|u| u.password_hash.as_str()), &password);
     let Some(user) = user.filter(|_| ok) else {
-        if let Err(detail) = host.record_failure(&config.db_url, &email, now, window_floor) {
-            return database_unavailable(detail, &email);
-        }
+        // The charges stay: they are the failure's count.
         return Reply::text(401, "invalid credentials", "invalid_credentials").user(&email);
     };
-    if let Err(detail) = host.clear_failures(&config.db_url, &email) {
+    if let Err(detail) = throttle::settle_success(&plan, host, &config.db_url) {
         return database_unavailable(detail, &email);
     }
     // The stored email is canonical (the column's collation may match other spellings).
@@ -163,14 +189,22 @@ pub fn login(method: &str, authorization: Option<&str>, host: &impl Host, now: i
 #[cfg(target_arch = "wasm32")]
 mod spin {
     use super::*;
-    use component_http::spin::{authorization, method_name, respond, SpinVariables};
+    use component_http::spin::{
+        authorization, header_values, method_name, peer_ip, respond, SpinVariables,
+    };
     use mp3_auth::unix_now;
     use spin_sdk::http::{IncomingRequest, ResponseOutparam};
     use spin_sdk::http_component;
     use spin_sdk::mysql::{Connection, DbValue, ParameterValue};
+    use std::cell::OnceCell;
     use std::time::Instant;
 
-    struct SpinHost;
+    /// The host, with one MySQL connection for the whole request (Spin opens a new one for
+    /// every `open`).
+    #[derive(Default)]
+    struct SpinHost {
+        connection: OnceCell<Connection>,
+    }
 
     impl Variables for SpinHost {
         fn variable(&self, name: &str) -> Result<String, String> {
@@ -178,10 +212,50 @@ mod spin {
         }
     }
 
+    fn str(value: &str) -> ParameterValue {
+        ParameterValue::Str(value.to_owned())
+    }
+
+    impl SpinHost {
+        fn connection(&self, db_url: &str) -> Result<&Connection, String> {
+            if let Some(connection) = self.connection.get() {
+                return Ok(connection);
+            }
+            let connection = Connection::open(db_url)
+                .map_err(|e| without_password(&format!("connect: {e}"), db_url))?;
+            Ok(self.connection.get_or_init(|| connection))
+        }
+
+        fn execute(
+            &self,
+            db_url: &str,
+            sql: &str,
+            params: &[ParameterValue],
+        ) -> Result<(), String> {
+            self.connection(db_url)?
+                .execute(sql, params)
+                .map_err(|e| format!("statement: {e}"))
+        }
+
+        /// The first row `sql` returns.
+        fn first_row(
+            &self,
+            db_url: &str,
+            sql: &str,
+            params: &[ParameterValue],
+        ) -> Result<Option<Vec<DbValue>>, String> {
+            let rows = self
+                .connection(db_url)?
+                .query(sql, params)
+                .map_err(|e| format!("query: {e}"))?;
+            Ok(rows.rows.into_iter().next())
+        }
+    }
+
     impl Host for SpinHost {
         fn find_user(&self, db_url: &str, email: &str) -> Result<Option<User>, String> {
             let sql = "SELECT email, password, admin FROM user WHERE email = ?";
-            let Some(row) = first_row(db_url, sql, email)? else {
+            let Some(row) = self.first_row(db_url, sql, &[str(email)])? else {
                 return Ok(None);
             };
             let text = |v: Option<&DbValue>| match v {
@@ -199,62 +273,99 @@ mod spin {
             }))
         }
 
-        fn failures(&self, db_url: &str, email: &str) -> Result<Option<(i64, i64)>, String> {
-            let sql = "SELECT failures, window_start FROM login_failure WHERE email = ?";
-            let Some(row) = first_row(db_url, sql, email)? else {
-                return Ok(None);
-            };
-            let failures = integer(row.first()).map_err(|e| format!("failures: {e}"))?;
-            let window_start = integer(row.get(1)).map_err(|e| format!("window_start: {e}"))?;
-            Ok(Some((failures, window_start)))
+        fn charge(
+            &self,
+            db_url: &str,
+            bucket: &str,
+            now: i64,
+            window_floor: i64,
+        ) -> Result<Charge, String> {
+            // One statement, so concurrent attempts cannot lose counts. MySQL assigns left to
+            // right, so `attempts` still sees the old `window_start`. LAST_INSERT_ID(x) keeps
+            // this statement's own count for this connection: reading the row back instead
+            // would see later attempts' charges too, and refuse more than the budget says.
+            self.execute(
+                db_url,
+                "INSERT INTO login_throttle (bucket, attempts, window_start) \
+                 VALUES (?, LAST_INSERT_ID(1), ?) \
+                 ON DUPLICATE KEY UPDATE \
+                 attempts = LAST_INSERT_ID(IF(window_start <= ?, 1, attempts + 1)), \
+                 window_start = IF(window_start <= ?, ?, window_start)",
+                &[
+                    str(bucket),
+                    ParameterValue::Int64(now),
+                    ParameterValue::Int64(window_floor),
+                    ParameterValue::Int64(window_floor),
+                    ParameterValue::Int64(now),
+                ],
+            )
+            .map_err(|e| format!("charge {bucket:?}: {e}"))?;
+            let sql = "SELECT LAST_INSERT_ID(), window_start FROM login_throttle WHERE bucket = ?";
+            let row = self
+                .first_row(db_url, sql, &[str(bucket)])?
+                .ok_or_else(|| format!("charge {bucket:?}: the counter is gone"))?;
+            Ok(Charge {
+                attempts: integer(row.first()).map_err(|e| format!("attempts: {e}"))?,
+                window_start: integer(row.get(1)).map_err(|e| format!("window_start: {e}"))?,
+            })
         }
 
-        fn record_failure(
+        fn refund(&self, db_url: &str, bucket: &str, clear: bool) -> Result<(), String> {
+            let sql = if clear {
+                "DELETE FROM login_throttle WHERE bucket = ?"
+            } else {
+                "UPDATE login_throttle SET attempts = GREATEST(attempts - 1, 0) WHERE bucket = ?"
+            };
+            self.execute(db_url, sql, &[str(bucket)])
+                .map_err(|e| format!("refund {bucket:?}: {e}"))
+        }
+
+        fn is_known(
             &self,
             db_url: &str,
             email: &str,
+            client: &str,
+            since: i64,
+        ) -> Result<bool, String> {
+            let sql = "SELECT 1 FROM login_known WHERE email = ? AND address = ? AND seen_at > ?";
+            let params = [str(email), str(client), ParameterValue::Int64(since)];
+            Ok(self.first_row(db_url, sql, &params)?.is_some())
+        }
+
+        fn remember(
+            &self,
+            db_url: &str,
+            email: &str,
+            client: &str,
             now: i64,
-            window_floor: i64,
         ) -> Result<(), String> {
-            // One statement, so concurrent failures cannot lose counts. MySQL assigns left to
-            // right, so `failures` still sees the old `window_start`.
-            open(db_url)?
-                .execute(
-                    "INSERT INTO login_failure (email, failures, window_start) VALUES (?, 1, ?) \
-                     ON DUPLICATE KEY UPDATE \
-                     failures = IF(window_start <= ?, 1, failures + 1), \
-                     window_start = IF(window_start <= ?, ?, window_start)",
-                    &[
-                        ParameterValue::Str(email.to_owned()),
-                        ParameterValue::Int64(now),
-                        ParameterValue::Int64(window_floor),
-                        ParameterValue::Int64(window_floor),
-                        ParameterValue::Int64(now),
-                    ],
-                )
-                .map_err(|e| format!("record failure: {e}"))
+            self.execute(
+                db_url,
+                "INSERT INTO login_known (email, address, seen_at) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE seen_at = VALUES(seen_at)",
+                &[str(email), str(client), ParameterValue::Int64(now)],
+            )
+            .map_err(|e| format!("remember the address: {e}"))?;
+            // Old rows go as their owners log in.
+            self.execute(
+                db_url,
+                "DELETE FROM login_known WHERE email = ? AND seen_at <= ?",
+                &[
+                    str(email),
+                    ParameterValue::Int64(now - throttle::KNOWN_FOR_SECONDS),
+                ],
+            )
+            .map_err(|e| format!("forget old addresses: {e}"))
         }
 
-        fn clear_failures(&self, db_url: &str, email: &str) -> Result<(), String> {
-            open(db_url)?
-                .execute(
-                    "DELETE FROM login_failure WHERE email = ?",
-                    &[ParameterValue::Str(email.to_owned())],
-                )
-                .map_err(|e| format!("clear failures: {e}"))
+        fn forget_expired(&self, db_url: &str, window_floor: i64) -> Result<(), String> {
+            self.execute(
+                db_url,
+                "DELETE FROM login_throttle WHERE window_start <= ? LIMIT 1000",
+                &[ParameterValue::Int64(window_floor)],
+            )
+            .map_err(|e| format!("forget expired counters: {e}"))
         }
-    }
-
-    fn open(db_url: &str) -> Result<Connection, String> {
-        Connection::open(db_url).map_err(|e| without_password(&format!("connect: {e}"), db_url))
-    }
-
-    /// The first row `sql` (with one `?`, bound to `email`) returns.
-    fn first_row(db_url: &str, sql: &str, email: &str) -> Result<Option<Vec<DbValue>>, String> {
-        let rows = open(db_url)?
-            .query(sql, &[ParameterValue::Str(email.to_owned())])
-            .map_err(|e| format!("query: {e}"))?;
-        Ok(rows.rows.into_iter().next())
     }
 
     /// An integer column (MySQL has no real booleans: BOOLEAN is TINYINT(1)).
@@ -278,7 +389,13 @@ mod spin {
         let started = Instant::now();
         let method = method_name(&req.method());
         let authorization = authorization(&req);
-        let reply = login(&method, authorization.as_deref(), &SpinHost, unix_now());
+        let request = Request {
+            method: &method,
+            authorization: authorization.as_deref(),
+            peer: peer_ip(&req),
+            forwarded_for: header_values(&req, "x-forwarded-for"),
+        };
+        let reply = login(&request, &SpinHost::default(), unix_now());
         respond(COMPONENT, &method, out, reply, started);
     }
 }
@@ -312,7 +429,8 @@ mod tests {
         vars: HashMap<&'static str, String>,
         users: Result<Vec<User>, String>,
         lookups: Cell<u32>,
-        failures: RefCell<HashMap<String, (i64, i64)>>,
+        counters: RefCell<HashMap<String, (i64, i64)>>,
+        known: RefCell<HashMap<(String, String), i64>>,
     }
 
     impl Fake {
@@ -324,7 +442,10 @@ mod tests {
                 ("jwt_audience", "mp3".to_owned()),
                 ("jwt_ttl_seconds", "3600".to_owned()),
                 ("login_max_failures", "3".to_owned()),
+                ("login_address_max_failures", "10".to_owned()),
+                ("login_account_max_failures", "6".to_owned()),
                 ("login_lockout_seconds", "60".to_owned()),
+                ("trusted_proxies", "127.0.0.1".to_owned()),
             ]);
             let user = User {
                 email: "a@example.com".into(),
@@ -335,8 +456,13 @@ mod tests {
                 vars,
                 users: Ok(vec![user]),
                 lookups: Cell::new(0),
-                failures: RefCell::default(),
+                counters: RefCell::default(),
+                known: RefCell::default(),
             }
+        }
+
+        fn attempts(&self, bucket: &str) -> i64 {
+            self.counters.borrow().get(bucket).map_or(0, |c| c.0)
         }
     }
 
@@ -353,62 +479,185 @@ mod tests {
             Ok(users.iter().find(|u| u.email == email).cloned())
         }
 
-        fn failures(&self, _db_url: &str, email: &str) -> Result<Option<(i64, i64)>, String> {
-            self.users.as_ref().map_err(Clone::clone)?;
-            Ok(self.failures.borrow().get(email).copied())
-        }
-
         // The same arithmetic as the SQL upsert.
-        fn record_failure(&self, _: &str, email: &str, now: i64, floor: i64) -> Result<(), String> {
-            let mut failures = self.failures.borrow_mut();
-            let entry = failures.entry(email.to_owned()).or_insert((0, now));
+        fn charge(&self, _: &str, bucket: &str, now: i64, floor: i64) -> Result<Charge, String> {
+            self.users.as_ref().map_err(Clone::clone)?;
+            let mut counters = self.counters.borrow_mut();
+            let entry = counters.entry(bucket.to_owned()).or_insert((0, now));
             *entry = if entry.1 <= floor {
                 (1, now)
             } else {
                 (entry.0 + 1, entry.1)
             };
+            Ok(Charge {
+                attempts: entry.0,
+                window_start: entry.1,
+            })
+        }
+
+        fn refund(&self, _: &str, bucket: &str, clear: bool) -> Result<(), String> {
+            let mut counters = self.counters.borrow_mut();
+            if clear {
+                counters.remove(bucket);
+            } else if let Some(entry) = counters.get_mut(bucket) {
+                entry.0 = (entry.0 - 1).max(0);
+            }
             Ok(())
         }
 
-        fn clear_failures(&self, _db_url: &str, email: &str) -> Result<(), String> {
-            self.failures.borrow_mut().remove(email);
+        fn is_known(&self, _: &str, email: &str, client: &str, since: i64) -> Result<bool, String> {
+            let known = self.known.borrow();
+            Ok(known
+                .get(&(email.to_owned(), client.to_owned()))
+                .is_some_and(|seen| *seen > since))
+        }
+
+        fn remember(&self, _: &str, email: &str, client: &str, now: i64) -> Result<(), String> {
+            self.known
+                .borrow_mut()
+                .insert((email.to_owned(), client.to_owned()), now);
+            Ok(())
+        }
+
+        fn forget_expired(&self, _: &str, window_floor: i64) -> Result<(), String> {
+            self.counters.borrow_mut().retain(|_, c| c.1 > window_floor);
             Ok(())
         }
     }
 
-    #[test]
-    fn repeated_failures_lock_the_email_out_for_the_window() {
-        let fake = Fake::new();
-        for _ in 0..3 {
-            let reply = login("POST", Some(&basic("a@example.com:nope")), &fake, NOW);
-            assert_eq!(reply.status, 401);
+    const OWNER_HOME: &str = "198.51.100.7";
+    const ATTACKER: &str = "203.0.113.66";
+
+    /// `POST /login` with Basic `credentials` from `client` (a direct peer).
+    fn attempt(credentials: &str, client: &str, fake: &Fake, now: i64) -> Reply {
+        let authorization = basic(credentials);
+        let request = Request {
+            method: "POST",
+            authorization: Some(&authorization),
+            peer: Some(client.parse().unwrap()),
+            forwarded_for: Vec::new(),
+        };
+        login(&request, fake, now)
+    }
+
+    fn post(authorization: Option<&str>) -> Request<'_> {
+        Request {
+            method: "POST",
+            authorization,
+            peer: Some(OWNER_HOME.parse().unwrap()),
+            forwarded_for: Vec::new(),
         }
-        // Locked: even the right password is refused, without a password check.
-        let locked = login("POST", Some(&basic("a@example.com:pw")), &fake, NOW + 10);
-        assert_eq!(
-            (locked.status, locked.body.as_str()),
-            (429, "too many failed logins")
-        );
-        assert_eq!(header(&locked, "retry-after"), Some("50"));
-        // The window has passed: the right password works and clears the count.
-        let ok = login("POST", Some(&basic("a@example.com:pw")), &fake, NOW + 60);
-        assert_eq!(ok.status, 200);
-        assert!(fake.failures.borrow().is_empty());
     }
 
     #[test]
-    fn unknown_emails_are_locked_out_too() {
+    fn repeated_failures_from_one_address_stop_its_checks_for_the_window() {
         let fake = Fake::new();
         for _ in 0..3 {
             assert_eq!(
-                login("POST", Some(&basic("b@example.com:x")), &fake, NOW).status,
+                attempt("a@example.com:nope", ATTACKER, &fake, NOW).status,
                 401
             );
         }
+        // That address is done for this account, even with the right password, unchecked.
+        let lookups = fake.lookups.get();
+        let locked = attempt("a@example.com:pw", ATTACKER, &fake, NOW + 10);
         assert_eq!(
-            login("POST", Some(&basic("b@example.com:x")), &fake, NOW).status,
-            429
+            (locked.status, locked.body.as_str()),
+            (
+                429,
+                "too many failed logins for this account from this address"
+            )
         );
+        assert_eq!(header(&locked, "retry-after"), Some("50"));
+        assert_eq!(fake.lookups.get(), lookups);
+        // The owner, elsewhere, is not affected.
+        assert_eq!(
+            attempt("a@example.com:pw", OWNER_HOME, &fake, NOW + 10).status,
+            200
+        );
+        // The window has passed: that address may try again.
+        assert_eq!(
+            attempt("a@example.com:pw", ATTACKER, &fake, NOW + 60).status,
+            200
+        );
+    }
+
+    #[test]
+    fn one_address_guessing_at_many_accounts_runs_out() {
+        let fake = Fake::new();
+        for n in 0..10 {
+            let reply = attempt(&format!("user{n}@example.com:x"), ATTACKER, &fake, NOW);
+            assert_eq!(reply.status, 401, "{n}");
+        }
+        let reply = attempt("other@example.com:x", ATTACKER, &fake, NOW);
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (429, "too many failed logins from this address")
+        );
+        // Refused attempts are not charged to the accounts they named.
+        assert_eq!(fake.attempts("account other@example.com"), 0);
+    }
+
+    #[test]
+    fn a_distributed_attack_never_keeps_the_owner_out_where_they_logged_in_before() {
+        let fake = Fake::new();
+        assert_eq!(
+            attempt("a@example.com:pw", OWNER_HOME, &fake, NOW).status,
+            200
+        );
+        // Two attacker addresses spend the account's budget (3 each, 6 in all).
+        for attacker in ["203.0.113.1", "203.0.113.2"] {
+            for _ in 0..3 {
+                assert_eq!(
+                    attempt("a@example.com:x", attacker, &fake, NOW + 1).status,
+                    401
+                );
+            }
+        }
+        // A third address is refused without a check, even with the right password.
+        let refused = attempt("a@example.com:pw", "203.0.113.3", &fake, NOW + 2);
+        assert_eq!(
+            (refused.status, refused.body.as_str()),
+            (429, "too many failed logins for this account")
+        );
+        // The owner's known address is still checked: the right password works, a wrong
+        // one is a plain 401.
+        assert_eq!(
+            attempt("a@example.com:typo", OWNER_HOME, &fake, NOW + 3).status,
+            401
+        );
+        assert_eq!(
+            attempt("a@example.com:pw", OWNER_HOME, &fake, NOW + 4).status,
+            200
+        );
+    }
+
+    #[test]
+    fn a_success_takes_back_its_charges_and_clears_its_address_count() {
+        let fake = Fake::new();
+        assert_eq!(
+            attempt("a@example.com:typo", OWNER_HOME, &fake, NOW).status,
+            401
+        );
+        assert_eq!(
+            attempt("a@example.com:pw", OWNER_HOME, &fake, NOW).status,
+            200
+        );
+        assert_eq!(fake.attempts(&format!("address {OWNER_HOME}")), 1);
+        assert_eq!(
+            fake.attempts(&format!("pair {OWNER_HOME} a@example.com")),
+            0
+        );
+        assert_eq!(fake.attempts("account a@example.com"), 1);
+    }
+
+    #[test]
+    fn unknown_emails_are_counted_like_real_ones() {
+        let fake = Fake::new();
+        for _ in 0..3 {
+            assert_eq!(attempt("b@example.com:x", ATTACKER, &fake, NOW).status, 401);
+        }
+        assert_eq!(attempt("b@example.com:x", ATTACKER, &fake, NOW).status, 429);
     }
 
     #[test]
@@ -416,11 +665,54 @@ mod tests {
         let fake = Fake::new();
         for t in [0, 1, 61] {
             assert_eq!(
-                login("POST", Some(&basic("a@example.com:nope")), &fake, NOW + t).status,
+                attempt("a@example.com:nope", ATTACKER, &fake, NOW + t).status,
                 401
             );
         }
-        assert_eq!(fake.failures.borrow()["a@example.com"], (1, NOW + 61));
+        let pair = format!("pair {ATTACKER} a@example.com");
+        assert_eq!(fake.counters.borrow()[&pair], (1, NOW + 61));
+        // A success sweeps out counters whose window has passed.
+        attempt("b@example.com:x", OWNER_HOME, &fake, NOW);
+        assert_eq!(
+            attempt("a@example.com:pw", OWNER_HOME, &fake, NOW + 62).status,
+            200
+        );
+        assert_eq!(fake.attempts("account b@example.com"), 0);
+        assert_eq!(fake.counters.borrow()[&pair], (1, NOW + 61));
+    }
+
+    #[test]
+    fn the_client_is_read_through_trusted_proxies_only() {
+        let fake = Fake::new();
+        let authorization = basic("a@example.com:x");
+        let via = |peer: &str, forwarded: &str| Request {
+            method: "POST",
+            authorization: Some(&authorization),
+            peer: Some(peer.parse().unwrap()),
+            forwarded_for: vec![forwarded.to_owned()],
+        };
+        // From the trusted proxy: the address it reports.
+        login(&via("127.0.0.1", ATTACKER), &fake, NOW);
+        assert_eq!(fake.attempts(&format!("address {ATTACKER}")), 1);
+        // From anyone else: the header is theirs to forge, and ignored.
+        login(&via("192.0.2.9", OWNER_HOME), &fake, NOW);
+        assert_eq!(fake.attempts(&format!("address {OWNER_HOME}")), 0);
+        assert_eq!(fake.attempts("address 192.0.2.9"), 1);
+        // A bad trusted_proxies is a configuration error.
+        let mut fake = Fake::new();
+        fake.vars.insert("trusted_proxies", "10.0.0.0/99".into());
+        assert_eq!(login(&via("127.0.0.1", ATTACKER), &fake, NOW).status, 500);
+    }
+
+    #[test]
+    fn long_emails_are_counted_under_their_first_255_characters() {
+        let fake = Fake::new();
+        let long = "x".repeat(10_000);
+        assert_eq!(
+            attempt(&format!("{long}:pw"), ATTACKER, &fake, NOW).status,
+            401
+        );
+        assert_eq!(fake.attempts(&format!("account {}", &long[..255])), 1);
     }
 
     fn basic(raw: &str) -> String {
@@ -441,7 +733,7 @@ mod tests {
 
     #[test]
     fn success_returns_a_verifiable_token() {
-        let reply = login("POST", Some(&basic("a@example.com:pw")), &Fake::new(), NOW);
+        let reply = login(&post(Some(&basic("a@example.com:pw"))), &Fake::new(), NOW);
         assert_eq!(reply.status, 200);
         assert_eq!(
             header(&reply, "content-type"),
@@ -456,7 +748,14 @@ mod tests {
 
     #[test]
     fn other_methods_get_405() {
-        let reply = login("GET", Some(&basic("a@example.com:pw")), &Fake::new(), NOW);
+        let reply = login(
+            &Request {
+                method: "GET",
+                ..post(Some(&basic("a@example.com:pw")))
+            },
+            &Fake::new(),
+            NOW,
+        );
         assert_eq!(reply.status, 405);
         assert_eq!(header(&reply, "allow"), Some("POST"));
     }
@@ -470,7 +769,7 @@ mod tests {
             Some("Basic !!!"),
             Some(&*basic("nocolon")),
         ] {
-            let reply = login("POST", auth, &fake, NOW);
+            let reply = login(&post(auth), &fake, NOW);
             assert_eq!(
                 (reply.status, reply.body.as_str()),
                 (401, "missing credentials")
@@ -486,8 +785,8 @@ mod tests {
     #[test]
     fn wrong_password_and_unknown_email_look_the_same() {
         let fake = Fake::new();
-        let wrong = login("POST", Some(&basic("a@example.com:nope")), &fake, NOW);
-        let unknown = login("POST", Some(&basic("b@example.com:pw")), &fake, NOW);
+        let wrong = login(&post(Some(&basic("a@example.com:nope"))), &fake, NOW);
+        let unknown = login(&post(Some(&basic("b@example.com:pw"))), &fake, NOW);
         for reply in [&wrong, &unknown] {
             assert_eq!(
                 (reply.status, reply.body.as_str()),
@@ -501,7 +800,7 @@ mod tests {
     fn database_failure_gets_503() {
         let mut fake = Fake::new();
         fake.users = Err("connect: connection refused".into());
-        let reply = login("POST", Some(&basic("a@example.com:pw")), &fake, NOW);
+        let reply = login(&post(Some(&basic("a@example.com:pw"))), &fake, NOW);
         assert_eq!(
             (reply.status, reply.body.as_str()),
             (503, "database unavailable")
@@ -513,7 +812,7 @@ mod tests {
     fn short_secret_gets_500_and_a_log_reason() {
         let mut fake = Fake::new();
         fake.vars.insert("jwt_secret", "short".into());
-        let reply = login("POST", Some(&basic("a@example.com:pw")), &fake, NOW);
+        let reply = login(&post(Some(&basic("a@example.com:pw"))), &fake, NOW);
         assert_eq!(
             (reply.status, reply.body.as_str()),
             (500, "server misconfigured")
@@ -535,7 +834,7 @@ mod tests {
                 Some(v) => fake.vars.insert(name, v.into()),
                 None => fake.vars.remove(name),
             };
-            let reply = login("POST", Some(&basic("a@example.com:pw")), &fake, NOW);
+            let reply = login(&post(Some(&basic("a@example.com:pw"))), &fake, NOW);
             assert_eq!(reply.status, 500, "{name}");
             assert!(reply.detail.unwrap().contains(name));
         }
@@ -543,7 +842,7 @@ mod tests {
 
     #[test]
     fn log_line_quotes_user_input() {
-        let reply = login("POST", Some(&basic("evil\nline@x:pw")), &Fake::new(), NOW);
+        let reply = login(&post(Some(&basic("evil\nline@x:pw"))), &Fake::new(), NOW);
         let line = log_line(COMPONENT, "POST", &reply, Duration::from_millis(7));
         assert!(!line.contains('\n'));
         assert!(
