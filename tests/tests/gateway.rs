@@ -237,6 +237,14 @@ fn upload_stores_the_video_records_the_job_and_queues_one_message(runtime: Runti
     let video_fid = json["video_fid"].as_str().expect("video_fid").to_owned();
     assert_eq!(json["status_url"], format!("/jobs/{job_id}"));
     assert_eq!(ObjectId::parse_str(&job_id).unwrap().to_hex(), job_id);
+    // Ids are a time and random bytes: two made by the same instance share nothing past the
+    // time (a driver's ObjectIds share a per-process value and count up).
+    let tail = |id: &str| ObjectId::parse_str(id).unwrap().bytes()[4..].to_vec();
+    let (a, b) = (tail(&job_id), tail(&video_fid));
+    assert!(
+        a.iter().zip(&b).filter(|(x, y)| x == y).count() < 4,
+        "{job_id} {video_fid}"
+    );
 
     // The file, byte for byte, in GridFS `videos` (default bucket, standard layout).
     let mut client = mongo();
@@ -299,9 +307,20 @@ fn upload_stores_the_video_records_the_job_and_queues_one_message(runtime: Runti
     let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(status["status"], "queued");
     assert_eq!(status["created_at"], job.created_at);
+    // To anyone else it is exactly as if it did not exist.
     let (_, other) = user();
-    let reply = get(&app, &format!("/jobs/{job_id}"), &other, &[]);
-    assert_eq!((reply.status, reply.text().as_str()), (403, "not your job"));
+    let theirs = get(&app, &format!("/jobs/{job_id}"), &other, &[]);
+    let unknown = get(
+        &app,
+        &format!("/jobs/{}", ObjectId::new().to_hex()),
+        &other,
+        &[],
+    );
+    assert_eq!(
+        (theirs.status, theirs.text().as_str()),
+        (404, "job not found")
+    );
+    assert_same_answer(&theirs, &unknown);
     let unknown = ObjectId::new().to_hex();
     assert_eq!(
         get(&app, &format!("/jobs/{unknown}"), &auth, &[]).status,
@@ -771,9 +790,13 @@ fn downloads_stream_the_owners_mp3_with_ranges(runtime: Runtime) {
 
     // Only the owner; unknown and malformed ids.
     let (_, other) = user();
-    let reply = get(&app, &path, &other, &[]);
-    assert_eq!((reply.status, reply.text().as_str()), (403, "not your mp3"));
+    let theirs = get(&app, &path, &other, &[]);
     let unknown = format!("/download?fid={}", ObjectId::new().to_hex());
+    assert_eq!(
+        (theirs.status, theirs.text().as_str()),
+        (404, "mp3 not found")
+    );
+    assert_same_answer(&theirs, &get(&app, &unknown, &other, &[]));
     assert_eq!(get(&app, &unknown, &auth, &[]).status, 404);
     let reply = get(&app, "/download", &auth, &[]);
     assert_eq!((reply.status, reply.text().as_str()), (400, "missing fid"));
@@ -973,6 +996,21 @@ max_upload_bytes = "10000000"
         (reply.status, reply.text().as_str()),
         (503, "authentication service unavailable")
     );
+}
+
+/// Two answers alike in everything a client can see but the date.
+fn assert_same_answer(a: &RawReply, b: &RawReply) {
+    let visible = |r: &RawReply| {
+        let mut headers: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("date"))
+            .cloned()
+            .collect();
+        headers.sort();
+        (r.status, r.body.clone(), headers)
+    };
+    assert_eq!(visible(a), visible(b));
 }
 
 /// Sends `POST /upload` whose body is `head` and then `filler` bytes, `total` in all, while

@@ -2,13 +2,16 @@
 //!
 //! One Rust type per thing that crosses a process boundary (JWT claims, queue messages, job
 //! documents, the queue topology), so the wasm components and the native workers cannot drift
-//! apart. Only `serde` here: this crate builds for the host and for `wasm32-wasip2`.
+//! apart. Only `serde` and `getrandom` here: this crate builds for the host and for
+//! `wasm32-wasip2`.
 
 mod claims;
+mod id;
 mod job;
 pub mod topology;
 
 pub use claims::Claims;
+pub use id::new_object_id;
 pub use job::{Job, JobMessage, JobStatus};
 
 /// MongoDB database of the uploaded videos (GridFS default bucket `fs`) and of the `jobs`

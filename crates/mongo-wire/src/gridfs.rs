@@ -94,6 +94,26 @@ impl Bucket {
     pub fn upload<S: Read + Write, R: Read>(
         &self,
         client: &mut Client<S>,
+        reader: R,
+        filename: &str,
+        metadata: Option<Document>,
+        max_bytes: u64,
+    ) -> Result<ObjectId> {
+        self.upload_with_id(
+            client,
+            ObjectId::new(),
+            reader,
+            filename,
+            metadata,
+            max_bytes,
+        )
+    }
+
+    /// [`Bucket::upload`] under an id of the caller's choosing.
+    pub fn upload_with_id<S: Read + Write, R: Read>(
+        &self,
+        client: &mut Client<S>,
+        id: ObjectId,
         mut reader: R,
         filename: &str,
         metadata: Option<Document>,
@@ -102,7 +122,6 @@ impl Bucket {
         if self.create_indexes {
             self.ensure_indexes(client)?;
         }
-        let id = ObjectId::new();
         match self.write_chunks(client, &mut reader, id, max_bytes) {
             Ok(length) => {
                 let mut files = doc! {

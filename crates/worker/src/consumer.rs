@@ -96,12 +96,13 @@ pub trait Handler: Send + Sync + 'static {
         cx: &Context,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
-    /// Called once the message is given up, before it is dead-lettered, with the last error in
-    /// one line. An error here keeps the message in the retry loop so the give-up is retried.
+    /// Called once the message is given up, before it is dead-lettered, with the last error
+    /// (already logged). An error here keeps the message in the retry loop so the give-up is
+    /// retried.
     fn give_up(
         &self,
         message: &Self::Message,
-        reason: &str,
+        error: &anyhow::Error,
         cx: &Context,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
@@ -477,7 +478,7 @@ impl<H: Handler> Shared<H> {
         };
         let reason = one_line(&error);
         tracing::error!(%reason, attempt = cx.attempt, "giving the message up");
-        match self.handler.give_up(message, &reason, cx).await {
+        match self.handler.give_up(message, &error, cx).await {
             Ok(()) => Verdict::DeadLetter,
             Err(error) => {
                 let delay = backoff(options.retry_base_delay, cx.attempt);

@@ -11,7 +11,8 @@ use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::bson::{self, doc, Document};
 use mongo_wire::{Bucket, Client, Download, FileInfo};
 use mp3_model::{
-    topology, Job, JobMessage, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB,
+    new_object_id, topology, Job, JobMessage, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB,
+    VIDEOS_DB,
 };
 
 use crate::upload::{Backend, StoreError};
@@ -163,7 +164,16 @@ impl Backend for Services {
         filename: &str,
         max_bytes: u64,
     ) -> Result<String, StoreError> {
-        match videos().upload(&mut self.mongo.client, reader, filename, None, max_bytes) {
+        let id = new_object_id().map_err(StoreError::Database)?;
+        let id = ObjectId::from_bytes(id);
+        match videos().upload_with_id(
+            &mut self.mongo.client,
+            id,
+            reader,
+            filename,
+            None,
+            max_bytes,
+        ) {
             Ok(id) => Ok(id.to_hex()),
             Err(mongo_wire::Error::TooLarge { .. }) => Err(StoreError::TooLarge),
             Err(mongo_wire::Error::Source(e)) => Err(StoreError::Body(e)),

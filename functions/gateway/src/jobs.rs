@@ -40,13 +40,17 @@ pub fn not_found() -> Reply {
     Reply::text(404, "job not found", "job_not_found")
 }
 
-/// The reply for `user` asking about `job` (looked up by a well-formed id).
+/// The reply for `user` asking about `job` (looked up by a well-formed id). Another user's job
+/// answers exactly as an unknown one, so ids cannot be probed for existence; only the log
+/// tells them apart.
 pub fn status_reply(job: Option<&Job>, user: &str) -> Reply {
     let Some(job) = job else {
         return not_found().user(user);
     };
     if job.owner != user {
-        return Reply::text(403, "not your job", "not_owner").user(user);
+        let mut reply = not_found().user(user);
+        reply.outcome = "not_owner".into();
+        return reply;
     }
     Reply::new(200, "application/json", view(job).to_string(), "ok")
         .header("cache-control", "no-store")
@@ -89,7 +93,7 @@ mod tests {
     }
 
     #[test]
-    fn owner_sees_status_others_get_403_unknown_404() {
+    fn owner_sees_status_others_get_what_an_unknown_id_gets() {
         let queued = job(JobStatus::Queued);
         let reply = status_reply(Some(&queued), "a@example.com");
         assert_eq!(reply.status, 200);
@@ -101,8 +105,16 @@ mod tests {
         );
         assert!(v.get("mp3_fid").is_none() && v.get("error").is_none());
 
-        assert_eq!(status_reply(Some(&queued), "b@example.com").status, 403);
-        assert_eq!(status_reply(None, "a@example.com").status, 404);
+        let theirs = status_reply(Some(&queued), "b@example.com");
+        let unknown = status_reply(None, "b@example.com");
+        assert_eq!(
+            (theirs.status, &theirs.body, &theirs.headers),
+            (404, &unknown.body, &unknown.headers)
+        );
+        assert_eq!(
+            (theirs.outcome.as_str(), unknown.outcome.as_str()),
+            ("not_owner", "job_not_found")
+        );
     }
 
     #[test]

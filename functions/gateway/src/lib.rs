@@ -10,8 +10,8 @@
 //! |---|---|---|
 //! | `POST /login` | the auth service's answer (200 and the JWT) | its 401/429, 503 when it is unreachable |
 //! | `POST /upload` (multipart, one file) | 202 `{"job_id","video_fid","status_url"}` | 400 (no file, several files, not multipart), 413, 415, 503 |
-//! | `GET /jobs/{id}` | 200 the job as JSON | 403 (another user's), 404 |
-//! | `GET /download?fid=<mp3 id>` | 200 or 206 `audio/mpeg`, streamed | 400 (missing or malformed fid), 403, 404, 416, 503 |
+//! | `GET /jobs/{id}` | 200 the job as JSON | 404 (unknown, or another user's: the same answer) |
+//! | `GET /download?fid=<mp3 id>` | 200 or 206 `audio/mpeg`, streamed | 400 (missing or malformed fid), 404 (unknown or another user's), 416, 503 |
 //!
 //! Every route but `/login` needs `Authorization: Bearer <jwt>`: 401 without one, 403 for one
 //! validate refuses, 503 when validate cannot be reached. Other paths are 404, other methods

@@ -13,6 +13,7 @@ use component_http::spin::{
 use component_http::{log_line, Reply};
 use futures::StreamExt;
 use mongo_wire::bson::oid::ObjectId;
+use mp3_model::new_object_id;
 use spin_sdk::http::{IncomingRequest, Method, Request, Response, ResponseOutparam};
 use spin_sdk::http_component;
 
@@ -186,12 +187,17 @@ fn upload_route(
         let body = req
             .into_body_stream()
             .map(|chunk| chunk.map_err(|e| e.to_debug_string()));
+        let job_id = new_object_id().map_err(|e| {
+            Reply::text(500, "internal error", "no_randomness")
+                .detail(e)
+                .user(&user)
+        })?;
         let upload = Upload {
             content_type: content_type.as_deref(),
             owner: &user,
             max_bytes: config.max_upload_bytes,
             clock: now_ms,
-            job_id: ObjectId::new().to_hex(),
+            job_id: ObjectId::from_bytes(job_id).to_hex(),
         };
         let reply = upload::handle(upload, body, &mut services, &SpinExecutor).user(&user);
         services.queue.close();

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context as _};
 use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use mongodb::bson::oid::ObjectId;
 use mp3_model::topology::MP3_QUEUE;
-use mp3_model::{Job, JobMessage};
+use mp3_model::{new_object_id, Job, JobMessage};
 use mp3_worker::{Context, Failure, Handler};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 
 use crate::convert::{ConvertError, Source};
 use crate::layout::{self, Layout};
+use crate::reason::public_reason;
 use crate::store::{Claim, MarkFailed, Store};
 use crate::warm::WarmEncoders;
 
@@ -135,7 +136,8 @@ impl Converter {
     }
 
     async fn handle_job(&self, message: &JobMessage, cx: &Context) -> Result<(), Failure> {
-        let mp3_fid = ObjectId::new();
+        let mp3_fid = new_object_id().map_err(|e| Failure::retry(anyhow::anyhow!(e)))?;
+        let mp3_fid = ObjectId::from_bytes(mp3_fid);
         let (job, leftover) = match self
             .store
             .claim(&message.job_id, mp3_fid)
@@ -215,10 +217,12 @@ impl Handler for Converter {
     async fn give_up(
         &self,
         message: &JobMessage,
-        reason: &str,
+        error: &anyhow::Error,
         cx: &Context,
     ) -> anyhow::Result<()> {
         let span = tracing::info_span!("job", job_id = %message.job_id, attempt = cx.attempt);
+        // The owner reads this one; the error's detail is in the log already.
+        let reason = public_reason(error);
         async {
             match self.store.mark_failed(&message.job_id, reason).await? {
                 MarkFailed::Marked { job, leftover } => {

@@ -5,5 +5,6 @@
 pub mod convert;
 pub mod handler;
 pub mod layout;
+pub mod reason;
 pub mod store;
 pub mod warm;

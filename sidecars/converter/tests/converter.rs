@@ -458,8 +458,17 @@ async fn a_video_with_a_missing_chunk_fails_without_an_mp3() {
     fx.publish(&job);
 
     let failed = fx.wait_status(&job.id, JobStatus::Failed).await;
+    // The owner gets a short reason; the operator the cause, in the log.
     let error = failed.error.expect("a failed job says why");
-    assert!(error.contains("chunk 2 is missing"), "error: {error}");
+    assert_eq!(
+        error,
+        "the conversion kept failing; please upload the video again later"
+    );
+    assert!(
+        worker.log().contains("chunk 2 is missing"),
+        "{}",
+        worker.log()
+    );
     assert!(fx.mp3_files(&job.id).await.is_empty());
     let told = payload(&fx.take("mp3", 1)[0]);
     assert_eq!(told.error.as_deref(), Some(error.as_str()));
@@ -566,8 +575,15 @@ async fn poison_messages_end_in_the_dead_letter_queue_and_the_user_is_told() {
 
     let failed = fx.wait_status(&job.id, JobStatus::Failed).await;
     let error = failed.error.expect("a failed job says why");
-    assert!(error.contains("ffmpeg"), "error: {error}");
-    assert!(!error.contains('\n'));
+    assert_eq!(
+        error,
+        "the file has no audio track that could be converted, or it is damaged"
+    );
+    assert!(
+        worker.log().contains("ffmpeg could not convert"),
+        "{}",
+        worker.log()
+    );
     assert_eq!(failed.mp3_fid, None);
     assert_eq!(failed.attempts, 1, "a rejected input is not retried");
 
@@ -617,7 +633,12 @@ async fn transient_failures_are_retried_with_backoff_then_given_up() {
     // Backoff 200 ms then 400 ms between the three attempts.
     assert!(started.elapsed() >= Duration::from_millis(600));
     assert_eq!(failed.attempts, 3);
-    assert!(failed.error.unwrap().contains("/nonexistent/ffmpeg"));
+    assert!(failed.error.unwrap().contains("kept failing"));
+    assert!(
+        worker.log().contains("/nonexistent/ffmpeg"),
+        "{}",
+        worker.log()
+    );
     assert_eq!(fx.take("video.dead", 1).len(), 1);
     let dead_headers = fx.vhost.queue_len("video.retry");
     assert_eq!(dead_headers, Some(0));

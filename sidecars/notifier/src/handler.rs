@@ -1,7 +1,7 @@
 //! What the notifier does with one `mp3` message.
 
 use mp3_model::JobMessage;
-use mp3_worker::{Context, Failure, Handler};
+use mp3_worker::{one_line, Context, Failure, Handler};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tracing::Instrument as _;
@@ -131,10 +131,11 @@ impl Handler for Notifier {
     async fn give_up(
         &self,
         message: &JobMessage,
-        reason: &str,
+        error: &anyhow::Error,
         _cx: &Context,
     ) -> anyhow::Result<()> {
         // Nobody else to tell: the message goes to `mp3.dead` for an operator.
+        let reason = one_line(error);
         tracing::error!(job_id = %message.job_id, %reason, "could not email the user");
         Ok(())
     }

@@ -1,0 +1,47 @@
+//! What a job's owner is told when their job failed: a short reason in their terms, kept in
+//! the job and the email. The error itself (ffmpeg's output, database errors, ids) goes only
+//! to the log, where operators read it.
+
+use crate::convert::ConvertError;
+use crate::store::VideoError;
+
+/// The owner's reason for a job given up with `error`.
+pub fn public_reason(error: &anyhow::Error) -> &'static str {
+    if let Some(ConvertError::Rejected { .. }) = error.downcast_ref::<ConvertError>() {
+        return "the file has no audio track that could be converted, or it is damaged";
+    }
+    match error.downcast_ref::<VideoError>() {
+        Some(VideoError::Invalid(..)) => "the uploaded video is damaged",
+        Some(VideoError::Missing(_) | VideoError::BadId(_)) => "the uploaded video is gone",
+        None => "the conversion kept failing; please upload the video again later",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::oid::ObjectId;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn reasons_name_the_cause_and_nothing_internal() {
+        let rejected = anyhow::Error::new(ConvertError::Rejected {
+            status: ExitStatus::from_raw(256),
+            message: "pipe:0: Invalid data found when processing input /tmp/x".into(),
+        })
+        .context("converting job 0123");
+        let reason = public_reason(&rejected);
+        assert!(
+            reason.starts_with("the file has no audio track"),
+            "{reason}"
+        );
+        let invalid = anyhow::Error::new(VideoError::Invalid(ObjectId::new(), "length"));
+        assert_eq!(public_reason(&invalid), "the uploaded video is damaged");
+        let missing = anyhow::Error::new(VideoError::Missing(ObjectId::new()));
+        assert_eq!(public_reason(&missing), "the uploaded video is gone");
+        let other = anyhow::anyhow!("MongoDB at 10.0.0.5:27017: connection refused");
+        let reason = public_reason(&other);
+        assert!(!reason.contains("10.0.0.5") && reason.contains("kept failing"));
+    }
+}
