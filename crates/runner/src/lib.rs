@@ -14,6 +14,7 @@
 pub mod build;
 pub mod engine;
 pub mod host;
+pub mod idle_body;
 pub mod runtime;
 pub mod runtime_config;
 pub mod server;

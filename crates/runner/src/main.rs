@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -67,6 +68,16 @@ struct Up {
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
+    /// Seconds a connection gets to send a request's head (also how long an idle kept-alive
+    /// connection stays open).
+    #[arg(long, default_value_t = 30)]
+    header_read_timeout: u64,
+    /// Seconds a request body may pause before reading it fails.
+    #[arg(long, default_value_t = 60)]
+    body_idle_timeout: u64,
+    /// Connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
 }
 
 fn main() -> ExitCode {
@@ -119,7 +130,10 @@ fn up_blocking(up: Up) -> Result<()> {
                 .await
                 .with_context(|| format!("listening on {}", up.listen))?;
             let options = ServeOptions {
-                shutdown_grace: std::time::Duration::from_secs(up.shutdown_grace),
+                shutdown_grace: Duration::from_secs(up.shutdown_grace),
+                header_read_timeout: Duration::from_secs(up.header_read_timeout),
+                body_idle_timeout: Duration::from_secs(up.body_idle_timeout),
+                max_connections: up.max_connections,
             };
             spin_runner::serve(runtime, listener, options, shutdown_signal()).await
         })

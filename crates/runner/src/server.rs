@@ -13,12 +13,14 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use runner_routes::{RouteMatch, WellKnown};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::idle_body::IdleTimeout;
 use crate::runtime::{ComponentIndex, Runtime};
 
 /// Server settings.
@@ -26,12 +28,22 @@ use crate::runtime::{ComponentIndex, Runtime};
 pub struct ServeOptions {
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// How long a connection may take to send a request's head, counted from when the server
+    /// starts waiting for it: a slow client's, and an idle kept-alive connection's, time.
+    pub header_read_timeout: Duration,
+    /// How long the guest may wait for the next piece of a request body.
+    pub body_idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             shutdown_grace: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
         }
     }
 }
@@ -50,12 +62,23 @@ pub async fn serve(
     runtime.set_self_origin(local);
     print_routes(&runtime, local);
 
-    // HTTP/1.1 with keep-alive, as Spin's HTTP trigger serves plain-text connections.
+    // HTTP/1.1 with keep-alive, as Spin's HTTP trigger serves plain-text connections. Unlike
+    // Spin 3.6, which arms no timer, a head that is slow to come closes the connection.
     let mut builder = http1::Builder::new();
-    builder.keep_alive(true);
+    builder
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let body_idle = options.body_idle_timeout;
     tokio::pin!(shutdown);
     loop {
+        // A slot first: past the cap, connections wait in the kernel's backlog, unread.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.context("the connection slots closed")?,
+            () = &mut shutdown => break,
+        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -70,8 +93,9 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let runtime = runtime.clone();
-        let service = hyper::service::service_fn(move |request| {
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let runtime = runtime.clone();
+            let request = request.map(|body| IdleTimeout::new(body, body_idle));
             async move { Ok::<_, Infallible>(dispatch(&runtime, request, client).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -80,6 +104,7 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%client, error = %error, "connection closed with an error");
             }
+            drop(slot);
         });
     }
 
@@ -123,7 +148,7 @@ pub async fn shutdown_signal() {
 
 async fn dispatch(
     runtime: &Arc<Runtime>,
-    request: Request<Incoming>,
+    request: Request<IdleTimeout<Incoming>>,
     client: SocketAddr,
 ) -> Response<HyperOutgoingBody> {
     if let Some(well_known) = runner_routes::well_known(request.uri().path()) {

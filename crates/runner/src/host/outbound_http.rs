@@ -82,7 +82,7 @@ impl WasiHttpHooks for OutboundHttp {
             let (target, request) = match destination {
                 Destination::Network => {
                     let (response, io) = default_send_request(request, options).await?;
-                    let response = response.map(|body| http_body_util::BodyExt::boxed_unsync(body));
+                    let response = response.map(http_body_util::BodyExt::boxed_unsync);
                     return Ok((response, Box::new(io) as IoFuture));
                 }
                 Destination::Component(target) => {
@@ -91,7 +91,7 @@ impl WasiHttpHooks for OutboundHttp {
                 Destination::SelfApp => {
                     let request = to_self(&runtime, request)?;
                     let (response, io) = default_send_request(request, options).await?;
-                    let response = response.map(|body| http_body_util::BodyExt::boxed_unsync(body));
+                    let response = response.map(http_body_util::BodyExt::boxed_unsync);
                     return Ok((response, Box::new(io) as IoFuture));
                 }
             };
