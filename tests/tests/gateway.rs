@@ -956,6 +956,28 @@ max_upload_bytes = "10000000"
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), gateway.log());
     assert_eq!(reply.header("cache-control"), Some("no-store"));
     let auth = format!("Bearer {}", reply.text().trim());
+
+    // POST /validate is public too: the ingress sends it to the gateway, which forwards it.
+    let reply = send_raw(
+        "POST",
+        &gateway.url("/validate"),
+        &[("Authorization", &auth)],
+        Body::Empty,
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let claims: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(claims["username"], email.as_str());
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let reply = send_raw("POST", &gateway.url("/validate"), &[], Body::Empty).unwrap();
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (401, "missing token")
+    );
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(r#"Bearer realm="mp3""#)
+    );
     let reply = send_raw("POST", &gateway.url("/login"), &[], Body::Empty).unwrap();
     assert_eq!(
         (reply.status, reply.text().as_str()),

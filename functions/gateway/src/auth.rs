@@ -84,15 +84,16 @@ fn or(text: String, fallback: &str) -> String {
     }
 }
 
-/// The gateway's reply to `POST /login`: the auth service's status, body and [`RELAYED`]
-/// headers, or 503 when it could not be reached or failed (5xx). A token is never cached:
-/// a 200 goes out with `Cache-Control: no-store` whatever login said.
-pub fn login_reply(answer: Result<Answer, String>) -> Reply {
+/// The gateway's reply to `POST /login` or `POST /validate`, forwarded to the auth service
+/// (`service` names it): its status, body and [`RELAYED`] headers, or 503 when it could not be
+/// reached or failed (5xx). Neither answer may be cached: a 200 goes out with
+/// `Cache-Control: no-store` whatever the service said.
+pub fn forwarded_reply(service: &str, answer: Result<Answer, String>) -> Reply {
     let answer = match answer {
         Ok(answer) if answer.status < 500 => answer,
         Ok(answer) => {
             return unavailable(format!(
-                "login answered {}: {}",
+                "{service} answered {}: {}",
                 answer.status,
                 first_line(&answer.body)
             ))
@@ -104,9 +105,9 @@ pub fn login_reply(answer: Result<Answer, String>) -> Reply {
         .unwrap_or("text/plain; charset=utf-8")
         .to_owned();
     let outcome = if answer.status == 200 {
-        "login_forwarded".to_owned()
+        format!("{service}_forwarded")
     } else {
-        format!("login_{}", answer.status)
+        format!("{service}_{}", answer.status)
     };
     let mut reply = Reply::new(
         answer.status,
@@ -170,8 +171,23 @@ mod tests {
     }
 
     #[test]
+    fn validate_answers_are_forwarded_uncached() {
+        let reply = forwarded_reply("validate", answer(200, r#"{"username":"a"}"#));
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.outcome, "validate_forwarded");
+        assert!(reply
+            .headers
+            .contains(&("cache-control", "no-store".into())));
+        let reply = forwarded_reply("validate", answer(403, "invalid token: expired"));
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (403, "invalid token: expired")
+        );
+    }
+
+    #[test]
     fn login_answers_are_forwarded() {
-        let reply = login_reply(answer(200, "a.b.c"));
+        let reply = forwarded_reply("login", answer(200, "a.b.c"));
         assert_eq!((reply.status, reply.body.as_str()), (200, "a.b.c"));
         assert_eq!(
             reply.headers,
@@ -180,37 +196,49 @@ mod tests {
                 ("cache-control", "no-store".to_owned())
             ]
         );
-        let reply = login_reply(Ok(Answer {
-            status: 200,
-            headers: vec![("cache-control", "max-age=600".into())],
-            body: b"a.b.c".to_vec(),
-        }));
+        let reply = forwarded_reply(
+            "login",
+            Ok(Answer {
+                status: 200,
+                headers: vec![("cache-control", "max-age=600".into())],
+                body: b"a.b.c".to_vec(),
+            }),
+        );
         assert!(reply
             .headers
             .contains(&("cache-control", "no-store".into())));
         assert!(!reply
             .headers
             .contains(&("cache-control", "max-age=600".into())));
-        let reply = login_reply(Ok(Answer {
-            status: 429,
-            headers: vec![
-                ("content-type", "text/plain".into()),
-                ("retry-after", "60".into()),
-            ],
-            body: b"too many failed logins".to_vec(),
-        }));
+        let reply = forwarded_reply(
+            "login",
+            Ok(Answer {
+                status: 429,
+                headers: vec![
+                    ("content-type", "text/plain".into()),
+                    ("retry-after", "60".into()),
+                ],
+                body: b"too many failed logins".to_vec(),
+            }),
+        );
         assert_eq!(reply.status, 429);
         assert!(reply.headers.contains(&("retry-after", "60".into())));
-        let reply = login_reply(Ok(Answer {
-            status: 401,
-            headers: vec![("www-authenticate", r#"Basic realm="mp3""#.into())],
-            body: b"missing credentials".to_vec(),
-        }));
+        let reply = forwarded_reply(
+            "login",
+            Ok(Answer {
+                status: 401,
+                headers: vec![("www-authenticate", r#"Basic realm="mp3""#.into())],
+                body: b"missing credentials".to_vec(),
+            }),
+        );
         assert_eq!(reply.status, 401);
         assert!(reply
             .headers
             .contains(&("www-authenticate", r#"Basic realm="mp3""#.into())));
-        assert_eq!(login_reply(answer(503, "database unavailable")).status, 503);
-        assert_eq!(login_reply(Err("refused".into())).status, 503);
+        assert_eq!(
+            forwarded_reply("login", answer(503, "database unavailable")).status,
+            503
+        );
+        assert_eq!(forwarded_reply("login", Err("refused".into())).status, 503);
     }
 }

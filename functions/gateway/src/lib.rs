@@ -1,6 +1,6 @@
-//! The gateway: the only public entry of the app. It forwards `POST /login` to the auth
-//! service, checks every other request's bearer token with the auth service's
-//! `POST /validate`, and serves uploads, job status and downloads from MongoDB (GridFS) and
+//! The gateway: the only public entry of the app. It forwards `POST /login` and
+//! `POST /validate` to the auth service, checks every other request's bearer token with the
+//! auth service's `POST /validate`, and serves uploads, job status and downloads from MongoDB (GridFS) and
 //! RabbitMQ over outbound TCP.
 //!
 //! Spin variables read: `auth_url` (base URL of login and validate, `http://self.alt` for this
@@ -8,12 +8,13 @@
 //!
 //! | route | success | errors |
 //! |---|---|---|
-//! | `POST /login` | the auth service's answer (200 and the JWT) | its 401/429, 503 when it is unreachable |
+//! | `POST /login` | the auth service's answer (200 and the JWT, `Cache-Control: no-store`) | its 401/429, 503 when it is unreachable |
+//! | `POST /validate` | the auth service's answer (200 and the claims) | its 401/403, 503 when it is unreachable |
 //! | `POST /upload` (multipart, one file) | 202 `{"job_id","video_fid","status_url"}` | 400 (no file, several files, not multipart), 413, 415, 503 |
 //! | `GET /jobs/{id}` | 200 the job as JSON | 404 (unknown, or another user's: the same answer) |
 //! | `GET /download?fid=<mp3 id>` | 200 or 206 `audio/mpeg`, streamed | 400 (missing or malformed fid), 404 (unknown or another user's), 416, 503 |
 //!
-//! Every route but `/login` needs `Authorization: Bearer <jwt>`: 401 without one, 403 for one
+//! Every route but `/login` and `/validate` needs `Authorization: Bearer <jwt>`: 401 without one, 403 for one
 //! validate refuses, 503 when validate cannot be reached. Other paths are 404, other methods
 //! 405. Errors are one line of plain text; one `key=value` log line per request goes to stderr.
 //!
@@ -44,6 +45,8 @@ pub const COMPONENT: &str = "gateway";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Login,
+    /// `POST /validate`, forwarded as is (in Kubernetes the ingress sends it here).
+    Validate,
     Upload,
     /// `GET /jobs/{id}`, with the id as sent (not yet checked).
     Job(String),
@@ -55,6 +58,7 @@ pub enum Route {
 pub fn route(method: &str, path: &str) -> Result<Route, Reply> {
     let (allowed, route) = match path {
         "/login" => ("POST", Route::Login),
+        "/validate" => ("POST", Route::Validate),
         "/upload" => ("POST", Route::Upload),
         "/download" => ("GET", Route::Download),
         _ => match path.strip_prefix("/jobs/") {
@@ -98,7 +102,8 @@ mod tests {
         assert_eq!(refused.status, 405);
         assert!(refused.headers.contains(&("allow", "POST".into())));
         assert_eq!(route("DELETE", "/jobs/abc").unwrap_err().status, 405);
-        for path in ["/", "/jobs/", "/jobs/a/b", "/uploads", "/validate"] {
+        assert_eq!(route("POST", "/validate"), Ok(Route::Validate));
+        for path in ["/", "/jobs/", "/jobs/a/b", "/uploads", "/validates"] {
             let refused = route("GET", path).unwrap_err();
             assert_eq!(
                 (refused.status, refused.body.as_str()),

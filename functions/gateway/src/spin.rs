@@ -60,8 +60,21 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
             let mut headers = Vec::new();
             headers.extend(header(&req, "authorization").map(|v| ("authorization", v)));
             headers.extend(forwarded.map(|v| ("x-forwarded-for", v)));
-            let reply = auth::login_reply(call_auth(&config, "/login", &headers));
+            let reply = auth::forwarded_reply("login", call_auth(&config, "/login", &headers));
             send(out, reply, &method, started);
+        }
+        Route::Validate => {
+            let headers: Vec<_> = header(&req, "authorization")
+                .map(|v| ("authorization", v))
+                .into_iter()
+                .collect();
+            let answer = call_auth(&config, "/validate", &headers);
+            send(
+                out,
+                auth::forwarded_reply("validate", answer),
+                &method,
+                started,
+            );
         }
         Route::Upload => upload_route(req, out, &config, &method, started),
         Route::Job(id) => send(out, job_route(&req, &config, &id), &method, started),
