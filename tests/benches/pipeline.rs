@@ -357,7 +357,7 @@ fn jobs_with_and_without_login(plan: &Plan, dir: &Path) {
         Duration::from_secs(3600),
     )
     .expect("token config");
-    let token = mp3_auth::issue(&config, &owner, false, mp3_auth::unix_now()).expect("a token");
+    let token = mp3_auth::issue(&config, &owner, false, 0, mp3_auth::unix_now()).expect("a token");
     let script = dir.join("get.lua");
     std::fs::write(
         &script,

@@ -42,6 +42,25 @@ impl TestDb {
         url.unwrap_or_else(|| panic!("MARIADB_ADMIN_URL has no host:port: {}", self.admin_url))
     }
 
+    /// Adds a user row that cannot log in (no password hash), for tests that mint its tokens
+    /// themselves: validate wants the token's user to exist.
+    pub fn add_token_user(&self, email: &str) {
+        let url = self.url();
+        let email = email.to_owned();
+        block_on(async move {
+            let mut conn = mysql_async::Conn::from_url(url)
+                .await
+                .expect("connecting to MariaDB");
+            conn.exec_drop(
+                "INSERT INTO user (email, password) VALUES (?, '!')",
+                (email,),
+            )
+            .await
+            .expect("adding a user");
+            conn.disconnect().await.ok();
+        });
+    }
+
     /// Runs a query and returns the first column of each row as text.
     pub fn query_strings(&self, sql: &str) -> Vec<Option<String>> {
         let url = self.url();

@@ -27,6 +27,8 @@ on_each_runtime!(
     concurrent_wrong_guesses_are_checked_at_most_the_budget,
     a_distributed_attack_spares_the_owners_known_address,
     an_untrusted_client_cannot_choose_its_address,
+    logout_revokes_every_token_of_the_user,
+    a_new_password_revokes_older_tokens,
     responses_leave_in_one_piece_on_a_kept_alive_connection,
 );
 
@@ -196,6 +198,7 @@ fn validate_refuses_bad_tokens_with_403(runtime: Runtime) {
         &config(SECRET, "mp3-converter", Duration::from_secs(60)),
         EMAIL,
         false,
+        0,
         now - 3_600,
     )
     .unwrap();
@@ -203,6 +206,7 @@ fn validate_refuses_bad_tokens_with_403(runtime: Runtime) {
         &config(SECRET, "someone-else", Duration::from_secs(600)),
         EMAIL,
         false,
+        0,
         now,
     )
     .unwrap();
@@ -214,6 +218,7 @@ fn validate_refuses_bad_tokens_with_403(runtime: Runtime) {
         ),
         EMAIL,
         false,
+        0,
         now,
     )
     .unwrap();
@@ -504,6 +509,58 @@ fn an_untrusted_client_cannot_choose_its_address(runtime: Runtime) {
         ),
         4
     );
+}
+
+fn logout(app: &Auth, token: &str) -> Reply {
+    post(
+        &app.app.url("/logout"),
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+}
+
+fn logout_revokes_every_token_of_the_user(runtime: Runtime) {
+    let app = start(runtime);
+    let first = login(&app, Some(&basic(EMAIL, PASSWORD))).body;
+    let second = login(&app, Some(&basic(EMAIL, PASSWORD))).body;
+    assert_eq!(validate(&app, &first).status, 200);
+    let reply = logout(&app, &first);
+    assert_eq!((reply.status, reply.body.trim()), (200, "logged out"));
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    // Both tokens are gone at once (logout drops the cached generation), elsewhere too.
+    for token in [&first, &second] {
+        let reply = validate(&app, token);
+        assert_eq!(
+            (reply.status, reply.body.trim()),
+            (403, "invalid token: revoked")
+        );
+    }
+    // A new login works; a revoked token that logs out again (a thief's) revokes nothing new.
+    let third = login(&app, Some(&basic(EMAIL, PASSWORD))).body;
+    assert_eq!(logout(&app, &first).status, 200);
+    assert_eq!(validate(&app, &third).status, 200);
+    assert_eq!(logout(&app, "not.a.token").status, 403);
+    assert_eq!(post(&app.app.url("/logout"), &[]).status, 401);
+}
+
+fn a_new_password_revokes_older_tokens(runtime: Runtime) {
+    let db = TestDb::migrated();
+    let (ok, output) = admin(&db.url(), &["user", "add", EMAIL], &format!("{PASSWORD}\n"));
+    assert!(ok, "{output}");
+    let config = AppConfig::app(runtime).env("SPIN_VARIABLE_TOKEN_CHECK_SECONDS", "1");
+    let app = start_configured(db, SECRET, config);
+    let token = login(&app, Some(&basic(EMAIL, PASSWORD))).body;
+    assert_eq!(validate(&app, &token).status, 200);
+    let (ok, output) = admin(&app.db.url(), &["user", "add", EMAIL], "a new password\n");
+    assert!(ok, "{output}");
+    // Within token_check_seconds, every instance has read the new generation.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let reply = validate(&app, &token);
+    assert_eq!(
+        (reply.status, reply.body.trim()),
+        (403, "invalid token: revoked")
+    );
+    let fresh = login(&app, Some(&basic(EMAIL, "a new password"))).body;
+    assert_eq!(validate(&app, &fresh).status, 200);
 }
 
 /// Head and body of an answer leave together. Spin 3.6 leaves Nagle's algorithm on for its

@@ -48,12 +48,26 @@ fn token_for(user: &str, secret: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    issue(&config, user, false, now).expect("issuing a token")
+    issue(&config, user, false, 0, now).expect("issuing a token")
+}
+
+/// The app under test and the database of its users (validate checks a token's user there).
+struct Gateway {
+    app: App,
+    users: std::sync::Arc<TestDb>,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.app
+    }
 }
 
 /// A user of its own for each test, with a token.
-fn user() -> (String, String) {
+fn user(gateway: &Gateway) -> (String, String) {
     let email = format!("user{}@example.com", unique());
+    gateway.users.add_token_user(&email);
     let token = token_for(&email, SECRET);
     (email, format!("Bearer {token}"))
 }
@@ -71,20 +85,40 @@ fn mongo_address() -> String {
     rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
 }
 
-/// The app with the test's secret and its own vhost; `configure` adds or overrides variables.
-fn start(runtime: Runtime, vhost: &Vhost, configure: impl FnOnce(AppConfig) -> AppConfig) -> App {
+/// The app with the test's secret, its own vhost and users; `configure` adds or overrides
+/// variables.
+fn start(
+    runtime: Runtime,
+    vhost: &Vhost,
+    configure: impl FnOnce(AppConfig) -> AppConfig,
+) -> Gateway {
+    start_with_users(
+        runtime,
+        vhost,
+        std::sync::Arc::new(TestDb::migrated()),
+        configure,
+    )
+}
+
+/// [`start`] with the users of another app.
+fn start_with_users(
+    runtime: Runtime,
+    vhost: &Vhost,
+    users: std::sync::Arc<TestDb>,
+    configure: impl FnOnce(AppConfig) -> AppConfig,
+) -> Gateway {
     let config = AppConfig::app(runtime)
-        // login is not called here, but its variable is required.
-        .env(
-            "SPIN_VARIABLE_DB_URL",
-            "mysql://unused:unused@127.0.0.1:1/auth",
-        )
+        .env("SPIN_VARIABLE_DB_URL", users.url())
+        .env("SPIN_VARIABLE_DB_HOST", users.host_port())
         .env("SPIN_VARIABLE_JWT_SECRET", SECRET)
         .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
         .env("SPIN_VARIABLE_AMQP_HOST", Vhost::broker_address())
         .env("SPIN_VARIABLE_MONGODB_URL", mongo_url())
         .env("SPIN_VARIABLE_MONGODB_HOST", mongo_address());
-    configure(config).start()
+    Gateway {
+        app: configure(config).start(),
+        users,
+    }
 }
 
 fn mongo() -> Client<std::net::TcpStream> {
@@ -224,7 +258,7 @@ impl Read for Interrupting {
 fn upload_stores_the_video_records_the_job_and_queues_one_message(runtime: Runtime) {
     let vhost = Vhost::new();
     let app = start(runtime, &vhost, |c| c);
-    let (email, auth) = user();
+    let (email, auth) = user(&app);
     let filename = format!("holiday-{}.mp4", unique());
     let body = form(&[
         Part::Field("title", "holiday"),
@@ -308,7 +342,7 @@ fn upload_stores_the_video_records_the_job_and_queues_one_message(runtime: Runti
     assert_eq!(status["status"], "queued");
     assert_eq!(status["created_at"], job.created_at);
     // To anyone else it is exactly as if it did not exist.
-    let (_, other) = user();
+    let (_, other) = user(&app);
     let theirs = get(&app, &format!("/jobs/{job_id}"), &other, &[]);
     let unknown = get(
         &app,
@@ -367,7 +401,7 @@ fn tokens_are_checked_through_validate(runtime: Runtime) {
 fn forms_without_exactly_one_video_are_refused_and_leave_nothing(runtime: Runtime) {
     let vhost = Vhost::new();
     let app = start(runtime, &vhost, |c| c);
-    let (_, auth) = user();
+    let (_, auth) = user(&app);
     let mut client = mongo();
 
     let reply = upload(
@@ -422,7 +456,7 @@ fn uploads_over_the_limit_are_413_and_leave_nothing(runtime: Runtime) {
     let app = start(runtime, &vhost, |c| {
         c.env("SPIN_VARIABLE_MAX_UPLOAD_BYTES", "300000")
     });
-    let (_, auth) = user();
+    let (_, auth) = user(&app);
     let mut client = mongo();
 
     // Declared too large: refused before a byte of the body is sent.
@@ -490,7 +524,7 @@ fn rabbitmq_gone_mid_upload_is_503_and_leaves_nothing(runtime: Runtime) {
         )
         .env("SPIN_VARIABLE_AMQP_HOST", proxy.address())
     });
-    let (_, auth) = user();
+    let (_, auth) = user(&app);
     let mut client = mongo();
     let name = format!("cut-{}.mp4", unique());
     let cutter = proxy.clone();
@@ -534,7 +568,7 @@ fn a_rabbitmq_connection_lost_mid_upload_is_replaced(runtime: Runtime) {
         )
         .env("SPIN_VARIABLE_AMQP_HOST", proxy.address())
     });
-    let (email, auth) = user();
+    let (email, auth) = user(&app);
     let name = format!("severed-{}.mp4", unique());
     let severer = proxy.clone();
     let body = Interrupting {
@@ -561,7 +595,6 @@ fn a_rabbitmq_connection_lost_mid_upload_is_replaced(runtime: Runtime) {
 
 fn rabbitmq_or_mongodb_unreachable_is_503(runtime: Runtime) {
     let vhost = Vhost::new();
-    let (_, auth) = user();
     let mut client = mongo();
     let port = closed_port();
     let closed = format!("127.0.0.1:{port}");
@@ -570,6 +603,8 @@ fn rabbitmq_or_mongodb_unreachable_is_503(runtime: Runtime) {
         c.env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url_via(&closed))
             .env("SPIN_VARIABLE_AMQP_HOST", &closed)
     });
+    let (_, auth) = user(&app);
+    let users = app.users.clone();
     let name = format!("noamqp-{}.mp4", unique());
     let reply = upload(
         &app,
@@ -583,7 +618,7 @@ fn rabbitmq_or_mongodb_unreachable_is_503(runtime: Runtime) {
     assert_eq!(stored_with_name(&mut client, &name), (0, 0));
     drop(app);
 
-    let app = start(runtime, &vhost, |c| {
+    let app = start_with_users(runtime, &vhost, users.clone(), |c| {
         c.env("SPIN_VARIABLE_MONGODB_URL", format!("mongodb://{closed}"))
             .env("SPIN_VARIABLE_MONGODB_HOST", &closed)
     });
@@ -608,7 +643,7 @@ fn rabbitmq_or_mongodb_unreachable_is_503(runtime: Runtime) {
         .split_once('@')
         .expect("MONGODB_AUTH_URL has credentials");
     let user = head.rsplit_once(':').expect("user:password").0;
-    let app = start(runtime, &vhost, |c| {
+    let app = start_with_users(runtime, &vhost, users, |c| {
         c.env(
             "SPIN_VARIABLE_MONGODB_URL",
             format!("{user}:not-the-password@{tail}"),
@@ -629,7 +664,7 @@ fn mongodb_logins_reuse_the_keys_derived_from_the_password(runtime: Runtime) {
     let vhost = Vhost::new();
     let state = TempDir::new("gateway-state");
     let app = start(runtime, &vhost, |c| c.state_dir(state.path()));
-    let (_, auth) = user();
+    let (_, auth) = user(&app);
     let unknown = "/jobs/0123456789abcdef01234567";
     assert_eq!(get(&app, unknown, &auth, &[]).status, 404);
 
@@ -640,7 +675,10 @@ fn mongodb_logins_reuse_the_keys_derived_from_the_password(runtime: Runtime) {
         .expect("a busy timeout");
     let entries = || -> Vec<(String, Vec<u8>)> {
         let mut query = store
-            .prepare("SELECT key, value FROM spin_key_value WHERE store = 'default'")
+            .prepare(
+                "SELECT key, value FROM spin_key_value \
+                 WHERE store = 'default' AND key LIKE 'mongo-wire/%'",
+            )
             .unwrap();
         let rows = query
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -653,15 +691,19 @@ fn mongodb_logins_reuse_the_keys_derived_from_the_password(runtime: Runtime) {
     assert!(key.starts_with("mongo-wire/scram-sha-256/"), "{key}");
     assert_eq!(keys.len(), 64, "the client and server keys");
 
-    // From here on, every write to the store is recorded: the cache must be read, not written.
+    // From here on, every write of the key cache is recorded: it must be read, not written.
+    // (validate keeps users' token generations in the same store.)
     store
         .execute_batch(
             "CREATE TABLE audit (op TEXT NOT NULL);
              CREATE TRIGGER audit_insert AFTER INSERT ON spin_key_value
+                 WHEN NEW.key LIKE 'mongo-wire/%'
                  BEGIN INSERT INTO audit VALUES ('insert'); END;
              CREATE TRIGGER audit_update AFTER UPDATE ON spin_key_value
+                 WHEN NEW.key LIKE 'mongo-wire/%'
                  BEGIN INSERT INTO audit VALUES ('update'); END;
              CREATE TRIGGER audit_delete AFTER DELETE ON spin_key_value
+                 WHEN OLD.key LIKE 'mongo-wire/%'
                  BEGIN INSERT INTO audit VALUES ('delete'); END;",
         )
         .unwrap();
@@ -755,7 +797,7 @@ impl Drop for Converted {
 fn downloads_stream_the_owners_mp3_with_ranges(runtime: Runtime) {
     let vhost = Vhost::new();
     let app = start(runtime, &vhost, |c| c);
-    let (email, auth) = user();
+    let (email, auth) = user(&app);
     let converted = Converted::new(&email, "Summer Trip.mov");
     let fid = converted.mp3_fid.to_hex();
     let path = format!("/download?fid={fid}");
@@ -789,7 +831,7 @@ fn downloads_stream_the_owners_mp3_with_ranges(runtime: Runtime) {
     assert_eq!(reply.header("content-range"), Some("bytes */600000"));
 
     // Only the owner; unknown and malformed ids.
-    let (_, other) = user();
+    let (_, other) = user(&app);
     let theirs = get(&app, &path, &other, &[]);
     let unknown = format!("/download?fid={}", ObjectId::new().to_hex());
     assert_eq!(
@@ -816,7 +858,7 @@ fn downloads_stream_the_owners_mp3_with_ranges(runtime: Runtime) {
 fn unknown_paths_and_methods(runtime: Runtime) {
     let vhost = Vhost::new();
     let app = start(runtime, &vhost, |c| c);
-    let (_, auth) = user();
+    let (_, auth) = user(&app);
     assert_eq!(get(&app, "/nothing-here", &auth, &[]).status, 404);
     let reply = send_raw("GET", &app.url("/upload"), &[], Body::Empty).unwrap();
     assert_eq!(reply.status, 405);
@@ -846,11 +888,15 @@ jwt_secret = {{ required = true, secret = true }}
 route = "/login"
 component = "login"
 [[trigger.http]]
+route = "/logout"
+component = "login"
+[[trigger.http]]
 route = "/validate"
 component = "validate"
 [component.login]
 source = "{login}"
 allowed_outbound_hosts = ["mysql://{{{{ db_host }}}}"]
+key_value_stores = ["default"]
 [component.login.variables]
 db_url = "{{{{ db_url }}}}"
 jwt_secret = "{{{{ jwt_secret }}}}"
@@ -864,10 +910,14 @@ login_lockout_seconds = "900"
 trusted_proxies = "127.0.0.0/8"
 [component.validate]
 source = "{validate}"
+allowed_outbound_hosts = ["mysql://{{{{ db_host }}}}"]
+key_value_stores = ["default"]
 [component.validate.variables]
 jwt_secret = "{{{{ jwt_secret }}}}"
 jwt_issuer = "mp3-converter"
 jwt_audience = "mp3-converter"
+db_url = "{{{{ db_url }}}}"
+token_check_seconds = "10"
 "#,
             login = wasm("login"),
             validate = wasm("validate"),
@@ -1011,6 +1061,21 @@ max_upload_bytes = "10000000"
     );
     assert_eq!(reply.status, 403);
 
+    // Logging out through the gateway revokes the token, at once where logout ran.
+    let reply = send_raw(
+        "POST",
+        &gateway.url("/logout"),
+        &[("Authorization", &auth)],
+        Body::Empty,
+    )
+    .unwrap();
+    assert_eq!((reply.status, reply.text().as_str()), (200, "logged out"));
+    let reply = get(&gateway, "/jobs/0123456789abcdef01234567", &auth, &[]);
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (403, "invalid token: revoked")
+    );
+
     // The auth app gone: 503, not a hang or a 500.
     drop(auth_app);
     let reply = get(&gateway, "/jobs/0123456789abcdef01234567", &auth, &[]);
@@ -1105,7 +1170,7 @@ fn hostile_upload(
 fn hostile_multipart_bodies_are_refused_in_bounded_memory(runtime: Runtime) {
     let vhost = Vhost::new();
     let app = start(runtime, &vhost, |c| c);
-    let (_, auth) = user();
+    let (_, auth) = user(&app);
     // Warm the gateway up (compiled, one instance run), then measure from here.
     let (status, _) = hostile_upload(app.base(), &auth, Vec::new(), 0, 1000);
     assert_eq!(status, 400);

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "drop_login_failure",
         sql: include_str!("../migrations/0006_drop_login_failure.sql"),
     },
+    Migration {
+        version: 7,
+        name: "add_user_token_generation",
+        sql: include_str!("../migrations/0007_add_user_token_generation.sql"),
+    },
 ];
 
 const LOCK: &str = "mp3_admin_migrate";

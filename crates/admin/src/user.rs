@@ -80,7 +80,8 @@ pub enum Outcome {
     Updated,
 }
 
-/// Insert the user, or reset the password and admin flag of an existing one.
+/// Insert the user, or reset the password and admin flag of an existing one, which also
+/// revokes every token issued to it before (its token generation moves on).
 pub async fn upsert(
     conn: &mut Conn,
     email: &str,
@@ -92,7 +93,8 @@ pub async fn upsert(
     let result = conn
         .exec_drop(
             "INSERT INTO user (email, password, admin) VALUES (?, ?, ?) \
-             ON DUPLICATE KEY UPDATE password = VALUES(password), admin = VALUES(admin)",
+             ON DUPLICATE KEY UPDATE password = VALUES(password), admin = VALUES(admin), \
+             token_generation = token_generation + 1",
             (email, password_hash, admin),
         )
         .await;

@@ -7,9 +7,11 @@
 //! - [`password`]: argon2id [`hash_password`], [`verify_password`] and the timing-safe
 //!   [`verify_login`].
 //! - [`credentials`]: [`parse_basic`] and [`parse_bearer`].
+//! - [`revocation`]: token generations, and how validate caches them.
 
 pub mod credentials;
 pub mod password;
+pub mod revocation;
 pub mod token;
 
 pub use credentials::{parse_basic, parse_bearer, CredentialsError};

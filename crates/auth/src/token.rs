@@ -131,12 +131,13 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Issue an HS256 token for `username` (an email): `sub = username`, `iat = now`,
-/// `exp = now + ttl`, `iss`/`aud` from the configuration.
+/// Issue an HS256 token for `username` (an email) of token generation `generation`:
+/// `sub = username`, `iat = now`, `exp = now + ttl`, `iss`/`aud` from the configuration.
 pub fn issue(
     config: &TokenConfig,
     username: &str,
     admin: bool,
+    generation: i64,
     now: i64,
 ) -> Result<String, IssueError> {
     // The constructor bounds ttl to 10 years, so this only fails for absurd `now` values.
@@ -152,6 +153,7 @@ pub fn issue(
         exp,
         iss: config.issuer.clone(),
         aud: config.audience.clone(),
+        generation,
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &config.encoding)
         .map_err(|e| IssueError(e.to_string()))
@@ -252,6 +254,7 @@ mod tests {
             exp: NOW + 3600,
             iss: "mp3-auth".into(),
             aud: "mp3".into(),
+            generation: 0,
         }
     }
 
@@ -293,7 +296,7 @@ mod tests {
 
     #[test]
     fn issue_then_verify_round_trips() {
-        let token = issue(&config(), "a@example.com", true, NOW).unwrap();
+        let token = issue(&config(), "a@example.com", true, 0, NOW).unwrap();
         let claims = verify(&config(), &token, NOW + 10).unwrap();
         assert_eq!(claims.username, "a@example.com");
         assert_eq!(claims.sub, "a@example.com");
@@ -312,7 +315,7 @@ mod tests {
 
     #[test]
     fn expired_without_leeway() {
-        let token = issue(&config(), "a@example.com", false, NOW).unwrap();
+        let token = issue(&config(), "a@example.com", false, 0, NOW).unwrap();
         assert!(verify(&config(), &token, NOW + 3599).is_ok());
         assert_eq!(
             verify(&config(), &token, NOW + 3600),
@@ -327,7 +330,7 @@ mod tests {
 
     #[test]
     fn tampered_signature_is_refused() {
-        let token = issue(&config(), "a@example.com", false, NOW).unwrap();
+        let token = issue(&config(), "a@example.com", false, 0, NOW).unwrap();
         let (body, sig) = token.rsplit_once('.').unwrap();
         let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
         sig[0] ^= 1;
@@ -340,7 +343,7 @@ mod tests {
 
     #[test]
     fn tampered_payload_is_refused() {
-        let token = issue(&config(), "a@example.com", false, NOW).unwrap();
+        let token = issue(&config(), "a@example.com", false, 0, NOW).unwrap();
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         let mut claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
@@ -356,7 +359,7 @@ mod tests {
     fn other_secret_is_refused() {
         let other =
             TokenConfig::new([9u8; 32], "mp3-auth", "mp3", Duration::from_secs(3600)).unwrap();
-        let token = issue(&other, "a@example.com", false, NOW).unwrap();
+        let token = issue(&other, "a@example.com", false, 0, NOW).unwrap();
         assert_eq!(
             verify(&config(), &token, NOW),
             Err(VerifyError::BadSignature)
@@ -441,7 +444,7 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed() {
-        let token = issue(&config(), "a@example.com", false, NOW).unwrap();
+        let token = issue(&config(), "a@example.com", false, 0, NOW).unwrap();
         for bad in [
             "",
             "abc",

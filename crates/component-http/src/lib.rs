@@ -28,5 +28,5 @@ pub mod reply;
 pub mod spin;
 pub mod variables;
 
-pub use reply::{log_line, Reply};
+pub use reply::{log_line, without_password, Reply};
 pub use variables::{token_config, Variables};

@@ -85,6 +85,22 @@ pub fn log_line(component: &str, method: &str, reply: &Reply, elapsed: Duration)
     line
 }
 
+/// `text` with the password of `url` (`scheme://user:password@host/…`) replaced by `***`: Spin
+/// words some MySQL errors with the whole address (`address mysql://user:password@… is not
+/// permitted`), and the error goes to the log line.
+pub fn without_password(text: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|password| !password.is_empty());
+    match password {
+        Some(password) => text.replace(password, "***"),
+        None => text.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +171,19 @@ mod tests {
             line,
             r#"component=validate method="GET" status=200 outcome=ok ms=0 user="evil\nline@x" error="a \"b\"""#
         );
+    }
+
+    #[test]
+    fn the_password_never_reaches_the_log() {
+        let url = "mysql://mp3:s3cr%2Ft@10.0.0.5:3306/auth";
+        assert_eq!(
+            super::without_password(&format!("connect: address {url} is not permitted"), url),
+            "connect: address mysql://mp3:***@10.0.0.5:3306/auth is not permitted"
+        );
+        assert_eq!(
+            super::without_password("refused", "mysql://h/auth"),
+            "refused"
+        );
+        assert_eq!(super::without_password("x", "mysql://user@h/auth"), "x");
     }
 }

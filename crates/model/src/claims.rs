@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 /// - `admin`: whether the user has the `admin` flag.
 /// - `iat`, `exp`: issue and expiry times, seconds since the Unix epoch.
 /// - `iss`, `aud`: issuer and audience, from the deployment's configuration.
+/// - `gen`: the user's token generation when the token was issued. Logging out or a new
+///   password moves the user's generation on, and validate refuses tokens of an older one.
+///   Tokens without it (issued before it existed) count as generation 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub username: String,
@@ -23,6 +26,8 @@ pub struct Claims {
     pub exp: i64,
     pub iss: String,
     pub aud: String,
+    #[serde(rename = "gen", default)]
+    pub generation: i64,
 }
 
 #[cfg(test)]
@@ -39,12 +44,28 @@ mod tests {
             exp: 1_700_086_400,
             iss: "mp3-auth".into(),
             aud: "mp3".into(),
+            generation: 3,
         };
         let json = serde_json::to_value(&claims).unwrap();
-        for key in ["username", "sub", "admin", "iat", "exp", "iss", "aud"] {
+        for key in [
+            "username", "sub", "admin", "iat", "exp", "iss", "aud", "gen",
+        ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         let back: Claims = serde_json::from_value(json).unwrap();
         assert_eq!(back, claims);
+    }
+}
+
+#[cfg(test)]
+mod older_tokens {
+    use super::*;
+
+    #[test]
+    fn a_token_without_a_generation_is_generation_0() {
+        let json =
+            r#"{"username":"a","sub":"a","admin":false,"iat":1,"exp":2,"iss":"i","aud":"a"}"#;
+        let claims: Claims = serde_json::from_str(json).unwrap();
+        assert_eq!(claims.generation, 0);
     }
 }

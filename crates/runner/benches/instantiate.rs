@@ -115,7 +115,7 @@ async fn main() -> Result<()> {
     )?;
     let token = format!(
         "Bearer {}",
-        mp3_auth::issue(&config, "bench@example.com", false, mp3_auth::unix_now())?
+        mp3_auth::issue(&config, "bench@example.com", false, 0, mp3_auth::unix_now())?
     );
     println!();
     println!("in-process POST /validate, the whole request (µs)");

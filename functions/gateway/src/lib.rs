@@ -1,5 +1,5 @@
-//! The gateway: the only public entry of the app. It forwards `POST /login` and
-//! `POST /validate` to the auth service, checks every other request's bearer token with the
+//! The gateway: the only public entry of the app. It forwards `POST /login`, `/logout` and
+//! `/validate` to the auth service, checks every other request's bearer token with the
 //! auth service's `POST /validate`, and serves uploads, job status and downloads from MongoDB (GridFS) and
 //! RabbitMQ over outbound TCP.
 //!
@@ -10,11 +10,12 @@
 //! |---|---|---|
 //! | `POST /login` | the auth service's answer (200 and the JWT, `Cache-Control: no-store`) | its 401/429, 503 when it is unreachable |
 //! | `POST /validate` | the auth service's answer (200 and the claims) | its 401/403, 503 when it is unreachable |
+//! | `POST /logout` | the auth service's answer (200: every token of the user revoked) | its 401/403, 503 when it is unreachable |
 //! | `POST /upload` (multipart, one file) | 202 `{"job_id","video_fid","status_url"}` | 400 (no file, several files, not multipart), 413, 415, 503 |
 //! | `GET /jobs/{id}` | 200 the job as JSON | 404 (unknown, or another user's: the same answer) |
 //! | `GET /download?fid=<mp3 id>` | 200 or 206 `audio/mpeg`, streamed | 400 (missing or malformed fid), 404 (unknown or another user's), 416, 503 |
 //!
-//! Every route but `/login` and `/validate` needs `Authorization: Bearer <jwt>`: 401 without one, 403 for one
+//! Every other route needs `Authorization: Bearer <jwt>`: 401 without one, 403 for one
 //! validate refuses, 503 when validate cannot be reached. Other paths are 404, other methods
 //! 405. Errors are one line of plain text; one `key=value` log line per request goes to stderr.
 //!
@@ -47,6 +48,8 @@ pub enum Route {
     Login,
     /// `POST /validate`, forwarded as is (in Kubernetes the ingress sends it here).
     Validate,
+    /// `POST /logout`, forwarded as is.
+    Logout,
     Upload,
     /// `GET /jobs/{id}`, with the id as sent (not yet checked).
     Job(String),
@@ -59,6 +62,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, Reply> {
     let (allowed, route) = match path {
         "/login" => ("POST", Route::Login),
         "/validate" => ("POST", Route::Validate),
+        "/logout" => ("POST", Route::Logout),
         "/upload" => ("POST", Route::Upload),
         "/download" => ("GET", Route::Download),
         _ => match path.strip_prefix("/jobs/") {

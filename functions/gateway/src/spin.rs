@@ -63,18 +63,17 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
             let reply = auth::forwarded_reply("login", call_auth(&config, "/login", &headers));
             send(out, reply, &method, started);
         }
-        Route::Validate => {
+        Route::Validate | Route::Logout => {
+            let (path, service) = match route {
+                Route::Logout => ("/logout", "logout"),
+                _ => ("/validate", "validate"),
+            };
             let headers: Vec<_> = header(&req, "authorization")
                 .map(|v| ("authorization", v))
                 .into_iter()
                 .collect();
-            let answer = call_auth(&config, "/validate", &headers);
-            send(
-                out,
-                auth::forwarded_reply("validate", answer),
-                &method,
-                started,
-            );
+            let reply = auth::forwarded_reply(service, call_auth(&config, path, &headers));
+            send(out, reply, &method, started);
         }
         Route::Upload => upload_route(req, out, &config, &method, started),
         Route::Job(id) => send(out, job_route(&req, &config, &id), &method, started),

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use component_http::forwarded::{client_ip, client_key, TrustedProxies};
 use component_http::{token_config, Reply, Variables};
-use mp3_auth::{issue, parse_basic, verify_login, TokenConfig};
+use mp3_auth::{issue, parse_basic, parse_bearer, verify, verify_login, TokenConfig};
 
 pub mod throttle;
 
@@ -64,6 +64,10 @@ pub trait Host: Variables {
     /// Deletes some counters whose window began at or before `window_floor` (the next charge
     /// would start them over anyway), so the table holds about one window's worth.
     fn forget_expired(&self, db_url: &str, window_floor: i64) -> Result<(), String>;
+    /// Moves `email`'s token generation past `generation`, unless it already is.
+    fn revoke(&self, db_url: &str, email: &str, generation: i64) -> Result<(), String>;
+    /// Drops validate's cached generation of `email` (best effort; elsewhere it expires).
+    fn forget_cached_generation(&self, email: &str);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,12 +75,15 @@ pub struct User {
     pub email: String,
     pub password_hash: String,
     pub admin: bool,
+    pub token_generation: i64,
 }
 
 /// What login reads from the request.
 #[derive(Debug, Clone, Default)]
 pub struct Request<'a> {
     pub method: &'a str,
+    /// `/login` or `/logout` (anything else is `/login`, as the route says).
+    pub path: &'a str,
     /// `None` when the header is absent, repeated, or not UTF-8.
     pub authorization: Option<&'a str>,
     /// The address the request came from (`spin-client-addr`).
@@ -121,33 +128,59 @@ fn positive_number(host: &impl Host, name: &str) -> Result<i64, String> {
     }
 }
 
-/// `text` with the password of `url` (`scheme://user:password@host/…`) replaced by `***`: Spin
-/// words some MySQL errors with the whole address (`address mysql://user:password@… is not
-/// permitted`), and the error goes to the log line.
-pub fn without_password(text: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|password| !password.is_empty());
-    match password {
-        Some(password) => text.replace(password, "***"),
-        None => text.to_owned(),
-    }
-}
-
 fn database_unavailable(detail: String, email: &str) -> Reply {
     Reply::text(503, "database unavailable", "database_unavailable")
         .detail(detail)
         .user(email)
 }
 
-/// The whole decision for one request.
-pub fn login(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
+/// The whole decision for one request: `POST /logout`, or `POST /login`.
+pub fn handle(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
     if request.method != "POST" {
         return Reply::method_not_allowed("POST");
     }
+    if request.path == "/logout" {
+        logout(request, host, now)
+    } else {
+        login(request, host, now)
+    }
+}
+
+/// `POST /logout` with a bearer token: every token of its user stops working (the user's token
+/// generation moves on). 200 `logged out`, also for a token already revoked.
+pub fn logout(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
+    let (db_url, tokens) = match host
+        .require("db_url")
+        .and_then(|url| Ok((url, token_config(host, None)?)))
+    {
+        Ok(settings) => settings,
+        Err(detail) => return Reply::misconfigured(detail),
+    };
+    let Some(token) = request.authorization.and_then(parse_bearer) else {
+        return Reply::text(401, "missing token", "missing_token")
+            .header("www-authenticate", r#"Bearer realm="mp3""#);
+    };
+    let claims = match verify(&tokens, token, now) {
+        Ok(claims) => claims,
+        Err(e) => {
+            return Reply::text(
+                403,
+                format!("invalid token: {e}"),
+                e.to_string().replace(' ', "_"),
+            )
+        }
+    };
+    if let Err(detail) = host.revoke(&db_url, &claims.username, claims.generation) {
+        return database_unavailable(detail, &claims.username);
+    }
+    host.forget_cached_generation(&claims.username);
+    Reply::text(200, "logged out", "logged_out")
+        .header("cache-control", "no-store")
+        .user(&claims.username)
+}
+
+/// `POST /login`.
+pub fn login(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
     let config = match load_config(host) {
         Ok(config) => config,
         Err(detail) => return Reply::misconfigured(detail),
@@ -178,7 +211,13 @@ pub fn login(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
         return database_unavailable(detail, &email);
     }
     // The stored email is canonical (the column's collation may match other spellings).
-    match issue(&config.tokens, &user.email, user.admin, now) {
+    match issue(
+        &config.tokens,
+        &user.email,
+        user.admin,
+        user.token_generation,
+        now,
+    ) {
         Ok(token) => Reply::text(200, &token, "ok")
             .header("cache-control", "no-store")
             .user(&user.email),
@@ -192,6 +231,7 @@ mod spin {
     use component_http::spin::{
         authorization, header_values, method_name, peer_ip, respond, SpinVariables,
     };
+    use component_http::without_password;
     use mp3_auth::unix_now;
     use spin_sdk::http::{IncomingRequest, ResponseOutparam};
     use spin_sdk::http_component;
@@ -254,7 +294,7 @@ mod spin {
 
     impl Host for SpinHost {
         fn find_user(&self, db_url: &str, email: &str) -> Result<Option<User>, String> {
-            let sql = "SELECT email, password, admin FROM user WHERE email = ?";
+            let sql = "SELECT email, password, admin, token_generation FROM user WHERE email = ?";
             let Some(row) = self.first_row(db_url, sql, &[str(email)])? else {
                 return Ok(None);
             };
@@ -266,10 +306,13 @@ mod spin {
             let email = text(row.first()).map_err(|e| format!("user.email: {e}"))?;
             let password_hash = text(row.get(1)).map_err(|e| format!("user.password: {e}"))?;
             let admin = integer(row.get(2)).map_err(|e| format!("user.admin: {e}"))? != 0;
+            let token_generation =
+                integer(row.get(3)).map_err(|e| format!("user.token_generation: {e}"))?;
             Ok(Some(User {
                 email,
                 password_hash,
                 admin,
+                token_generation,
             }))
         }
 
@@ -358,6 +401,26 @@ mod spin {
             .map_err(|e| format!("forget old addresses: {e}"))
         }
 
+        fn revoke(&self, db_url: &str, email: &str, generation: i64) -> Result<(), String> {
+            self.execute(
+                db_url,
+                "UPDATE user SET token_generation = ? + 1 \
+                 WHERE email = ? AND token_generation <= ?",
+                &[
+                    ParameterValue::Int64(generation),
+                    str(email),
+                    ParameterValue::Int64(generation),
+                ],
+            )
+            .map_err(|e| format!("revoke tokens: {e}"))
+        }
+
+        fn forget_cached_generation(&self, email: &str) {
+            if let Ok(store) = spin_sdk::key_value::Store::open_default() {
+                let _ = store.delete(&mp3_auth::revocation::cache_key(email));
+            }
+        }
+
         fn forget_expired(&self, db_url: &str, window_floor: i64) -> Result<(), String> {
             self.execute(
                 db_url,
@@ -389,33 +452,22 @@ mod spin {
         let started = Instant::now();
         let method = method_name(&req.method());
         let authorization = authorization(&req);
+        let target = req.path_with_query().unwrap_or_default();
+        let path = target.split('?').next().unwrap_or("");
         let request = Request {
             method: &method,
+            path,
             authorization: authorization.as_deref(),
             peer: peer_ip(&req),
             forwarded_for: header_values(&req, "x-forwarded-for"),
         };
-        let reply = login(&request, &SpinHost::default(), unix_now());
+        let reply = super::handle(&request, &SpinHost::default(), unix_now());
         respond(COMPONENT, &method, out, reply, started);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_password_never_reaches_the_log() {
-        let url = "mysql://mp3:s3cr%2Ft@10.0.0.5:3306/auth";
-        assert_eq!(
-            super::without_password(&format!("connect: address {url} is not permitted"), url),
-            "connect: address mysql://mp3:***@10.0.0.5:3306/auth is not permitted"
-        );
-        assert_eq!(
-            super::without_password("refused", "mysql://h/auth"),
-            "refused"
-        );
-        assert_eq!(super::without_password("x", "mysql://user@h/auth"), "x");
-    }
-
     use super::*;
     use component_http::log_line;
     use mp3_auth::{hash_password, verify};
@@ -431,6 +483,9 @@ mod tests {
         lookups: Cell<u32>,
         counters: RefCell<HashMap<String, (i64, i64)>>,
         known: RefCell<HashMap<(String, String), i64>>,
+        /// The users after a logout.
+        revoked: RefCell<Option<Vec<User>>>,
+        forgotten: RefCell<Vec<String>>,
     }
 
     impl Fake {
@@ -451,6 +506,7 @@ mod tests {
                 email: "a@example.com".into(),
                 password_hash: hash_password("pw").unwrap(),
                 admin: true,
+                token_generation: 4,
             };
             Self {
                 vars,
@@ -458,6 +514,8 @@ mod tests {
                 lookups: Cell::new(0),
                 counters: RefCell::default(),
                 known: RefCell::default(),
+                revoked: RefCell::default(),
+                forgotten: RefCell::default(),
             }
         }
 
@@ -519,6 +577,21 @@ mod tests {
             Ok(())
         }
 
+        fn revoke(&self, _: &str, email: &str, generation: i64) -> Result<(), String> {
+            let mut users = self.users.clone()?;
+            for user in users.iter_mut().filter(|u| u.email == email) {
+                if user.token_generation <= generation {
+                    user.token_generation = generation + 1;
+                }
+            }
+            *self.revoked.borrow_mut() = Some(users);
+            Ok(())
+        }
+
+        fn forget_cached_generation(&self, email: &str) {
+            self.forgotten.borrow_mut().push(email.to_owned());
+        }
+
         fn forget_expired(&self, _: &str, window_floor: i64) -> Result<(), String> {
             self.counters.borrow_mut().retain(|_, c| c.1 > window_floor);
             Ok(())
@@ -533,16 +606,18 @@ mod tests {
         let authorization = basic(credentials);
         let request = Request {
             method: "POST",
+            path: "/login",
             authorization: Some(&authorization),
             peer: Some(client.parse().unwrap()),
             forwarded_for: Vec::new(),
         };
-        login(&request, fake, now)
+        handle(&request, fake, now)
     }
 
     fn post(authorization: Option<&str>) -> Request<'_> {
         Request {
             method: "POST",
+            path: "/login",
             authorization,
             peer: Some(OWNER_HOME.parse().unwrap()),
             forwarded_for: Vec::new(),
@@ -687,21 +762,22 @@ mod tests {
         let authorization = basic("a@example.com:x");
         let via = |peer: &str, forwarded: &str| Request {
             method: "POST",
+            path: "/login",
             authorization: Some(&authorization),
             peer: Some(peer.parse().unwrap()),
             forwarded_for: vec![forwarded.to_owned()],
         };
         // From the trusted proxy: the address it reports.
-        login(&via("127.0.0.1", ATTACKER), &fake, NOW);
+        handle(&via("127.0.0.1", ATTACKER), &fake, NOW);
         assert_eq!(fake.attempts(&format!("address {ATTACKER}")), 1);
         // From anyone else: the header is theirs to forge, and ignored.
-        login(&via("192.0.2.9", OWNER_HOME), &fake, NOW);
+        handle(&via("192.0.2.9", OWNER_HOME), &fake, NOW);
         assert_eq!(fake.attempts(&format!("address {OWNER_HOME}")), 0);
         assert_eq!(fake.attempts("address 192.0.2.9"), 1);
         // A bad trusted_proxies is a configuration error.
         let mut fake = Fake::new();
         fake.vars.insert("trusted_proxies", "10.0.0.0/99".into());
-        assert_eq!(login(&via("127.0.0.1", ATTACKER), &fake, NOW).status, 500);
+        assert_eq!(handle(&via("127.0.0.1", ATTACKER), &fake, NOW).status, 500);
     }
 
     #[test]
@@ -733,7 +809,7 @@ mod tests {
 
     #[test]
     fn success_returns_a_verifiable_token() {
-        let reply = login(&post(Some(&basic("a@example.com:pw"))), &Fake::new(), NOW);
+        let reply = handle(&post(Some(&basic("a@example.com:pw"))), &Fake::new(), NOW);
         assert_eq!(reply.status, 200);
         assert_eq!(
             header(&reply, "content-type"),
@@ -744,11 +820,37 @@ mod tests {
         assert_eq!(claims.username, "a@example.com");
         assert!(claims.admin);
         assert_eq!(claims.exp, NOW + 3600);
+        assert_eq!(claims.generation, 4);
+    }
+
+    #[test]
+    fn logout_moves_the_users_generation_past_the_tokens() {
+        let fake = Fake::new();
+        let token = handle(&post(Some(&basic("a@example.com:pw"))), &fake, NOW).body;
+        let bearer = format!("Bearer {token}");
+        let out = Request {
+            path: "/logout",
+            ..post(Some(&bearer))
+        };
+        let reply = handle(&out, &fake, NOW + 1);
+        assert_eq!((reply.status, reply.body.as_str()), (200, "logged out"));
+        assert_eq!(header(&reply, "cache-control"), Some("no-store"));
+        let users = fake.revoked.borrow().clone().unwrap();
+        assert_eq!(users[0].token_generation, 5);
+        assert_eq!(*fake.forgotten.borrow(), ["a@example.com"]);
+        // Without a valid token: nothing changes.
+        for (authorization, status) in [(None, 401), (Some("Bearer x.y.z"), 403)] {
+            let out = Request {
+                path: "/logout",
+                ..post(authorization)
+            };
+            assert_eq!(handle(&out, &Fake::new(), NOW).status, status);
+        }
     }
 
     #[test]
     fn other_methods_get_405() {
-        let reply = login(
+        let reply = handle(
             &Request {
                 method: "GET",
                 ..post(Some(&basic("a@example.com:pw")))
@@ -769,7 +871,7 @@ mod tests {
             Some("Basic !!!"),
             Some(&*basic("nocolon")),
         ] {
-            let reply = login(&post(auth), &fake, NOW);
+            let reply = handle(&post(auth), &fake, NOW);
             assert_eq!(
                 (reply.status, reply.body.as_str()),
                 (401, "missing credentials")
@@ -785,8 +887,8 @@ mod tests {
     #[test]
     fn wrong_password_and_unknown_email_look_the_same() {
         let fake = Fake::new();
-        let wrong = login(&post(Some(&basic("a@example.com:nope"))), &fake, NOW);
-        let unknown = login(&post(Some(&basic("b@example.com:pw"))), &fake, NOW);
+        let wrong = handle(&post(Some(&basic("a@example.com:nope"))), &fake, NOW);
+        let unknown = handle(&post(Some(&basic("b@example.com:pw"))), &fake, NOW);
         for reply in [&wrong, &unknown] {
             assert_eq!(
                 (reply.status, reply.body.as_str()),
@@ -800,7 +902,7 @@ mod tests {
     fn database_failure_gets_503() {
         let mut fake = Fake::new();
         fake.users = Err("connect: connection refused".into());
-        let reply = login(&post(Some(&basic("a@example.com:pw"))), &fake, NOW);
+        let reply = handle(&post(Some(&basic("a@example.com:pw"))), &fake, NOW);
         assert_eq!(
             (reply.status, reply.body.as_str()),
             (503, "database unavailable")
@@ -812,7 +914,7 @@ mod tests {
     fn short_secret_gets_500_and_a_log_reason() {
         let mut fake = Fake::new();
         fake.vars.insert("jwt_secret", "short".into());
-        let reply = login(&post(Some(&basic("a@example.com:pw"))), &fake, NOW);
+        let reply = handle(&post(Some(&basic("a@example.com:pw"))), &fake, NOW);
         assert_eq!(
             (reply.status, reply.body.as_str()),
             (500, "server misconfigured")
@@ -834,7 +936,7 @@ mod tests {
                 Some(v) => fake.vars.insert(name, v.into()),
                 None => fake.vars.remove(name),
             };
-            let reply = login(&post(Some(&basic("a@example.com:pw"))), &fake, NOW);
+            let reply = handle(&post(Some(&basic("a@example.com:pw"))), &fake, NOW);
             assert_eq!(reply.status, 500, "{name}");
             assert!(reply.detail.unwrap().contains(name));
         }
@@ -842,7 +944,7 @@ mod tests {
 
     #[test]
     fn log_line_quotes_user_input() {
-        let reply = login(&post(Some(&basic("evil\nline@x:pw"))), &Fake::new(), NOW);
+        let reply = handle(&post(Some(&basic("evil\nline@x:pw"))), &Fake::new(), NOW);
         let line = log_line(COMPONENT, "POST", &reply, Duration::from_millis(7));
         assert!(!line.contains('\n'));
         assert!(

@@ -1,54 +1,114 @@
 //! `POST /validate`: `Authorization: Bearer <jwt>` in, the token's claims as JSON out.
 //!
-//! Spin variables read: `jwt_secret` (at least 32 bytes), `jwt_issuer`, `jwt_audience`.
-//! No database access.
+//! Spin variables read: `jwt_secret` (at least 32 bytes), `jwt_issuer`, `jwt_audience`,
+//! `db_url`, `token_check_seconds`.
+//!
+//! A token also has to be of its user's current token generation (see
+//! [`mp3_auth::revocation`]): logging out and a new password revoke older ones. The user's
+//! generation is read from MySQL at most once per `token_check_seconds` per user and kept in
+//! the `default` key-value store meanwhile, so most requests never reach the database.
 //!
 //! | case | status | body |
 //! |---|---|---|
 //! | valid token | 200 `application/json` | the claims |
 //! | no `Authorization`, or not a Bearer token | 401 + `WWW-Authenticate: Bearer realm="mp3"` | `missing token` |
-//! | verification failed | 403 | `invalid token: <reason>` (`expired`, `bad signature`, `wrong algorithm`, `wrong issuer`, `wrong audience`, `malformed`) |
+//! | verification failed | 403 | `invalid token: <reason>` (`expired`, `bad signature`, `wrong algorithm`, `wrong issuer`, `wrong audience`, `malformed`, `revoked`) |
+//! | database needed and unreachable | 503 | `database unavailable` |
 //! | missing variable, secret under 32 bytes | 500 | `server misconfigured` |
 //! | any method but POST | 405 + `Allow: POST` | `method not allowed` |
 //!
 //! One `key=value` line per request goes to stderr. The request body is never read.
 
 use component_http::{token_config, Reply, Variables};
+use mp3_auth::revocation::{stands, Cached};
 use mp3_auth::{parse_bearer, verify};
 
 /// The component's name in its log line.
 pub const COMPONENT: &str = "validate";
 
+/// What [`validate`] needs from its host: variables, and users' token generations.
+pub trait Host: Variables {
+    /// The cached generation of `email`, if any (any store failure is no entry).
+    fn cached_generation(&self, email: &str) -> Option<Cached>;
+    /// Keeps `cached` for `email` (best effort).
+    fn cache_generation(&self, email: &str, cached: Cached);
+    /// `email`'s generation in the database; `None` when there is no such user.
+    fn stored_generation(&self, db_url: &str, email: &str) -> Result<Option<i64>, String>;
+}
+
+fn check_seconds(host: &impl Host) -> Result<i64, String> {
+    let text = host.require("token_check_seconds")?;
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            format!("variable token_check_seconds: not a whole number of seconds: {text:?}")
+        })
+}
+
 /// The whole decision for one request. `authorization` is `None` when the header is absent,
 /// repeated, or not UTF-8.
-pub fn validate(
-    method: &str,
-    authorization: Option<&str>,
-    vars: &impl Variables,
-    now: i64,
-) -> Reply {
+pub fn validate(method: &str, authorization: Option<&str>, host: &impl Host, now: i64) -> Reply {
     if method != "POST" {
         return Reply::method_not_allowed("POST");
     }
     // The time to live only matters when issuing; verify ignores it.
-    let config = match token_config(vars, None) {
+    let config = match token_config(host, None) {
         Ok(config) => config,
+        Err(detail) => return Reply::misconfigured(detail),
+    };
+    let (db_url, max_age) = match host
+        .require("db_url")
+        .and_then(|url| Ok((url, check_seconds(host)?)))
+    {
+        Ok(settings) => settings,
         Err(detail) => return Reply::misconfigured(detail),
     };
     let Some(token) = authorization.and_then(parse_bearer) else {
         return Reply::text(401, "missing token", "missing_token")
             .header("www-authenticate", r#"Bearer realm="mp3""#);
     };
-    match verify(&config, token, now) {
-        Ok(claims) => match serde_json::to_string(&claims) {
-            Ok(json) => Reply::new(200, "application/json", json, "ok").user(claims.username),
-            Err(e) => Reply::text(500, "internal error", "encode_failed").detail(e.to_string()),
+    let claims = match verify(&config, token, now) {
+        Ok(claims) => claims,
+        Err(e) => {
+            return Reply::text(
+                403,
+                format!("invalid token: {e}"),
+                e.to_string().replace(' ', "_"),
+            )
+        }
+    };
+    let email = &claims.username;
+    let current = match host
+        .cached_generation(email)
+        .filter(|c| c.fresh(now, max_age))
+    {
+        Some(cached) => cached.generation,
+        None => match host.stored_generation(&db_url, email) {
+            Ok(generation) => {
+                host.cache_generation(
+                    email,
+                    Cached {
+                        generation,
+                        read_at: now,
+                    },
+                );
+                generation
+            }
+            Err(detail) => {
+                return Reply::text(503, "database unavailable", "database_unavailable")
+                    .detail(detail)
+                    .user(email)
+            }
         },
-        Err(e) => Reply::text(
-            403,
-            format!("invalid token: {e}"),
-            e.to_string().replace(' ', "_"),
-        ),
+    };
+    if !stands(claims.generation, current) {
+        return Reply::text(403, "invalid token: revoked", "revoked").user(email);
+    }
+    match serde_json::to_string(&claims) {
+        Ok(json) => Reply::new(200, "application/json", json, "ok").user(email),
+        Err(e) => Reply::text(500, "internal error", "encode_failed").detail(e.to_string()),
     }
 }
 
@@ -56,10 +116,67 @@ pub fn validate(
 mod spin {
     use super::*;
     use component_http::spin::{authorization, method_name, respond, SpinVariables};
+    use component_http::without_password;
+    use mp3_auth::revocation::cache_key;
     use mp3_auth::unix_now;
     use spin_sdk::http::{IncomingRequest, ResponseOutparam};
     use spin_sdk::http_component;
+    use spin_sdk::key_value::Store;
+    use spin_sdk::mysql::{Connection, DbValue, ParameterValue};
+    use std::cell::OnceCell;
     use std::time::Instant;
+
+    /// The host, with the `default` store opened once per request (if at all).
+    #[derive(Default)]
+    struct SpinHost {
+        store: OnceCell<Option<Store>>,
+    }
+
+    impl SpinHost {
+        fn store(&self) -> Option<&Store> {
+            self.store
+                .get_or_init(|| Store::open_default().ok())
+                .as_ref()
+        }
+    }
+
+    impl Variables for SpinHost {
+        fn variable(&self, name: &str) -> Result<String, String> {
+            SpinVariables.variable(name)
+        }
+    }
+
+    impl Host for SpinHost {
+        fn cached_generation(&self, email: &str) -> Option<Cached> {
+            let bytes = self.store()?.get(&cache_key(email)).ok()??;
+            Cached::decode(&bytes)
+        }
+
+        fn cache_generation(&self, email: &str, cached: Cached) {
+            if let Some(store) = self.store() {
+                let _ = store.set(&cache_key(email), &cached.encode());
+            }
+        }
+
+        fn stored_generation(&self, db_url: &str, email: &str) -> Result<Option<i64>, String> {
+            let connection = Connection::open(db_url)
+                .map_err(|e| without_password(&format!("connect: {e}"), db_url))?;
+            let rows = connection
+                .query(
+                    "SELECT token_generation FROM user WHERE email = ?",
+                    &[ParameterValue::Str(email.to_owned())],
+                )
+                .map_err(|e| format!("query: {e}"))?;
+            let Some(row) = rows.rows.into_iter().next() else {
+                return Ok(None);
+            };
+            match row.first() {
+                Some(DbValue::Int32(n)) => Ok(Some((*n).into())),
+                Some(DbValue::Int64(n)) => Ok(Some(*n)),
+                other => Err(format!("user.token_generation: not an integer: {other:?}")),
+            }
+        }
+    }
 
     #[http_component]
     fn handle(req: IncomingRequest, out: ResponseOutparam) {
@@ -69,7 +186,7 @@ mod spin {
         let reply = validate(
             &method,
             authorization.as_deref(),
-            &SpinVariables,
+            &SpinHost::default(),
             unix_now(),
         );
         respond(COMPONENT, &method, out, reply, started);
@@ -81,23 +198,63 @@ mod tests {
     use super::*;
     use component_http::log_line;
     use mp3_auth::{issue, Claims, TokenConfig};
+    use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
     use std::time::Duration;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
     const NOW: i64 = 1_700_000_000;
 
-    fn vars() -> HashMap<&'static str, String> {
-        HashMap::from([
-            ("jwt_secret", SECRET.to_owned()),
-            ("jwt_issuer", "mp3-auth".to_owned()),
-            ("jwt_audience", "mp3".to_owned()),
-        ])
+    /// Variables, the users' generations in the "database", and the cache.
+    struct Fake {
+        vars: HashMap<&'static str, String>,
+        stored: RefCell<HashMap<String, i64>>,
+        database_down: Cell<bool>,
+        reads: Cell<u32>,
+        cache: RefCell<HashMap<String, Cached>>,
+    }
+
+    impl Variables for Fake {
+        fn variable(&self, name: &str) -> Result<String, String> {
+            self.vars.variable(name)
+        }
+    }
+
+    impl Host for Fake {
+        fn cached_generation(&self, email: &str) -> Option<Cached> {
+            self.cache.borrow().get(email).copied()
+        }
+        fn cache_generation(&self, email: &str, cached: Cached) {
+            self.cache.borrow_mut().insert(email.to_owned(), cached);
+        }
+        fn stored_generation(&self, _: &str, email: &str) -> Result<Option<i64>, String> {
+            if self.database_down.get() {
+                return Err("connect: connection refused".into());
+            }
+            self.reads.set(self.reads.get() + 1);
+            Ok(self.stored.borrow().get(email).copied())
+        }
+    }
+
+    fn vars() -> Fake {
+        Fake {
+            vars: HashMap::from([
+                ("jwt_secret", SECRET.to_owned()),
+                ("jwt_issuer", "mp3-auth".to_owned()),
+                ("jwt_audience", "mp3".to_owned()),
+                ("db_url", "mysql://u:p@127.0.0.1/auth".to_owned()),
+                ("token_check_seconds", "10".to_owned()),
+            ]),
+            stored: RefCell::new(HashMap::from([("a@example.com".to_owned(), 0)])),
+            database_down: Cell::new(false),
+            reads: Cell::new(0),
+            cache: RefCell::default(),
+        }
     }
 
     fn token(secret: &str, iss: &str, ttl: u64) -> String {
         let config = TokenConfig::new(secret, iss, "mp3", Duration::from_secs(ttl)).unwrap();
-        issue(&config, "a@example.com", false, NOW).unwrap()
+        issue(&config, "a@example.com", false, 0, NOW).unwrap()
     }
 
     fn bearer(token: &str) -> String {
@@ -163,7 +320,7 @@ mod tests {
     #[test]
     fn short_secret_gets_500() {
         let mut vars = vars();
-        vars.insert("jwt_secret", "x".repeat(31));
+        vars.vars.insert("jwt_secret", "x".repeat(31));
         let reply = validate("POST", Some("Bearer a.b.c"), &vars, NOW);
         assert_eq!(
             (reply.status, reply.body.as_str()),
@@ -178,5 +335,44 @@ mod tests {
         let reply = validate("GET", None, &vars(), NOW);
         assert_eq!(reply.status, 405);
         assert!(reply.headers.contains(&("allow", "POST".into())));
+    }
+
+    #[test]
+    fn tokens_of_an_older_generation_are_revoked_within_the_check_time() {
+        let host = vars();
+        let token = bearer(&token(SECRET, "mp3-auth", 3600));
+        assert_eq!(validate("POST", Some(&token), &host, NOW).status, 200);
+        assert_eq!(validate("POST", Some(&token), &host, NOW + 5).status, 200);
+        assert_eq!(host.reads.get(), 1, "read once, then from the cache");
+        // Logged out elsewhere: the cache still says 0 for the rest of its time...
+        host.stored.borrow_mut().insert("a@example.com".into(), 1);
+        assert_eq!(validate("POST", Some(&token), &host, NOW + 9).status, 200);
+        // ...then the database is asked again.
+        let reply = validate("POST", Some(&token), &host, NOW + 10);
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (403, "invalid token: revoked")
+        );
+        assert_eq!(host.reads.get(), 2);
+        // A user who is gone has no valid tokens either.
+        host.stored.borrow_mut().clear();
+        assert_eq!(validate("POST", Some(&token), &host, NOW + 30).status, 403);
+    }
+
+    #[test]
+    fn a_database_needed_and_down_is_503_and_a_cached_one_is_not_needed() {
+        let host = vars();
+        let token = bearer(&token(SECRET, "mp3-auth", 3600));
+        assert_eq!(validate("POST", Some(&token), &host, NOW).status, 200);
+        host.database_down.set(true);
+        assert_eq!(validate("POST", Some(&token), &host, NOW + 1).status, 200);
+        let reply = validate("POST", Some(&token), &host, NOW + 20);
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (503, "database unavailable")
+        );
+        let mut host = vars();
+        host.vars.insert("token_check_seconds", "soon".into());
+        assert_eq!(validate("POST", Some(&token), &host, NOW).status, 500);
     }
 }
