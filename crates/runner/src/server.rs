@@ -157,6 +157,17 @@ async fn dispatch(
     let Some(matched) = runtime.router().route(request.uri().path()) else {
         return status(StatusCode::NOT_FOUND);
     };
+    // Spin 3.6 hands components only UTF-8 header values: it fails any other request before
+    // the component runs (with a 500, its bug; README, "Runner and Spin"). The component never
+    // sees such a request here either; the client gets the 400 it deserves.
+    if let Some((name, _)) = request
+        .headers()
+        .iter()
+        .find(|(_, value)| std::str::from_utf8(value.as_bytes()).is_err())
+    {
+        tracing::info!(header = %name, "refused a request: a header value is not UTF-8");
+        return status(StatusCode::BAD_REQUEST);
+    }
     let component: ComponentIndex = *matched.target;
     let request = with_spin_headers(runtime, request, Some(&matched), Some(client));
     match runtime.handle(component, request).await {
