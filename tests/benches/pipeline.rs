@@ -330,6 +330,9 @@ fn end_to_end(plan: &Plan, dir: &Path) {
 fn jobs_with_and_without_login(plan: &Plan, dir: &Path) {
     const SECRET: &str = "bench-secret-that-is-long-enough-for-hs256-0123456789";
     let owner = format!("bench-{}@example.com", system_tests::unique());
+    // validate reads the token's user (its token generation) from MySQL.
+    let users = system_tests::TestDb::migrated();
+    users.add_token_user(&owner);
     let job_id = ObjectId::new().to_hex();
     let job = mongo_wire::bson::doc! {
         "_id": &job_id, "owner": &owner, "video_fid": ObjectId::new().to_hex(),
@@ -389,10 +392,8 @@ fn jobs_with_and_without_login(plan: &Plan, dir: &Path) {
                 AppConfig::app(runtime)
                     .env("SPIN_VARIABLE_MONGODB_URL", url.clone())
                     .env("SPIN_VARIABLE_MONGODB_HOST", address)
-                    .env(
-                        "SPIN_VARIABLE_DB_URL",
-                        "mysql://unused:unused@127.0.0.1:1/auth",
-                    )
+                    .env("SPIN_VARIABLE_DB_URL", users.url())
+                    .env("SPIN_VARIABLE_DB_HOST", users.host_port())
                     .env("SPIN_VARIABLE_JWT_SECRET", SECRET)
                     .start()
             })

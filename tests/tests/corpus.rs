@@ -460,7 +460,23 @@ fn bad_input_gets_no_5xx_and_leaves_the_app_serving(runtime: Runtime) {
         .start();
     let address = app.base().trim_start_matches("http://").to_owned();
     let now = mp3_auth::unix_now();
-    let valid = token(SECRET, &email, now, 3600);
+    // A real login's token: it carries the user's token generation.
+    let login = Case {
+        method: "POST".into(),
+        target: "/login".into(),
+        headers: vec![format!(
+            "Authorization: {}",
+            basic(format!("{email}:corpus-password").as_bytes())
+        )],
+        body: Vec::new(),
+    };
+    let (status, answer) =
+        send(&address, &login.bytes(), Duration::from_secs(60)).expect("a login answer");
+    assert_eq!(status, 200, "{answer}");
+    let valid = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_owned())
+        .expect("a token");
     let theirs = token(SECRET, &other, now, 3600);
     let creds = format!("{email}:corpus-password").into_bytes();
 

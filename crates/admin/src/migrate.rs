@@ -48,13 +48,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 6,
-        name: "drop_login_failure",
-        sql: include_str!("../migrations/0006_drop_login_failure.sql"),
-    },
-    Migration {
-        version: 7,
         name: "add_user_token_generation",
-        sql: include_str!("../migrations/0007_add_user_token_generation.sql"),
+        sql: include_str!("../migrations/0006_add_user_token_generation.sql"),
     },
 ];
 

@@ -81,7 +81,9 @@ pub enum Outcome {
 }
 
 /// Insert the user, or reset the password and admin flag of an existing one, which also
-/// revokes every token issued to it before (its token generation moves on).
+/// revokes every token issued to it before (its token generation moves on). A new user's
+/// generation starts at the current time: tokens of an earlier user of the same email (deleted
+/// since) stay refused.
 pub async fn upsert(
     conn: &mut Conn,
     email: &str,
@@ -92,7 +94,8 @@ pub async fn upsert(
     // every hash has a fresh salt). VALUES() works on MariaDB and MySQL 8 alike.
     let result = conn
         .exec_drop(
-            "INSERT INTO user (email, password, admin) VALUES (?, ?, ?) \
+            "INSERT INTO user (email, password, admin, token_generation) \
+             VALUES (?, ?, ?, UNIX_TIMESTAMP()) \
              ON DUPLICATE KEY UPDATE password = VALUES(password), admin = VALUES(admin), \
              token_generation = token_generation + 1",
             (email, password_hash, admin),

@@ -4,7 +4,7 @@
 //! it was issued in (claim `gen`). Logging out or a new password moves the user's generation
 //! on; validate refuses tokens of an older one. Validate keeps each user's generation in the
 //! key-value store for `token_check_seconds`, so a revocation reaches every instance within
-//! that time (at once where logout ran: it drops the cached entry).
+//! that time (at once where logout ran: it caches the new generation).
 
 /// The key-value key of `email`'s cached generation (`email` as in the token's `username`).
 pub fn cache_key(email: &str) -> String {

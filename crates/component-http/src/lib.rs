@@ -17,16 +17,19 @@
 //! - [`reply`]: [`Reply`] and its builders, and [`log_line`], the one stderr line per request.
 //! - [`variables`]: [`Variables`] and [`token_config`], the JWT settings every token-handling
 //!   component reads (`jwt_secret`, `jwt_issuer`, `jwt_audience`).
+//! - [`bearer`]: [`bearer_claims`], a request's verified token or the 401/403 refusing it.
 //! - [`forwarded`]: the client's address behind trusted proxies (`X-Forwarded-For`).
 //! - `spin` (wasm only): `method_name`, `header` and `authorization` (a single request header),
 //!   `respond` (log the line, send the response head and body in one piece), `start_body` and
 //!   `BodyWriter` for streamed bodies, and `SpinVariables`.
 
+pub mod bearer;
 pub mod forwarded;
 pub mod reply;
 #[cfg(target_arch = "wasm32")]
 pub mod spin;
 pub mod variables;
 
+pub use bearer::bearer_claims;
 pub use reply::{log_line, without_password, Reply};
 pub use variables::{token_config, Variables};

@@ -54,9 +54,15 @@ async fn load(pooling: bool) -> Result<Arc<Runtime>> {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spin.toml");
     Runtime::load(RuntimeOptions {
         manifest,
-        // Instantiation never reads them, but the app refuses to load without its required variables.
+        // Instantiation never reads them, but the app refuses to load without its required
+        // variables. validate reads the token's user from db_url (scripts/bench-auth makes
+        // `bench@example.com` there), once per token_check_seconds.
         variables: vec![
-            "db_url=mysql://bench:bench@127.0.0.1:13306/auth".into(),
+            format!(
+                "db_url={}",
+                std::env::var("MP3_BENCH_DB_URL")
+                    .unwrap_or_else(|_| "mysql://bench:bench@127.0.0.1:13306/auth".into())
+            ),
             format!("jwt_secret={SECRET}"),
         ],
         max_instance_memory: None,

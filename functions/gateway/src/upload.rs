@@ -22,6 +22,9 @@ pub mod framing;
 
 use framing::{Framing, FramingError};
 
+/// The longest multipart boundary (RFC 2046).
+pub const MAX_BOUNDARY: usize = 70;
+
 /// The most bytes of an ordinary (non-file) form field, which is read and dropped.
 pub const MAX_FIELD_BYTES: u64 = 64 * 1024;
 
@@ -234,6 +237,13 @@ where
             "not_multipart",
         );
     };
+    // RFC 2046 allows 1 to 70 characters; a longer one only makes the search dearer.
+    if boundary.is_empty() || boundary.len() > MAX_BOUNDARY {
+        return bad_request(
+            &format!("the multipart boundary must be 1 to {MAX_BOUNDARY} characters"),
+            "bad_boundary",
+        );
+    }
     let cutoff = Arc::new(Mutex::new(None));
     let stream = paced(
         guarded(body, upload.max_bytes, &boundary, cutoff.clone()),

@@ -29,8 +29,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use component_http::forwarded::{client_ip, client_key, TrustedProxies};
-use component_http::{token_config, Reply, Variables};
-use mp3_auth::{issue, parse_basic, parse_bearer, verify, verify_login, TokenConfig};
+use component_http::{bearer_claims, token_config, Reply, Variables};
+use mp3_auth::{issue, parse_basic, verify_login, TokenConfig};
 
 pub mod throttle;
 
@@ -66,8 +66,11 @@ pub trait Host: Variables {
     fn forget_expired(&self, db_url: &str, window_floor: i64) -> Result<(), String>;
     /// Moves `email`'s token generation past `generation`, unless it already is.
     fn revoke(&self, db_url: &str, email: &str, generation: i64) -> Result<(), String>;
-    /// Drops validate's cached generation of `email` (best effort; elsewhere it expires).
-    fn forget_cached_generation(&self, email: &str);
+    /// Tells validate's cache in this pod that `email` is now at `generation` (best effort;
+    /// elsewhere the cached entries expire).
+    fn cache_generation(&self, email: &str, generation: i64, now: i64);
+    /// True once in `n` calls, at random (for chores kept off most requests).
+    fn chance(&self, n: u32) -> bool;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,24 +159,14 @@ pub fn logout(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
         Ok(settings) => settings,
         Err(detail) => return Reply::misconfigured(detail),
     };
-    let Some(token) = request.authorization.and_then(parse_bearer) else {
-        return Reply::text(401, "missing token", "missing_token")
-            .header("www-authenticate", r#"Bearer realm="mp3""#);
-    };
-    let claims = match verify(&tokens, token, now) {
+    let claims = match bearer_claims(&tokens, request.authorization, now) {
         Ok(claims) => claims,
-        Err(e) => {
-            return Reply::text(
-                403,
-                format!("invalid token: {e}"),
-                e.to_string().replace(' ', "_"),
-            )
-        }
+        Err(reply) => return reply,
     };
     if let Err(detail) = host.revoke(&db_url, &claims.username, claims.generation) {
         return database_unavailable(detail, &claims.username);
     }
-    host.forget_cached_generation(&claims.username);
+    host.cache_generation(&claims.username, claims.generation + 1, now);
     Reply::text(200, "logged out", "logged_out")
         .header("cache-control", "no-store")
         .user(&claims.username)
@@ -207,9 +200,11 @@ pub fn login(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
         // The charges stay: they are the failure's count.
         return Reply::text(401, "invalid credentials", "invalid_credentials").user(&email);
     };
-    if let Err(detail) = throttle::settle_success(&plan, host, &config.db_url) {
-        return database_unavailable(detail, &email);
-    }
+    let sweep = host.chance(throttle::SWEEP_EVERY);
+    let note = match throttle::settle_success(&plan, host, &config.db_url, sweep) {
+        Ok(note) => note,
+        Err(detail) => return database_unavailable(detail, &email),
+    };
     // The stored email is canonical (the column's collation may match other spellings).
     match issue(
         &config.tokens,
@@ -218,9 +213,15 @@ pub fn login(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
         user.token_generation,
         now,
     ) {
-        Ok(token) => Reply::text(200, &token, "ok")
-            .header("cache-control", "no-store")
-            .user(&user.email),
+        Ok(token) => {
+            let reply = Reply::text(200, &token, "ok")
+                .header("cache-control", "no-store")
+                .user(&user.email);
+            match note {
+                Some(note) => reply.detail(note),
+                None => reply,
+            }
+        }
         Err(e) => Reply::text(500, "internal error", "issue_failed").detail(e.to_string()),
     }
 }
@@ -343,13 +344,19 @@ mod spin {
                 ],
             )
             .map_err(|e| format!("charge {bucket:?}: {e}"))?;
-            let sql = "SELECT LAST_INSERT_ID(), window_start FROM login_throttle WHERE bucket = ?";
+            // The row may be gone already (a success cleared it): its window is then new.
+            let sql = "SELECT LAST_INSERT_ID(), \
+                       (SELECT window_start FROM login_throttle WHERE bucket = ?)";
             let row = self
                 .first_row(db_url, sql, &[str(bucket)])?
-                .ok_or_else(|| format!("charge {bucket:?}: the counter is gone"))?;
+                .ok_or_else(|| format!("charge {bucket:?}: no answer"))?;
+            let window_start = match row.get(1) {
+                Some(DbValue::DbNull) | None => now,
+                value => integer(value).map_err(|e| format!("window_start: {e}"))?,
+            };
             Ok(Charge {
                 attempts: integer(row.first()).map_err(|e| format!("attempts: {e}"))?,
-                window_start: integer(row.get(1)).map_err(|e| format!("window_start: {e}"))?,
+                window_start,
             })
         }
 
@@ -415,10 +422,20 @@ mod spin {
             .map_err(|e| format!("revoke tokens: {e}"))
         }
 
-        fn forget_cached_generation(&self, email: &str) {
+        fn cache_generation(&self, email: &str, generation: i64, now: i64) {
+            use mp3_auth::revocation::{cache_key, Cached};
             if let Ok(store) = spin_sdk::key_value::Store::open_default() {
-                let _ = store.delete(&mp3_auth::revocation::cache_key(email));
+                let cached = Cached {
+                    generation: Some(generation),
+                    read_at: now,
+                };
+                let _ = store.set(&cache_key(email), &cached.encode());
             }
+        }
+
+        fn chance(&self, n: u32) -> bool {
+            let mut byte = [0u8; 4];
+            getrandom::getrandom(&mut byte).is_ok() && u32::from_le_bytes(byte) % n.max(1) == 0
         }
 
         fn forget_expired(&self, db_url: &str, window_floor: i64) -> Result<(), String> {
@@ -588,8 +605,14 @@ mod tests {
             Ok(())
         }
 
-        fn forget_cached_generation(&self, email: &str) {
-            self.forgotten.borrow_mut().push(email.to_owned());
+        fn cache_generation(&self, email: &str, generation: i64, _now: i64) {
+            self.forgotten
+                .borrow_mut()
+                .push(format!("{email} {generation}"));
+        }
+
+        fn chance(&self, _n: u32) -> bool {
+            true
         }
 
         fn forget_expired(&self, _: &str, window_floor: i64) -> Result<(), String> {
@@ -671,6 +694,29 @@ mod tests {
         );
         // Refused attempts are not charged to the accounts they named.
         assert_eq!(fake.attempts("account other@example.com"), 0);
+    }
+
+    #[test]
+    fn others_behind_the_same_address_cannot_keep_its_known_accounts_out() {
+        let fake = Fake::new();
+        // The owner has logged in from the office NAT before.
+        assert_eq!(
+            attempt("a@example.com:pw", ATTACKER, &fake, NOW).status,
+            200
+        );
+        // Someone else behind it sprays guesses at other accounts until the address is spent.
+        for n in 0..12 {
+            attempt(&format!("user{n}@example.com:x"), ATTACKER, &fake, NOW + 1);
+        }
+        assert_eq!(
+            attempt("new@example.com:x", ATTACKER, &fake, NOW + 2).status,
+            429
+        );
+        // The owner, from there, is still checked.
+        assert_eq!(
+            attempt("a@example.com:pw", ATTACKER, &fake, NOW + 3).status,
+            200
+        );
     }
 
     #[test]
@@ -837,7 +883,7 @@ mod tests {
         assert_eq!(header(&reply, "cache-control"), Some("no-store"));
         let users = fake.revoked.borrow().clone().unwrap();
         assert_eq!(users[0].token_generation, 5);
-        assert_eq!(*fake.forgotten.borrow(), ["a@example.com"]);
+        assert_eq!(*fake.forgotten.borrow(), ["a@example.com 5"]);
         // Without a valid token: nothing changes.
         for (authorization, status) in [(None, 401), (Some("Bearer x.y.z"), 403)] {
             let out = Request {

@@ -4,7 +4,8 @@
 //! atomic statement whose result is read back:
 //!
 //! 1. the client address (`login_address_max_failures`): one address cannot spray guesses
-//!    over many accounts;
+//!    over many accounts. Accounts that logged in from that address before are exempt, so
+//!    others behind the same address (a NAT) cannot keep them out;
 //! 2. the client address and the email (`login_max_failures`): the owner's own typing
 //!    mistakes, and one attacker's guesses at one account;
 //! 3. the email from anywhere (`login_account_max_failures`): many addresses guessing at one
@@ -127,16 +128,29 @@ pub fn admit(plan: &Plan<'_>, host: &impl Host, db_url: &str) -> Result<Verdict,
         Ok((charge.attempts > budget)
             .then(|| (charge.window_start + budgets.window_seconds - plan.now).max(1)))
     };
+    // Asked only once a budget is spent, and at most once.
+    let known = std::cell::OnceCell::new();
+    let is_known = || -> Result<bool, String> {
+        if let Some(known) = known.get() {
+            return Ok(*known);
+        }
+        let since = plan.now - KNOWN_FOR_SECONDS;
+        let answer = host.is_known(db_url, &plan.email, plan.client, since)?;
+        Ok(*known.get_or_init(|| answer))
+    };
     let refuse = |scope, retry_after| Ok(Verdict::Refuse(Refusal { scope, retry_after }));
+    // Others behind the same address (an office, a carrier's NAT) may spend its budget: an
+    // account that logged in from there before still gets its own checks.
     if let Some(retry_after) = over(plan.address(), budgets.per_address)? {
-        return refuse(Scope::Address, retry_after);
+        if !is_known()? {
+            return refuse(Scope::Address, retry_after);
+        }
     }
     if let Some(retry_after) = over(plan.account_and_address(), budgets.per_account_and_address)? {
         return refuse(Scope::AccountAndAddress, retry_after);
     }
     if let Some(retry_after) = over(plan.account(), budgets.per_account)? {
-        let since = plan.now - KNOWN_FOR_SECONDS;
-        if !host.is_known(db_url, &plan.email, plan.client, since)? {
+        if !is_known()? {
             return refuse(Scope::Account, retry_after);
         }
     }
@@ -144,11 +158,27 @@ pub fn admit(plan: &Plan<'_>, host: &impl Host, db_url: &str) -> Result<Verdict,
 }
 
 /// After the right password: takes the attempt's charges back, forgets the address's failures
-/// at this account, and remembers the address as the account's.
-pub fn settle_success(plan: &Plan<'_>, host: &impl Host, db_url: &str) -> Result<(), String> {
+/// at this account, and remembers the address as the account's. One success in
+/// [`SWEEP_EVERY`] also sweeps out expired counters, when `sweep` says so (the caller rolls
+/// the dice); a failed sweep is only logged, via the returned note.
+pub fn settle_success(
+    plan: &Plan<'_>,
+    host: &impl Host,
+    db_url: &str,
+    sweep: bool,
+) -> Result<Option<String>, String> {
     host.refund(db_url, &plan.address(), false)?;
     host.refund(db_url, &plan.account_and_address(), true)?;
     host.refund(db_url, &plan.account(), false)?;
     host.remember(db_url, &plan.email, plan.client, plan.now)?;
-    host.forget_expired(db_url, plan.now - plan.budgets.window_seconds)
+    if !sweep {
+        return Ok(None);
+    }
+    Ok(host
+        .forget_expired(db_url, plan.now - plan.budgets.window_seconds)
+        .err())
 }
+
+/// How rarely a success sweeps the counters table: the sweep is a range delete, kept off most
+/// logins so it neither loads MySQL nor contends with the counters' own updates.
+pub const SWEEP_EVERY: u32 = 32;

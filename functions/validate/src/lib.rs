@@ -6,7 +6,8 @@
 //! A token also has to be of its user's current token generation (see
 //! [`mp3_auth::revocation`]): logging out and a new password revoke older ones. The user's
 //! generation is read from MySQL at most once per `token_check_seconds` per user and kept in
-//! the `default` key-value store meanwhile, so most requests never reach the database.
+//! the `default` key-value store meanwhile, so most requests never reach the database. While
+//! MySQL is down, an entry past its time still serves.
 //!
 //! | case | status | body |
 //! |---|---|---|
@@ -19,9 +20,8 @@
 //!
 //! One `key=value` line per request goes to stderr. The request body is never read.
 
-use component_http::{token_config, Reply, Variables};
+use component_http::{bearer_claims, token_config, Reply, Variables};
 use mp3_auth::revocation::{stands, Cached};
-use mp3_auth::{parse_bearer, verify};
 
 /// The component's name in its log line.
 pub const COMPONENT: &str = "validate";
@@ -65,25 +65,13 @@ pub fn validate(method: &str, authorization: Option<&str>, host: &impl Host, now
         Ok(settings) => settings,
         Err(detail) => return Reply::misconfigured(detail),
     };
-    let Some(token) = authorization.and_then(parse_bearer) else {
-        return Reply::text(401, "missing token", "missing_token")
-            .header("www-authenticate", r#"Bearer realm="mp3""#);
-    };
-    let claims = match verify(&config, token, now) {
+    let claims = match bearer_claims(&config, authorization, now) {
         Ok(claims) => claims,
-        Err(e) => {
-            return Reply::text(
-                403,
-                format!("invalid token: {e}"),
-                e.to_string().replace(' ', "_"),
-            )
-        }
+        Err(reply) => return reply,
     };
     let email = &claims.username;
-    let current = match host
-        .cached_generation(email)
-        .filter(|c| c.fresh(now, max_age))
-    {
+    let cached = host.cached_generation(email);
+    let current = match cached.filter(|c| c.fresh(now, max_age)) {
         Some(cached) => cached.generation,
         None => match host.stored_generation(&db_url, email) {
             Ok(generation) => {
@@ -96,11 +84,16 @@ pub fn validate(method: &str, authorization: Option<&str>, host: &impl Host, now
                 );
                 generation
             }
-            Err(detail) => {
-                return Reply::text(503, "database unavailable", "database_unavailable")
-                    .detail(detail)
-                    .user(email)
-            }
+            // MySQL down: an entry past its time is better than failing every request. A
+            // revocation made meanwhile waits for MySQL to come back.
+            Err(detail) => match cached {
+                Some(stale) => stale.generation,
+                None => {
+                    return Reply::text(503, "database unavailable", "database_unavailable")
+                        .detail(detail)
+                        .user(email)
+                }
+            },
         },
     };
     if !stands(claims.generation, current) {
@@ -366,7 +359,11 @@ mod tests {
         assert_eq!(validate("POST", Some(&token), &host, NOW).status, 200);
         host.database_down.set(true);
         assert_eq!(validate("POST", Some(&token), &host, NOW + 1).status, 200);
-        let reply = validate("POST", Some(&token), &host, NOW + 20);
+        // Past its time, the cached generation still serves while MySQL is down...
+        assert_eq!(validate("POST", Some(&token), &host, NOW + 20).status, 200);
+        // ...but with nothing cached there is nothing to go by.
+        host.cache.borrow_mut().clear();
+        let reply = validate("POST", Some(&token), &host, NOW + 21);
         assert_eq!(
             (reply.status, reply.body.as_str()),
             (503, "database unavailable")

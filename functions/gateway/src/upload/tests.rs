@@ -259,6 +259,20 @@ fn malformed_or_missing_multipart_is_400() {
     };
     let reply = handle(upload, chunks(Vec::new(), 1), &mut fake, &Executor);
     assert_eq!(reply.status, 400);
+
+    let long = format!("multipart/form-data; boundary={}", "b".repeat(71));
+    let upload = Upload {
+        content_type: Some(&long),
+        owner: "a@example.com",
+        max_bytes: 100,
+        clock: || 0,
+        job_id: JOB_ID.into(),
+    };
+    let reply = handle(upload, chunks(Vec::new(), 1), &mut fake, &Executor);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, "the multipart boundary must be 1 to 70 characters")
+    );
 }
 
 #[test]
