@@ -908,6 +908,7 @@ login_address_max_failures = "50"
 login_account_max_failures = "20"
 login_lockout_seconds = "900"
 trusted_proxies = "127.0.0.0/8"
+token_check_seconds = "10"
 [component.validate]
 source = "{validate}"
 allowed_outbound_hosts = ["mysql://{{{{ db_host }}}}"]
@@ -1225,6 +1226,28 @@ fn hostile_multipart_bodies_are_refused_in_bounded_memory(runtime: Runtime) {
             })
         })
         .collect();
+    // Huge header lines, meanwhile: the HTTP server's head limit (about 400 KiB) answers 431.
+    let heads: Vec<_> = (0..4)
+        .map(|_| {
+            let address = app.base().trim_start_matches("http://").to_owned();
+            let auth = auth.clone();
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(address).expect("connecting");
+                let line = "h".repeat(1 << 20);
+                let head = format!(
+                    "POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nX-Huge: {line}\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes());
+                stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut answer = [0u8; 12];
+                stream.read_exact(&mut answer).map(|()| answer.to_vec())
+            })
+        })
+        .collect();
+    for head in heads {
+        let answer = head.join().unwrap().expect("an answer to a huge head");
+        assert_eq!(&answer, b"HTTP/1.1 431");
+    }
     for thread in threads {
         let (what, reason, (status, body)) = thread.join().unwrap();
         assert_eq!((status, body.as_str()), (400, reason), "{what}");

@@ -11,41 +11,47 @@ pub fn cache_key(email: &str) -> String {
     format!("token-generation:{email}")
 }
 
-/// A user's generation as cached: `None` when there is no such user.
+/// A user's generation as cached: `None` when there is no such user. The entry carries how
+/// long it may be trusted, so a reader needs no setting of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cached {
     pub generation: Option<i64>,
     /// When it was read from the database, Unix seconds.
     pub read_at: i64,
+    /// For how many seconds from `read_at` it may be used (`token_check_seconds`).
+    pub max_age: i64,
 }
 
 impl Cached {
     pub fn encode(&self) -> Vec<u8> {
-        match self.generation {
-            Some(generation) => format!("{generation} {}", self.read_at),
-            None => format!("none {}", self.read_at),
-        }
-        .into_bytes()
+        let generation = match self.generation {
+            Some(generation) => generation.to_string(),
+            None => "none".into(),
+        };
+        format!("{generation} {} {}", self.read_at, self.max_age).into_bytes()
     }
 
     /// `None` for anything [`Cached::encode`] did not write.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let text = std::str::from_utf8(bytes).ok()?;
-        let (generation, read_at) = text.split_once(' ')?;
-        let generation = match generation {
+        let mut fields = text.split(' ');
+        let generation = match fields.next()? {
             "none" => None,
             n => Some(n.parse().ok()?),
         };
-        Some(Self {
+        let read_at = fields.next()?.parse().ok()?;
+        let max_age = fields.next()?.parse().ok()?;
+        fields.next().is_none().then_some(Self {
             generation,
-            read_at: read_at.parse().ok()?,
+            read_at,
+            max_age,
         })
     }
 
     /// Whether it may still be used at `now`: read less than `max_age` seconds ago (and not in
     /// the future, which a clock step back would make it).
-    pub fn fresh(&self, now: i64, max_age: i64) -> bool {
-        self.read_at <= now && now - self.read_at < max_age
+    pub fn fresh(&self, now: i64) -> bool {
+        self.read_at <= now && now - self.read_at < self.max_age
     }
 }
 
@@ -61,19 +67,31 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_junk_is_no_entry() {
-        for cached in [
+        let entries = [
             Cached {
                 generation: Some(3),
                 read_at: 1_700_000_000,
+                max_age: 10,
             },
             Cached {
                 generation: None,
                 read_at: 5,
+                max_age: 0,
             },
-        ] {
+        ];
+        for cached in entries {
             assert_eq!(Cached::decode(&cached.encode()), Some(cached));
         }
-        for junk in [&b""[..], b"3", b"x 1", b"3 y", b"\xff 1"] {
+        let junk: [&[u8]; 7] = [
+            b"",
+            b"3",
+            b"x 1 1",
+            b"3 y 1",
+            b"\xff 1 1",
+            b"3 1",
+            b"3 1 1 1",
+        ];
+        for junk in junk {
             assert_eq!(Cached::decode(junk), None, "{junk:?}");
         }
     }
@@ -83,11 +101,16 @@ mod tests {
         let cached = Cached {
             generation: Some(1),
             read_at: 100,
+            max_age: 10,
         };
-        assert!(cached.fresh(100, 10) && cached.fresh(109, 10));
-        assert!(!cached.fresh(110, 10));
-        assert!(!cached.fresh(99, 10), "read in the future");
-        assert!(!cached.fresh(100, 0), "0 means always ask");
+        assert!(cached.fresh(100) && cached.fresh(109));
+        assert!(!cached.fresh(110));
+        assert!(!cached.fresh(99), "read in the future");
+        let always_ask = Cached {
+            max_age: 0,
+            ..cached
+        };
+        assert!(!always_ask.fresh(100));
     }
 
     #[test]

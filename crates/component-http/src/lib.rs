@@ -32,4 +32,4 @@ pub mod variables;
 
 pub use bearer::bearer_claims;
 pub use reply::{log_line, without_password, Reply};
-pub use variables::{token_config, Variables};
+pub use variables::{token_check_seconds, token_config, Variables};

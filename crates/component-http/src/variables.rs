@@ -42,6 +42,18 @@ pub fn token_config(vars: &impl Variables, ttl: Option<Duration>) -> Result<Toke
     .map_err(|e| e.to_string())
 }
 
+/// `token_check_seconds`: how long a cached token generation may be trusted (0 or more).
+pub fn token_check_seconds(vars: &impl Variables) -> Result<i64, String> {
+    let text = vars.require("token_check_seconds")?;
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            format!("variable token_check_seconds: not a whole number of seconds: {text:?}")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

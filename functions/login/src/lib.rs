@@ -3,7 +3,7 @@
 //! Spin variables read: `db_url` (`mysql://user:pw@host:port/auth`), `jwt_secret` (at least 32
 //! bytes), `jwt_issuer`, `jwt_audience`, `jwt_ttl_seconds`, `login_max_failures`,
 //! `login_address_max_failures`, `login_account_max_failures`, `login_lockout_seconds`,
-//! `trusted_proxies`.
+//! `trusted_proxies`, `token_check_seconds`.
 //!
 //! Password checks are budgeted ([`throttle`]): per client address, per client address and
 //! email, and per email from addresses it has not logged in from before. The budgets are
@@ -29,7 +29,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use component_http::forwarded::{client_ip, client_key, TrustedProxies};
-use component_http::{bearer_claims, token_config, Reply, Variables};
+use component_http::{bearer_claims, token_check_seconds, token_config, Reply, Variables};
+use mp3_auth::revocation::Cached;
 use mp3_auth::{issue, parse_basic, verify_login, TokenConfig};
 
 pub mod throttle;
@@ -68,7 +69,7 @@ pub trait Host: Variables {
     fn revoke(&self, db_url: &str, email: &str, generation: i64) -> Result<(), String>;
     /// Tells validate's cache in this pod that `email` is now at `generation` (best effort;
     /// elsewhere the cached entries expire).
-    fn cache_generation(&self, email: &str, generation: i64, now: i64);
+    fn cache_generation(&self, email: &str, cached: Cached);
     /// True once in `n` calls, at random (for chores kept off most requests).
     fn chance(&self, n: u32) -> bool;
 }
@@ -152,10 +153,10 @@ pub fn handle(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
 /// `POST /logout` with a bearer token: every token of its user stops working (the user's token
 /// generation moves on). 200 `logged out`, also for a token already revoked.
 pub fn logout(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
-    let (db_url, tokens) = match host
+    let settings = host
         .require("db_url")
-        .and_then(|url| Ok((url, token_config(host, None)?)))
-    {
+        .and_then(|url| Ok((url, token_config(host, None)?, token_check_seconds(host)?)));
+    let (db_url, tokens, max_age) = match settings {
         Ok(settings) => settings,
         Err(detail) => return Reply::misconfigured(detail),
     };
@@ -166,7 +167,12 @@ pub fn logout(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
     if let Err(detail) = host.revoke(&db_url, &claims.username, claims.generation) {
         return database_unavailable(detail, &claims.username);
     }
-    host.cache_generation(&claims.username, claims.generation + 1, now);
+    let cached = Cached {
+        generation: Some(claims.generation + 1),
+        read_at: now,
+        max_age,
+    };
+    host.cache_generation(&claims.username, cached);
     Reply::text(200, "logged out", "logged_out")
         .header("cache-control", "no-store")
         .user(&claims.username)
@@ -422,14 +428,10 @@ mod spin {
             .map_err(|e| format!("revoke tokens: {e}"))
         }
 
-        fn cache_generation(&self, email: &str, generation: i64, now: i64) {
-            use mp3_auth::revocation::{cache_key, Cached};
+        fn cache_generation(&self, email: &str, cached: Cached) {
             if let Ok(store) = spin_sdk::key_value::Store::open_default() {
-                let cached = Cached {
-                    generation: Some(generation),
-                    read_at: now,
-                };
-                let _ = store.set(&cache_key(email), &cached.encode());
+                let key = mp3_auth::revocation::cache_key(email);
+                let _ = store.set(&key, &cached.encode());
             }
         }
 
@@ -518,6 +520,7 @@ mod tests {
                 ("login_account_max_failures", "6".to_owned()),
                 ("login_lockout_seconds", "60".to_owned()),
                 ("trusted_proxies", "127.0.0.1".to_owned()),
+                ("token_check_seconds", "10".to_owned()),
             ]);
             let user = User {
                 email: "a@example.com".into(),
@@ -605,10 +608,10 @@ mod tests {
             Ok(())
         }
 
-        fn cache_generation(&self, email: &str, generation: i64, _now: i64) {
+        fn cache_generation(&self, email: &str, cached: Cached) {
             self.forgotten
                 .borrow_mut()
-                .push(format!("{email} {generation}"));
+                .push(format!("{email} {:?}", cached.generation));
         }
 
         fn chance(&self, _n: u32) -> bool {
@@ -883,7 +886,7 @@ mod tests {
         assert_eq!(header(&reply, "cache-control"), Some("no-store"));
         let users = fake.revoked.borrow().clone().unwrap();
         assert_eq!(users[0].token_generation, 5);
-        assert_eq!(*fake.forgotten.borrow(), ["a@example.com 5"]);
+        assert_eq!(*fake.forgotten.borrow(), ["a@example.com Some(5)"]);
         // Without a valid token: nothing changes.
         for (authorization, status) in [(None, 401), (Some("Bearer x.y.z"), 403)] {
             let out = Request {

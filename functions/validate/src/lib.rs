@@ -20,7 +20,7 @@
 //!
 //! One `key=value` line per request goes to stderr. The request body is never read.
 
-use component_http::{bearer_claims, token_config, Reply, Variables};
+use component_http::{bearer_claims, token_check_seconds, token_config, Reply, Variables};
 use mp3_auth::revocation::{stands, Cached};
 
 /// The component's name in its log line.
@@ -36,15 +36,9 @@ pub trait Host: Variables {
     fn stored_generation(&self, db_url: &str, email: &str) -> Result<Option<i64>, String>;
 }
 
-fn check_seconds(host: &impl Host) -> Result<i64, String> {
-    let text = host.require("token_check_seconds")?;
-    text.trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| {
-            format!("variable token_check_seconds: not a whole number of seconds: {text:?}")
-        })
+/// `db_url`, and `token_check_seconds` (how long an entry read now may be trusted).
+fn database_settings(host: &impl Host) -> Result<(String, i64), String> {
+    Ok((host.require("db_url")?, token_check_seconds(host)?))
 }
 
 /// The whole decision for one request. `authorization` is `None` when the header is absent,
@@ -58,43 +52,45 @@ pub fn validate(method: &str, authorization: Option<&str>, host: &impl Host, now
         Ok(config) => config,
         Err(detail) => return Reply::misconfigured(detail),
     };
-    let (db_url, max_age) = match host
-        .require("db_url")
-        .and_then(|url| Ok((url, check_seconds(host)?)))
-    {
-        Ok(settings) => settings,
-        Err(detail) => return Reply::misconfigured(detail),
-    };
     let claims = match bearer_claims(&config, authorization, now) {
         Ok(claims) => claims,
         Err(reply) => return reply,
     };
     let email = &claims.username;
     let cached = host.cached_generation(email);
-    let current = match cached.filter(|c| c.fresh(now, max_age)) {
+    let current = match cached.filter(|c| c.fresh(now)) {
         Some(cached) => cached.generation,
-        None => match host.stored_generation(&db_url, email) {
-            Ok(generation) => {
-                host.cache_generation(
-                    email,
-                    Cached {
-                        generation,
-                        read_at: now,
-                    },
-                );
-                generation
-            }
-            // MySQL down: an entry past its time is better than failing every request. A
-            // revocation made meanwhile waits for MySQL to come back.
-            Err(detail) => match cached {
-                Some(stale) => stale.generation,
-                None => {
-                    return Reply::text(503, "database unavailable", "database_unavailable")
-                        .detail(detail)
-                        .user(email)
+        None => {
+            // Only now the database settings: most requests never need them.
+            let (db_url, max_age) = match database_settings(host) {
+                Ok(settings) => settings,
+                Err(detail) => return Reply::misconfigured(detail),
+            };
+            match host.stored_generation(&db_url, email) {
+                Ok(generation) => {
+                    let read_at = now;
+                    host.cache_generation(
+                        email,
+                        Cached {
+                            generation,
+                            read_at,
+                            max_age,
+                        },
+                    );
+                    generation
                 }
-            },
-        },
+                // MySQL down: an entry past its time is better than failing every request. A
+                // revocation made meanwhile waits for MySQL to come back.
+                Err(detail) => match cached {
+                    Some(stale) => stale.generation,
+                    None => {
+                        return Reply::text(503, "database unavailable", "database_unavailable")
+                            .detail(detail)
+                            .user(email)
+                    }
+                },
+            }
+        }
     };
     if !stands(claims.generation, current) {
         return Reply::text(403, "invalid token: revoked", "revoked").user(email);
