@@ -381,14 +381,7 @@ fn jobs_with_and_without_login(plan: &Plan, dir: &Path) {
         let apps: Vec<_> = stores
             .iter()
             .map(|(_, url)| {
-                let address = url
-                    .rsplit_once('@')
-                    .map_or(url.as_str(), |(_, rest)| rest)
-                    .trim_start_matches("mongodb://")
-                    .split(['/', '?'])
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
+                let address = system_tests::services::host_port(url);
                 AppConfig::app(runtime)
                     .env("SPIN_VARIABLE_MONGODB_URL", url.clone())
                     .env("SPIN_VARIABLE_MONGODB_HOST", address)

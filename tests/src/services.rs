@@ -246,3 +246,11 @@ pub fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a port");
     listener.local_addr().expect("address").port()
 }
+
+/// The `host:port` of a service URL (`scheme://[user:password@]host:port[/path][?query]`), for
+/// `allowed_outbound_hosts`.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}

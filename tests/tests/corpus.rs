@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use mp3_auth::{issue, TokenConfig};
-use system_tests::services::Vhost;
+use system_tests::services::{host_port, Vhost};
 use system_tests::{admin, on_each_runtime, service_env, unique, App, AppConfig, Runtime, TestDb};
 
 on_each_runtime!(bad_input_gets_no_5xx_and_leaves_the_app_serving);
@@ -440,14 +440,7 @@ fn bad_input_gets_no_5xx_and_leaves_the_app_serving(runtime: Runtime) {
     let other = format!("other{}@example.com", unique());
     db.add_token_user(&other);
     let mongo_url = service_env("MONGODB_AUTH_URL");
-    let mongo_host = mongo_url
-        .rsplit_once('@')
-        .map_or(mongo_url.as_str(), |(_, r)| r)
-        .trim_start_matches("mongodb://")
-        .split(['/', '?'])
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let mongo_host = host_port(&mongo_url);
     let app: App = AppConfig::app(runtime)
         .env("SPIN_VARIABLE_DB_URL", db.url())
         .env("SPIN_VARIABLE_DB_HOST", db.host_port())

@@ -79,10 +79,7 @@ fn mongo_url() -> String {
 
 /// `host:port` of that MongoDB.
 fn mongo_address() -> String {
-    let url = mongo_url();
-    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+    system_tests::services::host_port(&mongo_url())
 }
 
 /// The app with the test's secret, its own vhost and users; `configure` adds or overrides
