@@ -67,7 +67,12 @@ pub struct Job {
 /// The seed system's fields (`video_fid`, `mp3_fid`, `username`) plus the job id. On `video`,
 /// `mp3_fid` is `null`. On `mp3`, a converted job has `mp3_fid`; a failed one has `mp3_fid: null`
 /// and `error`, so the notifier can tell the user either way.
+///
+/// A message in the seed system's own format has no `job_id`: its job is named after its video
+/// (`job_id` = `video_fid`, see [`is_seed`](Self::is_seed)), so every delivery of it, on either
+/// queue, means the same job, which the workers create when they first meet it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "WireMessage")]
 pub struct JobMessage {
     pub job_id: String,
     pub video_fid: String,
@@ -77,7 +82,38 @@ pub struct JobMessage {
     pub error: Option<String>,
 }
 
+/// [`JobMessage`] as received: `job_id` may be missing.
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    job_id: Option<String>,
+    video_fid: String,
+    #[serde(default)]
+    mp3_fid: Option<String>,
+    username: String,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+impl From<WireMessage> for JobMessage {
+    fn from(wire: WireMessage) -> Self {
+        Self {
+            job_id: wire.job_id.unwrap_or_else(|| wire.video_fid.clone()),
+            video_fid: wire.video_fid,
+            mp3_fid: wire.mp3_fid,
+            username: wire.username,
+            error: wire.error,
+        }
+    }
+}
+
 impl JobMessage {
+    /// Whether this is a seed-format message (or another for the same job): its job is named
+    /// after its video. The gateway's jobs have ids of their own, never a video's.
+    pub fn is_seed(&self) -> bool {
+        self.job_id == self.video_fid
+    }
+
     /// The message the gateway publishes to `video` for a new upload.
     pub fn queued(job_id: &str, video_fid: &str, username: &str) -> Self {
         Self {
@@ -137,9 +173,31 @@ mod tests {
     }
 
     #[test]
-    fn seed_messages_without_job_fields_are_rejected_not_guessed() {
+    fn seed_messages_name_their_job_after_their_video() {
         let seed = r#"{"video_fid": "v", "mp3_fid": null, "username": "u"}"#;
-        assert!(serde_json::from_str::<JobMessage>(seed).is_err());
+        let message: JobMessage = serde_json::from_str(seed).unwrap();
+        assert_eq!(message, JobMessage::queued("v", "v", "u"));
+        assert!(message.is_seed());
+        let converted = r#"{"video_fid": "v", "mp3_fid": "m", "username": "u"}"#;
+        let message: JobMessage = serde_json::from_str(converted).unwrap();
+        assert_eq!(
+            (message.job_id.as_str(), message.mp3_fid.as_deref()),
+            ("v", Some("m"))
+        );
+        assert!(!JobMessage::queued("j1", "v1", "u").is_seed());
+        // What the seed's own notifier reads is all there, as it expects it.
+        let ours = serde_json::to_value(JobMessage::queued("j1", "v1", "u").converted("m")).unwrap();
+        assert_eq!(
+            (&ours["video_fid"], &ours["mp3_fid"], &ours["username"]),
+            (&"v1".into(), &"m".into(), &"u".into())
+        );
+        for missing in [
+            r#"{"mp3_fid": null, "username": "u"}"#,
+            r#"{"video_fid": "v", "mp3_fid": null}"#,
+            r#"{"video_fid": 5, "username": "u"}"#,
+        ] {
+            assert!(serde_json::from_str::<JobMessage>(missing).is_err(), "{missing}");
+        }
     }
 
     #[test]

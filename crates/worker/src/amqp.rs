@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use mp3_model::topology::QueueSpec;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +49,9 @@ pub fn queue_arguments(spec: &QueueSpec) -> FieldTable {
     for (name, value) in spec.arguments() {
         table.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
     }
+    if let Some(ttl) = spec.message_ttl_ms {
+        table.insert("x-message-ttl".into(), AMQPValue::LongUInt(ttl));
+    }
     table
 }
 
@@ -91,7 +94,8 @@ impl Publisher {
     }
 
     /// Publishes `body` to `queue` with `properties`, and returns once RabbitMQ has confirmed
-    /// it (for a durable queue and a persistent message: written to disk).
+    /// it (for a durable queue and a persistent message: written to disk). Mandatory: a queue
+    /// that does not exist is an error, not a message silently dropped.
     pub async fn publish(
         &self,
         queue: &str,
@@ -103,7 +107,10 @@ impl Publisher {
             .basic_publish(
                 "".into(),
                 queue.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
                 body,
                 properties,
             )
@@ -111,10 +118,20 @@ impl Publisher {
             .with_context(|| format!("publishing to {queue:?}"))?
             .await
             .with_context(|| format!("waiting for the confirm of a publish to {queue:?}"))?;
-        if !confirm.is_ack() {
-            bail!("RabbitMQ refused (nacked) a message published to {queue:?}");
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => bail!(
+                "RabbitMQ returned a message published to {queue:?}: {} {} (no such queue)",
+                returned.reply_code,
+                returned.reply_text
+            ),
+            Confirmation::Nack(_) => {
+                bail!("RabbitMQ refused (nacked) a message published to {queue:?}")
+            }
+            Confirmation::NotRequested => {
+                bail!("the publishing channel is not in confirm mode")
+            }
         }
-        Ok(())
     }
 
     /// Publishes `message` as persistent JSON to `queue`, with confirm.
@@ -167,5 +184,14 @@ mod tests {
         assert!(queue_arguments(&mp3_model::topology::VIDEO[2])
             .inner()
             .is_empty());
+        let tier = queue_arguments(&mp3_model::topology::VIDEO[4]);
+        assert_eq!(
+            tier.inner().get("x-message-ttl"),
+            Some(&AMQPValue::LongUInt(2000))
+        );
+        assert_eq!(
+            tier.inner().get("x-dead-letter-routing-key"),
+            Some(&AMQPValue::LongString("video".into()))
+        );
     }
 }

@@ -5,15 +5,24 @@
 //! - the handler succeeded: ack;
 //! - the body is not a valid message: reject without requeue, so RabbitMQ dead-letters it to
 //!   `<queue>.dead` (no retry can fix it);
-//! - the handler failed with [`Failure::Retry`] and attempts remain: publish a copy to
-//!   `<queue>.retry` with a per-message expiration (the backoff) and the attempt header
-//!   incremented, wait for the confirm, then ack (RabbitMQ dead-letters the copy back to
-//!   `<queue>` when it expires);
+//! - the handler failed with [`Failure::Retry`] (or panicked, or ran past the job deadline) and
+//!   attempts remain: publish a copy to the retry tier of its backoff (`<queue>.retry.<n>s`)
+//!   with the attempt header incremented, wait for the confirm, then ack (RabbitMQ
+//!   dead-letters the copy back to `<queue>` when the tier's TTL expires);
 //! - the handler failed permanently, or the last attempt failed: run the handler's
 //!   [`Handler::give_up`], then reject without requeue (to `<queue>.dead`);
-//! - shutdown caught it before or during handling: nack with requeue.
+//! - shutdown caught it before or during handling: publish a copy to `<queue>` with the same
+//!   attempt count, then ack (nack with requeue if that publish fails).
 //!
-//! The copy is published before the original is acked, so a crash in between can duplicate a
+//! Every delivery counts as an attempt, including one whose worker died: RabbitMQ marks a
+//! message `redelivered` when the consumer holding it went away without settling it. Such a
+//! delivery is not handled again at once; it is settled as a failed attempt (a retry copy,
+//! or the give-up after the last), so a message that kills its worker ends in `<queue>.dead`
+//! after the allowed attempts instead of looping. Shutdown hands messages back as fresh
+//! copies for that reason; only a lost connection (a broker restart) costs an attempt without
+//! the message's fault.
+//!
+//! A copy is published before the original is acked, so a crash in between can duplicate a
 //! message but never lose one: the handlers are idempotent per job.
 
 use std::future::Future;
@@ -22,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -42,6 +51,18 @@ use tokio_util::sync::CancellationToken;
 use crate::amqp::{self, Publisher};
 use crate::retry::{backoff, previous_attempts};
 use crate::server::{self, Health};
+
+/// Why a handler's run ended without its own verdict: an attempt that failed all the same.
+#[derive(Debug, thiserror::Error)]
+pub enum Interrupted {
+    #[error("no result within the job deadline ({} s)", .0.as_secs())]
+    TimedOut(Duration),
+    #[error("the handler panicked: {0}")]
+    Panicked(String),
+    /// RabbitMQ redelivered the message: the worker handling it went away first.
+    #[error("the worker handling it stopped before finishing")]
+    WorkerStopped,
+}
 
 /// How long to wait, after cancelling the consumer, for the deliveries RabbitMQ had already
 /// pushed (prefetched, not started) so they can be requeued; and for aborted jobs to settle.
@@ -124,7 +145,17 @@ pub struct WorkerOptions {
     pub metrics_addr: SocketAddr,
     /// On SIGTERM/SIGINT, how long running jobs may take to finish before they are requeued.
     pub shutdown_timeout: Duration,
+    /// How long one attempt may take (the handler's run, and apart from it the give-up): then
+    /// it is dropped, which kills what it started, and counts as a failed attempt. Keep it
+    /// under RabbitMQ's `consumer_timeout` (30 minutes by default), which closes the channel
+    /// of a consumer holding a message longer.
+    pub job_timeout: Duration,
 }
+
+/// Past its deadline, how much longer a job may run before `/healthz` calls the worker stuck:
+/// the deadline drops an attempt at the next await, so a job still there this long after it
+/// blocks a thread.
+const STUCK_GRACE: Duration = Duration::from_secs(30);
 
 /// The runtime's own metrics (the handlers register theirs in the same registry).
 #[derive(Clone, Default)]
@@ -226,7 +257,8 @@ impl<H: Handler> Worker<H> {
             self.options.max_attempts > 0,
             "max attempts must be at least 1"
         );
-        let health = Health::default();
+        // A job is its attempt, then possibly its give-up: each has the deadline.
+        let health = Health::new(self.options.job_timeout * 2 + STUCK_GRACE);
         let server_stop = CancellationToken::new();
         let server = server::serve(
             self.options.metrics_addr,
@@ -239,6 +271,7 @@ impl<H: Handler> Worker<H> {
             options: self.options,
             handler: self.handler,
             metrics: self.metrics,
+            health: health.clone(),
         });
         shared.consume_until_stopped(&stop, &health).await;
         server_stop.cancel();
@@ -252,6 +285,7 @@ struct Shared<H> {
     options: WorkerOptions,
     handler: Arc<H>,
     metrics: RuntimeMetrics,
+    health: Health,
 }
 
 impl<H: Handler> Shared<H> {
@@ -424,6 +458,7 @@ impl<H: Handler> Shared<H> {
         abort: CancellationToken,
     ) {
         let _in_flight = InFlight::new(&self.metrics.in_flight);
+        let _running = self.health.job_started();
         let previous = previous_attempts(&delivery.properties);
         let cx = Context {
             publisher,
@@ -449,9 +484,44 @@ impl<H: Handler> Shared<H> {
         self.settle(delivery, verdict, &cx.publisher).await;
     }
 
+    /// Runs the handler within the job deadline; a panic or the deadline is a failed attempt.
+    async fn attempt(&self, message: &H::Message, cx: &Context) -> Result<(), Failure> {
+        let deadline = self.options.job_timeout;
+        let run = std::panic::AssertUnwindSafe(self.handler.handle(message, cx)).catch_unwind();
+        match tokio::time::timeout(deadline, run).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(panic)) => Err(Failure::retry(Interrupted::Panicked(panic_message(&panic)))),
+            Err(_) => Err(Failure::retry(Interrupted::TimedOut(deadline))),
+        }
+    }
+
+    /// Runs the give-up within the job deadline; a panic or the deadline is an error.
+    async fn give_up(
+        &self,
+        message: &H::Message,
+        error: &anyhow::Error,
+        cx: &Context,
+    ) -> anyhow::Result<()> {
+        let deadline = self.options.job_timeout;
+        let run =
+            std::panic::AssertUnwindSafe(self.handler.give_up(message, error, cx)).catch_unwind();
+        match tokio::time::timeout(deadline, run).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(panic)) => Err(Interrupted::Panicked(panic_message(&panic)).into()),
+            Err(_) => Err(Interrupted::TimedOut(deadline).into()),
+        }
+    }
+
     async fn decide(&self, message: &H::Message, cx: &Context, previous: u32) -> Verdict {
         let options = &self.options;
-        let error = match self.handler.handle(message, cx).await {
+        let outcome = if cx.redelivered {
+            // The earlier delivery was this attempt, and its worker never settled it.
+            tracing::warn!(attempt = cx.attempt, "redelivered: the worker handling it stopped");
+            Err(Failure::retry(Interrupted::WorkerStopped))
+        } else {
+            self.attempt(message, cx).await
+        };
+        let error = match outcome {
             Ok(()) => return Verdict::Ack,
             Err(Failure::Defer { after, reason }) => {
                 tracing::info!(%reason, retry_in_ms = after.as_millis() as u64, "deferred");
@@ -478,7 +548,7 @@ impl<H: Handler> Shared<H> {
         };
         let reason = one_line(&error);
         tracing::error!(%reason, attempt = cx.attempt, "giving the message up");
-        match self.handler.give_up(message, &error, cx).await {
+        match self.give_up(message, &error, cx).await {
             Ok(()) => Verdict::DeadLetter,
             Err(error) => {
                 let delay = backoff(options.retry_base_delay, cx.attempt);
@@ -503,17 +573,28 @@ impl<H: Handler> Shared<H> {
                 delivery.reject(BasicRejectOptions { requeue: false }).await
             }
             Verdict::Requeue => {
+                // A fresh copy, not a nack: a nacked message comes back `redelivered`, which
+                // would count as an attempt its worker died on.
                 self.metrics.requeued.inc();
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await
+                let work = self.options.queue.name;
+                let properties = copy_properties(&delivery.properties, previous_attempts(&delivery.properties));
+                match publisher.publish(work, &delivery.data, properties).await {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), "cannot hand the message back as a copy; requeueing it");
+                        delivery
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                multiple: false,
+                            })
+                            .await
+                    }
+                }
             }
             Verdict::Retry { attempts, delay } => {
-                let retry_queue = topology::retry_queue(self.options.queue.name);
-                let properties = retry_properties(&delivery.properties, attempts, delay);
+                let (retry_queue, waits) = topology::retry_tier(self.options.queue.name, delay);
+                tracing::debug!(queue = retry_queue, waits_ms = waits.as_millis() as u64, "retrying");
+                let properties = copy_properties(&delivery.properties, attempts);
                 match publisher
                     .publish(&retry_queue, &delivery.data, properties)
                     .await
@@ -546,9 +627,11 @@ impl<H: Handler> Shared<H> {
     }
 }
 
-/// The properties of the retry copy: the original's, minus RabbitMQ's dead-lettering history,
-/// with the attempt count and the backoff as the per-message TTL.
-fn retry_properties(original: &BasicProperties, attempts: u32, delay: Duration) -> BasicProperties {
+/// The properties of a copy of a message (a retry, or a message handed back at shutdown): the
+/// original's, minus RabbitMQ's dead-lettering history and any per-message expiration (a retry
+/// tier's own TTL is the delay), with `attempts` in the attempt header. Not `user-id`, which
+/// RabbitMQ checks against the publishing connection's user.
+fn copy_properties(original: &BasicProperties, attempts: u32) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(old) = original.headers() {
         for (key, value) in old.inner() {
@@ -562,17 +645,50 @@ fn retry_properties(original: &BasicProperties, attempts: u32, delay: Duration) 
             headers.insert(key.into(), value.clone());
         }
     }
-    let attempts = i64::from(attempts);
-    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempts));
-    let mut properties = original
-        .clone()
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    let mut copy = BasicProperties::default()
         .with_headers(headers)
         .with_delivery_mode(2)
-        .with_expiration(delay.as_millis().to_string().as_str().into());
-    if properties.content_type().is_none() {
-        properties = properties.with_content_type("application/json".into());
+        .with_content_type(
+            original
+                .content_type()
+                .clone()
+                .unwrap_or_else(|| "application/json".into()),
+        );
+    if let Some(value) = original.content_encoding() {
+        copy = copy.with_content_encoding(value.clone());
     }
-    properties
+    if let Some(value) = original.message_id() {
+        copy = copy.with_message_id(value.clone());
+    }
+    if let Some(value) = original.correlation_id() {
+        copy = copy.with_correlation_id(value.clone());
+    }
+    if let Some(value) = original.timestamp() {
+        copy = copy.with_timestamp(*value);
+    }
+    if let Some(value) = original.kind() {
+        copy = copy.with_type(value.clone());
+    }
+    if let Some(value) = original.app_id() {
+        copy = copy.with_app_id(value.clone());
+    }
+    if let Some(value) = original.priority() {
+        copy = copy.with_priority(*value);
+    }
+    copy
+}
+
+/// A panic's message, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// An error chain on one line, at most 500 characters: what the job document and the user's
@@ -632,16 +748,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_copy_counts_the_attempt_and_expires_after_the_backoff() {
+    fn a_copy_counts_the_attempts_and_drops_the_history_and_expiration() {
         let mut headers = FieldTable::default();
         headers.insert("x-death".into(), AMQPValue::LongString("history".into()));
         headers.insert("trace".into(), AMQPValue::LongString("t1".into()));
         let original = BasicProperties::default()
             .with_message_id("j1".into())
+            .with_expiration("4000".into())
+            .with_user_id("guest".into())
             .with_headers(headers);
-        let copy = retry_properties(&original, 2, Duration::from_millis(4000));
+        let copy = copy_properties(&original, 2);
         assert_eq!(previous_attempts(&copy), 2);
-        assert_eq!(copy.expiration().as_ref().map(|e| e.as_str()), Some("4000"));
+        assert_eq!(copy.expiration(), &None);
+        assert_eq!(copy.user_id(), &None);
+        assert_eq!(
+            copy.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
         assert_eq!(copy.delivery_mode(), &Some(2));
         assert_eq!(copy.message_id().as_ref().map(|m| m.as_str()), Some("j1"));
         let headers = copy
@@ -651,6 +774,16 @@ mod tests {
             .unwrap_or_default();
         assert!(!headers.contains_key("x-death"));
         assert!(headers.contains_key("trace"));
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_either_payload() {
+        let text = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
+        assert_eq!(panic_message(text.as_ref()), "boom 1");
+        let literal = std::panic::catch_unwind(|| panic!("static")).unwrap_err();
+        assert_eq!(panic_message(literal.as_ref()), "static");
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7)).unwrap_err();
+        assert_eq!(panic_message(other.as_ref()), "(no message)");
     }
 
     #[test]

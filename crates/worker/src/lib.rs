@@ -20,5 +20,5 @@ pub mod telemetry;
 pub mod testing;
 
 pub use amqp::Publisher;
-pub use consumer::{one_line, Context, Failure, Handler, Worker, WorkerOptions};
+pub use consumer::{one_line, Context, Failure, Handler, Interrupted, Worker, WorkerOptions};
 pub use telemetry::LogFormat;

@@ -91,8 +91,8 @@ pub struct Queue {
 const AMQP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Queue {
-    /// Connects and declares every queue of [`topology`] with its arguments, so a publish
-    /// never lands nowhere, whoever starts first.
+    /// Connects and declares `video` and the queues it dead-letters to, with their arguments,
+    /// so a publish never lands nowhere, whoever starts first.
     pub fn connect(url: &str) -> Result<Self, String> {
         let options = ConnectOptions {
             connect_timeout: AMQP_TIMEOUT,
@@ -105,7 +105,7 @@ impl Queue {
             let mut channel = conn
                 .open_channel()
                 .map_err(|e| format!("RabbitMQ: opening a channel: {e}"))?;
-            for spec in topology::all() {
+            for spec in topology::video_publisher() {
                 let mut arguments = FieldTable::new();
                 for (name, value) in spec.arguments() {
                     arguments.insert(name, value);

@@ -138,12 +138,26 @@ impl Converter {
     async fn handle_job(&self, message: &JobMessage, cx: &Context) -> Result<(), Failure> {
         let mp3_fid = new_object_id().map_err(|e| Failure::retry(anyhow::anyhow!(e)))?;
         let mp3_fid = ObjectId::from_bytes(mp3_fid);
-        let (job, leftover) = match self
+        let mut claim = self
             .store
             .claim(&message.job_id, mp3_fid)
             .await
-            .map_err(Failure::retry)?
+            .map_err(Failure::retry)?;
+        if matches!(claim, Claim::NotFound)
+            && message.is_seed()
+            && self
+                .store
+                .create_seed_job(message)
+                .await
+                .map_err(Failure::retry)?
         {
+            claim = self
+                .store
+                .claim(&message.job_id, mp3_fid)
+                .await
+                .map_err(Failure::retry)?;
+        }
+        let (job, leftover) = match claim {
             Claim::Claimed { job, leftover } => (job, leftover),
             Claim::Done { job, mp3_fid } => {
                 // A redelivery after the MP3 was stored: announce it again (the notifier
@@ -237,9 +251,11 @@ impl Handler for Converter {
                     let error = job.error.clone().unwrap_or_else(|| reason.to_owned());
                     announce_or_error(cx, &job, None, Some(&error)).await
                 }
-                MarkFailed::Done => {
-                    tracing::info!("another attempt converted the job; nothing to give up");
-                    Ok(())
+                MarkFailed::Done { job } => {
+                    // Converted, but its announcement may be what failed: the owner must
+                    // still hear of it (the notifier de-duplicates).
+                    tracing::info!("the job is done; announcing it instead of the failure");
+                    announce_or_error(cx, &job, job.mp3_fid.as_deref(), None).await
                 }
                 MarkFailed::NotFound => {
                     tracing::warn!(%reason, "the job does not exist: nobody to tell");

@@ -47,6 +47,11 @@ struct Config {
     /// (default: the concurrency; 0: start ffmpeg for each job).
     #[arg(long, env = "WARM_FFMPEG")]
     warm_ffmpeg: Option<u16>,
+    /// Seconds one attempt may take (a conversion); past it the attempt is abandoned and counts as
+    /// failed. Keep it under RabbitMQ's `consumer_timeout` (30 minutes by default).
+    #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 1200,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    job_timeout_secs: u64,
     /// Log lines as `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -94,6 +99,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         retry_base_delay: Duration::from_millis(config.retry_base_delay_ms),
         metrics_addr: config.metrics_addr,
         shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+        job_timeout: Duration::from_secs(config.job_timeout_secs),
     };
     Worker::new(options, converter, registry).run().await?;
     client.shutdown().await;
@@ -124,6 +130,7 @@ mod tests {
                 "AMQP_URL",
                 "CONCURRENCY",
                 "FFMPEG_PATH",
+                "JOB_TIMEOUT_SECS",
                 "LOG_FORMAT",
                 "MAX_ATTEMPTS",
                 "METRICS_ADDR",
@@ -142,6 +149,7 @@ mod tests {
         assert_eq!(config.retry_base_delay_ms, 1000);
         assert_eq!(config.metrics_addr, "127.0.0.1:9101".parse().unwrap());
         assert_eq!(config.shutdown_timeout_secs, 300);
+        assert_eq!(config.job_timeout_secs, 1200);
         assert_eq!(config.ffmpeg_path, PathBuf::from("ffmpeg"));
         assert_eq!(config.log_format, LogFormat::Text);
         assert!(config.concurrency >= 1);
@@ -152,6 +160,7 @@ mod tests {
     fn invalid_values_are_refused() {
         assert!(parse(&["--concurrency", "0"]).is_err());
         assert!(parse(&["--max-attempts", "0"]).is_err());
+        assert!(parse(&["--job-timeout-secs", "0"]).is_err());
         assert!(parse(&["--metrics-addr", "9101"]).is_err());
         assert!(parse(&["--log-format", "xml"]).is_err());
         assert!(parse(&["--log-format", "json"]).is_ok());

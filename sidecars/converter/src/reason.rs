@@ -2,6 +2,8 @@
 //! the job and the email. The error itself (ffmpeg's output, database errors, ids) goes only
 //! to the log, where operators read it.
 
+use mp3_worker::Interrupted;
+
 use crate::convert::ConvertError;
 use crate::store::VideoError;
 
@@ -9,6 +11,9 @@ use crate::store::VideoError;
 pub fn public_reason(error: &anyhow::Error) -> &'static str {
     if let Some(ConvertError::Rejected { .. }) = error.downcast_ref::<ConvertError>() {
         return "the file has no audio track that could be converted, or it is damaged";
+    }
+    if let Some(Interrupted::TimedOut(_)) = error.downcast_ref::<Interrupted>() {
+        return "the conversion took longer than allowed";
     }
     match error.downcast_ref::<VideoError>() {
         Some(VideoError::Invalid(..)) => "the uploaded video is damaged",
@@ -40,6 +45,10 @@ mod tests {
         assert_eq!(public_reason(&invalid), "the uploaded video is damaged");
         let missing = anyhow::Error::new(VideoError::Missing(ObjectId::new()));
         assert_eq!(public_reason(&missing), "the uploaded video is gone");
+        let slow = anyhow::Error::new(Interrupted::TimedOut(std::time::Duration::from_secs(9)));
+        assert_eq!(public_reason(&slow), "the conversion took longer than allowed");
+        let crashed = anyhow::Error::new(Interrupted::WorkerStopped);
+        assert!(public_reason(&crashed).contains("kept failing"));
         let other = anyhow::anyhow!("MongoDB at 10.0.0.5:27017: connection refused");
         let reason = public_reason(&other);
         assert!(!reason.contains("10.0.0.5") && reason.contains("kept failing"));

@@ -17,7 +17,7 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::gridfs::{GridFsBucket, GridFsUploadStream};
 use mongodb::options::{GridFsBucketOptions, GridFsUploadOptions, ReturnDocument};
 use mongodb::{Client, Collection, Cursor, Database};
-use mp3_model::{Job, JobStatus, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
+use mp3_model::{Job, JobMessage, JobStatus, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
 
 /// The field holding the id of the MP3 the current attempt is writing (hex), next to the
 /// model's fields in the job document.
@@ -64,8 +64,11 @@ pub enum MarkFailed {
     AlreadyFailed {
         job: Job,
     },
-    /// Another attempt finished it meanwhile.
-    Done,
+    /// Done already (by another attempt, or by this message's before its announcement
+    /// failed).
+    Done {
+        job: Job,
+    },
     NotFound,
 }
 
@@ -222,9 +225,48 @@ impl Store {
         }
         Ok(match self.job(job_id).await? {
             None => MarkFailed::NotFound,
-            Some(job) if job.status == JobStatus::Done => MarkFailed::Done,
+            Some(job) if job.status == JobStatus::Done => MarkFailed::Done { job },
             Some(job) => MarkFailed::AlreadyFailed { job },
         })
+    }
+
+    /// Creates the job of a seed-format message (named after its video, see
+    /// [`JobMessage::is_seed`]) unless it exists. `false` when the video is not there, so there
+    /// is no job to make.
+    pub async fn create_seed_job(&self, message: &JobMessage) -> anyhow::Result<bool> {
+        let Ok(id) = ObjectId::parse_str(&message.video_fid) else {
+            return Ok(false);
+        };
+        let files = self.videos_db.collection::<Document>("fs.files");
+        let Some(file) = files
+            .find_one(doc! { "_id": id })
+            .await
+            .with_context(|| format!("reading the files document of video {id}"))?
+        else {
+            return Ok(false);
+        };
+        let now = now_ms();
+        let job = Job {
+            id: message.job_id.clone(),
+            owner: message.username.clone(),
+            video_fid: message.video_fid.clone(),
+            filename: file.get_str("filename").unwrap_or_default().to_owned(),
+            status: JobStatus::Queued,
+            mp3_fid: None,
+            error: None,
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        match self.jobs.insert_one(&job).await {
+            Ok(_) => {
+                tracing::info!(job_id = %job.id, "created the job of a seed-format message");
+                Ok(true)
+            }
+            // Another delivery created it first.
+            Err(error) if is_duplicate_key(&error) => Ok(true),
+            Err(error) => Err(error).with_context(|| format!("creating job {}", job.id)),
+        }
     }
 
     /// Finds the video's files document.
@@ -389,6 +431,21 @@ impl ChunkReader {
             self.remaining -= expected;
             return Ok(Some(data));
         }
+    }
+}
+
+/// MongoDB's duplicate key error (11000), however the driver wraps it.
+pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::Command(e) => e.code == 11000,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .iter()
+            .flatten()
+            .any(|e| e.code == 11000),
+        _ => false,
     }
 }
 

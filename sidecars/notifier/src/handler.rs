@@ -1,6 +1,6 @@
 //! What the notifier does with one `mp3` message.
 
-use mp3_model::JobMessage;
+use mp3_model::{JobMessage, JobStatus};
 use mp3_worker::{one_line, Context, Failure, Handler};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -8,7 +8,7 @@ use tracing::Instrument as _;
 
 use crate::email::render;
 use crate::mailer::{Mailer, SendError};
-use crate::store::{Claim, Store};
+use crate::store::{Adopt, Claim, Store};
 
 /// The notifier's own metrics (the runtime adds retries, dead letters, in flight).
 #[derive(Clone, Default)]
@@ -58,6 +58,27 @@ impl Notifier {
     }
 
     async fn notify(&self, message: &JobMessage) -> Result<(), Failure> {
+        if let Some(mp3_fid) = &message.mp3_fid {
+            match self
+                .store
+                .adopt(message, mp3_fid)
+                .await
+                .map_err(Failure::retry)?
+            {
+                Adopt::Done => {}
+                Adopt::NoSuchMp3 => {
+                    return Err(Failure::permanent(anyhow::anyhow!(
+                        "the announced MP3 {mp3_fid} is not in GridFS"
+                    )))
+                }
+                Adopt::NotFound => {
+                    return Err(Failure::permanent(anyhow::anyhow!(
+                        "job {} does not exist",
+                        message.job_id
+                    )))
+                }
+            }
+        }
         let token = mongodb::bson::oid::ObjectId::new().to_hex();
         let job = match self
             .store
@@ -89,7 +110,19 @@ impl Notifier {
                 "the message's username differs from the job's owner; writing to the owner"
             );
         }
-        let email = render(message, &self.download_base_url);
+        // The job, not the message, says how it ended: a duplicate announcement may name an
+        // MP3 that lost the race to be the job's.
+        let outcome = match (job.status, &job.mp3_fid) {
+            (JobStatus::Done, Some(mp3_fid)) => message.converted(mp3_fid),
+            (JobStatus::Failed, _) => message.failed(
+                job.error
+                    .as_deref()
+                    .or(message.error.as_deref())
+                    .unwrap_or("conversion failed"),
+            ),
+            _ => message.clone(),
+        };
+        let email = render(&outcome, &self.download_base_url);
         match self.mailer.send(&job.owner, &email).await {
             Ok(()) => {
                 self.metrics.sent.inc();

@@ -76,6 +76,11 @@ struct Config {
     /// On SIGTERM, seconds running sends may take to finish before they are requeued.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     shutdown_timeout_secs: u64,
+    /// Seconds one attempt may take (a send); past it the attempt is abandoned and counts as
+    /// failed. Keep it under RabbitMQ's `consumer_timeout` (30 minutes by default).
+    #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    job_timeout_secs: u64,
     /// Log lines as `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -137,6 +142,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         retry_base_delay: Duration::from_millis(config.retry_base_delay_ms),
         metrics_addr: config.metrics_addr,
         shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+        job_timeout: Duration::from_secs(config.job_timeout_secs),
     };
     Worker::new(options, notifier, registry).run().await?;
     client.shutdown().await;
@@ -167,6 +173,7 @@ mod tests {
                 "AMQP_URL",
                 "CONCURRENCY",
                 "DOWNLOAD_BASE_URL",
+                "JOB_TIMEOUT_SECS",
                 "LOG_FORMAT",
                 "MAIL_FROM",
                 "MAX_ATTEMPTS",
@@ -201,6 +208,7 @@ mod tests {
         assert_eq!(config.retry_base_delay_ms, 1000);
         assert_eq!(config.metrics_addr, "127.0.0.1:9102".parse().unwrap());
         assert_eq!(config.shutdown_timeout_secs, 30);
+        assert_eq!(config.job_timeout_secs, 120);
         assert_eq!(config.log_format, LogFormat::Text);
     }
 
@@ -226,6 +234,7 @@ mod tests {
             ("--download-base-url", "http://h/?q=1"),
             ("--concurrency", "0"),
             ("--max-attempts", "0"),
+            ("--job-timeout-secs", "0"),
         ] {
             assert!(parse(&[flag, value]).is_err(), "{flag} {value} accepted");
         }

@@ -19,9 +19,9 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mongodb::bson::doc;
+use mongodb::bson::{doc, oid::ObjectId, Document};
 use mongodb::{Client, Collection};
-use mp3_model::{Job, JOBS_COLLECTION, VIDEOS_DB};
+use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
 
 /// How long a claim keeps other deliveries from sending the same job's email.
 pub const LEASE: Duration = Duration::from_secs(120);
@@ -29,6 +29,19 @@ pub const LEASE: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct Store {
     jobs: Collection<Job>,
+    /// GridFS `mp3s` files documents, to check an announced MP3 exists.
+    mp3_files: Collection<Document>,
+}
+
+/// The outcome of [`Store::adopt`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Adopt {
+    /// The job is done with an MP3 (now, or already).
+    Done,
+    /// The announced MP3 is not in GridFS `mp3s`.
+    NoSuchMp3,
+    /// No job by that id, and the message is not a seed-format one to make it from.
+    NotFound,
 }
 
 /// The outcome of [`Store::claim`].
@@ -51,7 +64,78 @@ impl Store {
     pub fn new(client: &Client) -> Self {
         Self {
             jobs: client.database(VIDEOS_DB).collection(JOBS_COLLECTION),
+            mp3_files: client.database(MP3S_DB).collection("fs.files"),
         }
+    }
+
+    /// Makes the job of an announcement with an MP3 `done` with that MP3, whoever converted it
+    /// (the seed system's converter stores the MP3 and announces it without touching the job).
+    /// A job done already keeps its MP3. A seed-format announcement without a job gets one.
+    pub async fn adopt(&self, message: &JobMessage, mp3_fid: &str) -> anyhow::Result<Adopt> {
+        let job_id = message.job_id.as_str();
+        let job = self
+            .jobs
+            .find_one(doc! { "_id": job_id })
+            .await
+            .with_context(|| format!("reading job {job_id}"))?;
+        if job.as_ref().is_some_and(|job| job.status == JobStatus::Done) {
+            return Ok(Adopt::Done);
+        }
+        if job.is_none() && !message.is_seed() {
+            return Ok(Adopt::NotFound);
+        }
+        let Some(file) = self.mp3_file(mp3_fid).await? else {
+            return Ok(Adopt::NoSuchMp3);
+        };
+        let now = now_ms();
+        if job.is_none() {
+            let job = Job {
+                id: job_id.to_owned(),
+                owner: message.username.clone(),
+                video_fid: message.video_fid.clone(),
+                filename: file.get_str("filename").unwrap_or_default().to_owned(),
+                status: JobStatus::Done,
+                mp3_fid: Some(mp3_fid.to_owned()),
+                error: None,
+                attempts: 0,
+                created_at: now,
+                updated_at: now,
+            };
+            // A duplicate key means another delivery made it: the update below is then a no-op
+            // or finishes what it started.
+            if let Err(error) = self.jobs.insert_one(&job).await {
+                tracing::debug!(%error, "creating the job of a seed-format announcement");
+            } else {
+                tracing::info!("created the job of a seed-format announcement");
+                return Ok(Adopt::Done);
+            }
+        }
+        self.jobs
+            .update_one(
+                doc! { "_id": job_id, "status": { "$ne": JobStatus::Done.as_str() } },
+                doc! {
+                    "$set": {
+                        "status": JobStatus::Done.as_str(),
+                        "mp3_fid": mp3_fid,
+                        "updated_at": now,
+                    },
+                    "$unset": { "converting_fid": "", "error": "" },
+                },
+            )
+            .await
+            .with_context(|| format!("marking job {job_id} done"))?;
+        tracing::info!(%mp3_fid, "marked done with an MP3 another converter announced");
+        Ok(Adopt::Done)
+    }
+
+    async fn mp3_file(&self, mp3_fid: &str) -> anyhow::Result<Option<Document>> {
+        let Ok(id) = ObjectId::parse_str(mp3_fid) else {
+            return Ok(None);
+        };
+        self.mp3_files
+            .find_one(doc! { "_id": id })
+            .await
+            .with_context(|| format!("reading the files document of MP3 {mp3_fid}"))
     }
 
     /// Claims the job's notification for `token` unless it was sent or is claimed (and the
