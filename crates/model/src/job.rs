@@ -186,7 +186,8 @@ mod tests {
         );
         assert!(!JobMessage::queued("j1", "v1", "u").is_seed());
         // What the seed's own notifier reads is all there, as it expects it.
-        let ours = serde_json::to_value(JobMessage::queued("j1", "v1", "u").converted("m")).unwrap();
+        let ours =
+            serde_json::to_value(JobMessage::queued("j1", "v1", "u").converted("m")).unwrap();
         assert_eq!(
             (&ours["video_fid"], &ours["mp3_fid"], &ours["username"]),
             (&"v1".into(), &"m".into(), &"u".into())
@@ -196,7 +197,10 @@ mod tests {
             r#"{"video_fid": "v", "mp3_fid": null}"#,
             r#"{"video_fid": 5, "username": "u"}"#,
         ] {
-            assert!(serde_json::from_str::<JobMessage>(missing).is_err(), "{missing}");
+            assert!(
+                serde_json::from_str::<JobMessage>(missing).is_err(),
+                "{missing}"
+            );
         }
     }
 

@@ -144,7 +144,9 @@ mod tests {
                 assert_eq!(tier.dead_letter_routing_key, Some(work.name));
                 assert_eq!(tier.message_ttl_ms, Some(secs * 1000));
             }
-            assert!([work, retry, dead].iter().all(|q| q.message_ttl_ms.is_none()));
+            assert!([work, retry, dead]
+                .iter()
+                .all(|q| q.message_ttl_ms.is_none()));
         }
         assert_eq!(VIDEO[0].name, VIDEO_QUEUE);
         assert_eq!(MP3[0].name, MP3_QUEUE);
@@ -160,7 +162,10 @@ mod tests {
         assert_eq!(tier(0), ("video.retry.1s".into(), Duration::from_secs(1)));
         assert_eq!(tier(1000).0, "video.retry.1s");
         assert_eq!(tier(1001).0, "video.retry.2s");
-        assert_eq!(tier(4000), ("video.retry.5s".into(), Duration::from_secs(5)));
+        assert_eq!(
+            tier(4000),
+            ("video.retry.5s".into(), Duration::from_secs(5))
+        );
         assert_eq!(tier(120_000).0, "video.retry.120s");
         assert_eq!(tier(3_600_000).0, "video.retry.3600s");
         assert_eq!(tier(u64::MAX).0, "video.retry.3600s");

@@ -490,7 +490,9 @@ impl<H: Handler> Shared<H> {
         let run = std::panic::AssertUnwindSafe(self.handler.handle(message, cx)).catch_unwind();
         match tokio::time::timeout(deadline, run).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(panic)) => Err(Failure::retry(Interrupted::Panicked(panic_message(&panic)))),
+            Ok(Err(panic)) => Err(Failure::retry(Interrupted::Panicked(panic_message(
+                &*panic,
+            )))),
             Err(_) => Err(Failure::retry(Interrupted::TimedOut(deadline))),
         }
     }
@@ -507,7 +509,7 @@ impl<H: Handler> Shared<H> {
             std::panic::AssertUnwindSafe(self.handler.give_up(message, error, cx)).catch_unwind();
         match tokio::time::timeout(deadline, run).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(panic)) => Err(Interrupted::Panicked(panic_message(&panic)).into()),
+            Ok(Err(panic)) => Err(Interrupted::Panicked(panic_message(&*panic)).into()),
             Err(_) => Err(Interrupted::TimedOut(deadline).into()),
         }
     }
@@ -516,7 +518,10 @@ impl<H: Handler> Shared<H> {
         let options = &self.options;
         let outcome = if cx.redelivered {
             // The earlier delivery was this attempt, and its worker never settled it.
-            tracing::warn!(attempt = cx.attempt, "redelivered: the worker handling it stopped");
+            tracing::warn!(
+                attempt = cx.attempt,
+                "redelivered: the worker handling it stopped"
+            );
             Err(Failure::retry(Interrupted::WorkerStopped))
         } else {
             self.attempt(message, cx).await
@@ -577,11 +582,17 @@ impl<H: Handler> Shared<H> {
                 // would count as an attempt its worker died on.
                 self.metrics.requeued.inc();
                 let work = self.options.queue.name;
-                let properties = copy_properties(&delivery.properties, previous_attempts(&delivery.properties));
+                let properties = copy_properties(
+                    &delivery.properties,
+                    previous_attempts(&delivery.properties),
+                );
                 match publisher.publish(work, &delivery.data, properties).await {
                     Ok(()) => delivery.ack(BasicAckOptions::default()).await,
                     Err(error) => {
-                        tracing::warn!(error = format!("{error:#}"), "cannot hand the message back as a copy; requeueing it");
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "cannot hand the message back as a copy; requeueing it"
+                        );
                         delivery
                             .nack(BasicNackOptions {
                                 requeue: true,
@@ -593,7 +604,11 @@ impl<H: Handler> Shared<H> {
             }
             Verdict::Retry { attempts, delay } => {
                 let (retry_queue, waits) = topology::retry_tier(self.options.queue.name, delay);
-                tracing::debug!(queue = retry_queue, waits_ms = waits.as_millis() as u64, "retrying");
+                tracing::debug!(
+                    queue = retry_queue,
+                    waits_ms = waits.as_millis() as u64,
+                    "retrying"
+                );
                 let properties = copy_properties(&delivery.properties, attempts);
                 match publisher
                     .publish(&retry_queue, &delivery.data, properties)

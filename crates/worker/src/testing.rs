@@ -312,6 +312,11 @@ impl WorkerProcess {
         assert!(status.success(), "kill -{signal} failed");
     }
 
+    /// Whether the worker has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Waits for the worker to exit; panics after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;

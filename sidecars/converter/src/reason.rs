@@ -46,7 +46,10 @@ mod tests {
         let missing = anyhow::Error::new(VideoError::Missing(ObjectId::new()));
         assert_eq!(public_reason(&missing), "the uploaded video is gone");
         let slow = anyhow::Error::new(Interrupted::TimedOut(std::time::Duration::from_secs(9)));
-        assert_eq!(public_reason(&slow), "the conversion took longer than allowed");
+        assert_eq!(
+            public_reason(&slow),
+            "the conversion took longer than allowed"
+        );
         let crashed = anyhow::Error::new(Interrupted::WorkerStopped);
         assert!(public_reason(&crashed).contains("kept failing"));
         let other = anyhow::anyhow!("MongoDB at 10.0.0.5:27017: connection refused");

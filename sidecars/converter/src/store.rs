@@ -17,7 +17,9 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::gridfs::{GridFsBucket, GridFsUploadStream};
 use mongodb::options::{GridFsBucketOptions, GridFsUploadOptions, ReturnDocument};
 use mongodb::{Client, Collection, Cursor, Database};
-use mp3_model::{Job, JobMessage, JobStatus, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
+use mp3_model::{
+    Job, JobMessage, JobStatus, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB,
+};
 
 /// The field holding the id of the MP3 the current attempt is writing (hex), next to the
 /// model's fields in the job document.
@@ -440,11 +442,7 @@ pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     match error.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
         ErrorKind::Command(e) => e.code == 11000,
-        ErrorKind::InsertMany(e) => e
-            .write_errors
-            .iter()
-            .flatten()
-            .any(|e| e.code == 11000),
+        ErrorKind::InsertMany(e) => e.write_errors.iter().flatten().any(|e| e.code == 11000),
         _ => false,
     }
 }

@@ -12,7 +12,7 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::options::GridFsBucketOptions;
 use mongodb::{Client, Database};
 use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
-use mp3_worker::testing::{env, unique, wait_for, Vhost, WorkerProcess};
+use mp3_worker::testing::{env, http_get, unique, wait_for, Vhost, WorkerProcess};
 
 const CONVERTER: &str = env!("CARGO_BIN_EXE_converter");
 /// Generous: the dev services are shared, and FerretDB slows down under other tests' uploads.
@@ -116,17 +116,23 @@ impl Fixture {
             .expect("the job exists")
     }
 
+    /// Waits for the job to exist with `status`.
     async fn wait_status(&self, id: &str, status: JobStatus) -> Job {
         let deadline = std::time::Instant::now() + JOB_TIMEOUT;
         loop {
-            let job = self.job(id).await;
-            if job.status == status {
-                return job;
+            let job = self
+                .videos()
+                .collection::<Job>(JOBS_COLLECTION)
+                .find_one(doc! { "_id": id })
+                .await
+                .expect("reading the job");
+            if let Some(job) = job.as_ref().filter(|job| job.status == status) {
+                return job.clone();
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "job {id} is still {:?}, not {status:?}",
-                job.status
+                "job {id} is {:?}, not {status:?}",
+                job.map(|job| job.status)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -645,6 +651,153 @@ async fn transient_failures_are_retried_with_backoff_then_given_up() {
     assert_eq!(payload(&fx.take("mp3", 1)[0]).job_id, job.id);
     assert_eq!(worker.metric("converter_jobs_retried_total"), Some(2.0));
     assert_eq!(worker.metric("converter_jobs_failed_total"), Some(1.0));
+}
+
+/// An executable shell script in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    assert!(Command::new("chmod")
+        .arg("+x")
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success());
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_kills_the_converter_fails_after_the_allowed_attempts() {
+    let fx = Fixture::new("killer").await;
+    // What kills the converter here is its ffmpeg; it could be a crash in any library. Started
+    // per job (WARM_FFMPEG=0), so the converter lives until it takes the message.
+    let killer = script(&fx.dir, "ffmpeg-kills-parent", "kill -9 $PPID; sleep 5");
+    let video = make_video(&fx.dir, "clip.mkv", 1, &[]);
+    let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;
+    let envs = [
+        ("AMQP_URL", fx.vhost.amqp_url()),
+        ("MONGODB_URL", env("MONGODB_URL")),
+        ("FFMPEG_PATH", killer),
+        ("WARM_FFMPEG", "0".to_owned()),
+        ("MAX_ATTEMPTS", "2".to_owned()),
+        ("RETRY_BASE_DELAY_MS", "200".to_owned()),
+    ];
+    // Restarted after each death, as Kubernetes would; before, this looped forever.
+    let mut deaths = 0;
+    let survivor = loop {
+        let mut worker = WorkerProcess::start(CONVERTER, &envs);
+        if deaths == 0 {
+            // Idle until the queues are declared and the message published.
+            worker.wait_healthy();
+            fx.publish(&job);
+        }
+        let deadline = std::time::Instant::now() + JOB_TIMEOUT;
+        loop {
+            if worker.has_exited() {
+                deaths += 1;
+                break;
+            }
+            if fx.job(&job.id).await.status == JobStatus::Failed {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{}", worker.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !worker.has_exited() {
+            break worker;
+        }
+        assert!(deaths <= 2, "killed {deaths} times:\n{}", worker.log());
+    };
+    assert_eq!(deaths, 2, "one death per allowed attempt");
+    let failed = fx.job(&job.id).await;
+    assert_eq!((failed.status, failed.attempts), (JobStatus::Failed, 2));
+    assert!(failed.error.unwrap().contains("kept failing"));
+    assert!(
+        survivor.log().contains("the worker handling it stopped"),
+        "{}",
+        survivor.log()
+    );
+    let told = payload(&fx.take("mp3", 1)[0]);
+    assert_eq!(
+        (told.job_id.as_str(), told.mp3_fid),
+        (job.id.as_str(), None)
+    );
+    assert_eq!(fx.take("video.dead", 1).len(), 1);
+    assert!(fx.mp3_files(&job.id).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_past_the_job_deadline_is_stopped_and_its_ffmpeg_killed() {
+    let fx = Fixture::new("deadline").await;
+    // Read at real time, a 30 s clip takes 30 s: past the 2 s deadline.
+    let video = make_video(&fx.dir, "clip.mkv", 30, &[]);
+    let worker = fx.start(&[
+        ("FFMPEG_PATH", slow_ffmpeg(&fx.dir, 1)),
+        ("JOB_TIMEOUT_SECS", "2".to_owned()),
+        ("MAX_ATTEMPTS", "1".to_owned()),
+        ("WARM_FFMPEG", "0".to_owned()),
+    ]);
+    let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;
+    let started = std::time::Instant::now();
+    fx.publish(&job);
+    let failed = fx.wait_status(&job.id, JobStatus::Failed).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("the conversion took longer than allowed")
+    );
+    wait_for(
+        "the killed ffmpeg to be gone",
+        Duration::from_secs(5),
+        || children(worker.pid()).is_empty().then_some(()),
+    );
+    assert!(fx.mp3_files(&job.id).await.is_empty());
+    assert_eq!(payload(&fx.take("mp3", 1)[0]).mp3_fid, None);
+    assert_eq!(http_get(&format!("{}/healthz", worker.metrics_url)).0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_format_message_is_converted_into_a_job_of_its_own() {
+    let fx = Fixture::new("seed").await;
+    let _worker = fx.start(&[]);
+    let video = make_video(&fx.dir, "clip.mkv", 2, &[]);
+    // The video as the seed's gateway stores it, without a job: only its message names it.
+    let stored = fx.queue_job(&video, "seed clip.mkv", 255 * 1024).await;
+    fx.videos()
+        .collection::<Job>(JOBS_COLLECTION)
+        .delete_one(doc! { "_id": &stored.id })
+        .await
+        .unwrap();
+    let seed = serde_json::json!({
+        "video_fid": stored.video_fid, "mp3_fid": null, "username": stored.owner,
+    });
+    fx.made.lock().unwrap().push((
+        stored.video_fid.clone(),
+        ObjectId::parse_str(&stored.video_fid).unwrap(),
+    ));
+    fx.vhost.publish("video", &seed.to_string());
+    let done = fx.wait_status(&stored.video_fid, JobStatus::Done).await;
+    // Again, as a redelivery would: the same job, announced again, no second MP3.
+    fx.vhost.publish("video", &seed.to_string());
+    assert_eq!(
+        (done.owner.as_str(), done.filename.as_str()),
+        (stored.owner.as_str(), "seed clip.mkv")
+    );
+    let announced = fx.take("mp3", 2);
+    for message in &announced {
+        let told = payload(message);
+        assert_eq!(told.mp3_fid, done.mp3_fid);
+        // What the seed's notifier reads is there.
+        let raw: serde_json::Value =
+            serde_json::from_str(message["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(raw["username"], stored.owner.as_str());
+        assert_eq!(raw["video_fid"], stored.video_fid.as_str());
+    }
+    assert_eq!(fx.mp3_files(&stored.video_fid).await.len(), 1);
 }
 
 /// The processes whose parent is `pid`, with their command names.

@@ -78,7 +78,10 @@ impl Store {
             .find_one(doc! { "_id": job_id })
             .await
             .with_context(|| format!("reading job {job_id}"))?;
-        if job.as_ref().is_some_and(|job| job.status == JobStatus::Done) {
+        if job
+            .as_ref()
+            .is_some_and(|job| job.status == JobStatus::Done)
+        {
             return Ok(Adopt::Done);
         }
         if job.is_none() && !message.is_seed() {

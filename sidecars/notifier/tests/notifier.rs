@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, oid::ObjectId, Document};
 use mongodb::Client;
-use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, VIDEOS_DB};
+use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
 use mp3_worker::testing::{env, free_port, http_get, unique, wait_for, Vhost, WorkerProcess};
 
 const NOTIFIER: &str = env!("CARGO_BIN_EXE_notifier");
@@ -18,6 +18,8 @@ struct Fixture {
     client: Client,
     /// Job ids made, deleted on drop.
     made: std::sync::Mutex<Vec<String>>,
+    /// MP3 ids stored, deleted on drop.
+    mp3s: std::sync::Mutex<Vec<String>>,
 }
 
 impl Fixture {
@@ -28,6 +30,7 @@ impl Fixture {
                 .await
                 .expect("MongoDB client"),
             made: Default::default(),
+            mp3s: Default::default(),
         }
     }
 
@@ -90,6 +93,20 @@ impl Fixture {
             .publish("mp3", &serde_json::to_string(message).unwrap());
     }
 
+    /// Does what the seed system's converter does once it has an MP3 (the seed converter itself,
+    /// Python with moviepy and pika, is not installed here): stores it in GridFS `mp3s` with an
+    /// official driver, without touching any job, and returns its id.
+    async fn store_mp3_as_the_seed_does(&self, bytes: &[u8]) -> String {
+        use futures_util::io::AsyncWriteExt as _;
+        let bucket = self.client.database(MP3S_DB).gridfs_bucket(None);
+        let mut upload = bucket.open_upload_stream("seed.mp3").await.unwrap();
+        upload.write_all(bytes).await.unwrap();
+        upload.close().await.unwrap();
+        let id = upload.id().as_object_id().expect("an ObjectId").to_hex();
+        self.mp3s.lock().unwrap().push(id.clone());
+        id
+    }
+
     async fn job_document(&self, id: &str) -> Document {
         self.client
             .database(VIDEOS_DB)
@@ -104,6 +121,10 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let made = std::mem::take(&mut *self.made.lock().unwrap());
+        let mp3s: Vec<ObjectId> = std::mem::take(&mut *self.mp3s.lock().unwrap())
+            .iter()
+            .filter_map(|id| ObjectId::parse_str(id).ok())
+            .collect();
         // The shared database outlives the test: delete its jobs, on a runtime of its own
         // (drop cannot await).
         let cleanup = std::thread::spawn(move || {
@@ -117,6 +138,15 @@ impl Drop for Fixture {
                     .database(VIDEOS_DB)
                     .collection::<Document>(JOBS_COLLECTION)
                     .delete_many(doc! { "_id": { "$in": made } })
+                    .await?;
+                let mp3s_db = client.database(MP3S_DB);
+                mp3s_db
+                    .collection::<Document>("fs.files")
+                    .delete_many(doc! { "_id": { "$in": &mp3s } })
+                    .await?;
+                mp3s_db
+                    .collection::<Document>("fs.chunks")
+                    .delete_many(doc! { "files_id": { "$in": &mp3s } })
                     .await?;
                 Ok::<_, mongodb::error::Error>(())
             })
@@ -284,4 +314,63 @@ async fn sigterm_while_idle_exits_zero_promptly_and_logs_json() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mp3_another_converter_announced_makes_its_job_done() {
+    let fx = Fixture::new("adopt").await;
+    let worker = fx.start(&[]);
+    // Our upload, converted by the seed's converter: it announces our message with its MP3.
+    let (job, queued) = fx.job(JobStatus::Queued).await;
+    let mp3_fid = fx.store_mp3_as_the_seed_does(b"ID3 not really audio").await;
+    let announced = JobMessage::queued(&job.id, &job.video_fid, &job.owner).converted(&mp3_fid);
+    assert_eq!(queued.job_id, announced.job_id);
+    fx.publish(&announced);
+    let email = wait_for_one_mail(&job.owner);
+    assert_eq!(email["Subject"], "MP3 Download");
+    let text = email["Text"].as_str().unwrap();
+    assert!(text.contains(&format!("/download?fid={mp3_fid}")), "{text}");
+    let done = fx.job_document(&job.id).await;
+    assert_eq!(done.get_str("status").unwrap(), "done");
+    assert_eq!(done.get_str("mp3_fid").unwrap(), mp3_fid);
+    assert!(!done.contains_key("error"));
+
+    // A seed-format announcement (no job id): its job is made, named after the video.
+    let owner = format!("{}@example.com", unique("seed"));
+    let video_fid = ObjectId::new().to_hex();
+    let mp3_fid = fx.store_mp3_as_the_seed_does(b"ID3 also not audio").await;
+    fx.made.lock().unwrap().push(video_fid.clone());
+    let seed = serde_json::json!({"video_fid": video_fid, "mp3_fid": mp3_fid, "username": owner});
+    fx.vhost.publish("mp3", &seed.to_string());
+    let email = wait_for_one_mail(&owner);
+    assert!(email["Text"].as_str().unwrap().contains(&mp3_fid));
+    let made = fx.job_document(&video_fid).await;
+    assert_eq!(made.get_str("status").unwrap(), "done");
+    assert_eq!(made.get_str("owner").unwrap(), owner);
+    assert_eq!(made.get_str("mp3_fid").unwrap(), mp3_fid);
+    assert_eq!(
+        worker.metric("notifier_messages_dead_lettered_total"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_mp3_that_does_not_exist_changes_nothing() {
+    let fx = Fixture::new("adopt-missing").await;
+    let worker = fx.start(&[]);
+    let (job, _) = fx.job(JobStatus::Queued).await;
+    let bogus = ObjectId::new().to_hex();
+    fx.publish(&JobMessage::queued(&job.id, &job.video_fid, &job.owner).converted(&bogus));
+    // A seed-format one for no job and no file either.
+    let owner = format!("{}@example.com", unique("seed"));
+    let seed = serde_json::json!({"video_fid": ObjectId::new().to_hex(), "mp3_fid": bogus, "username": owner});
+    fx.vhost.publish("mp3", &seed.to_string());
+    wait_for("both dead-lettered", TIMEOUT, || {
+        (worker.metric("notifier_messages_dead_lettered_total")? == 2.0).then_some(())
+    });
+    assert_eq!(
+        fx.job_document(&job.id).await.get_str("status").unwrap(),
+        "queued"
+    );
+    assert!(mails_to(&job.owner).is_empty() && mails_to(&owner).is_empty());
 }
