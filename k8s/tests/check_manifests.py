@@ -822,18 +822,26 @@ def topology_from_rust(root: Path) -> list[tuple[str, dict]]:
     if not macro:
         raise AssertionError("topology.rs has no work_queue! macro: update this test to its new shape")
     body = re.sub(r"\s+", "", macro.group(1))
-    for shape in ('name:$name,dead_letter_routing_key:Some(concat!($name,".dead"))',
-                  'name:concat!($name,".retry"),dead_letter_routing_key:Some($name)',
-                  'name:concat!($name,".dead"),dead_letter_routing_key:None'):
+    for shape in ('name:$name,dead_letter_routing_key:Some(concat!($name,".dead")),message_ttl_ms:None',
+                  'name:concat!($name,".retry"),dead_letter_routing_key:Some($name),message_ttl_ms:None',
+                  'name:concat!($name,".dead"),dead_letter_routing_key:None,message_ttl_ms:None',
+                  'name:concat!($name,".retry.",$secs,"s"),dead_letter_routing_key:Some($name),'
+                  'message_ttl_ms:Some($secs*1000)'):
         if shape not in body:
             raise AssertionError(f"topology.rs's work_queue! macro changed shape (no {shape}): update this test")
     if '("x-dead-letter-exchange","")' not in re.sub(r"\s+", "", src):
         raise AssertionError("topology.rs no longer dead-letters through the default exchange")
+    tiers = re.search(r'\(\$name:literal\)=>\{work_queue!\(\$name;([0-9,]+)\)', body)
+    if not tiers:
+        raise AssertionError("topology.rs's work_queue! macro lists no retry tiers: update this test")
     queues = []
     for name in re.findall(r'work_queue!\(\s*"([^"]+)"\s*\)', src):
         queues.append((name, {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{name}.dead"}))
         queues.append((f"{name}.retry", {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": name}))
         queues.append((f"{name}.dead", {}))
+        for secs in tiers.group(1).split(","):
+            queues.append((f"{name}.retry.{secs}s", {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": name,
+                                                     "x-message-ttl": int(secs) * 1000}))
     return queues
 
 
@@ -843,7 +851,7 @@ def queues_match_topology_rs(ctx: Context, c: Check) -> None:
     if not expected:
         c.fail("crates/model/src/topology.rs", "declares no work_queue!")
         return
-    work = {n for n, args in expected if not n.endswith((".retry", ".dead"))}
+    work = {n for n, args in expected if "." not in n}
     src = (ctx.root / "crates/model/src/topology.rs").read_text()
     consts = dict(re.findall(r'pub const ([A-Z_]+_QUEUE): &str = "([^"]+)"', src))
     if consts.get("VIDEO_QUEUE") not in work:
@@ -889,8 +897,9 @@ def queues_match_topology_rs(ctx: Context, c: Check) -> None:
     for panel in dash["panels"]:
         for target in panel.get("targets", []):
             for regex in re.findall(r'queue=~"([^"]*)"', target["expr"]):
-                for alt in regex.replace("\\\\.", ".").split("|"):
-                    if alt not in {n for n, _ in expected}:
+                # PromQL escapes the regex's backslashes; each alternative must name queues.
+                for alt in regex.replace("\\\\", "\\").split("|"):
+                    if not any(re.fullmatch(alt, n) for n, _ in expected):
                         c.fail(f"{dash_path} panel {panel['title']!r}", f"queue {alt} is not in topology.rs")
 
 
