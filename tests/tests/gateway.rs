@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::bson::{self, doc};
@@ -765,8 +765,9 @@ impl Converted {
             mp3_fid: Some(mp3_fid.to_hex()),
             error: None,
             attempts: 1,
-            created_at: 1_700_000_000_000,
-            updated_at: 1_700_000_060_000,
+            // Now: a converter's sweeper expires old done jobs.
+            created_at: now_ms(),
+            updated_at: now_ms(),
         };
         client
             .insert_one(
@@ -1260,4 +1261,9 @@ fn hostile_multipart_bodies_are_refused_in_bounded_memory(runtime: Runtime) {
         runtime.name()
     );
     assert!(vhost.drain("video").is_empty());
+}
+
+fn now_ms() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH);
+    since.map(|d| d.as_millis() as i64).unwrap_or_default()
 }

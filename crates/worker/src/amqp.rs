@@ -150,7 +150,7 @@ impl Publisher {
         .await
     }
 
-    pub(crate) async fn close(&self) {
+    pub async fn close(&self) {
         if let Err(error) = self.channel.close(200, "bye".into()).await {
             tracing::debug!(%error, "closing the publishing channel");
         }

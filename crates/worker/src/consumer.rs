@@ -742,7 +742,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Fires `stop` on the first SIGTERM or SIGINT.
-async fn stop_on_signal(stop: CancellationToken) {
+pub async fn stop_on_signal(stop: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,

@@ -20,5 +20,7 @@ pub mod telemetry;
 pub mod testing;
 
 pub use amqp::Publisher;
-pub use consumer::{one_line, Context, Failure, Handler, Interrupted, Worker, WorkerOptions};
+pub use consumer::{
+    one_line, stop_on_signal, Context, Failure, Handler, Interrupted, Worker, WorkerOptions,
+};
 pub use telemetry::LogFormat;

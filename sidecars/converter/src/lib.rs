@@ -7,4 +7,5 @@ pub mod handler;
 pub mod layout;
 pub mod reason;
 pub mod store;
+pub mod sweeper;
 pub mod warm;

@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use converter::warm::WarmEncoders;
-use converter::{handler, store};
+use converter::{handler, store, sweeper};
 use mp3_worker::{LogFormat, Worker, WorkerOptions};
 use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 /// Converts uploaded videos to MP3.
 #[derive(Debug, Parser)]
@@ -52,6 +53,31 @@ struct Config {
     #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 1200,
           value_parser = clap::value_parser!(u64).range(1..))]
     job_timeout_secs: u64,
+    /// Seconds between two sweeps of the store (retention, stuck jobs, orphans), on each
+    /// replica; 0 turns the sweeper off.
+    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 300)]
+    sweep_interval_secs: u64,
+    /// Seconds a done or failed job is kept, with its MP3 and video (default 7 days).
+    #[arg(long, env = "RETENTION_SECS", default_value_t = 7 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    retention_secs: u64,
+    /// Keep a job's source video until the retention ends (default: delete it once the job is
+    /// done or failed).
+    #[arg(long, env = "KEEP_VIDEOS", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    keep_videos: bool,
+    /// Seconds without progress after which a queued or converting job has lost its message
+    /// and is published again (at least JOB_TIMEOUT_SECS).
+    #[arg(long, env = "STUCK_AFTER_SECS", default_value_t = 3600)]
+    stuck_after_secs: u64,
+    /// Times a stuck job is published again before it is failed.
+    #[arg(long, env = "MAX_REPUBLISH", default_value_t = 2)]
+    max_republish: u32,
+    /// Seconds after which a file no job names, or chunks without their file, are deleted
+    /// (longer than any upload takes).
+    #[arg(long, env = "ORPHAN_AGE_SECS", default_value_t = 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(60..))]
+    orphan_age_secs: u64,
     /// Log lines as `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -77,6 +103,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.sweep_interval_secs == 0 || config.stuck_after_secs >= config.job_timeout_secs,
+        "STUCK_AFTER_SECS ({}) must be at least JOB_TIMEOUT_SECS ({}): a job still converting \
+         would be published again",
+        config.stuck_after_secs,
+        config.job_timeout_secs
+    );
     let mut options = mongodb::options::ClientOptions::parse(&config.mongodb_url)
         .await
         .context("parsing MONGODB_URL")?;
@@ -89,7 +122,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.ffmpeg_path,
         config.warm_ffmpeg.unwrap_or(config.concurrency).into(),
     );
-    let converter = handler::Converter::new(store::Store::new(&client), encoders, metrics);
+    let store = store::Store::new(&client);
+    let sweeper = (config.sweep_interval_secs > 0).then(|| {
+        let policy = sweeper::Policy {
+            interval: Duration::from_secs(config.sweep_interval_secs),
+            delete_video_when_final: !config.keep_videos,
+            retention: Duration::from_secs(config.retention_secs),
+            stuck_after: Duration::from_secs(config.stuck_after_secs),
+            max_republish: config.max_republish,
+            orphan_age: Duration::from_secs(config.orphan_age_secs),
+        };
+        sweeper::Sweeper::new(&client, store.clone(), policy, &mut registry)
+    });
+    let converter = handler::Converter::new(store, encoders, metrics);
     let options = WorkerOptions {
         name: "converter",
         queue: mp3_model::topology::VIDEO[0],
@@ -101,7 +146,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
         job_timeout: Duration::from_secs(config.job_timeout_secs),
     };
-    Worker::new(options, converter, registry).run().await?;
+    let stop = CancellationToken::new();
+    tokio::spawn(mp3_worker::stop_on_signal(stop.clone()));
+    let sweeping =
+        sweeper.map(|sweeper| tokio::spawn(sweeper.run(options.amqp_url.clone(), stop.clone())));
+    Worker::new(options, converter, registry)
+        .run_until(stop)
+        .await?;
+    if let Some(sweeping) = sweeping {
+        let _ = sweeping.await;
+    }
     client.shutdown().await;
     Ok(())
 }
@@ -131,12 +185,18 @@ mod tests {
                 "CONCURRENCY",
                 "FFMPEG_PATH",
                 "JOB_TIMEOUT_SECS",
+                "KEEP_VIDEOS",
                 "LOG_FORMAT",
                 "MAX_ATTEMPTS",
+                "MAX_REPUBLISH",
                 "METRICS_ADDR",
                 "MONGODB_URL",
+                "ORPHAN_AGE_SECS",
+                "RETENTION_SECS",
                 "RETRY_BASE_DELAY_MS",
                 "SHUTDOWN_TIMEOUT_SECS",
+                "STUCK_AFTER_SECS",
+                "SWEEP_INTERVAL_SECS",
                 "WARM_FFMPEG",
             ]
         );
@@ -154,6 +214,11 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Text);
         assert!(config.concurrency >= 1);
         assert_eq!(config.warm_ffmpeg, None);
+        assert_eq!(config.sweep_interval_secs, 300);
+        assert_eq!(config.retention_secs, 604_800);
+        assert!(!config.keep_videos);
+        assert_eq!((config.stuck_after_secs, config.max_republish), (3600, 2));
+        assert_eq!(config.orphan_age_secs, 86_400);
     }
 
     #[test]
@@ -161,6 +226,10 @@ mod tests {
         assert!(parse(&["--concurrency", "0"]).is_err());
         assert!(parse(&["--max-attempts", "0"]).is_err());
         assert!(parse(&["--job-timeout-secs", "0"]).is_err());
+        assert!(parse(&["--retention-secs", "0"]).is_err());
+        assert!(parse(&["--orphan-age-secs", "59"]).is_err());
+        assert!(parse(&["--keep-videos", "true"]).unwrap().keep_videos);
+        assert!(!parse(&["--keep-videos", "no"]).unwrap().keep_videos);
         assert!(parse(&["--metrics-addr", "9101"]).is_err());
         assert!(parse(&["--log-format", "xml"]).is_err());
         assert!(parse(&["--log-format", "json"]).is_ok());

@@ -79,7 +79,8 @@ impl Fixture {
             other => panic!("unexpected file id {other:?}"),
         };
         let video_fid = video_id.to_hex();
-        let now = 1_700_000_000_000;
+        // Now: the sweeper judges jobs by their times.
+        let now = converter::store::now_ms();
         let job = Job {
             id: ObjectId::new().to_hex(),
             owner: format!("{}@example.com", unique("owner")),
@@ -99,6 +100,22 @@ impl Fixture {
             .expect("inserting the job");
         self.made.lock().unwrap().push((job.id.clone(), video_id));
         job
+    }
+
+    /// Stores an MP3 for `job` in GridFS `mp3s`, as the converter does.
+    async fn store_mp3(&self, job: &Job, bytes: &[u8]) -> ObjectId {
+        let bucket = self.mp3s().gridfs_bucket(None);
+        let options = mongodb::options::GridFsUploadOptions::builder()
+            .metadata(doc! { "job_id": &job.id })
+            .build();
+        let mut upload = bucket
+            .open_upload_stream("x.mp3")
+            .with_options(options)
+            .await
+            .expect("upload");
+        upload.write_all(bytes).await.expect("uploading the MP3");
+        upload.close().await.expect("closing the upload");
+        upload.id().as_object_id().expect("an ObjectId")
     }
 
     fn publish(&self, job: &Job) {
@@ -986,4 +1003,186 @@ async fn two_deliveries_of_one_job_at_once_make_one_mp3() {
         Some(fid.as_str())
     );
     assert_eq!(worker.metric("converter_jobs_done_total"), Some(1.0));
+}
+
+/// An ObjectId made `secs_ago` seconds ago, as a driver would have then.
+fn id_made_ago(secs_ago: u32) -> ObjectId {
+    let mut bytes = ObjectId::new().bytes();
+    let then = (converter::store::now_ms() / 1000) as u32 - secs_ago;
+    bytes[..4].copy_from_slice(&then.to_be_bytes());
+    ObjectId::from_bytes(bytes)
+}
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
+    let fx = Fixture::new("sweeper").await;
+    let jobs = fx.videos().collection::<Document>(JOBS_COLLECTION);
+    let now = converter::store::now_ms();
+    let set = |id: &str, fields: Document| {
+        let jobs = jobs.clone();
+        let id = id.to_owned();
+        async move {
+            jobs.update_one(doc! { "_id": id }, doc! { "$set": fields })
+                .await
+                .unwrap();
+        }
+    };
+    let video = make_video(&fx.dir, "clip.mkv", 1, &[]);
+
+    // Done two days ago, past the one-day retention: job, MP3 and video go.
+    let expired = fx.queue_job(&video, "old.mkv", 255 * 1024).await;
+    let expired_mp3 = fx.store_mp3(&expired, b"an old MP3").await;
+    set(
+        &expired.id,
+        doc! { "status": "done", "mp3_fid": expired_mp3.to_hex(), "updated_at": now - 2 * DAY_MS },
+    )
+    .await;
+    // Done now: its video goes, the job and MP3 stay.
+    let recent = fx.queue_job(&video, "new.mkv", 255 * 1024).await;
+    let recent_mp3 = fx.store_mp3(&recent, b"a new MP3").await;
+    set(
+        &recent.id,
+        doc! { "status": "done", "mp3_fid": recent_mp3.to_hex(), "updated_at": now },
+    )
+    .await;
+    // Queued two hours ago and never published (a gateway killed in between): published again.
+    let lost = fx.queue_job(&video, "lost.mkv", 255 * 1024).await;
+    set(&lost.id, doc! { "updated_at": now - 2 * 3600 * 1000 }).await;
+    // Stuck again after being published twice already: failed, and the owner told.
+    let hopeless = fx.queue_job(&video, "hopeless.mkv", 255 * 1024).await;
+    set(
+        &hopeless.id,
+        doc! { "updated_at": now - 2 * 3600 * 1000, "republished": 2 },
+    )
+    .await;
+    // Chunks of an upload killed two days ago (no files document), and of one under way now.
+    let chunks = fx.video_chunks();
+    let (dead_upload, live_upload) = (id_made_ago(2 * 86_400), ObjectId::new());
+    for files_id in [dead_upload, live_upload] {
+        let data = mongodb::bson::Binary {
+            subtype: mongodb::bson::spec::BinarySubtype::Generic,
+            bytes: vec![1; 100],
+        };
+        chunks
+            .insert_one(doc! { "files_id": files_id, "n": 0, "data": data })
+            .await
+            .unwrap();
+    }
+    // An MP3 no job names, two days old (a conversion whose job was deleted meanwhile).
+    let stray = id_made_ago(2 * 86_400);
+    let bucket = fx.mp3s().gridfs_bucket(None);
+    let mut upload = bucket
+        .open_upload_stream("stray.mp3")
+        .id(Bson::ObjectId(stray))
+        .await
+        .unwrap();
+    upload.write_all(b"stray").await.unwrap();
+    upload.close().await.unwrap();
+
+    // Two replicas sweeping every second.
+    let sweeping = [
+        ("SWEEP_INTERVAL_SECS", "1".to_owned()),
+        ("RETENTION_SECS", "86400".to_owned()),
+        ("STUCK_AFTER_SECS", "3600".to_owned()),
+        ("JOB_TIMEOUT_SECS", "600".to_owned()),
+        ("ORPHAN_AGE_SECS", "3600".to_owned()),
+    ];
+    let first = fx.start(&sweeping);
+    let second = fx.start(&sweeping);
+
+    let converted = fx.wait_status(&lost.id, JobStatus::Done).await;
+    let failed = fx.wait_status(&hopeless.id, JobStatus::Failed).await;
+    assert_eq!(
+        failed.error.as_deref(),
+        Some(converter::sweeper::LOST_REASON)
+    );
+    let deadline = std::time::Instant::now() + JOB_TIMEOUT;
+    while jobs
+        .find_one(doc! { "_id": &expired.id })
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired job is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Give both replicas a few more sweeps, to see that nothing is done twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let file_exists = |db: Database, id: ObjectId| async move {
+        db.collection::<Document>("fs.files")
+            .count_documents(doc! { "_id": id })
+            .await
+            .unwrap()
+            == 1
+    };
+    let chunks_of = |db: Database, id: ObjectId| async move {
+        db.collection::<Document>("fs.chunks")
+            .count_documents(doc! { "files_id": id })
+            .await
+            .unwrap()
+    };
+    let video_of = |job: &Job| ObjectId::parse_str(&job.video_fid).unwrap();
+    // Expired: everything gone.
+    assert!(!file_exists(fx.mp3s(), expired_mp3).await);
+    assert_eq!(chunks_of(fx.mp3s(), expired_mp3).await, 0);
+    assert!(!file_exists(fx.videos(), video_of(&expired)).await);
+    assert_eq!(chunks_of(fx.videos(), video_of(&expired)).await, 0);
+    // Recent: its video gone, the rest kept.
+    let kept = jobs
+        .find_one(doc! { "_id": &recent.id })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(kept.contains_key("video_deleted_at"));
+    assert!(file_exists(fx.mp3s(), recent_mp3).await);
+    assert!(!file_exists(fx.videos(), video_of(&recent)).await);
+    assert_eq!(chunks_of(fx.videos(), video_of(&recent)).await, 0);
+    // Lost: published again once (two replicas), converted once, its video then deleted.
+    let lost_doc = jobs
+        .find_one(doc! { "_id": &lost.id })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lost_doc.get_i32("republished").ok(), Some(1), "{lost_doc}");
+    assert_eq!(converted.attempts, 1);
+    assert_eq!(fx.mp3_files(&lost.id).await.len(), 1);
+    assert!(!file_exists(fx.videos(), video_of(&lost)).await);
+    // Orphans: the old ones gone, the young upload's chunks kept.
+    assert_eq!(chunks_of(fx.videos(), dead_upload).await, 0);
+    assert_eq!(chunks_of(fx.videos(), live_upload).await, 1);
+    assert!(!file_exists(fx.mp3s(), stray).await);
+    assert_eq!(chunks_of(fx.mp3s(), stray).await, 0);
+    // The owners heard once each: the converted job and the failed one.
+    let told: Vec<JobMessage> = fx
+        .vhost
+        .take("mp3", 100)
+        .iter()
+        .map(payload)
+        .filter(|m| m.job_id == lost.id || m.job_id == hopeless.id)
+        .collect();
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert!(told
+        .iter()
+        .any(|m| m.job_id == hopeless.id
+            && m.error.as_deref() == Some(converter::sweeper::LOST_REASON)));
+    assert!(told
+        .iter()
+        .any(|m| m.job_id == lost.id && m.mp3_fid == converted.mp3_fid));
+    for worker in [&first, &second] {
+        assert!(
+            worker.metric("converter_sweeps_failed_total") == Some(0.0),
+            "{}",
+            worker.log()
+        );
+    }
+    chunks
+        .delete_many(doc! { "files_id": live_upload })
+        .await
+        .unwrap();
 }

@@ -9,6 +9,11 @@ use mongodb::Client;
 use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
 use mp3_worker::testing::{env, free_port, http_get, unique, wait_for, Vhost, WorkerProcess};
 
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
 const NOTIFIER: &str = env!("CARGO_BIN_EXE_notifier");
 const TIMEOUT: Duration = Duration::from_secs(30);
 const BASE_URL: &str = "https://mp3.test:8443";
@@ -75,8 +80,8 @@ impl Fixture {
             mp3_fid,
             error,
             attempts: 1,
-            created_at: 1_700_000_000_000,
-            updated_at: 1_700_000_000_000,
+            created_at: now_ms(),
+            updated_at: now_ms(),
         };
         self.client
             .database(VIDEOS_DB)

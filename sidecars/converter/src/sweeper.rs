@@ -1,0 +1,484 @@
+//! The store's lifecycle, run by every converter now and then ([`Sweeper::run`]):
+//! - a final job's source video is deleted (unless configured to keep it);
+//! - a final job past the retention is deleted with its MP3 and video;
+//! - a job left `queued` or `converting` with no progress for a while (its message lost: a
+//!   gateway killed between storing the job and publishing, a message dead-lettered by an
+//!   older release) is published again, a few times, then failed and its owner told;
+//! - files no job names, and chunks no files document owns (an upload or conversion killed
+//!   mid-write), are deleted once older than an age no live write reaches.
+//!
+//! Safe on any number of replicas at once: every deletion is idempotent, and a stuck job is
+//! republished only by the replica whose update moved its `updated_at` on (the others' filters
+//! then no longer match).
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use futures_util::TryStreamExt as _;
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use mongodb::{Client, Collection, Database};
+use mp3_model::topology::{MP3_QUEUE, VIDEO_QUEUE};
+use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
+use mp3_worker::Publisher;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{MarkFailed, Store};
+
+/// Jobs looked at per step and sweep: a large backlog is worked off over several sweeps.
+const BATCH: i64 = 500;
+
+/// What the owner of a job that was lost is told.
+pub const LOST_REASON: &str = "the job was lost on the way; please upload the video again";
+
+/// The field recording when a final job's video was deleted.
+const VIDEO_DELETED_AT: &str = "video_deleted_at";
+/// The field counting the times a stuck job was published again.
+const REPUBLISHED: &str = "republished";
+
+/// How the sweeper treats the store.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Time between sweeps (each replica; a random tenth more or less).
+    pub interval: Duration,
+    /// Delete a job's source video once the job is done or failed.
+    pub delete_video_when_final: bool,
+    /// How long a done or failed job, its MP3 and its video are kept.
+    pub retention: Duration,
+    /// A job queued or converting with no progress for this long has lost its message.
+    pub stuck_after: Duration,
+    /// Times a stuck job is published again before it is failed.
+    pub max_republish: u32,
+    /// Files and chunks without an owner are deleted once this old (longer than any upload
+    /// or conversion takes).
+    pub orphan_age: Duration,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    pub videos_of_final_jobs: u64,
+    pub expired_jobs: u64,
+    pub republished: u64,
+    pub failed_stuck: u64,
+    pub orphan_files: u64,
+    pub orphan_chunk_sets: u64,
+}
+
+impl Swept {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Metrics {
+    swept: Family<[(&'static str, &'static str); 1], Counter>,
+    sweeps_failed: Counter,
+}
+
+pub struct Sweeper {
+    store: Store,
+    jobs: Collection<Document>,
+    videos: Database,
+    mp3s: Database,
+    policy: Policy,
+    metrics: Metrics,
+}
+
+impl Sweeper {
+    pub fn new(client: &Client, store: Store, policy: Policy, registry: &mut Registry) -> Self {
+        let metrics = Metrics::default();
+        registry.register(
+            "swept",
+            "What the store sweeper deleted, republished or failed, by kind",
+            metrics.swept.clone(),
+        );
+        registry.register(
+            "sweeps_failed",
+            "Sweeps that stopped on an error (retried at the next interval)",
+            metrics.sweeps_failed.clone(),
+        );
+        let videos = client.database(VIDEOS_DB);
+        Self {
+            store,
+            jobs: videos.collection(JOBS_COLLECTION),
+            videos,
+            mp3s: client.database(MP3S_DB),
+            policy,
+            metrics,
+        }
+    }
+
+    /// Sweeps every interval until `stop`, with its own RabbitMQ connection (to publish stuck
+    /// jobs again and announce the ones it fails).
+    pub async fn run(self, amqp_url: String, stop: CancellationToken) {
+        let mut connection = None;
+        loop {
+            let pause = jittered(self.policy.interval);
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+            if connection.is_none() {
+                let Some(fresh) =
+                    mp3_worker::amqp::connect_with_retry(&amqp_url, "converter-sweeper", &stop)
+                        .await
+                else {
+                    break;
+                };
+                connection = Some(fresh);
+            }
+            let Some(open) = connection.as_ref() else {
+                continue;
+            };
+            let outcome = async {
+                let publisher = Publisher::open(open).await?;
+                let swept = self.sweep(&publisher).await;
+                publisher.close().await;
+                swept
+            };
+            let outcome = tokio::select! {
+                () = stop.cancelled() => break,
+                outcome = outcome => outcome,
+            };
+            match outcome {
+                Ok(swept) if swept.is_empty() => tracing::debug!("swept: nothing to do"),
+                Ok(swept) => tracing::info!(?swept, "swept the store"),
+                Err(error) => {
+                    self.metrics.sweeps_failed.inc();
+                    tracing::warn!(error = format!("{error:#}"), "sweeping the store");
+                    if !open.status().connected() {
+                        connection = None;
+                    }
+                }
+            }
+        }
+        if let Some(connection) = connection {
+            let _ = connection.close(200, "bye".into()).await;
+        }
+    }
+
+    /// One sweep: every step, each over at most [`BATCH`] jobs.
+    pub async fn sweep(&self, publisher: &Publisher) -> anyhow::Result<Swept> {
+        let now = now_ms();
+        let mut swept = Swept::default();
+        self.stuck_jobs(publisher, now, &mut swept).await?;
+        if self.policy.delete_video_when_final {
+            self.videos_of_final_jobs(now, &mut swept).await?;
+        }
+        self.expired_jobs(now, &mut swept).await?;
+        self.orphans(now, &mut swept).await?;
+        for (kind, count) in [
+            ("video_of_final_job", swept.videos_of_final_jobs),
+            ("expired_job", swept.expired_jobs),
+            ("republished_job", swept.republished),
+            ("failed_stuck_job", swept.failed_stuck),
+            ("orphan_file", swept.orphan_files),
+            ("orphan_chunks", swept.orphan_chunk_sets),
+        ] {
+            self.metrics
+                .swept
+                .get_or_create(&[("kind", kind)])
+                .inc_by(count);
+        }
+        Ok(swept)
+    }
+
+    async fn stuck_jobs(
+        &self,
+        publisher: &Publisher,
+        now: i64,
+        swept: &mut Swept,
+    ) -> anyhow::Result<()> {
+        let cutoff = now - millis(self.policy.stuck_after);
+        let unfinished = [JobStatus::Queued.as_str(), JobStatus::Converting.as_str()];
+        let stuck: Vec<Document> = self
+            .jobs
+            .find(doc! { "status": { "$in": unfinished.as_slice() }, "updated_at": { "$lt": cutoff } })
+            .limit(BATCH)
+            .await
+            .context("finding stuck jobs")?
+            .try_collect()
+            .await
+            .context("finding stuck jobs")?;
+        for document in stuck {
+            let job: Job = match mongodb::bson::from_document(document.clone()) {
+                Ok(job) => job,
+                Err(error) => {
+                    tracing::warn!(%error, id = ?document.get("_id"), "not a job document; left alone");
+                    continue;
+                }
+            };
+            let republished = count(&document, REPUBLISHED);
+            if republished >= u64::from(self.policy.max_republish) {
+                if let MarkFailed::Marked { job, leftover } =
+                    self.store.mark_failed(&job.id, LOST_REASON).await?
+                {
+                    if let Some(leftover) = leftover {
+                        self.store.delete_mp3(leftover).await?;
+                    }
+                    let message = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
+                    publisher
+                        .publish_json(MP3_QUEUE, &message.failed(LOST_REASON), &job.id)
+                        .await?;
+                    tracing::warn!(job_id = %job.id, republished, "failed a stuck job");
+                    swept.failed_stuck += 1;
+                }
+                continue;
+            }
+            // Only the replica whose update matches the `updated_at` it read republishes.
+            let moved = self
+                .jobs
+                .update_one(
+                    doc! { "_id": &job.id, "status": job.status.as_str(), "updated_at": job.updated_at },
+                    doc! { "$set": { "updated_at": now }, "$inc": { REPUBLISHED: 1 } },
+                )
+                .await
+                .with_context(|| format!("marking job {} republished", job.id))?;
+            if moved.modified_count == 1 {
+                let message = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
+                publisher
+                    .publish_json(VIDEO_QUEUE, &message, &job.id)
+                    .await?;
+                tracing::warn!(job_id = %job.id, status = job.status.as_str(), "republished a stuck job");
+                swept.republished += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn videos_of_final_jobs(&self, now: i64, swept: &mut Swept) -> anyhow::Result<()> {
+        let finals = [JobStatus::Done.as_str(), JobStatus::Failed.as_str()];
+        let jobs: Vec<Job> = self
+            .jobs
+            .clone_with_type::<Job>()
+            .find(doc! { "status": { "$in": finals.as_slice() }, VIDEO_DELETED_AT: { "$exists": false } })
+            .limit(BATCH)
+            .await
+            .context("finding final jobs with videos")?
+            .try_collect()
+            .await
+            .context("finding final jobs with videos")?;
+        for job in jobs {
+            if let Ok(id) = ObjectId::parse_str(&job.video_fid) {
+                delete_file(&self.videos, id).await?;
+            }
+            self.jobs
+                .update_one(
+                    doc! { "_id": &job.id },
+                    doc! { "$set": { VIDEO_DELETED_AT: now } },
+                )
+                .await
+                .with_context(|| format!("recording the deletion of job {}'s video", job.id))?;
+            swept.videos_of_final_jobs += 1;
+        }
+        Ok(())
+    }
+
+    async fn expired_jobs(&self, now: i64, swept: &mut Swept) -> anyhow::Result<()> {
+        let cutoff = now - millis(self.policy.retention);
+        let finals = [JobStatus::Done.as_str(), JobStatus::Failed.as_str()];
+        let jobs: Vec<Job> = self
+            .jobs
+            .clone_with_type::<Job>()
+            .find(doc! { "status": { "$in": finals.as_slice() }, "updated_at": { "$lt": cutoff } })
+            .limit(BATCH)
+            .await
+            .context("finding expired jobs")?
+            .try_collect()
+            .await
+            .context("finding expired jobs")?;
+        for job in jobs {
+            // The files first: a sweep stopped half-way finds the job again next time.
+            if let Some(mp3) = job
+                .mp3_fid
+                .as_deref()
+                .and_then(|h| ObjectId::parse_str(h).ok())
+            {
+                self.store.delete_mp3(mp3).await?;
+            }
+            if let Ok(video) = ObjectId::parse_str(&job.video_fid) {
+                delete_file(&self.videos, video).await?;
+            }
+            self.jobs
+                .delete_one(doc! { "_id": &job.id, "updated_at": job.updated_at })
+                .await
+                .with_context(|| format!("deleting expired job {}", job.id))?;
+            swept.expired_jobs += 1;
+        }
+        Ok(())
+    }
+
+    async fn orphans(&self, now: i64, swept: &mut Swept) -> anyhow::Result<()> {
+        let cutoff_secs = (now - millis(self.policy.orphan_age)) / 1000;
+        // Read the ids the jobs name before the files: a file stored after this read is too
+        // young to be touched.
+        let mut videos = HashSet::new();
+        let mut mp3s = HashSet::new();
+        let mut cursor = self
+            .jobs
+            .find(doc! {})
+            .projection(doc! { "video_fid": 1, "mp3_fid": 1, "converting_fid": 1 })
+            .await
+            .context("listing the jobs' files")?;
+        while let Some(job) = cursor.try_next().await.context("listing the jobs' files")? {
+            videos.extend(job.get_str("video_fid").ok().and_then(parse_id));
+            for field in ["mp3_fid", "converting_fid"] {
+                mp3s.extend(job.get_str(field).ok().and_then(parse_id));
+            }
+        }
+        for (db, named) in [(&self.videos, &videos), (&self.mp3s, &mp3s)] {
+            let files: HashSet<ObjectId> = object_ids(
+                db.collection::<Document>("fs.files")
+                    .distinct("_id", doc! {})
+                    .await
+                    .with_context(|| format!("listing the files of {}", db.name()))?,
+            );
+            for id in files.iter().filter(|id| !named.contains(id)) {
+                if older_than(id, cutoff_secs) {
+                    delete_file(db, *id).await?;
+                    tracing::info!(db = db.name(), file = %id, "deleted a file no job names");
+                    swept.orphan_files += 1;
+                }
+            }
+            let owners: HashSet<ObjectId> = object_ids(
+                db.collection::<Document>("fs.chunks")
+                    .distinct("files_id", doc! {})
+                    .await
+                    .with_context(|| format!("listing the chunks of {}", db.name()))?,
+            );
+            let orphaned: Vec<ObjectId> = owners
+                .into_iter()
+                .filter(|id| !files.contains(id) && older_than(id, cutoff_secs))
+                .collect();
+            if !orphaned.is_empty() {
+                db.collection::<Document>("fs.chunks")
+                    .delete_many(doc! { "files_id": { "$in": &orphaned } })
+                    .await
+                    .with_context(|| format!("deleting orphan chunks in {}", db.name()))?;
+                tracing::info!(
+                    db = db.name(),
+                    files = orphaned.len(),
+                    "deleted chunks without a file"
+                );
+                swept.orphan_chunk_sets += orphaned.len() as u64;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deletes a GridFS file of `db`'s default bucket, its files document and its chunks.
+async fn delete_file(db: &Database, id: ObjectId) -> anyhow::Result<()> {
+    db.collection::<Document>("fs.files")
+        .delete_one(doc! { "_id": id })
+        .await
+        .with_context(|| format!("deleting file {id} of {}", db.name()))?;
+    db.collection::<Document>("fs.chunks")
+        .delete_many(doc! { "files_id": id })
+        .await
+        .with_context(|| format!("deleting the chunks of file {id} of {}", db.name()))?;
+    Ok(())
+}
+
+fn parse_id(hex: &str) -> Option<ObjectId> {
+    ObjectId::parse_str(hex).ok()
+}
+
+/// The ObjectIds among `values` (a file id of another type is not ours to judge).
+fn object_ids(values: Vec<Bson>) -> HashSet<ObjectId> {
+    values
+        .into_iter()
+        .filter_map(|value| match value {
+            Bson::ObjectId(id) => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether the id was made before `cutoff_secs` (Unix seconds): every writer here and the
+/// drivers put the creation time in an ObjectId's first four bytes.
+fn older_than(id: &ObjectId, cutoff_secs: i64) -> bool {
+    let created = u32::from_be_bytes([id.bytes()[0], id.bytes()[1], id.bytes()[2], id.bytes()[3]]);
+    i64::from(created) < cutoff_secs
+}
+
+/// A non-negative integer field (0 when absent).
+fn count(document: &Document, key: &str) -> u64 {
+    match document.get(key) {
+        Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| millis(d))
+        .unwrap_or_default()
+}
+
+/// `interval` give or take a tenth, so replicas started together do not sweep together.
+fn jittered(interval: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    // A fraction in [-0.1, 0.1) from the clock's sub-second digits: no need for more.
+    let fraction = (f64::from(nanos % 1000) / 1000.0 - 0.5) / 5.0;
+    interval.mul_f64(1.0 + fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_at(secs: u32) -> ObjectId {
+        let mut bytes = [7u8; 12];
+        bytes[..4].copy_from_slice(&secs.to_be_bytes());
+        ObjectId::from_bytes(bytes)
+    }
+
+    #[test]
+    fn age_comes_from_the_id() {
+        assert!(older_than(&id_at(100), 101));
+        assert!(!older_than(&id_at(101), 101));
+        assert!(!older_than(&ObjectId::new(), now_ms() / 1000 - 60));
+    }
+
+    #[test]
+    fn only_object_ids_are_judged() {
+        let ids = object_ids(vec![
+            Bson::ObjectId(id_at(1)),
+            Bson::String("custom".into()),
+            Bson::Int32(5),
+        ]);
+        assert_eq!(ids, HashSet::from([id_at(1)]));
+    }
+
+    #[test]
+    fn counts_read_any_integer_width_and_default_to_zero() {
+        assert_eq!(count(&doc! { "n": 3_i32 }, "n"), 3);
+        assert_eq!(count(&doc! { "n": 4_i64 }, "n"), 4);
+        assert_eq!(count(&doc! { "n": -1_i32 }, "n"), 0);
+        assert_eq!(count(&doc! {}, "n"), 0);
+    }
+
+    #[test]
+    fn jitter_stays_within_a_tenth() {
+        let base = Duration::from_secs(100);
+        for _ in 0..50 {
+            let pause = jittered(base);
+            assert!(pause >= Duration::from_secs(90) && pause <= Duration::from_secs(110));
+        }
+    }
+}
