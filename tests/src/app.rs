@@ -360,6 +360,12 @@ impl App {
         }
     }
 
+    /// SIGKILL to every process of the app at once, as a node failure would; waits for them.
+    pub fn crash(mut self) {
+        let _ = signal(&format!("-{}", self.child.id()), "KILL");
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM to the process a user would signal (`spin up` passes it on to its
     /// trigger) and waits for the exit status.
     pub fn terminate(mut self) -> Result<ExitStatus> {

@@ -335,13 +335,16 @@ fn unknown_email_costs_as_much_as_a_wrong_password(runtime: Runtime) {
     let app = start(runtime);
     let time = |email: &str| {
         let start = std::time::Instant::now();
-        for _ in 0..3 {
-            assert_eq!(login(&app, Some(&basic(email, "wrong"))).status, 401);
-        }
+        assert_eq!(login(&app, Some(&basic(email, "wrong"))).status, 401);
         start.elapsed()
     };
-    let known = time(EMAIL);
-    let unknown = time("nobody@example.com");
+    // The fastest of interleaved rounds: a busy machine only ever slows a round down. Three
+    // tries per email stay under the login budget of an address and account (5).
+    let (mut known, mut unknown) = (std::time::Duration::MAX, std::time::Duration::MAX);
+    for _ in 0..3 {
+        known = known.min(time(EMAIL));
+        unknown = unknown.min(time("nobody@example.com"));
+    }
     assert!(
         unknown * 4 > known,
         "unknown email answered suspiciously fast: {unknown:?} vs {known:?}"

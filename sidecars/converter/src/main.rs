@@ -67,16 +67,18 @@ struct Config {
           action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     keep_videos: bool,
     /// Seconds without progress after which a queued or converting job has lost its message
-    /// and is published again (at least JOB_TIMEOUT_SECS).
+    /// and is published again (at least JOB_TIMEOUT_SECS); also how long after a job ended its
+    /// owner must have been emailed before it is announced again.
     #[arg(long, env = "STUCK_AFTER_SECS", default_value_t = 3600)]
     stuck_after_secs: u64,
-    /// Times a stuck job is published again before it is failed.
+    /// Times a stuck job is published again before it is failed (and a final job announced
+    /// again).
     #[arg(long, env = "MAX_REPUBLISH", default_value_t = 2)]
     max_republish: u32,
     /// Seconds after which a file no job names, or chunks without their file, are deleted
     /// (longer than any upload takes).
     #[arg(long, env = "ORPHAN_AGE_SECS", default_value_t = 24 * 3600,
-          value_parser = clap::value_parser!(u64).range(60..))]
+          value_parser = clap::value_parser!(u64).range(1..))]
     orphan_age_secs: u64,
     /// Log lines as `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -227,7 +229,7 @@ mod tests {
         assert!(parse(&["--max-attempts", "0"]).is_err());
         assert!(parse(&["--job-timeout-secs", "0"]).is_err());
         assert!(parse(&["--retention-secs", "0"]).is_err());
-        assert!(parse(&["--orphan-age-secs", "59"]).is_err());
+        assert!(parse(&["--orphan-age-secs", "0"]).is_err());
         assert!(parse(&["--keep-videos", "true"]).unwrap().keep_videos);
         assert!(!parse(&["--keep-videos", "no"]).unwrap().keep_videos);
         assert!(parse(&["--metrics-addr", "9101"]).is_err());

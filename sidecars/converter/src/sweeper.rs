@@ -4,6 +4,8 @@
 //! - a job left `queued` or `converting` with no progress for a while (its message lost: a
 //!   gateway killed between storing the job and publishing, a message dead-lettered by an
 //!   older release) is published again, a few times, then failed and its owner told;
+//! - a final job whose owner was not emailed a while after it ended (its announcement
+//!   dead-lettered while the notifier could not send) is announced again, a few times;
 //! - files no job names, and chunks no files document owns (an upload or conversion killed
 //!   mid-write), are deleted once older than an age no live write reaches.
 //!
@@ -38,6 +40,9 @@ pub const LOST_REASON: &str = "the job was lost on the way; please upload the vi
 const VIDEO_DELETED_AT: &str = "video_deleted_at";
 /// The field counting the times a stuck job was published again.
 const REPUBLISHED: &str = "republished";
+/// The field recording when a final job was last announced again, and the count.
+const REANNOUNCED_AT: &str = "reannounced_at";
+const REANNOUNCED: &str = "reannounced";
 
 /// How the sweeper treats the store.
 #[derive(Debug, Clone)]
@@ -64,6 +69,7 @@ pub struct Swept {
     pub expired_jobs: u64,
     pub republished: u64,
     pub failed_stuck: u64,
+    pub reannounced: u64,
     pub orphan_files: u64,
     pub orphan_chunk_sets: u64,
 }
@@ -166,17 +172,20 @@ impl Sweeper {
     pub async fn sweep(&self, publisher: &Publisher) -> anyhow::Result<Swept> {
         let now = now_ms();
         let mut swept = Swept::default();
+        // Expired jobs first: nobody needs to hear of a job about to be deleted.
+        self.expired_jobs(now, &mut swept).await?;
         self.stuck_jobs(publisher, now, &mut swept).await?;
+        self.unannounced_jobs(publisher, now, &mut swept).await?;
         if self.policy.delete_video_when_final {
             self.videos_of_final_jobs(now, &mut swept).await?;
         }
-        self.expired_jobs(now, &mut swept).await?;
         self.orphans(now, &mut swept).await?;
         for (kind, count) in [
             ("video_of_final_job", swept.videos_of_final_jobs),
             ("expired_job", swept.expired_jobs),
             ("republished_job", swept.republished),
             ("failed_stuck_job", swept.failed_stuck),
+            ("reannounced_job", swept.reannounced),
             ("orphan_file", swept.orphan_files),
             ("orphan_chunks", swept.orphan_chunk_sets),
         ] {
@@ -247,6 +256,66 @@ impl Sweeper {
                 tracing::warn!(job_id = %job.id, status = job.status.as_str(), "republished a stuck job");
                 swept.republished += 1;
             }
+        }
+        Ok(())
+    }
+
+    async fn unannounced_jobs(
+        &self,
+        publisher: &Publisher,
+        now: i64,
+        swept: &mut Swept,
+    ) -> anyhow::Result<()> {
+        let cutoff = now - millis(self.policy.stuck_after);
+        let finals = [JobStatus::Done.as_str(), JobStatus::Failed.as_str()];
+        let waiting: Vec<Document> = self
+            .jobs
+            .find(doc! {
+                "status": { "$in": finals.as_slice() },
+                "notified_at": { "$exists": false },
+                "updated_at": { "$lt": cutoff },
+                "$or": [
+                    { REANNOUNCED_AT: { "$exists": false } },
+                    { REANNOUNCED_AT: { "$lt": cutoff } },
+                ],
+            })
+            .limit(BATCH)
+            .await
+            .context("finding unannounced jobs")?
+            .try_collect()
+            .await
+            .context("finding unannounced jobs")?;
+        for document in waiting {
+            let Ok(job) = mongodb::bson::from_document::<Job>(document.clone()) else {
+                continue;
+            };
+            if count(&document, REANNOUNCED) >= u64::from(self.policy.max_republish) {
+                continue;
+            }
+            let previous = document.get(REANNOUNCED_AT).cloned().unwrap_or(Bson::Null);
+            let filter = match previous {
+                Bson::Null => doc! { "_id": &job.id, REANNOUNCED_AT: { "$exists": false } },
+                at => doc! { "_id": &job.id, REANNOUNCED_AT: at },
+            };
+            let moved = self
+                .jobs
+                .update_one(
+                    filter,
+                    doc! { "$set": { REANNOUNCED_AT: now }, "$inc": { REANNOUNCED: 1 } },
+                )
+                .await
+                .with_context(|| format!("marking job {} announced again", job.id))?;
+            if moved.modified_count != 1 {
+                continue;
+            }
+            let queued = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
+            let message = match (&job.status, &job.mp3_fid) {
+                (JobStatus::Done, Some(mp3_fid)) => queued.converted(mp3_fid),
+                _ => queued.failed(job.error.as_deref().unwrap_or("conversion failed")),
+            };
+            publisher.publish_json(MP3_QUEUE, &message, &job.id).await?;
+            tracing::warn!(job_id = %job.id, "announced a job whose owner was not told");
+            swept.reannounced += 1;
         }
         Ok(())
     }

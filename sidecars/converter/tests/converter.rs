@@ -1057,6 +1057,10 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
         doc! { "updated_at": now - 2 * 3600 * 1000, "republished": 2 },
     )
     .await;
+    // Done two hours ago and its owner never emailed (its announcement dead-lettered): again.
+    let untold = fx.queue_job(&video, "untold.mkv", 255 * 1024).await;
+    let untold_mp3 = fx.store_mp3(&untold, b"an untold MP3").await;
+    set(&untold.id, doc! { "status": "done", "mp3_fid": untold_mp3.to_hex(), "updated_at": now - 2 * 3600 * 1000 }).await;
     // Chunks of an upload killed two days ago (no files document), and of one under way now.
     let chunks = fx.video_chunks();
     let (dead_upload, live_upload) = (id_made_ago(2 * 86_400), ObjectId::new());
@@ -1143,6 +1147,16 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
     assert!(file_exists(fx.mp3s(), recent_mp3).await);
     assert!(!file_exists(fx.videos(), video_of(&recent)).await);
     assert_eq!(chunks_of(fx.videos(), video_of(&recent)).await, 0);
+    let untold_doc = jobs
+        .find_one(doc! { "_id": &untold.id })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        untold_doc.get_i32("reannounced").ok(),
+        Some(1),
+        "{untold_doc}"
+    );
     // Lost: published again once (two replicas), converted once, its video then deleted.
     let lost_doc = jobs
         .find_one(doc! { "_id": &lost.id })
@@ -1164,9 +1178,12 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
         .take("mp3", 100)
         .iter()
         .map(payload)
-        .filter(|m| m.job_id == lost.id || m.job_id == hopeless.id)
+        .filter(|m| [&lost.id, &hopeless.id, &untold.id].contains(&&m.job_id))
         .collect();
-    assert_eq!(told.len(), 2, "{told:?}");
+    assert_eq!(told.len(), 3, "{told:?}");
+    assert!(told
+        .iter()
+        .any(|m| m.job_id == untold.id && m.mp3_fid == Some(untold_mp3.to_hex())));
     assert!(told
         .iter()
         .any(|m| m.job_id == hopeless.id
