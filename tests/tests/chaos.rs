@@ -52,13 +52,22 @@ fn chaos() {
                 .unwrap_or(1)
         });
     let mut reports = Vec::new();
-    for runtime in available_runtimes() {
+    // CHAOS_RUNTIME=spin-runner|spin runs one.
+    let only = std::env::var("CHAOS_RUNTIME").ok();
+    for runtime in available_runtimes()
+        .into_iter()
+        .filter(|r| only.as_deref().is_none_or(|o| o == r.name()))
+    {
         println!(
             "chaos on {}: CHAOS_SEED={seed} CHAOS_JOBS={jobs}",
             runtime.name()
         );
         reports.push(run(runtime, seed, jobs));
     }
+    assert!(
+        !reports.is_empty(),
+        "no runtime matches CHAOS_RUNTIME={only:?}"
+    );
     println!("\n{}", Report::table(&reports));
     for report in &reports {
         assert!(
@@ -141,6 +150,14 @@ impl Process {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Self { child, log }
+    }
+
+    /// Panics with its log if it exited by itself (only the faults may end a worker).
+    fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("a worker exited by itself ({status}):\n{log}");
+        }
     }
 
     fn kill(mut self) {
@@ -474,6 +491,12 @@ fn run(runtime: Runtime, seed: u64, jobs: usize) -> Report {
             .unwrap_or_default()
     };
     loop {
+        for process in cluster.converters.lock().unwrap().iter_mut() {
+            process.assert_alive();
+        }
+        if let Some(process) = cluster.notifier.lock().unwrap().as_mut() {
+            process.assert_alive();
+        }
         let all = jobs_of_user(&mut mongo);
         let settled = all.iter().all(|job| {
             matches!(job.get_str("status"), Ok("done" | "failed"))
@@ -492,7 +515,8 @@ fn run(runtime: Runtime, seed: u64, jobs: usize) -> Report {
         .max(clock + window + FAULT_TAIL + Duration::from_secs(ORPHAN_AGE_SECS + 3 * SWEEP_SECS));
     let mut orphaned = Vec::new();
     while Instant::now() < orphan_deadline + Duration::from_secs(30) {
-        orphaned = orphans(&mut mongo, run_start_secs, &jobs_of_user(&mut mongo));
+        let jobs = jobs_of_user(&mut mongo);
+        orphaned = orphans(&mut mongo, run_start_secs, &jobs);
         if orphaned.is_empty() && Instant::now() >= orphan_deadline {
             break;
         }
@@ -590,7 +614,11 @@ fn run(runtime: Runtime, seed: u64, jobs: usize) -> Report {
     cluster.notifier.lock().unwrap().take();
     cluster.app.lock().unwrap().take();
     cleanup(&mut mongo, &all);
-    let _ = std::fs::remove_dir_all(&dir);
+    if report.is_clean() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("logs kept in {}", dir.display());
+    }
     drop((vhost, db));
     report
 }

@@ -333,7 +333,10 @@ fn upload_stores_the_video_records_the_job_and_queues_one_message(runtime: Runti
         assert!(vhost.queue(name).is_some(), "queue {name} declared");
     }
     for name in ["video.retry.1s", "mp3"] {
-        assert!(vhost.queue(name).is_none(), "queue {name} declared by the gateway");
+        assert!(
+            vhost.queue(name).is_none(),
+            "queue {name} declared by the gateway"
+        );
     }
 
     // The job is the owner's to see, no one else's.
