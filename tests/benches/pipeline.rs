@@ -11,6 +11,10 @@
 //!    runtime.
 //! 4. `GET /jobs/{id}` requests/s with MongoDB requiring logins against MongoDB without (FerretDB
 //!    both, one of each), on each runtime: what logging in costs each request.
+//! 5. A growing store: downloading a 300 KB MP3 and converting a 10 s clip with 0, 100 and
+//!    1,000 MB of other files stored, on each FerretDB backend, against the empty store.
+//! 6. Sustained throughput: jobs per minute for a batch of one-minute clips, against plain ffmpeg
+//!    converting the same clips with the same parallelism.
 //!
 //! `cargo bench -p system-tests --bench pipeline` (or `scripts/bench-pipeline`) runs the full
 //! sizes (10 MB / 100 MB / 1 GB uploads, a 60 s 720p clip, a 10 s clip); `cargo test` runs it once
@@ -32,6 +36,10 @@ use system_tests::{available_runtimes, service_env, AppConfig, Runtime, TempDir}
 const MB: u64 = 1_000_000;
 
 struct Plan {
+    /// MB of other files stored for the growing-store part.
+    store_sizes: &'static [u64],
+    /// Clips (seconds each) for the throughput part, and how many.
+    batch: (u32, usize),
     /// Seconds of load per `GET /jobs` run, and runs of each (alternating auth on and off).
     jobs_seconds: u32,
     jobs_runs: usize,
@@ -45,6 +53,8 @@ struct Plan {
 fn plan() -> Plan {
     if std::env::args().any(|a| a == "--bench") {
         Plan {
+            store_sizes: &[0, 100, 1000],
+            batch: (60, 50),
             jobs_seconds: 4,
             jobs_runs: 7,
             upload_sizes: &[10 * MB, 100 * MB, 1000 * MB],
@@ -55,6 +65,8 @@ fn plan() -> Plan {
         }
     } else {
         Plan {
+            store_sizes: &[0, 4],
+            batch: (3, 4),
             jobs_seconds: 1,
             jobs_runs: 1,
             upload_sizes: &[MB, 8 * MB],
@@ -453,6 +465,188 @@ fn wrk_rps(url: &str, script: &Path, seconds: u32) -> (f64, u64) {
     (rps, errors)
 }
 
+/// Stores `mb` MB of other files (half as videos, half as MP3s, 10 MB each): what a store
+/// holding other users' files looks like to a query. Their ids, to delete.
+fn fill_store(mb: u64) -> Vec<(&'static str, ObjectId)> {
+    let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
+    let filler: Vec<u8> = (0..10 * MB as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut stored = Vec::new();
+    for n in 0..mb.div_ceil(10) {
+        let db = if n % 2 == 0 {
+            mp3_model::VIDEOS_DB
+        } else {
+            mp3_model::MP3S_DB
+        };
+        let size = (mb - n * 10).min(10) as usize * MB as usize;
+        let id = Bucket::new(db)
+            .with_chunk_size(mp3_model::GRIDFS_CHUNK_SIZE)
+            .upload(&mut client, &filler[..size], "other.bin", None, u64::MAX)
+            .expect("storing a filler file");
+        stored.push((db, id));
+    }
+    stored
+}
+
+/// `scripts/dev-services` with FerretDB on `backend`: the shared instance is restarted on it.
+fn ferretdb_on(backend: &str) {
+    let script = system_tests::root().join("scripts/dev-services");
+    for args in [&["crash", "ferretdb"][..], &["start"][..]] {
+        let status = Command::new(&script)
+            .args(args)
+            .env("FERRETDB_BACKEND", backend)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("running scripts/dev-services");
+        assert!(status.success(), "scripts/dev-services {args:?}");
+    }
+}
+
+fn growing_store(plan: &Plan, dir: &Path) {
+    let clip = dir.join("store-clip.mp4");
+    make_video(&clip, 10, "640x360");
+    println!("\n### A growing store: a 10 s clip converted, its MP3 (about 300 KB) downloaded\n");
+    println!("| FerretDB backend | other files stored | conversion (queued → done) | download | vs. empty store (conversion, download) |");
+    println!("|---|---:|---:|---:|---:|");
+    let backends: &[&str] = if std::env::args().any(|a| a == "--bench") {
+        &["postgresql", "sqlite"]
+    } else {
+        // Under `cargo test`, the store the suite runs on, as it is.
+        &[""]
+    };
+    for &backend in backends {
+        if !backend.is_empty() {
+            ferretdb_on(backend);
+        }
+        let system = System::start(Runtime::Runner);
+        let token = system.login();
+        let mut empty = None;
+        let mut stored = Vec::new();
+        let mut filled = 0;
+        for &mb in plan.store_sizes {
+            stored.extend(fill_store(mb - filled));
+            filled = mb;
+            let mut conversions = Vec::new();
+            let mut downloads = Vec::new();
+            for _ in 0..3 {
+                let reply = system.upload(&token, &clip);
+                assert_eq!(reply.status, 202, "{}", reply.body);
+                let job = system.poll_job(
+                    &token,
+                    &field_of(&reply.body, "job_id"),
+                    Duration::from_secs(900),
+                    Duration::from_millis(500),
+                );
+                assert_eq!(job["status"], "done", "{job}");
+                let millis = |field: &str| job[field].as_i64().unwrap_or_default();
+                conversions.push((millis("updated_at") - millis("created_at")) as f64 / 1000.0);
+                let mp3_fid = job["mp3_fid"].as_str().unwrap_or_default().to_owned();
+                let started = Instant::now();
+                let download = system.download(&token, &mp3_fid);
+                assert_eq!(download.status, 200);
+                downloads.push(started.elapsed().as_secs_f64());
+                delete_file(mp3_model::MP3S_DB, &mp3_fid);
+                delete_file(
+                    mp3_model::VIDEOS_DB,
+                    job["video_fid"].as_str().unwrap_or_default(),
+                );
+            }
+            let (conversion, download) = (median(conversions), median(downloads));
+            let (c0, d0) = *empty.get_or_insert((conversion, download));
+            println!(
+                "| {} | {mb} MB | {conversion:.2} s | {download:.3} s | {:.1}×, {:.1}× |",
+                if backend.is_empty() {
+                    "as running"
+                } else {
+                    backend
+                },
+                conversion / c0,
+                download / d0
+            );
+        }
+        drop(system);
+        let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
+        for (db, id) in stored {
+            let _ = Bucket::new(db).delete(&mut client, id);
+        }
+    }
+    if backends.len() > 1 {
+        ferretdb_on("postgresql");
+    }
+}
+
+fn throughput(plan: &Plan, dir: &Path) {
+    let (seconds, count) = plan.batch;
+    let clip = dir.join("batch-clip.mp4");
+    make_video(&clip, seconds, "640x360");
+    let parallel = 2usize;
+    // Plain ffmpeg, two at a time (the converter's default concurrency on two cores).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n >= count {
+                    return;
+                }
+                let out = dir.join(format!("batch-{n}.mp3"));
+                let status = Command::new("ffmpeg")
+                    .args(["-loglevel", "error", "-y", "-i"])
+                    .arg(&clip)
+                    .args(mp3_args_to(&out))
+                    .status()
+                    .expect("running ffmpeg");
+                assert!(status.success());
+                let _ = std::fs::remove_file(out);
+            });
+        }
+    });
+    let plain = started.elapsed().as_secs_f64();
+
+    // The pipeline: every clip uploaded first, then one converter (concurrency 2) drains them.
+    let mut system = System::without_workers(Runtime::Runner);
+    let token = system.login();
+    let jobs: Vec<String> = (0..count)
+        .map(|_| {
+            let reply = system.upload(&token, &clip);
+            assert_eq!(reply.status, 202, "{}", reply.body);
+            field_of(&reply.body, "job_id")
+        })
+        .collect();
+    // From the converter's start to the last job's `updated_at` (the converter's clock, the
+    // same machine's).
+    let start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    system.converter = Some(system.start_converter());
+    let mut last_ms = start_ms;
+    for job_id in &jobs {
+        let job = system.poll_job(
+            &token,
+            job_id,
+            Duration::from_secs(1800),
+            Duration::from_millis(500),
+        );
+        assert_eq!(job["status"], "done", "{job}");
+        last_ms = last_ms.max(job["updated_at"].as_i64().unwrap_or_default());
+    }
+    let pipeline = (last_ms - start_ms) as f64 / 1000.0;
+    println!("\n### Sustained throughput: {count} clips of {seconds} s, 640x360, two at a time\n");
+    println!(
+        "| plain ffmpeg | pipeline (one converter, CONCURRENCY=2) | throughput ratio | target |"
+    );
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {:.1} jobs/min | {:.1} jobs/min | {:.2} | ≥ 0.9 |",
+        count as f64 * 60.0 / plain,
+        count as f64 * 60.0 / pipeline,
+        plain / pipeline
+    );
+}
+
 fn main() {
     let plan = plan();
     let dir = TempDir::new("bench-pipeline");
@@ -470,5 +664,11 @@ fn main() {
     }
     if run("jobs") {
         jobs_with_and_without_login(&plan, dir.path());
+    }
+    if run("store") {
+        growing_store(&plan, dir.path());
+    }
+    if run("throughput") {
+        throughput(&plan, dir.path());
     }
 }
