@@ -38,6 +38,8 @@ const MB: u64 = 1_000_000;
 struct Plan {
     /// MB of other files stored for the growing-store part.
     store_sizes: &'static [u64],
+    /// After deleting the other files, how long the backend may take to reclaim their space.
+    reclaim_pause: Duration,
     /// Clips (seconds each) for the throughput part, and how many.
     batch: (u32, usize),
     /// Seconds of load per `GET /jobs` run, and runs of each (alternating auth on and off).
@@ -54,6 +56,7 @@ fn plan() -> Plan {
     if std::env::args().any(|a| a == "--bench") {
         Plan {
             store_sizes: &[0, 100, 1000],
+            reclaim_pause: Duration::from_secs(30),
             batch: (60, 50),
             jobs_seconds: 4,
             jobs_runs: 7,
@@ -66,6 +69,7 @@ fn plan() -> Plan {
     } else {
         Plan {
             store_sizes: &[0, 4],
+            reclaim_pause: Duration::ZERO,
             batch: (3, 4),
             jobs_seconds: 1,
             jobs_runs: 1,
@@ -523,9 +527,25 @@ fn growing_store(plan: &Plan, dir: &Path) {
         let token = system.login();
         let mut empty = None;
         let mut stored = Vec::new();
+        // Each stage: the store filled to a size, then everything deleted again (after a pause
+        // in which the backend may reclaim the space: PostgreSQL's autovacuum runs every 10 s).
+        let last = plan.store_sizes.last().copied().unwrap_or(0);
+        let stages = plan
+            .store_sizes
+            .iter()
+            .map(|&mb| (mb, format!("{mb} MB")))
+            .chain([(0, format!("{last} MB, then deleted"))]);
         let mut filled = 0;
-        for &mb in plan.store_sizes {
-            stored.extend(fill_store(mb - filled));
+        for (mb, label) in stages {
+            if mb >= filled {
+                stored.extend(fill_store(mb - filled));
+            } else {
+                let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
+                for (db, id) in stored.drain(..) {
+                    let _ = Bucket::new(db).delete(&mut client, id);
+                }
+                std::thread::sleep(plan.reclaim_pause);
+            }
             filled = mb;
             let mut conversions = Vec::new();
             let mut downloads = Vec::new();
@@ -555,7 +575,7 @@ fn growing_store(plan: &Plan, dir: &Path) {
             let (conversion, download) = (median(conversions), median(downloads));
             let (c0, d0) = *empty.get_or_insert((conversion, download));
             println!(
-                "| {} | {mb} MB | {conversion:.2} s | {download:.3} s | {:.1}×, {:.1}× |",
+                "| {} | {label} | {conversion:.2} s | {download:.3} s | {:.1}×, {:.1}× |",
                 if backend.is_empty() {
                     "as running"
                 } else {
@@ -566,10 +586,6 @@ fn growing_store(plan: &Plan, dir: &Path) {
             );
         }
         drop(system);
-        let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
-        for (db, id) in stored {
-            let _ = Bucket::new(db).delete(&mut client, id);
-        }
     }
     if backends.len() > 1 {
         ferretdb_on("postgresql");
