@@ -274,11 +274,12 @@ fn dev_services_crash(service: &str, pause: Duration) {
     run(&["start"]);
 }
 
-/// What one upload attempt got.
+/// What one upload got, after a client's retries.
 #[derive(Debug, Clone)]
 struct Upload {
     poison: bool,
-    status: u16,
+    /// The status of each try (0: no answer).
+    tries: Vec<u16>,
     job_id: Option<String>,
 }
 
@@ -287,6 +288,8 @@ struct Report {
     runtime: &'static str,
     seed: u64,
     uploads: usize,
+    /// Tries answered with an error or not at all, by status (0: no answer), and retried.
+    refused: std::collections::BTreeMap<u16, usize>,
     accepted: usize,
     /// Jobs the client never heard of (the app died after storing the job): must end the same.
     unseen: usize,
@@ -308,8 +311,8 @@ impl Report {
 
     fn table(reports: &[Report]) -> String {
         let mut out = String::from(
-            "| runtime | seed | uploads | accepted | unseen | done | failed (of them videos) | faults | lost | duplicated | orphaned | time |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| runtime | seed | uploads | tries refused (status: count; 0 = no answer) | accepted | unseen | done | failed (of them videos) | faults | lost | duplicated | orphaned | time |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for r in reports {
             let faults: Vec<String> = r
@@ -317,11 +320,17 @@ impl Report {
                 .iter()
                 .map(|(f, n)| format!("{} {n}", f.name()))
                 .collect();
+            let refused: Vec<String> = r
+                .refused
+                .iter()
+                .map(|(status, n)| format!("{status}: {n}"))
+                .collect();
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {:.0} s |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {:.0} s |\n",
                 r.runtime,
                 r.seed,
                 r.uploads,
+                refused.join(", "),
                 r.accepted,
                 r.unseen,
                 r.done,
@@ -345,17 +354,15 @@ fn run(runtime: Runtime, seed: u64, jobs: usize) -> Report {
     let dir = std::env::temp_dir().join(format!("mp3-chaos-{}", unique()));
     std::fs::create_dir_all(&dir).unwrap();
 
-    // Fixtures: a 2 s clip, and bytes that are no video.
+    // Fixtures: a 2 s clip, and a file that starts like it (the gateway checks the first
+    // bytes) and is garbage after that: only ffmpeg can tell.
     let clip = dir.join("clip.mp4");
     make_video(&clip, 2, "320x240");
     let poison = dir.join("poison.mp4");
-    std::fs::write(
-        &poison,
-        (0..60_000u32)
-            .map(|i| (i * 7919 % 251) as u8)
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let mut bytes = std::fs::read(&clip).unwrap();
+    bytes.truncate(32);
+    bytes.extend((0..60_000u32).map(|i| (i * 7919 % 251) as u8));
+    std::fs::write(&poison, bytes).unwrap();
 
     let vhost = system_tests::services::Vhost::new();
     let db = TestDb::migrated();
@@ -531,6 +538,13 @@ fn run(runtime: Runtime, seed: u64, jobs: usize) -> Report {
         seed,
         uploads: uploads.len(),
         accepted: uploads.iter().filter(|u| u.job_id.is_some()).count(),
+        refused: uploads
+            .iter()
+            .flat_map(|u| u.tries.iter().filter(|&&s| s != 202))
+            .fold(Default::default(), |mut counts, &status| {
+                *counts.entry(status).or_default() += 1;
+                counts
+            }),
         faults: Fault::ALL
             .iter()
             .map(|&f| (f, faults.iter().filter(|(_, g)| *g == f).count()))
@@ -651,8 +665,31 @@ fn login(base: &str, email: &str) -> String {
     reply.body
 }
 
-/// One upload with curl, slowed to about 40 KB/s so that a kill lands mid-upload.
 fn upload(base: &str, token: &str, file: &Path, poison: bool) -> Upload {
+    // As a client would: an error answer (5xx) or none at all is tried again, a few times.
+    let mut tries = Vec::new();
+    for _ in 0..4 {
+        let (status, job_id) = upload_once(base, token, file);
+        tries.push(status);
+        if job_id.is_some() || (400..500).contains(&status) {
+            return Upload {
+                poison,
+                tries,
+                job_id,
+            };
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    Upload {
+        poison,
+        tries,
+        job_id: None,
+    }
+}
+
+/// One try with curl, slowed to about 40 KB/s so that a kill lands mid-upload: the status (0
+/// without an answer) and the job id of a 202.
+fn upload_once(base: &str, token: &str, file: &Path) -> (u16, Option<String>) {
     let out = Command::new("curl")
         .args([
             "-sS",
@@ -679,11 +716,7 @@ fn upload(base: &str, token: &str, file: &Path, poison: bool) -> Upload {
         .then(|| serde_json::from_str::<serde_json::Value>(body).ok())
         .flatten()
         .and_then(|json| json["job_id"].as_str().map(str::to_owned));
-    Upload {
-        poison,
-        status,
-        job_id,
-    }
+    (status, job_id)
 }
 
 fn count(mongo: &mut Mongo, db: &str, coll: &str, filter: Document) -> u64 {
