@@ -31,8 +31,8 @@ type Mongo = mongo_wire::Client<std::net::TcpStream>;
 
 /// How long a file or chunks without an owner live before the sweeper takes them.
 const ORPHAN_AGE_SECS: u64 = 20;
-/// Between sweeps.
-const SWEEP_SECS: u64 = 2;
+/// Between sweeps; the orphan step runs on one sweep in 12.
+const SWEEP_SECS: u64 = 1;
 /// How long the faults go on after the last upload started.
 const FAULT_TAIL: Duration = Duration::from_secs(10);
 
@@ -519,7 +519,7 @@ fn run(runtime: Runtime, seed: u64, jobs: usize) -> Report {
         std::thread::sleep(Duration::from_millis(500));
     }
     let orphan_deadline = Instant::now()
-        .max(clock + window + FAULT_TAIL + Duration::from_secs(ORPHAN_AGE_SECS + 3 * SWEEP_SECS));
+        .max(clock + window + FAULT_TAIL + Duration::from_secs(ORPHAN_AGE_SECS + 13 * SWEEP_SECS));
     let mut orphaned = Vec::new();
     while Instant::now() < orphan_deadline + Duration::from_secs(30) {
         let jobs = jobs_of_user(&mut mongo);

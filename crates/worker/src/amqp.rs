@@ -150,6 +150,23 @@ impl Publisher {
         .await
     }
 
+    /// Messages ready in `queue` (a passive declaration: the queue must exist).
+    pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
+        let declared = self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("reading the depth of queue {queue:?}"))?;
+        Ok(declared.message_count())
+    }
+
     pub async fn close(&self) {
         if let Err(error) = self.channel.close(200, "bye".into()).await {
             tracing::debug!(%error, "closing the publishing channel");

@@ -11,16 +11,16 @@
 //!   dead-letters the copy back to `<queue>` when the tier's TTL expires);
 //! - the handler failed permanently, or the last attempt failed: run the handler's
 //!   [`Handler::give_up`], then reject without requeue (to `<queue>.dead`);
-//! - shutdown caught it before or during handling: publish a copy to `<queue>` with the same
-//!   attempt count, then ack (nack with requeue if that publish fails).
+//! - shutdown caught it before or during handling: nack with requeue.
 //!
-//! Every delivery counts as an attempt, including one whose worker died: RabbitMQ marks a
-//! message `redelivered` when the consumer holding it went away without settling it. Such a
-//! delivery is not handled again at once; it is settled as a failed attempt (a retry copy,
-//! or the give-up after the last), so a message that kills its worker ends in `<queue>.dead`
-//! after the allowed attempts instead of looping. Shutdown hands messages back as fresh
-//! copies for that reason; only a lost connection (a broker restart) costs an attempt without
-//! the message's fault.
+//! Attempts are counted in the attempt header on retry copies, which a crash never writes: a
+//! message whose worker died on it comes back `redelivered` with the count it had. RabbitMQ also
+//! marks every recovered message `redelivered` after an unclean broker restart, so that flag
+//! cannot be charged as an attempt; a handler that must bound crashes counts its attempts
+//! durably (the converter counts claims on the job document, the notifier its sends).
+//!
+//! A retry copy that cannot be published (its channel broke) ends the session: the consumer
+//! reconnects, and the message, nacked, comes back.
 //!
 //! A copy is published before the original is acked, so a crash in between can duplicate a
 //! message but never lose one: the handlers are idempotent per job.
@@ -59,8 +59,9 @@ pub enum Interrupted {
     TimedOut(Duration),
     #[error("the handler panicked: {0}")]
     Panicked(String),
-    /// RabbitMQ redelivered the message: the worker handling it went away first.
-    #[error("the worker handling it stopped before finishing")]
+    /// The attempts a handler counts durably are used up by attempts that never finished (their
+    /// worker died: a crash, the OOM killer).
+    #[error("attempts kept stopping before finishing (the worker died)")]
     WorkerStopped,
 }
 
@@ -367,11 +368,14 @@ impl<H: Handler> Shared<H> {
 
         let permits = Arc::new(Semaphore::new(usize::from(options.concurrency)));
         let abort = CancellationToken::new();
+        // Fired by a task whose retry copy could not be published: the channel is broken.
+        let broken = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let end = loop {
             let permit = tokio::select! {
                 biased;
                 () = stop.cancelled() => break SessionEnd::Stopped,
+                () = broken.cancelled() => break SessionEnd::Lost("the publishing channel failed".into()),
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break SessionEnd::Lost("semaphore closed".into()),
@@ -380,14 +384,22 @@ impl<H: Handler> Shared<H> {
             let next = tokio::select! {
                 biased;
                 () = stop.cancelled() => break SessionEnd::Stopped,
+                () = broken.cancelled() => break SessionEnd::Lost("the publishing channel failed".into()),
                 next = consumer.next() => next,
             };
             match next {
                 Some(Ok(delivery)) => {
-                    let (this, publisher, abort) = (self.clone(), publisher.clone(), abort.clone());
-                    tasks.spawn(
-                        async move { this.process(delivery, publisher, permit, abort).await },
+                    let (this, publisher, abort, broken) = (
+                        self.clone(),
+                        publisher.clone(),
+                        abort.clone(),
+                        broken.clone(),
                     );
+                    tasks.spawn(async move {
+                        if this.process(delivery, publisher, permit, abort).await {
+                            broken.cancel();
+                        }
+                    });
                 }
                 Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
                 None => break SessionEnd::Lost("the consumer was cancelled".into()),
@@ -450,13 +462,14 @@ impl<H: Handler> Shared<H> {
         .await;
     }
 
+    /// Handles and settles one delivery; `true` when the publishing channel proved broken.
     async fn process(
         &self,
         delivery: Delivery,
         publisher: Publisher,
         _permit: OwnedSemaphorePermit,
         abort: CancellationToken,
-    ) {
+    ) -> bool {
         let _in_flight = InFlight::new(&self.metrics.in_flight);
         let _running = self.health.job_started();
         let previous = previous_attempts(&delivery.properties);
@@ -471,9 +484,9 @@ impl<H: Handler> Shared<H> {
             Err(error) => {
                 tracing::error!(%error, "unparseable message: dead-lettering it");
                 self.metrics.unparseable.inc();
-                self.settle(delivery, Verdict::DeadLetter, &cx.publisher)
+                return self
+                    .settle(delivery, Verdict::DeadLetter, &cx.publisher)
                     .await;
-                return;
             }
         };
         let verdict = tokio::select! {
@@ -481,7 +494,7 @@ impl<H: Handler> Shared<H> {
             () = abort.cancelled() => Verdict::Requeue,
             verdict = self.decide(&message, &cx, previous) => verdict,
         };
-        self.settle(delivery, verdict, &cx.publisher).await;
+        self.settle(delivery, verdict, &cx.publisher).await
     }
 
     /// Runs the handler within the job deadline; a panic or the deadline is a failed attempt.
@@ -516,16 +529,7 @@ impl<H: Handler> Shared<H> {
 
     async fn decide(&self, message: &H::Message, cx: &Context, previous: u32) -> Verdict {
         let options = &self.options;
-        let outcome = if cx.redelivered {
-            // The earlier delivery was this attempt, and its worker never settled it.
-            tracing::warn!(
-                attempt = cx.attempt,
-                "redelivered: the worker handling it stopped"
-            );
-            Err(Failure::retry(Interrupted::WorkerStopped))
-        } else {
-            self.attempt(message, cx).await
-        };
+        let outcome = self.attempt(message, cx).await;
         let error = match outcome {
             Ok(()) => return Verdict::Ack,
             Err(Failure::Defer { after, reason }) => {
@@ -570,7 +574,10 @@ impl<H: Handler> Shared<H> {
         }
     }
 
-    async fn settle(&self, delivery: Delivery, verdict: Verdict, publisher: &Publisher) {
+    /// Settles a delivery; `true` when a retry copy could not be published (the message is
+    /// nacked back, and the session should reconnect).
+    async fn settle(&self, delivery: Delivery, verdict: Verdict, publisher: &Publisher) -> bool {
+        let mut broken = false;
         let result = match verdict {
             Verdict::Ack => delivery.ack(BasicAckOptions::default()).await,
             Verdict::DeadLetter => {
@@ -578,29 +585,13 @@ impl<H: Handler> Shared<H> {
                 delivery.reject(BasicRejectOptions { requeue: false }).await
             }
             Verdict::Requeue => {
-                // A fresh copy, not a nack: a nacked message comes back `redelivered`, which
-                // would count as an attempt its worker died on.
                 self.metrics.requeued.inc();
-                let work = self.options.queue.name;
-                let properties = copy_properties(
-                    &delivery.properties,
-                    previous_attempts(&delivery.properties),
-                );
-                match publisher.publish(work, &delivery.data, properties).await {
-                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-                    Err(error) => {
-                        tracing::warn!(
-                            error = format!("{error:#}"),
-                            "cannot hand the message back as a copy; requeueing it"
-                        );
-                        delivery
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                multiple: false,
-                            })
-                            .await
-                    }
-                }
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await
             }
             Verdict::Retry { attempts, delay } => {
                 let (retry_queue, waits) = topology::retry_tier(self.options.queue.name, delay);
@@ -621,10 +612,9 @@ impl<H: Handler> Shared<H> {
                     Err(error) => {
                         tracing::error!(
                             error = format!("{error:#}"),
-                            "cannot publish to the retry queue; requeueing"
+                            "cannot publish to the retry queue; requeueing and reconnecting"
                         );
-                        // Do not spin on a broken publisher: the message comes straight back.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        broken = true;
                         delivery
                             .nack(BasicNackOptions {
                                 requeue: true,
@@ -639,6 +629,7 @@ impl<H: Handler> Shared<H> {
             // The channel is gone: RabbitMQ requeues the message itself.
             tracing::warn!(%error, "cannot settle a delivery");
         }
+        broken
     }
 }
 

@@ -7,7 +7,7 @@ use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use mongodb::bson::oid::ObjectId;
 use mp3_model::topology::MP3_QUEUE;
 use mp3_model::{new_object_id, Job, JobMessage};
-use mp3_worker::{Context, Failure, Handler};
+use mp3_worker::{Context, Failure, Handler, Interrupted};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -189,6 +189,12 @@ impl Converter {
                 .delete_mp3(leftover)
                 .await
                 .map_err(Failure::retry)?;
+        }
+        // Claims are counted on the job, whatever became of them: attempts whose converter died
+        // (no retry copy counted them) use the allowance up too, so a video that kills its
+        // converter is given up instead of looping.
+        if job.attempts >= cx.max_attempts {
+            return Err(Failure::permanent(Interrupted::WorkerStopped));
         }
 
         if let Err(failure) = self.convert_job(&job, mp3_fid).await {

@@ -80,6 +80,11 @@ struct Config {
     #[arg(long, env = "ORPHAN_AGE_SECS", default_value_t = 24 * 3600,
           value_parser = clap::value_parser!(u64).range(1..))]
     orphan_age_secs: u64,
+    /// Leave files no job names alone (chunks without a file are still deleted): for a store
+    /// shared with another system, such as the seed system's during a migration.
+    #[arg(long, env = "KEEP_UNOWNED_FILES", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    keep_unowned_files: bool,
     /// Log lines as `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -133,6 +138,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             stuck_after: Duration::from_secs(config.stuck_after_secs),
             max_republish: config.max_republish,
             orphan_age: Duration::from_secs(config.orphan_age_secs),
+            keep_unowned_files: config.keep_unowned_files,
         };
         sweeper::Sweeper::new(&client, store.clone(), policy, &mut registry)
     });
@@ -187,6 +193,7 @@ mod tests {
                 "CONCURRENCY",
                 "FFMPEG_PATH",
                 "JOB_TIMEOUT_SECS",
+                "KEEP_UNOWNED_FILES",
                 "KEEP_VIDEOS",
                 "LOG_FORMAT",
                 "MAX_ATTEMPTS",
@@ -218,7 +225,7 @@ mod tests {
         assert_eq!(config.warm_ffmpeg, None);
         assert_eq!(config.sweep_interval_secs, 300);
         assert_eq!(config.retention_secs, 604_800);
-        assert!(!config.keep_videos);
+        assert!(!config.keep_videos && !config.keep_unowned_files);
         assert_eq!((config.stuck_after_secs, config.max_republish), (3600, 2));
         assert_eq!(config.orphan_age_secs, 86_400);
     }

@@ -128,6 +128,16 @@ impl Store {
             "_id": job_id,
             "status": { "$in": [JobStatus::Queued.as_str(), JobStatus::Converting.as_str()] },
         };
+        self.update_matching(filter, update).await
+    }
+
+    /// [`update_unfinished`](Self::update_unfinished) with the caller's filter.
+    async fn update_matching(
+        &self,
+        filter: Document,
+        update: Document,
+    ) -> anyhow::Result<Option<(Job, Option<ObjectId>)>> {
+        let job_id = filter.get_str("_id").unwrap_or_default().to_owned();
         let Some(before) = self
             .jobs
             .clone_with_type::<Document>()
@@ -247,6 +257,17 @@ impl Store {
         else {
             return Ok(false);
         };
+        // A video an upload of ours made belongs to its job: a message naming it cannot give
+        // it another owner.
+        let claimed = self
+            .jobs
+            .find_one(doc! { "video_fid": &message.video_fid, "_id": { "$ne": &message.job_id } })
+            .await
+            .with_context(|| format!("looking for the job of video {id}"))?;
+        if claimed.is_some() {
+            tracing::warn!(video = %id, "a seed-format message names another job's video; refused");
+            return Ok(false);
+        }
         let now = now_ms();
         let job = Job {
             id: message.job_id.clone(),
@@ -269,6 +290,28 @@ impl Store {
             Err(error) if is_duplicate_key(&error) => Ok(true),
             Err(error) => Err(error).with_context(|| format!("creating job {}", job.id)),
         }
+    }
+
+    /// Marks a job `failed` with `error` only if it is still as `seen` (same status, no update
+    /// since): a job a converter claimed meanwhile is left alone. The MP3 its last attempt was
+    /// writing, if it was failed.
+    pub async fn fail_unchanged(
+        &self,
+        seen: &Job,
+        error: &str,
+    ) -> anyhow::Result<Option<(Job, Option<ObjectId>)>> {
+        let filter = doc! {
+            "_id": &seen.id,
+            "status": seen.status.as_str(),
+            "updated_at": seen.updated_at,
+        };
+        let update = doc! {
+            "$set": { "status": JobStatus::Failed.as_str(), "error": error, "updated_at": now_ms() },
+            "$unset": { CONVERTING_FID: "" },
+        };
+        self.update_matching(filter, update)
+            .await
+            .with_context(|| format!("marking job {} failed", seen.id))
     }
 
     /// Finds the video's files document.

@@ -28,7 +28,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{MarkFailed, Store};
+use crate::store::Store;
 
 /// Jobs looked at per step and sweep: a large backlog is worked off over several sweeps.
 const BATCH: i64 = 500;
@@ -60,7 +60,14 @@ pub struct Policy {
     /// Files and chunks without an owner are deleted once this old (longer than any upload
     /// or conversion takes).
     pub orphan_age: Duration,
+    /// Leave files no job names alone (chunks without a file are still deleted): for a store
+    /// shared with another system, such as the seed system's during a migration.
+    pub keep_unowned_files: bool,
 }
+
+/// The orphan step reads every files document and chunk owner: it runs on one sweep in this
+/// many (and on the first).
+const ORPHAN_SWEEP_EVERY: u64 = 12;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -88,6 +95,7 @@ struct Metrics {
 
 pub struct Sweeper {
     store: Store,
+    sweeps: std::sync::atomic::AtomicU64,
     jobs: Collection<Document>,
     videos: Database,
     mp3s: Database,
@@ -111,6 +119,7 @@ impl Sweeper {
         let videos = client.database(VIDEOS_DB);
         Self {
             store,
+            sweeps: Default::default(),
             jobs: videos.collection(JOBS_COLLECTION),
             videos,
             mp3s: client.database(MP3S_DB),
@@ -168,18 +177,40 @@ impl Sweeper {
         }
     }
 
-    /// One sweep: every step, each over at most [`BATCH`] jobs.
+    /// One sweep: every step, each over at most [`BATCH`] jobs. A step that fails does not
+    /// keep the others from running; the first error is returned once all have run.
     pub async fn sweep(&self, publisher: &Publisher) -> anyhow::Result<Swept> {
         let now = now_ms();
+        let sweep = self
+            .sweeps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut swept = Swept::default();
+        let mut first_error = None;
+        let mut note = |step: &str, result: anyhow::Result<()>| {
+            if let Err(error) = result {
+                tracing::warn!(step, error = format!("{error:#}"), "a sweep step failed");
+                first_error.get_or_insert(error);
+            }
+        };
         // Expired jobs first: nobody needs to hear of a job about to be deleted.
-        self.expired_jobs(now, &mut swept).await?;
-        self.stuck_jobs(publisher, now, &mut swept).await?;
-        self.unannounced_jobs(publisher, now, &mut swept).await?;
+        note("expired jobs", self.expired_jobs(now, &mut swept).await);
+        note(
+            "stuck jobs",
+            self.stuck_jobs(publisher, now, &mut swept).await,
+        );
+        note(
+            "unannounced jobs",
+            self.unannounced_jobs(publisher, now, &mut swept).await,
+        );
         if self.policy.delete_video_when_final {
-            self.videos_of_final_jobs(now, &mut swept).await?;
+            note(
+                "videos of final jobs",
+                self.videos_of_final_jobs(now, &mut swept).await,
+            );
         }
-        self.orphans(now, &mut swept).await?;
+        if sweep % ORPHAN_SWEEP_EVERY == 0 {
+            note("orphans", self.orphans(now, &mut swept).await);
+        }
         for (kind, count) in [
             ("video_of_final_job", swept.videos_of_final_jobs),
             ("expired_job", swept.expired_jobs),
@@ -194,7 +225,38 @@ impl Sweeper {
                 .get_or_create(&[("kind", kind)])
                 .inc_by(count);
         }
-        Ok(swept)
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(swept),
+        }
+    }
+
+    /// Up to [`BATCH`] documents of `videos.jobs` matching `filter`, each with the job it is;
+    /// one that is not a valid job is logged and skipped, never stopping the others.
+    async fn jobs_matching(
+        &self,
+        filter: Document,
+        what: &str,
+    ) -> anyhow::Result<Vec<(Document, Job)>> {
+        let documents: Vec<Document> = self
+            .jobs
+            .find(filter)
+            .limit(BATCH)
+            .await
+            .with_context(|| format!("finding {what}"))?
+            .try_collect()
+            .await
+            .with_context(|| format!("finding {what}"))?;
+        Ok(documents
+            .into_iter()
+            .filter_map(|document| match mongodb::bson::from_document::<Job>(document.clone()) {
+                Ok(job) => Some((document, job)),
+                Err(error) => {
+                    tracing::warn!(%error, id = ?document.get("_id"), "not a job document; left alone");
+                    None
+                }
+            })
+            .collect())
     }
 
     async fn stuck_jobs(
@@ -204,29 +266,20 @@ impl Sweeper {
         swept: &mut Swept,
     ) -> anyhow::Result<()> {
         let cutoff = now - millis(self.policy.stuck_after);
-        let unfinished = [JobStatus::Queued.as_str(), JobStatus::Converting.as_str()];
-        let stuck: Vec<Document> = self
-            .jobs
-            .find(doc! { "status": { "$in": unfinished.as_slice() }, "updated_at": { "$lt": cutoff } })
-            .limit(BATCH)
-            .await
-            .context("finding stuck jobs")?
-            .try_collect()
-            .await
-            .context("finding stuck jobs")?;
-        for document in stuck {
-            let job: Job = match mongodb::bson::from_document(document.clone()) {
-                Ok(job) => job,
-                Err(error) => {
-                    tracing::warn!(%error, id = ?document.get("_id"), "not a job document; left alone");
-                    continue;
-                }
-            };
+        // With a backlog on `video`, a queued job may just be waiting its turn: only converting
+        // jobs (whose attempt outlived every deadline) are judged until the queue drains.
+        let backlog = publisher.queue_depth(VIDEO_QUEUE).await? > 0;
+        let statuses: Vec<&str> = if backlog {
+            vec![JobStatus::Converting.as_str()]
+        } else {
+            vec![JobStatus::Queued.as_str(), JobStatus::Converting.as_str()]
+        };
+        let filter = doc! { "status": { "$in": statuses }, "updated_at": { "$lt": cutoff } };
+        for (document, job) in self.jobs_matching(filter, "stuck jobs").await? {
             let republished = count(&document, REPUBLISHED);
             if republished >= u64::from(self.policy.max_republish) {
-                if let MarkFailed::Marked { job, leftover } =
-                    self.store.mark_failed(&job.id, LOST_REASON).await?
-                {
+                // Only if nobody touched it since it was read: a converter may have claimed it.
+                if let Some((job, leftover)) = self.store.fail_unchanged(&job, LOST_REASON).await? {
                     if let Some(leftover) = leftover {
                         self.store.delete_mp3(leftover).await?;
                     }
@@ -268,30 +321,23 @@ impl Sweeper {
     ) -> anyhow::Result<()> {
         let cutoff = now - millis(self.policy.stuck_after);
         let finals = [JobStatus::Done.as_str(), JobStatus::Failed.as_str()];
-        let waiting: Vec<Document> = self
-            .jobs
-            .find(doc! {
-                "status": { "$in": finals.as_slice() },
-                "notified_at": { "$exists": false },
-                "updated_at": { "$lt": cutoff },
-                "$or": [
+        let max = i64::from(self.policy.max_republish);
+        let filter = doc! {
+            "status": { "$in": finals.as_slice() },
+            "notified_at": { "$exists": false },
+            "updated_at": { "$lt": cutoff },
+            "$and": [
+                { "$or": [
                     { REANNOUNCED_AT: { "$exists": false } },
                     { REANNOUNCED_AT: { "$lt": cutoff } },
-                ],
-            })
-            .limit(BATCH)
-            .await
-            .context("finding unannounced jobs")?
-            .try_collect()
-            .await
-            .context("finding unannounced jobs")?;
-        for document in waiting {
-            let Ok(job) = mongodb::bson::from_document::<Job>(document.clone()) else {
-                continue;
-            };
-            if count(&document, REANNOUNCED) >= u64::from(self.policy.max_republish) {
-                continue;
-            }
+                ] },
+                { "$or": [
+                    { REANNOUNCED: { "$exists": false } },
+                    { REANNOUNCED: { "$lt": max } },
+                ] },
+            ],
+        };
+        for (document, job) in self.jobs_matching(filter, "unannounced jobs").await? {
             let previous = document.get(REANNOUNCED_AT).cloned().unwrap_or(Bson::Null);
             let filter = match previous {
                 Bson::Null => doc! { "_id": &job.id, REANNOUNCED_AT: { "$exists": false } },
@@ -322,17 +368,9 @@ impl Sweeper {
 
     async fn videos_of_final_jobs(&self, now: i64, swept: &mut Swept) -> anyhow::Result<()> {
         let finals = [JobStatus::Done.as_str(), JobStatus::Failed.as_str()];
-        let jobs: Vec<Job> = self
-            .jobs
-            .clone_with_type::<Job>()
-            .find(doc! { "status": { "$in": finals.as_slice() }, VIDEO_DELETED_AT: { "$exists": false } })
-            .limit(BATCH)
-            .await
-            .context("finding final jobs with videos")?
-            .try_collect()
-            .await
-            .context("finding final jobs with videos")?;
-        for job in jobs {
+        let filter =
+            doc! { "status": { "$in": finals.as_slice() }, VIDEO_DELETED_AT: { "$exists": false } };
+        for (_, job) in self.jobs_matching(filter, "final jobs with videos").await? {
             if let Ok(id) = ObjectId::parse_str(&job.video_fid) {
                 delete_file(&self.videos, id).await?;
             }
@@ -351,17 +389,9 @@ impl Sweeper {
     async fn expired_jobs(&self, now: i64, swept: &mut Swept) -> anyhow::Result<()> {
         let cutoff = now - millis(self.policy.retention);
         let finals = [JobStatus::Done.as_str(), JobStatus::Failed.as_str()];
-        let jobs: Vec<Job> = self
-            .jobs
-            .clone_with_type::<Job>()
-            .find(doc! { "status": { "$in": finals.as_slice() }, "updated_at": { "$lt": cutoff } })
-            .limit(BATCH)
-            .await
-            .context("finding expired jobs")?
-            .try_collect()
-            .await
-            .context("finding expired jobs")?;
-        for job in jobs {
+        let filter =
+            doc! { "status": { "$in": finals.as_slice() }, "updated_at": { "$lt": cutoff } };
+        for (_, job) in self.jobs_matching(filter, "expired jobs").await? {
             // The files first: a sweep stopped half-way finds the job again next time.
             if let Some(mp3) = job
                 .mp3_fid
@@ -407,7 +437,8 @@ impl Sweeper {
                     .await
                     .with_context(|| format!("listing the files of {}", db.name()))?,
             );
-            for id in files.iter().filter(|id| !named.contains(id)) {
+            let unowned = files.iter().filter(|id| !named.contains(id));
+            for id in unowned.filter(|_| !self.policy.keep_unowned_files) {
                 if older_than(id, cutoff_secs) {
                     delete_file(db, *id).await?;
                     tracing::info!(db = db.name(), file = %id, "deleted a file no job names");
@@ -422,7 +453,9 @@ impl Sweeper {
             );
             let orphaned: Vec<ObjectId> = owners
                 .into_iter()
-                .filter(|id| !files.contains(id) && older_than(id, cutoff_secs))
+                .filter(|id| {
+                    !files.contains(id) && !named.contains(id) && older_than(id, cutoff_secs)
+                })
                 .collect();
             if !orphaned.is_empty() {
                 db.collection::<Document>("fs.chunks")

@@ -56,6 +56,8 @@ impl Fixture {
             ("CONCURRENCY", "2".to_owned()),
             ("RETRY_BASE_DELAY_MS", "200".to_owned()),
             ("SHUTDOWN_TIMEOUT_SECS", "10".to_owned()),
+            // The tests share the databases: only the sweeper's own test sweeps them.
+            ("SWEEP_INTERVAL_SECS", "0".to_owned()),
         ];
         envs.extend(extra.iter().cloned());
         let mut worker = WorkerProcess::start(CONVERTER, &envs);
@@ -727,10 +729,11 @@ async fn a_message_that_kills_the_converter_fails_after_the_allowed_attempts() {
     };
     assert_eq!(deaths, 2, "one death per allowed attempt");
     let failed = fx.job(&job.id).await;
-    assert_eq!((failed.status, failed.attempts), (JobStatus::Failed, 2));
+    // Two claims that died, and the third that gave up.
+    assert_eq!((failed.status, failed.attempts), (JobStatus::Failed, 3));
     assert!(failed.error.unwrap().contains("kept failing"));
     assert!(
-        survivor.log().contains("the worker handling it stopped"),
+        survivor.log().contains("attempts kept stopping"),
         "{}",
         survivor.log()
     );
@@ -815,6 +818,25 @@ async fn a_seed_format_message_is_converted_into_a_job_of_its_own() {
         assert_eq!(raw["video_fid"], stored.video_fid.as_str());
     }
     assert_eq!(fx.mp3_files(&stored.video_fid).await.len(), 1);
+
+    // A seed-format message naming a video an upload of ours made cannot give it an owner.
+    let theirs = fx.queue_job(&video, "theirs.mkv", 255 * 1024).await;
+    let hijack = serde_json::json!({
+        "video_fid": theirs.video_fid, "mp3_fid": null, "username": "mallory@example.com",
+    });
+    fx.vhost.publish("video", &hijack.to_string());
+    fx.take("video.dead", 1);
+    let untouched = fx.job(&theirs.id).await;
+    assert_eq!(
+        (untouched.status, untouched.owner.as_str()),
+        (JobStatus::Queued, theirs.owner.as_str())
+    );
+    let jobs = fx.videos().collection::<Job>(JOBS_COLLECTION);
+    assert!(jobs
+        .find_one(doc! { "_id": &theirs.video_fid })
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// The processes whose parent is `pid`, with their command names.

@@ -77,8 +77,9 @@ struct Config {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     shutdown_timeout_secs: u64,
     /// Seconds one attempt may take (a send); past it the attempt is abandoned and counts as
-    /// failed. Keep it under RabbitMQ's `consumer_timeout` (30 minutes by default).
-    #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 120,
+    /// failed. Under the 120 s lease on a job's email, so an abandoned send never overlaps
+    /// another delivery's.
+    #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     job_timeout_secs: u64,
     /// Log lines as `text` or `json`.
@@ -112,6 +113,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        Duration::from_secs(config.job_timeout_secs) + Duration::from_secs(10) <= store::LEASE,
+        "JOB_TIMEOUT_SECS ({}) must be at least 10 s under the email lease ({} s)",
+        config.job_timeout_secs,
+        store::LEASE.as_secs()
+    );
     let mut options = mongodb::options::ClientOptions::parse(&config.mongodb_url)
         .await
         .context("parsing MONGODB_URL")?;
@@ -208,7 +215,7 @@ mod tests {
         assert_eq!(config.retry_base_delay_ms, 1000);
         assert_eq!(config.metrics_addr, "127.0.0.1:9102".parse().unwrap());
         assert_eq!(config.shutdown_timeout_secs, 30);
-        assert_eq!(config.job_timeout_secs, 120);
+        assert_eq!(config.job_timeout_secs, 60);
         assert_eq!(config.log_format, LogFormat::Text);
     }
 

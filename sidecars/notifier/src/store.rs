@@ -90,6 +90,15 @@ impl Store {
         let Some(file) = self.mp3_file(mp3_fid).await? else {
             return Ok(Adopt::NoSuchMp3);
         };
+        // An MP3 our converter made for another job is not this one's to take.
+        if let Ok(owner) = file
+            .get_document("metadata")
+            .and_then(|m| m.get_str("job_id"))
+        {
+            if owner != job_id {
+                return Ok(Adopt::NoSuchMp3);
+            }
+        }
         let now = now_ms();
         if job.is_none() {
             let job = Job {
@@ -104,13 +113,16 @@ impl Store {
                 created_at: now,
                 updated_at: now,
             };
-            // A duplicate key means another delivery made it: the update below is then a no-op
-            // or finishes what it started.
-            if let Err(error) = self.jobs.insert_one(&job).await {
-                tracing::debug!(%error, "creating the job of a seed-format announcement");
-            } else {
-                tracing::info!("created the job of a seed-format announcement");
-                return Ok(Adopt::Done);
+            match self.jobs.insert_one(&job).await {
+                Ok(_) => {
+                    tracing::info!("created the job of a seed-format announcement");
+                    return Ok(Adopt::Done);
+                }
+                // Another delivery made it: the update below is then a no-op or finishes it.
+                Err(error) if is_duplicate_key(&error) => {}
+                Err(error) => {
+                    return Err(error).with_context(|| format!("creating job {job_id}"));
+                }
             }
         }
         self.jobs
@@ -217,6 +229,16 @@ impl Store {
             .await
             .with_context(|| format!("releasing the notification claim of job {job_id}"))?;
         Ok(())
+    }
+}
+
+/// MongoDB's duplicate key error (11000).
+fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::Command(e) => e.code == 11000,
+        _ => false,
     }
 }
 

@@ -370,8 +370,28 @@ async fn an_announced_mp3_that_does_not_exist_changes_nothing() {
     let owner = format!("{}@example.com", unique("seed"));
     let seed = serde_json::json!({"video_fid": ObjectId::new().to_hex(), "mp3_fid": bogus, "username": owner});
     fx.vhost.publish("mp3", &seed.to_string());
-    wait_for("both dead-lettered", TIMEOUT, || {
-        (worker.metric("notifier_messages_dead_lettered_total")? == 2.0).then_some(())
+    // An MP3 our converter made for another job (its metadata names that job).
+    let other = ObjectId::new().to_hex();
+    let foreign = {
+        use futures_util::io::AsyncWriteExt as _;
+        let bucket = fx.client.database(MP3S_DB).gridfs_bucket(None);
+        let options = mongodb::options::GridFsUploadOptions::builder()
+            .metadata(doc! { "job_id": &other })
+            .build();
+        let mut upload = bucket
+            .open_upload_stream("other.mp3")
+            .with_options(options)
+            .await
+            .unwrap();
+        upload.write_all(b"not yours").await.unwrap();
+        upload.close().await.unwrap();
+        let id = upload.id().as_object_id().unwrap().to_hex();
+        fx.mp3s.lock().unwrap().push(id.clone());
+        id
+    };
+    fx.publish(&JobMessage::queued(&job.id, &job.video_fid, &job.owner).converted(&foreign));
+    wait_for("all three dead-lettered", TIMEOUT, || {
+        (worker.metric("notifier_messages_dead_lettered_total")? == 3.0).then_some(())
     });
     assert_eq!(
         fx.job_document(&job.id).await.get_str("status").unwrap(),
