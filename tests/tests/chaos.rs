@@ -51,6 +51,8 @@ fn chaos() {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         });
+    // Whatever happens, the services are up again afterwards for the suites that follow.
+    let _restore = RestoreServices;
     let mut reports = Vec::new();
     // CHAOS_RUNTIME=spin-runner|spin runs one.
     let only = std::env::var("CHAOS_RUNTIME").ok();
@@ -255,7 +257,20 @@ fn postgres_backend() -> bool {
     std::env::var("FERRETDB_BACKEND").map_or(true, |b| b == "postgresql")
 }
 
-/// `scripts/dev-services crash <service>`, a pause, then `start` (which restarts what is down).
+struct RestoreServices;
+
+impl Drop for RestoreServices {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/dev-services"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `scripts/dev-services crash <service>`, a pause, then `start` (which restarts what is down;
+/// tried again once, as an operator would, before the run is called failed).
 fn dev_services_crash(service: &str, pause: Duration) {
     let script = root().join("scripts/dev-services");
     let run = |args: &[&str]| {
@@ -271,7 +286,14 @@ fn dev_services_crash(service: &str, pause: Duration) {
     };
     run(&["crash", service]);
     std::thread::sleep(pause);
-    run(&["start"]);
+    let started = Command::new(&script)
+        .arg("start")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !started {
+        std::thread::sleep(Duration::from_secs(2));
+        run(&["start"]);
+    }
 }
 
 /// What one upload got, after a client's retries.
