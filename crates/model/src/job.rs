@@ -62,6 +62,25 @@ pub struct Job {
     pub updated_at: i64,
 }
 
+impl Job {
+    /// The job a seed-format message stands for (see [`JobMessage::is_seed`]): named after its
+    /// video, owned by its `username`, queued.
+    pub fn for_seed_message(message: &JobMessage, filename: &str, now_ms: i64) -> Self {
+        Self {
+            id: message.job_id.clone(),
+            owner: message.username.clone(),
+            video_fid: message.video_fid.clone(),
+            filename: filename.to_owned(),
+            status: JobStatus::Queued,
+            mp3_fid: None,
+            error: None,
+            attempts: 0,
+            created_at: now_ms,
+            updated_at: now_ms,
+        }
+    }
+}
+
 /// The JSON body of the messages on the `video` and `mp3` queues.
 ///
 /// The seed system's fields (`video_fid`, `mp3_fid`, `username`) plus the job id. On `video`,

@@ -21,5 +21,8 @@ pub const VIDEOS_DB: &str = "videos";
 pub const MP3S_DB: &str = "mp3s";
 /// Collection of [`Job`] documents, in [`VIDEOS_DB`].
 pub const JOBS_COLLECTION: &str = "jobs";
+/// Collection of the notifier's claims on jobs' emails (`job_id` names the job), in
+/// [`VIDEOS_DB`].
+pub const NOTIFY_CLAIMS_COLLECTION: &str = "notify_claims";
 /// GridFS chunk size of both buckets: the official drivers' default (255 KiB).
 pub const GRIDFS_CHUNK_SIZE: u32 = 255 * 1024;

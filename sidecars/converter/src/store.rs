@@ -268,19 +268,8 @@ impl Store {
             tracing::warn!(video = %id, "a seed-format message names another job's video; refused");
             return Ok(false);
         }
-        let now = now_ms();
-        let job = Job {
-            id: message.job_id.clone(),
-            owner: message.username.clone(),
-            video_fid: message.video_fid.clone(),
-            filename: file.get_str("filename").unwrap_or_default().to_owned(),
-            status: JobStatus::Queued,
-            mp3_fid: None,
-            error: None,
-            attempts: 0,
-            created_at: now,
-            updated_at: now,
-        };
+        let filename = file.get_str("filename").unwrap_or_default();
+        let job = Job::for_seed_message(message, filename, now_ms());
         match self.jobs.insert_one(&job).await {
             Ok(_) => {
                 tracing::info!(job_id = %job.id, "created the job of a seed-format message");

@@ -21,7 +21,9 @@ use futures_util::TryStreamExt as _;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::{Client, Collection, Database};
 use mp3_model::topology::{MP3_QUEUE, VIDEO_QUEUE};
-use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
+use mp3_model::{
+    Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
+};
 use mp3_worker::Publisher;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -403,6 +405,11 @@ impl Sweeper {
             if let Ok(video) = ObjectId::parse_str(&job.video_fid) {
                 delete_file(&self.videos, video).await?;
             }
+            self.videos
+                .collection::<Document>(NOTIFY_CLAIMS_COLLECTION)
+                .delete_many(doc! { "job_id": &job.id })
+                .await
+                .with_context(|| format!("deleting the email claims of job {}", job.id))?;
             self.jobs
                 .delete_one(doc! { "_id": &job.id, "updated_at": job.updated_at })
                 .await

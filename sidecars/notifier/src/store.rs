@@ -1,8 +1,12 @@
-//! The notification record on the job document (`videos.jobs`), so a job's email is sent once
-//! however often its `mp3` message is delivered.
+//! The notification record, so a job's email is sent once however often its `mp3` message is
+//! delivered: `notified_at` on the job document (`videos.jobs`, set once the SMTP server
+//! accepted the email), and claims in `videos.notify_claims` (a lease held while one delivery
+//! sends it).
 //!
-//! Three fields sit next to the model's: `notified_at` (set once the SMTP server accepted the
-//! email), and `notify_claim` / `notify_claimed_at` (a lease held while one delivery sends it).
+//! A claim is an insert of `{_id: "<job id>/<n>"}`, the n-th claim of the job: of two deliveries
+//! claiming at once, the unique `_id` lets exactly one in. A conditional update could not do
+//! that on FerretDB, whose `findAndModify` and updates read and then write in two steps, so two
+//! claimants could both win (seen in the chaos suite as a second email).
 //!
 //! The trade-off. Sending an email and recording it cannot be one atomic step, so a crash
 //! between the two must resolve one way:
@@ -21,7 +25,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mongodb::bson::{doc, oid::ObjectId, Document};
 use mongodb::{Client, Collection};
-use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
+use mp3_model::{
+    Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
+};
 
 /// How long a claim keeps other deliveries from sending the same job's email.
 pub const LEASE: Duration = Duration::from_secs(120);
@@ -29,6 +35,7 @@ pub const LEASE: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct Store {
     jobs: Collection<Job>,
+    claims: Collection<Document>,
     /// GridFS `mp3s` files documents, to check an announced MP3 exists.
     mp3_files: Collection<Document>,
 }
@@ -64,6 +71,9 @@ impl Store {
     pub fn new(client: &Client) -> Self {
         Self {
             jobs: client.database(VIDEOS_DB).collection(JOBS_COLLECTION),
+            claims: client
+                .database(VIDEOS_DB)
+                .collection(NOTIFY_CLAIMS_COLLECTION),
             mp3_files: client.database(MP3S_DB).collection("fs.files"),
         }
     }
@@ -101,17 +111,11 @@ impl Store {
         }
         let now = now_ms();
         if job.is_none() {
+            let filename = file.get_str("filename").unwrap_or_default();
             let job = Job {
-                id: job_id.to_owned(),
-                owner: message.username.clone(),
-                video_fid: message.video_fid.clone(),
-                filename: file.get_str("filename").unwrap_or_default().to_owned(),
                 status: JobStatus::Done,
                 mp3_fid: Some(mp3_fid.to_owned()),
-                error: None,
-                attempts: 0,
-                created_at: now,
-                updated_at: now,
+                ..Job::for_seed_message(message, filename, now)
             };
             match self.jobs.insert_one(&job).await {
                 Ok(_) => {
@@ -156,79 +160,98 @@ impl Store {
     /// Claims the job's notification for `token` unless it was sent or is claimed (and the
     /// lease has not lapsed).
     pub async fn claim(&self, job_id: &str, token: &str) -> anyhow::Result<Claim> {
-        let now = now_ms();
-        let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
-        let claimed = self
+        let Some(job) = self
             .jobs
-            .find_one_and_update(
-                doc! {
-                    "_id": job_id,
-                    "notified_at": { "$exists": false },
-                    "$or": [
-                        { "notify_claim": { "$exists": false } },
-                        { "notify_claimed_at": { "$lt": now - lease } },
-                    ],
-                },
-                doc! { "$set": { "notify_claim": token, "notify_claimed_at": now } },
-            )
-            .await
-            .with_context(|| format!("claiming the notification of job {job_id}"))?;
-        if let Some(job) = claimed {
-            return Ok(Claim::Claimed { job });
-        }
-        let Some(document) = self
-            .jobs
-            .clone_with_type::<mongodb::bson::Document>()
+            .clone_with_type::<Document>()
             .find_one(doc! { "_id": job_id })
             .await
             .with_context(|| format!("reading job {job_id}"))?
         else {
             return Ok(Claim::NotFound);
         };
-        if document.contains_key("notified_at") {
+        if job.contains_key("notified_at") {
             return Ok(Claim::AlreadySent);
         }
-        let claimed_at = match document.get("notify_claimed_at") {
-            Some(mongodb::bson::Bson::Int64(at)) => *at,
-            Some(mongodb::bson::Bson::Int32(at)) => i64::from(*at),
-            _ => now,
+        let job: Job = mongodb::bson::from_document(job)
+            .with_context(|| format!("job {job_id} is not a valid job document"))?;
+        let now = now_ms();
+        let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
+        let latest = self
+            .claims
+            .find_one(doc! { "job_id": job_id })
+            .sort(doc! { "n": -1 })
+            .await
+            .with_context(|| format!("reading the claims of job {job_id}"))?;
+        let previous = latest.as_ref().map_or(0, |c| integer(c, "n"));
+        if let Some(latest) = &latest {
+            let left = integer(latest, "claimed_at") + lease - now;
+            if left > 0 {
+                return Ok(Claim::Held {
+                    retry_after: Duration::from_millis(u64::try_from(left).unwrap_or(0))
+                        + Duration::from_secs(1),
+                });
+            }
+        }
+        let n = previous + 1;
+        let claim = doc! {
+            "_id": format!("{job_id}/{n}"),
+            "job_id": job_id,
+            "n": n,
+            "token": token,
+            "claimed_at": now,
         };
-        let left = (claimed_at + lease - now).clamp(0, lease);
-        Ok(Claim::Held {
-            retry_after: Duration::from_millis(u64::try_from(left).unwrap_or(0))
-                + Duration::from_secs(1),
-        })
+        match self.claims.insert_one(claim).await {
+            Ok(_) => Ok(Claim::Claimed { job }),
+            // Another delivery took this very claim first.
+            Err(error) if is_duplicate_key(&error) => Ok(Claim::Held {
+                retry_after: LEASE + Duration::from_secs(1),
+            }),
+            Err(error) => {
+                Err(error).with_context(|| format!("claiming the notification of job {job_id}"))
+            }
+        }
     }
 
-    /// Records that the email was sent (`kind`: which one), ending the claim.
+    /// Records that the email was sent (`kind`: which one), and drops the job's claims.
     pub async fn mark_sent(&self, job_id: &str, token: &str, kind: &str) -> anyhow::Result<()> {
-        let result = self
-            .jobs
+        let ours = self
+            .claims
+            .find_one(doc! { "job_id": job_id, "token": token })
+            .await
+            .with_context(|| format!("reading the claim of job {job_id}"))?;
+        if ours.is_none() {
+            tracing::warn!("the claim lapsed while sending: the email may be sent twice");
+        }
+        self.jobs
             .update_one(
-                doc! { "_id": job_id, "notify_claim": token },
-                doc! {
-                    "$set": { "notified_at": now_ms(), "notified_kind": kind },
-                    "$unset": { "notify_claim": "", "notify_claimed_at": "" },
-                },
+                doc! { "_id": job_id },
+                doc! { "$set": { "notified_at": now_ms(), "notified_kind": kind } },
             )
             .await
             .with_context(|| format!("recording the notification of job {job_id}"))?;
-        if result.matched_count == 0 {
-            tracing::warn!("the claim lapsed while sending: the email may be sent twice");
-        }
+        self.claims
+            .delete_many(doc! { "job_id": job_id })
+            .await
+            .with_context(|| format!("dropping the claims of job {job_id}"))?;
         Ok(())
     }
 
     /// Gives the claim up after a failed send, so a retry can send.
     pub async fn release(&self, job_id: &str, token: &str) -> anyhow::Result<()> {
-        self.jobs
-            .update_one(
-                doc! { "_id": job_id, "notify_claim": token },
-                doc! { "$unset": { "notify_claim": "", "notify_claimed_at": "" } },
-            )
+        self.claims
+            .delete_one(doc! { "job_id": job_id, "token": token })
             .await
             .with_context(|| format!("releasing the notification claim of job {job_id}"))?;
         Ok(())
+    }
+}
+
+/// A non-negative integer field, 0 when absent.
+fn integer(document: &Document, key: &str) -> i64 {
+    match document.get(key) {
+        Some(mongodb::bson::Bson::Int64(n)) => *n,
+        Some(mongodb::bson::Bson::Int32(n)) => i64::from(*n),
+        _ => 0,
     }
 }
 

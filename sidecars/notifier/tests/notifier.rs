@@ -399,3 +399,33 @@ async fn an_announced_mp3_that_does_not_exist_changes_nothing() {
     );
     assert!(mails_to(&job.owner).is_empty() && mails_to(&owner).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_deliveries_of_one_job_at_once_send_one_email() {
+    let fx = Fixture::new("claims").await;
+    // Two notifiers, four deliveries each at once: every claim races every other.
+    let workers = [
+        fx.start(&[("CONCURRENCY", "4".to_owned())]),
+        fx.start(&[("CONCURRENCY", "4".to_owned())]),
+    ];
+    let (job, message) = fx.job(JobStatus::Done).await;
+    for _ in 0..8 {
+        fx.publish(&message);
+    }
+    wait_for_one_mail(&job.owner);
+    // The others find it sent, or held by the sender and come back later (deferred).
+    wait_for("every other delivery settled", TIMEOUT, || {
+        let settled: f64 = workers
+            .iter()
+            .flat_map(|w| {
+                [
+                    "notifier_duplicates_skipped_total",
+                    "notifier_jobs_retried_total",
+                ]
+                .map(|m| w.metric(m).unwrap_or(0.0))
+            })
+            .sum();
+        (settled == 7.0).then_some(())
+    });
+    assert_eq!(mails_to(&job.owner).len(), 1, "one email");
+}
