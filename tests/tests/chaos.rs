@@ -527,10 +527,22 @@ fn run(runtime: Runtime, seed: u64, jobs: usize) -> Report {
             process.assert_alive();
         }
         let all = jobs_of_user(&mut mongo);
-        let settled = all.iter().all(|job| {
-            matches!(job.get_str("status"), Ok("done" | "failed"))
-                && job.contains_key("notified_at")
-        });
+        // The notifier's record of each email (the job's `notified_at` may lag on FerretDB).
+        let markers: Vec<Bson> = all
+            .iter()
+            .filter_map(|job| job.get_str("_id").ok())
+            .map(|id| Bson::String(format!("{id}/sent")))
+            .collect();
+        let sent = count(
+            &mut mongo,
+            VIDEOS_DB,
+            mp3_model::NOTIFY_CLAIMS_COLLECTION,
+            doc! { "_id": { "$in": markers } },
+        );
+        let settled = sent == all.len() as u64
+            && all
+                .iter()
+                .all(|job| matches!(job.get_str("status"), Ok("done" | "failed")));
         let accepted_known = uploads
             .iter()
             .filter_map(|u| u.job_id.as_deref())
@@ -849,6 +861,8 @@ fn cleanup(mongo: &mut Mongo, jobs: &[Document]) {
         }
         if let Ok(id) = job.get_str("_id") {
             let _ = mongo.delete_many(VIDEOS_DB, JOBS_COLLECTION, doc! { "_id": id });
+            let claims = mp3_model::NOTIFY_CLAIMS_COLLECTION;
+            let _ = mongo.delete_many(VIDEOS_DB, claims, doc! { "job_id": id });
         }
     }
 }

@@ -340,6 +340,17 @@ impl Sweeper {
             ],
         };
         for (document, job) in self.jobs_matching(filter, "unannounced jobs").await? {
+            // The notifier's own record of the email (see its store): `notified_at` on the job
+            // can be lost to a concurrent update on FerretDB.
+            let sent = self
+                .videos
+                .collection::<Document>(NOTIFY_CLAIMS_COLLECTION)
+                .find_one(doc! { "_id": format!("{}/sent", job.id) })
+                .await
+                .with_context(|| format!("reading the sent marker of job {}", job.id))?;
+            if sent.is_some() {
+                continue;
+            }
             let previous = document.get(REANNOUNCED_AT).cloned().unwrap_or(Bson::Null);
             let filter = match previous {
                 Bson::Null => doc! { "_id": &job.id, REANNOUNCED_AT: { "$exists": false } },

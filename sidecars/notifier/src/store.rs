@@ -169,7 +169,7 @@ impl Store {
         else {
             return Ok(Claim::NotFound);
         };
-        if job.contains_key("notified_at") {
+        if job.contains_key("notified_at") || self.sent(job_id).await? {
             return Ok(Claim::AlreadySent);
         }
         let job: Job = mongodb::bson::from_document(job)
@@ -212,7 +212,21 @@ impl Store {
         }
     }
 
-    /// Records that the email was sent (`kind`: which one), and drops the job's claims.
+    /// Whether the job's email was sent: its marker (`{_id: "<job id>/sent"}`) exists.
+    pub async fn sent(&self, job_id: &str) -> anyhow::Result<bool> {
+        let marker = self
+            .claims
+            .find_one(doc! { "_id": sent_marker(job_id) })
+            .await
+            .with_context(|| format!("reading the sent marker of job {job_id}"))?;
+        Ok(marker.is_some())
+    }
+
+    /// Records that the email was sent (`kind`: which one), and drops the job's claims. The
+    /// record that counts is a marker document of its own, which only this insert writes: on
+    /// FerretDB an update of the job document can be lost to a concurrent update of the same
+    /// document (the sweeper's), which reads and writes the whole document. `notified_at` on the
+    /// job is kept for people reading it.
     pub async fn mark_sent(&self, job_id: &str, token: &str, kind: &str) -> anyhow::Result<()> {
         let ours = self
             .claims
@@ -222,15 +236,25 @@ impl Store {
         if ours.is_none() {
             tracing::warn!("the claim lapsed while sending: the email may be sent twice");
         }
+        let now = now_ms();
+        let marker =
+            doc! { "_id": sent_marker(job_id), "job_id": job_id, "sent_at": now, "kind": kind };
+        match self.claims.insert_one(marker).await {
+            Ok(_) => {}
+            Err(error) if is_duplicate_key(&error) => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("recording the email of job {job_id}"))
+            }
+        }
         self.jobs
             .update_one(
                 doc! { "_id": job_id },
-                doc! { "$set": { "notified_at": now_ms(), "notified_kind": kind } },
+                doc! { "$set": { "notified_at": now, "notified_kind": kind } },
             )
             .await
             .with_context(|| format!("recording the notification of job {job_id}"))?;
         self.claims
-            .delete_many(doc! { "job_id": job_id })
+            .delete_many(doc! { "job_id": job_id, "n": { "$exists": true } })
             .await
             .with_context(|| format!("dropping the claims of job {job_id}"))?;
         Ok(())
@@ -244,6 +268,11 @@ impl Store {
             .with_context(|| format!("releasing the notification claim of job {job_id}"))?;
         Ok(())
     }
+}
+
+/// The `_id` of the document recording that a job's email was sent.
+pub fn sent_marker(job_id: &str) -> String {
+    format!("{job_id}/sent")
 }
 
 /// A non-negative integer field, 0 when absent.
