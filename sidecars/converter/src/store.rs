@@ -249,12 +249,7 @@ impl Store {
         let Ok(id) = ObjectId::parse_str(&message.video_fid) else {
             return Ok(false);
         };
-        let files = self.videos_db.collection::<Document>("fs.files");
-        let Some(file) = files
-            .find_one(doc! { "_id": id })
-            .await
-            .with_context(|| format!("reading the files document of video {id}"))?
-        else {
+        let Some(file) = self.video_file(id).await? else {
             return Ok(false);
         };
         // A video an upload of ours made belongs to its job: a message naming it cannot give
@@ -303,17 +298,21 @@ impl Store {
             .with_context(|| format!("marking job {} failed", seen.id))
     }
 
+    /// A video's GridFS files document, if it is stored.
+    async fn video_file(&self, id: ObjectId) -> anyhow::Result<Option<Document>> {
+        self.videos_db
+            .collection::<Document>("fs.files")
+            .find_one(doc! { "_id": id })
+            .await
+            .with_context(|| format!("reading the files document of video {id}"))
+    }
+
     /// Finds the video's files document.
     pub async fn video(&self, video_fid: &str) -> anyhow::Result<Result<Video, VideoError>> {
         let Ok(id) = ObjectId::parse_str(video_fid) else {
             return Ok(Err(VideoError::BadId(video_fid.to_owned())));
         };
-        let files = self.videos_db.collection::<Document>("fs.files");
-        let Some(file) = files
-            .find_one(doc! { "_id": id })
-            .await
-            .with_context(|| format!("reading the files document of video {id}"))?
-        else {
+        let Some(file) = self.video_file(id).await? else {
             return Ok(Err(VideoError::Missing(id)));
         };
         let Some(len) = integer(&file, "length") else {
@@ -381,18 +380,21 @@ impl Store {
     /// Deletes an MP3 and its chunks, complete or not (a killed upload leaves chunks without a
     /// files document, which the driver's own delete would not find).
     pub async fn delete_mp3(&self, id: ObjectId) -> anyhow::Result<()> {
-        self.mp3s_db
-            .collection::<Document>("fs.files")
-            .delete_one(doc! { "_id": id })
-            .await
-            .with_context(|| format!("deleting MP3 {id}"))?;
-        self.mp3s_db
-            .collection::<Document>("fs.chunks")
-            .delete_many(doc! { "files_id": id })
-            .await
-            .with_context(|| format!("deleting the chunks of MP3 {id}"))?;
-        Ok(())
+        delete_file(&self.mp3s_db, id).await
     }
+}
+
+/// Deletes a file of `db`'s default GridFS bucket: its files document and its chunks.
+pub(crate) async fn delete_file(db: &Database, id: ObjectId) -> anyhow::Result<()> {
+    db.collection::<Document>("fs.files")
+        .delete_one(doc! { "_id": id })
+        .await
+        .with_context(|| format!("deleting file {id} of {}", db.name()))?;
+    db.collection::<Document>("fs.chunks")
+        .delete_many(doc! { "files_id": id })
+        .await
+        .with_context(|| format!("deleting the chunks of file {id} of {}", db.name()))?;
+    Ok(())
 }
 
 /// Chunks per query batch: FerretDB answers a batch only once it has decoded all of it.

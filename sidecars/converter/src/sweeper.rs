@@ -30,10 +30,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::store::{delete_file, Store};
 
 /// Jobs looked at per step and sweep: a large backlog is worked off over several sweeps.
 const BATCH: i64 = 500;
+
+/// The statuses of a job that is over.
+const FINAL: [&str; 2] = ["done", "failed"];
 
 /// What the owner of a job that was lost is told.
 pub const LOST_REASON: &str = "the job was lost on the way; please upload the video again";
@@ -322,10 +325,9 @@ impl Sweeper {
         swept: &mut Swept,
     ) -> anyhow::Result<()> {
         let cutoff = now - millis(self.policy.stuck_after);
-        let finals = [JobStatus::Done.as_str(), JobStatus::Failed.as_str()];
         let max = i64::from(self.policy.max_republish);
         let filter = doc! {
-            "status": { "$in": finals.as_slice() },
+            "status": { "$in": FINAL.as_slice() },
             "notified_at": { "$exists": false },
             "updated_at": { "$lt": cutoff },
             "$and": [
@@ -380,9 +382,8 @@ impl Sweeper {
     }
 
     async fn videos_of_final_jobs(&self, now: i64, swept: &mut Swept) -> anyhow::Result<()> {
-        let finals = [JobStatus::Done.as_str(), JobStatus::Failed.as_str()];
         let filter =
-            doc! { "status": { "$in": finals.as_slice() }, VIDEO_DELETED_AT: { "$exists": false } };
+            doc! { "status": { "$in": FINAL.as_slice() }, VIDEO_DELETED_AT: { "$exists": false } };
         for (_, job) in self.jobs_matching(filter, "final jobs with videos").await? {
             if let Ok(id) = ObjectId::parse_str(&job.video_fid) {
                 delete_file(&self.videos, id).await?;
@@ -401,9 +402,8 @@ impl Sweeper {
 
     async fn expired_jobs(&self, now: i64, swept: &mut Swept) -> anyhow::Result<()> {
         let cutoff = now - millis(self.policy.retention);
-        let finals = [JobStatus::Done.as_str(), JobStatus::Failed.as_str()];
         let filter =
-            doc! { "status": { "$in": finals.as_slice() }, "updated_at": { "$lt": cutoff } };
+            doc! { "status": { "$in": FINAL.as_slice() }, "updated_at": { "$lt": cutoff } };
         for (_, job) in self.jobs_matching(filter, "expired jobs").await? {
             // The files first: a sweep stopped half-way finds the job again next time.
             if let Some(mp3) = job
@@ -492,19 +492,6 @@ impl Sweeper {
     }
 }
 
-/// Deletes a GridFS file of `db`'s default bucket, its files document and its chunks.
-async fn delete_file(db: &Database, id: ObjectId) -> anyhow::Result<()> {
-    db.collection::<Document>("fs.files")
-        .delete_one(doc! { "_id": id })
-        .await
-        .with_context(|| format!("deleting file {id} of {}", db.name()))?;
-    db.collection::<Document>("fs.chunks")
-        .delete_many(doc! { "files_id": id })
-        .await
-        .with_context(|| format!("deleting the chunks of file {id} of {}", db.name()))?;
-    Ok(())
-}
-
 fn parse_id(hex: &str) -> Option<ObjectId> {
     ObjectId::parse_str(hex).ok()
 }
@@ -566,6 +553,16 @@ mod tests {
         let mut bytes = [7u8; 12];
         bytes[..4].copy_from_slice(&secs.to_be_bytes());
         ObjectId::from_bytes(bytes)
+    }
+
+    #[test]
+    fn final_statuses_are_the_models() {
+        let finals: Vec<&str> = [JobStatus::Done, JobStatus::Failed]
+            .into_iter()
+            .filter(|s| s.is_final())
+            .map(JobStatus::as_str)
+            .collect();
+        assert_eq!(FINAL.as_slice(), finals.as_slice());
     }
 
     #[test]
