@@ -621,6 +621,20 @@ def spinapps_match_spin_toml(ctx: Context, c: Check) -> None:
 
 
 @check
+def executors_apply_before_their_spinapps(ctx: Context, c: Check) -> None:
+    # `kubectl apply -k` sends objects in the rendered order, and the operator's webhook refuses
+    # a SpinApp whose executor does not exist yet.
+    for overlay in OVERLAYS:
+        seen = set()
+        for obj in ctx.objects(overlay):
+            if obj["kind"] == "SpinAppExecutor":
+                seen.add(obj["metadata"]["name"])
+            elif obj["kind"] == "SpinApp" and obj["spec"].get("executor") not in seen:
+                c.fail(f"{overlay} SpinApp/{obj['metadata']['name']}",
+                       f"rendered before its executor {obj['spec'].get('executor')} (kustomize sortOptions)")
+
+
+@check
 def one_autoscaler_per_workload(ctx: Context, c: Check) -> None:
     for overlay in OVERLAYS:
         targets: dict[str, list[str]] = {}
@@ -1127,20 +1141,92 @@ def endpoints(ctx: Context, overlay: str) -> dict[str, Endpoint]:
             labels = dict(obj["spec"].get("podLabels", {}))
             labels["core.spinkube.dev/app-name"] = obj["metadata"]["name"]
             eps[obj["metadata"]["name"]] = Endpoint(obj["metadata"]["name"], NAMESPACE, labels, {"http-app": 80})
-    eps["ingress-nginx"] = Endpoint("ingress-nginx", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
-    eps["keda"] = Endpoint("keda-operator", "keda", {"app": "keda-operator"})
-    eps["prometheus"] = Endpoint("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
-    eps["kube-dns"] = Endpoint("coredns", "kube-system", {"k8s-app": "kube-dns"})
-    eps["smtp-relay"] = Endpoint("smtp relay", "", ip="198.51.100.25")
-    eps["internet"] = Endpoint("internet", "", ip="203.0.113.80")
-    eps["managed-data"] = Endpoint("managed data", "", ip="10.100.3.4")
+    eps.update(outside_endpoints())
     return eps
+
+
+# The namespaces the flows cross, with the label Kubernetes gives every namespace.
+NAMESPACE_LABELS = {n: {"kubernetes.io/metadata.name": n} for n in
+                    ("mp3", "ingress-nginx", "keda", "monitoring", "kube-system")}
+
+
+def outside_endpoints() -> dict[str, Endpoint]:
+    """The peers outside namespace mp3, with the labels their usual installations give them."""
+    return {
+        "ingress-nginx": Endpoint("ingress-nginx", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}),
+        "keda": Endpoint("keda-operator", "keda", {"app": "keda-operator"}),
+        "prometheus": Endpoint("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}),
+        "kube-dns": Endpoint("coredns", "kube-system", {"k8s-app": "kube-dns"}),
+        "smtp-relay": Endpoint("smtp relay", "", ip="198.51.100.25"),
+        "internet": Endpoint("internet", "", ip="203.0.113.80"),
+        "managed-data": Endpoint("managed data", "", ip="10.100.3.4"),
+    }
+
+
+def designed_flows(eps: dict[str, Endpoint]) -> tuple[list, list]:
+    """The flows the design needs and those it forbids, as (source, destination, port) over the
+    names of `endpoints` (check_cluster.py evaluates them against the live pods too)."""
+    in_cluster = "mysql" in eps and eps["mysql"].labels
+    data = {"mysql": "mysql", "mongodb": "mongodb", "rabbitmq": "rabbitmq"} if in_cluster else \
+        {"mysql": "managed-data", "mongodb": "managed-data", "rabbitmq": "managed-data"}
+    must = [
+        ("ingress-nginx", "mp3-gateway", 80),
+        ("mp3-gateway", "mp3-auth", 80),
+        ("mp3-gateway", data["mongodb"], 27017),
+        ("mp3-gateway", data["rabbitmq"], 5672),
+        ("mp3-auth", data["mysql"], 3306),
+        ("converter", data["mongodb"], 27017),
+        ("converter", data["rabbitmq"], 5672),
+        ("notifier", data["mongodb"], 27017),
+        ("notifier", data["rabbitmq"], 5672),
+        ("notifier", "smtp-relay", 587),
+        ("notifier", "smtp-relay", 465),
+        ("notifier", "smtp-relay", 25),
+        ("prometheus", "converter", eps["converter"].ports.get("metrics", -1)),
+        ("prometheus", "notifier", eps["notifier"].ports.get("metrics", -1)),
+    ]
+    for name in ("mp3-gateway", "mp3-auth", "converter", "notifier"):
+        must.append((name, "kube-dns", 53))
+    must_not = [
+        ("ingress-nginx", "mp3-auth", 80),
+        ("ingress-nginx", "converter", eps["converter"].ports.get("metrics", -1)),
+        ("mp3-gateway", data["mysql"], 3306),
+        ("mp3-auth", data["mongodb"], 27017),
+        ("mp3-auth", data["rabbitmq"], 5672),
+        ("converter", data["mysql"], 3306),
+        ("notifier", data["mysql"], 3306),
+        ("converter", "smtp-relay", 587),
+        ("mp3-gateway", "internet", 443),
+        ("converter", "internet", 443),
+        ("mp3-auth", "internet", 443),
+        ("converter", "mp3-auth", 80),
+        ("mp3-gateway", "converter", eps["converter"].ports.get("metrics", -1)),
+    ]
+    if in_cluster:
+        must += [("keda", "rabbitmq", 15672), ("notifier", "mailpit", 1025),
+                 ("prometheus", "rabbitmq", 15692)]
+        must_not += [("keda", "mysql", 3306), ("ingress-nginx", "mysql", 3306),
+                     ("ingress-nginx", "rabbitmq", 15672), ("converter", "mailpit", 1025)]
+    return must, must_not
+
+
+def flow_problems(policies: list[dict], eps: dict[str, Endpoint], ns_labels: dict) -> list[str]:
+    must, must_not = designed_flows(eps)
+    problems = []
+    for src, dst, port in must:
+        if src not in eps or dst not in eps:
+            problems.append(f"no workload {src if src not in eps else dst} to check {src} -> {dst}")
+        elif not allowed(policies, eps[src], eps[dst], port, ns_labels):
+            problems.append(f"NetworkPolicies block {src} -> {dst}:{port}, which the design needs")
+    for src, dst, port in must_not:
+        if src in eps and dst in eps and allowed(policies, eps[src], eps[dst], port, ns_labels):
+            problems.append(f"NetworkPolicies allow {src} -> {dst}:{port}, which the design forbids")
+    return problems
 
 
 @check
 def network_policies_allow_only_the_designed_flows(ctx: Context, c: Check) -> None:
-    ns_labels = {n: {"kubernetes.io/metadata.name": n} for n in
-                 ("mp3", "ingress-nginx", "keda", "monitoring", "kube-system")}
+    ns_labels = NAMESPACE_LABELS
     for overlay in OVERLAYS:
         policies = ctx.objects(overlay, "NetworkPolicy")
         deny = [p for p in policies if p["spec"]["podSelector"] == {} and
@@ -1152,55 +1238,8 @@ def network_policies_allow_only_the_designed_flows(ctx: Context, c: Check) -> No
         if not all(w in eps for w in ("mp3-gateway", "mp3-auth", "converter", "notifier")):
             c.fail(overlay, "lacks the gateway, auth or worker pods: nothing to check")
             continue
-        in_cluster = "mysql" in eps and eps["mysql"].labels
-        data = {"mysql": "mysql", "mongodb": "mongodb", "rabbitmq": "rabbitmq"} if in_cluster else \
-            {"mysql": "managed-data", "mongodb": "managed-data", "rabbitmq": "managed-data"}
-        must = [
-            ("ingress-nginx", "mp3-gateway", 80),
-            ("mp3-gateway", "mp3-auth", 80),
-            ("mp3-gateway", data["mongodb"], 27017),
-            ("mp3-gateway", data["rabbitmq"], 5672),
-            ("mp3-auth", data["mysql"], 3306),
-            ("converter", data["mongodb"], 27017),
-            ("converter", data["rabbitmq"], 5672),
-            ("notifier", data["mongodb"], 27017),
-            ("notifier", data["rabbitmq"], 5672),
-            ("notifier", "smtp-relay", 587),
-            ("notifier", "smtp-relay", 465),
-            ("notifier", "smtp-relay", 25),
-            ("prometheus", "converter", eps["converter"].ports.get("metrics", -1)),
-            ("prometheus", "notifier", eps["notifier"].ports.get("metrics", -1)),
-        ]
-        for name in ("mp3-gateway", "mp3-auth", "converter", "notifier"):
-            must.append((name, "kube-dns", 53))
-        must_not = [
-            ("ingress-nginx", "mp3-auth", 80),
-            ("ingress-nginx", "converter", eps["converter"].ports.get("metrics", -1)),
-            ("mp3-gateway", data["mysql"], 3306),
-            ("mp3-auth", data["mongodb"], 27017),
-            ("mp3-auth", data["rabbitmq"], 5672),
-            ("converter", data["mysql"], 3306),
-            ("notifier", data["mysql"], 3306),
-            ("converter", "smtp-relay", 587),
-            ("mp3-gateway", "internet", 443),
-            ("converter", "internet", 443),
-            ("mp3-auth", "internet", 443),
-            ("converter", "mp3-auth", 80),
-            ("mp3-gateway", "converter", eps["converter"].ports.get("metrics", -1)),
-        ]
-        if in_cluster:
-            must += [("keda", "rabbitmq", 15672), ("notifier", "mailpit", 1025),
-                     ("prometheus", "rabbitmq", 15692)]
-            must_not += [("keda", "mysql", 3306), ("ingress-nginx", "mysql", 3306),
-                         ("ingress-nginx", "rabbitmq", 15672), ("converter", "mailpit", 1025)]
-        for src, dst, port in must:
-            if src not in eps or dst not in eps:
-                c.fail(overlay, f"no workload {src if src not in eps else dst} to check {src} -> {dst}")
-            elif not allowed(policies, eps[src], eps[dst], port, ns_labels):
-                c.fail(overlay, f"NetworkPolicies block {src} -> {dst}:{port}, which the design needs")
-        for src, dst, port in must_not:
-            if src in eps and dst in eps and allowed(policies, eps[src], eps[dst], port, ns_labels):
-                c.fail(overlay, f"NetworkPolicies allow {src} -> {dst}:{port}, which the design forbids")
+        for problem in flow_problems(policies, eps, ns_labels):
+            c.fail(overlay, problem)
 
 
 # ------------------------------------------------------------------ main
