@@ -128,3 +128,11 @@ stop_process() { # service name cmdline-substring timeout
     done
     rm -f "$(pid_file "$name")"
 }
+
+# One command at a time per state folder: start, stop and the like hold $RUN/lock (fd 9, which
+# spawn keeps from the daemons).
+take_lock() {
+    mkdir -p "$RUN"
+    exec 9>"$RUN/lock"
+    flock -w 900 9 || die "another ${0##*/} command holds ${RUN#"$ROOT"/}/lock"
+}
