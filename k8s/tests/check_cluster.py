@@ -40,8 +40,11 @@ KINDS = ("pods,deployments,statefulsets,replicasets,services,endpointslices,ingr
 # workloads_running, with the scheduler's reason). Any other warning event is a fault.
 # The same holds for an HPA that looks before the operator has made its Deployment (the HPAs are
 # applied first; autoscalers_target_existing reads their current condition), and for an
-# EndpointSlice update that lost a race (services_have_endpoints reads the slices).
-EXPECTED_WARNINGS = {("HorizontalPodAutoscaler", "FailedGetResourceMetric"),
+# EndpointSlice update that lost a race (services_have_endpoints reads the slices), and for the
+# API server's address repair loop when it runs while a Service is being created just after the
+# API server started (it checks and keeps the address; services_have_endpoints reads the result).
+EXPECTED_WARNINGS = {("Service", "ClusterIPNotAllocated"),
+                     ("HorizontalPodAutoscaler", "FailedGetResourceMetric"),
                      ("HorizontalPodAutoscaler", "FailedComputeMetricsReplicas"),
                      ("HorizontalPodAutoscaler", "FailedGetScale"),
                      ("Service", "FailedToUpdateEndpointSlices"),

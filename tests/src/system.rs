@@ -16,6 +16,8 @@ use crate::{admin, release_bin, service_env, unique, App, AppConfig, Runtime, Te
 
 pub const JWT_SECRET: &str = "system-test-secret-that-is-long-enough-for-hs256";
 pub const PASSWORD: &str = "correct horse battery staple";
+/// The key the gateway checks and the notifier signs download links with.
+pub const DOWNLOAD_KEY: &str = "system-test-download-link-key-of-32-bytes-or-more";
 
 /// A free loopback port (bound and released: good enough for a child process started next).
 pub fn free_port() -> u16 {
@@ -141,6 +143,7 @@ impl System {
             .env("SPIN_VARIABLE_DB_URL", db.url())
             .env("SPIN_VARIABLE_DB_HOST", db.host_port())
             .env("SPIN_VARIABLE_JWT_SECRET", JWT_SECRET)
+            .env("SPIN_VARIABLE_DOWNLOAD_KEY", DOWNLOAD_KEY)
             .start();
         System {
             converter: None,
@@ -173,6 +176,7 @@ impl System {
             ("SMTP_PORT", service_env("SMTP_PORT")),
             ("SMTP_TLS", "none".into()),
             ("DOWNLOAD_BASE_URL", self.app.base().to_owned()),
+            ("DOWNLOAD_KEY", DOWNLOAD_KEY.to_owned()),
         ]);
         Worker::start("notifier", &env)
     }
@@ -232,6 +236,12 @@ impl System {
             Body::Empty,
         )
         .expect("downloading")
+    }
+
+    /// `GET url` as a browser following a link would: no token, an optional `Range`.
+    pub fn fetch_link(&self, url: &str, range: Option<&str>) -> RawReply {
+        let headers: Vec<(&str, &str)> = range.map(|r| ("Range", r)).into_iter().collect();
+        send_raw("GET", url, &headers, Body::Empty).expect("following a link")
     }
 
     pub fn get(&self, token: &str, path: &str) -> Reply {

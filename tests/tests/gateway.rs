@@ -32,6 +32,7 @@ on_each_runtime!(
     split_deployment_forwards_login_and_validates_remotely,
     mongodb_logins_reuse_the_keys_derived_from_the_password,
     hostile_multipart_bodies_are_refused_in_bounded_memory,
+    jobs_are_listed_newest_first_a_page_at_a_time,
 );
 
 const SECRET: &str = "gateway-test-secret-long-enough-for-hs256-0123456789";
@@ -858,6 +859,109 @@ fn downloads_stream_the_owners_mp3_with_ranges(runtime: Runtime) {
     let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(status["status"], "done");
     assert_eq!(status["mp3_fid"], fid);
+}
+
+/// `GET /jobs` walks the caller's jobs, newest first (equal times by id), in pages whose `next`
+/// link leads on; nobody else's job appears, and bad parameters get 400 with the reason.
+fn jobs_are_listed_newest_first_a_page_at_a_time(runtime: Runtime) {
+    let vhost = Vhost::new();
+    let app = start(runtime, &vhost, |c| c);
+    let (mine, auth) = user(&app);
+    let (theirs, other) = user(&app);
+    let mut client = mongo();
+    let job = |owner: &str, created_at: i64, status: JobStatus| Job {
+        id: ObjectId::new().to_hex(),
+        owner: owner.to_owned(),
+        video_fid: ObjectId::new().to_hex(),
+        filename: format!("clip-{created_at}.mp4"),
+        status,
+        mp3_fid: (status == JobStatus::Done).then(|| ObjectId::new().to_hex()),
+        error: None,
+        attempts: 1,
+        created_at,
+        updated_at: created_at,
+    };
+    // Seven of mine, two created in the same millisecond across the first page's end (so the
+    // second page starts between them), and one of someone else's in between.
+    let base = now_ms();
+    let mut jobs: Vec<Job> = [0, 1, 2, 3, 3, 4, 5]
+        .iter()
+        .map(|t| job(&mine, base + t, JobStatus::Done))
+        .collect();
+    jobs[6].status = JobStatus::Queued;
+    jobs[6].mp3_fid = None;
+    let foreign = job(&theirs, base + 3, JobStatus::Done);
+    for j in jobs.iter().chain([&foreign]) {
+        client
+            .insert_one(VIDEOS_DB, JOBS_COLLECTION, bson::to_document(j).unwrap())
+            .unwrap();
+    }
+    let mut expected = jobs.clone();
+    expected.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+
+    let mut listed = Vec::new();
+    let mut next = "/jobs?limit=3".to_owned();
+    let mut pages = 0;
+    loop {
+        let reply = get(&app, &next, &auth, &[]);
+        assert_eq!(reply.status, 200, "{}: {}", next, reply.text());
+        assert_eq!(reply.header("cache-control"), Some("no-store"));
+        let page: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let rows = page["jobs"].as_array().unwrap();
+        assert!(rows.len() <= 3, "{page}");
+        listed.extend(rows.iter().cloned());
+        pages += 1;
+        match page["next"].as_str() {
+            Some(link) => next = link.to_owned(),
+            None => break,
+        }
+        assert!(pages < 10, "the pages do not end");
+    }
+    assert_eq!(pages, 3);
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|v| v["job_id"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = expected.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, want);
+    assert_eq!(listed[0]["status"], "queued");
+    let done = &listed[1];
+    let fid = expected[1].mp3_fid.as_deref().unwrap();
+    assert_eq!(done["download_url"], format!("/download?fid={fid}"));
+
+    // Someone else sees only their own.
+    let reply = get(&app, "/jobs", &other, &[]);
+    let page: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["jobs"][0]["job_id"], foreign.id.as_str());
+
+    // A job still moving says when to ask again; a finished one does not.
+    let moving = get(&app, &format!("/jobs/{}", expected[0].id), &auth, &[]);
+    assert_eq!(moving.header("retry-after"), Some("2"));
+    let finished = get(&app, &format!("/jobs/{}", expected[1].id), &auth, &[]);
+    assert_eq!(finished.header("retry-after"), None);
+
+    for (query, reason) in [
+        ("limit=0", "limit must be a whole number from 1 to 100"),
+        ("limit=1000", "limit must be a whole number from 1 to 100"),
+        ("cursor=x", "malformed cursor"),
+    ] {
+        let reply = get(&app, &format!("/jobs?{query}"), &auth, &[]);
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (400, reason),
+            "{query}"
+        );
+    }
+    let reply = send_raw("GET", &app.url("/jobs"), &[], Body::Empty).unwrap();
+    assert_eq!(reply.status, 401);
+    assert_eq!(get(&app, "/jobs", "Bearer x.y.z", &[]).status, 403);
+
+    for owner in [&mine, &theirs] {
+        client
+            .delete_many(VIDEOS_DB, JOBS_COLLECTION, doc! {"owner": owner})
+            .unwrap();
+    }
 }
 
 fn unknown_paths_and_methods(runtime: Runtime) {

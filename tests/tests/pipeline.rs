@@ -3,10 +3,11 @@
 //! project's spin.toml on the runner and on Spin, MariaDB, RabbitMQ (a vhost per test), FerretDB, Mailpit,
 //! ffmpeg, and the worker binaries.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mongo_wire::bson::{doc, Document};
-use system_tests::system::{mailpit_search, make_video, probe, System};
+use mp3_download_link::LinkKey;
+use system_tests::system::{mailpit_search, make_video, probe, System, DOWNLOAD_KEY};
 use system_tests::{on_each_runtime, service_env, Runtime, TempDir};
 
 on_each_runtime!(
@@ -128,6 +129,65 @@ fn upload_convert_notify_download(runtime: Runtime) {
         "the email has the download URL: {text}"
     );
 
+    // The email's link works in a browser, without a token, and gives the same bytes.
+    let link = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Download: "))
+        .expect("a Download: line")
+        .trim()
+        .to_owned();
+    assert!(link.starts_with(system.app.base()), "{link}");
+    let clicked = system.fetch_link(&link, None);
+    assert_eq!(clicked.status, 200, "{link}: {}", clicked.text());
+    assert!(clicked.body == download.body, "the link gives other bytes");
+    let part = system.fetch_link(&link, Some("bytes=0-99"));
+    assert_eq!((part.status, part.body.len()), (206, 100));
+    // So does the job view's, which the page uses.
+    let signed = job["signed_download_url"]
+        .as_str()
+        .expect("signed_download_url");
+    let from_view = system.fetch_link(&system.app.url(signed), None);
+    assert_eq!(from_view.status, 200, "{signed}: {}", from_view.text());
+    // A day, but never past the token that asked for the view (its login was moments ago).
+    let expires_at = job["signed_url_expires_at"].as_u64().unwrap();
+    assert!(expires_at > now_secs() + 80_000 && expires_at <= now_secs() + 86_400);
+
+    // Altered, expired or made for someone else, it opens nothing, and says why.
+    let key = LinkKey::new(DOWNLOAD_KEY).unwrap();
+    let at = link.find("sig=").expect("a sig") + 10;
+    let swapped = if &link[at..=at] == "A" { "B" } else { "A" };
+    let altered = format!("{}{swapped}{}", &link[..at], &link[at + 1..]);
+    let expired = system.app.url(&format!(
+        "/download?{}",
+        key.query(&mp3_fid, &system.email, now_secs() - 1)
+    ));
+    let foreign = system.app.url(&format!(
+        "/download?{}",
+        key.query(&mp3_fid, "someone-else@example.com", now_secs() + 600)
+    ));
+    let forged = system.app.url(&format!(
+        "/download?{}",
+        LinkKey::new("not the server's key, but long enough to be one")
+            .unwrap()
+            .query(&mp3_fid, &system.email, now_secs() + 600)
+    ));
+    for (url, reason) in [
+        (&altered, "invalid link"),
+        (&expired, "link expired"),
+        (&foreign, "invalid link"),
+        (&forged, "invalid link"),
+    ] {
+        let reply = system.fetch_link(url, None);
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (403, reason),
+            "{url}"
+        );
+    }
+    // Without a signature it is the token route, as before.
+    let bare = system.fetch_link(&system.app.url(&format!("/download?fid={mp3_fid}")), None);
+    assert_eq!(bare.status, 401);
+
     // The converter and the notifier count what they did.
     let converter = system.converter.as_ref().expect("converter").metrics();
     assert!(converter.contains("converter_"), "{converter}");
@@ -231,4 +291,11 @@ fn a_video_ffmpeg_cannot_read_fails_the_job_dead_letters_it_and_tells_the_user(r
         text.contains(&job_id),
         "the failure email names the job: {text}"
     );
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

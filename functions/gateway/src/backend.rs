@@ -9,12 +9,13 @@ use std::time::Duration;
 use amqp_wire::{BasicProperties, ConnectOptions, Connection, FieldTable, QueueOptions};
 use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::bson::{self, doc, Document};
-use mongo_wire::{Bucket, Client, Download, FileInfo};
+use mongo_wire::{Bucket, Client, Download, FileInfo, FindOptions};
 use mp3_model::{
     new_object_id, topology, Job, JobMessage, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB,
     VIDEOS_DB,
 };
 
+use crate::jobs::Cursor;
 use crate::upload::{Backend, StoreError};
 
 /// A MongoDB connection.
@@ -48,6 +49,44 @@ impl Mongo {
     /// The job whose MP3 is `mp3_fid`, if any.
     pub fn job_by_mp3(&mut self, mp3_fid: &str) -> Result<Option<Job>, String> {
         self.find_job(doc! {"mp3_fid": mp3_fid})
+    }
+
+    /// Up to `limit` of `owner`'s jobs, newest first (by creation time, then id), after
+    /// `after` when given.
+    pub fn jobs_of(
+        &mut self,
+        owner: &str,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<Job>, String> {
+        let mut filter = doc! {"owner": owner};
+        if let Some(after) = after {
+            filter.insert(
+                "$or",
+                vec![
+                    doc! {"created_at": {"$lt": after.created_at}},
+                    doc! {"created_at": after.created_at, "_id": {"$lt": &after.id}},
+                ],
+            );
+        }
+        let options = FindOptions {
+            sort: Some(doc! {"created_at": -1, "_id": -1}),
+            limit: Some(i64::from(limit)),
+            ..FindOptions::default()
+        };
+        let cursor = self
+            .client
+            .find(VIDEOS_DB, JOBS_COLLECTION, filter, options)
+            .map_err(|e| format!("MongoDB: listing jobs: {e}"))?;
+        let mut jobs = Vec::new();
+        for doc in cursor {
+            let doc = doc.map_err(|e| format!("MongoDB: listing jobs: {e}"))?;
+            jobs.push(
+                bson::from_document::<Job>(doc)
+                    .map_err(|e| format!("job document unreadable: {e}"))?,
+            );
+        }
+        Ok(jobs)
     }
 
     fn find_job(&mut self, filter: Document) -> Result<Option<Job>, String> {

@@ -1,9 +1,10 @@
 //! The gateway's settings, from Spin variables.
 
 use component_http::Variables;
+use mp3_download_link::LinkKey;
 
 /// Everything the gateway reads from its variables.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// `mongodb://...`: GridFS `videos` and `mp3s`, and `videos.jobs`.
     pub mongodb_url: String,
@@ -13,11 +14,54 @@ pub struct Config {
     pub auth_url: String,
     /// Largest request body `POST /upload` accepts.
     pub max_upload_bytes: u64,
+    /// Signed download links: on, off, or misconfigured (which fails only link requests).
+    pub links: LinkSettings,
+}
+
+/// Longest lifetime a download link may be given: a unit slip (milliseconds for seconds) must
+/// not hand out links that work for years.
+pub const MAX_LINK_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Whether the gateway signs and checks download links.
+#[derive(Debug, Clone)]
+pub enum LinkSettings {
+    /// `download_key` is empty or not defined.
+    Off,
+    On {
+        key: LinkKey,
+        ttl_secs: u64,
+    },
+    /// A key or lifetime that cannot be used: link requests get 500 and this detail; every
+    /// other route works.
+    Misconfigured(String),
+}
+
+impl LinkSettings {
+    fn load(vars: &impl Variables) -> Self {
+        let key = vars.variable("download_key").unwrap_or_default();
+        if key.is_empty() {
+            return Self::Off;
+        }
+        let ttl = vars
+            .variable("download_link_ttl_secs")
+            .unwrap_or_else(|_| "86400".into());
+        match (LinkKey::new(&key), positive(&ttl)) {
+            (Err(e), _) => Self::Misconfigured(format!("variable download_key: {e}")),
+            (_, None) => Self::Misconfigured(format!(
+                "variable download_link_ttl_secs: {ttl:?} is not a positive integer"
+            )),
+            (_, Some(secs)) if secs > MAX_LINK_TTL_SECS => Self::Misconfigured(format!(
+                "variable download_link_ttl_secs: {secs} is over the limit of {MAX_LINK_TTL_SECS} (7 days)"
+            )),
+            (Ok(key), Some(ttl_secs)) => Self::On { key, ttl_secs },
+        }
+    }
 }
 
 impl Config {
-    /// Reads `mongodb_url`, `amqp_url`, `auth_url` and `max_upload_bytes`. The error, for the
-    /// log line, names the variable.
+    /// Reads `mongodb_url`, `amqp_url`, `auth_url` and `max_upload_bytes` (the error, for the
+    /// log line, names the variable), and the optional `download_key` and
+    /// `download_link_ttl_secs`, whose faults only concern links.
     pub fn load(vars: &impl Variables) -> Result<Self, String> {
         let auth_url = vars.require("auth_url")?;
         let auth_url = auth_url.trim().trim_end_matches('/').to_owned();
@@ -27,21 +71,21 @@ impl Config {
             ));
         }
         let max = vars.require("max_upload_bytes")?;
-        let max_upload_bytes = max
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                format!("variable max_upload_bytes: {max:?} is not a positive integer")
-            })?;
+        let max_upload_bytes = positive(&max).ok_or_else(|| {
+            format!("variable max_upload_bytes: {max:?} is not a positive integer")
+        })?;
         Ok(Config {
             mongodb_url: vars.require("mongodb_url")?,
             amqp_url: vars.require("amqp_url")?,
             auth_url,
             max_upload_bytes,
+            links: LinkSettings::load(vars),
         })
     }
+}
+
+fn positive(text: &str) -> Option<u64> {
+    text.trim().parse::<u64>().ok().filter(|n| *n > 0)
 }
 
 #[cfg(test)]
@@ -55,6 +99,8 @@ mod tests {
             ("amqp_url", "amqp://u:p@127.0.0.1:5672/%2f".to_owned()),
             ("auth_url", "http://self.alt/".to_owned()),
             ("max_upload_bytes", "2147483648".to_owned()),
+            ("download_key", "k".repeat(32)),
+            ("download_link_ttl_secs", "86400".to_owned()),
         ])
     }
 
@@ -64,6 +110,45 @@ mod tests {
         assert_eq!(config.auth_url, "http://self.alt");
         assert_eq!(config.max_upload_bytes, 2_147_483_648);
         assert_eq!(config.mongodb_url, "mongodb://127.0.0.1:27017");
+        assert!(matches!(
+            config.links,
+            LinkSettings::On {
+                ttl_secs: 86_400,
+                ..
+            }
+        ));
+        let mut without = vars();
+        without.insert("download_key", String::new());
+        assert!(matches!(
+            Config::load(&without).unwrap().links,
+            LinkSettings::Off
+        ));
+        // Undefined (a manifest without them): links off, the rest works.
+        without.remove("download_key");
+        without.remove("download_link_ttl_secs");
+        assert!(matches!(
+            Config::load(&without).unwrap().links,
+            LinkSettings::Off
+        ));
+    }
+
+    #[test]
+    fn bad_link_settings_fail_only_links() {
+        for (name, value, expected) in [
+            ("download_key", "too short", "download_key"),
+            ("download_link_ttl_secs", "0", "download_link_ttl_secs"),
+            ("download_link_ttl_secs", "1d", "download_link_ttl_secs"),
+            ("download_link_ttl_secs", "86400000", "over the limit"),
+        ] {
+            let mut vars = vars();
+            vars.insert(name, value.to_owned());
+            match Config::load(&vars).unwrap().links {
+                LinkSettings::Misconfigured(detail) => {
+                    assert!(detail.contains(expected), "{detail}")
+                }
+                other => panic!("{name}={value}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -2,24 +2,112 @@
 //! range, file name) for the MP3's bytes, which the Spin glue then streams from GridFS.
 
 use component_http::Reply;
+use mp3_download_link::{LinkKey, Refusal};
 use mp3_model::Job;
+
+use crate::config::LinkSettings;
 
 use crate::jobs::parse_id;
 use crate::range::{self, Selection};
 
+/// The first value of query parameter `name` (`""` for a bare `name`), as sent.
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
+}
+
 /// The `fid` query parameter as a well-formed id: 400 when missing or malformed.
 pub fn fid(query: &str) -> Result<String, Reply> {
-    let value = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(name, _)| *name == "fid")
-        .map(|(_, value)| value);
-    match value {
+    match query_param(query, "fid") {
         None | Some("") => Err(Reply::text(400, "missing fid", "missing_fid")),
         Some(value) => {
             parse_id(value).ok_or_else(|| Reply::text(400, "malformed fid", "malformed_fid"))
         }
     }
+}
+
+/// The `expires` and `sig` of a signed link (see `mp3_download_link`), as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub expires: String,
+    pub sig: String,
+}
+
+/// The link's signature when the query has a `sig`: such a request is judged by its link, not
+/// by a bearer token.
+pub fn signed(query: &str) -> Option<Signed> {
+    let sig = query_param(query, "sig")?;
+    Some(Signed {
+        expires: query_param(query, "expires").unwrap_or("").to_owned(),
+        sig: sig.to_owned(),
+    })
+}
+
+fn refused(refusal: Refusal) -> Reply {
+    let outcome = match refusal {
+        Refusal::Expired => "link_expired",
+        Refusal::Invalid => "bad_link",
+    };
+    Reply::text(403, refusal.to_string(), outcome)
+}
+
+/// What can be judged of a link before any lookup, so that a request without a token costs
+/// nothing unless its link is well formed and current: links on (403 when off, 500 when
+/// misconfigured), a signature of the right shape, an expiry in canonical form and not past.
+/// The key, for [`link_owner`].
+pub fn precheck<'s>(
+    settings: &'s LinkSettings,
+    link: &Signed,
+    now: u64,
+) -> Result<&'s LinkKey, Reply> {
+    let key = match settings {
+        LinkSettings::On { key, .. } => key,
+        LinkSettings::Off => {
+            return Err(Reply::text(
+                403,
+                "download links are not enabled",
+                "links_disabled",
+            ))
+        }
+        LinkSettings::Misconfigured(detail) => return Err(Reply::misconfigured(detail.clone())),
+    };
+    let shaped = link.sig.len() == mp3_download_link::SIGNATURE_CHARS
+        && link
+            .sig
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let expires = link
+        .expires
+        .parse::<u64>()
+        .ok()
+        .filter(|n| n.to_string() == link.expires);
+    match expires {
+        Some(at) if shaped && at > now => Ok(key),
+        Some(at) if shaped && at <= now => Err(refused(Refusal::Expired)),
+        _ => Err(refused(Refusal::Invalid)),
+    }
+}
+
+/// Whom a signed link lets download MP3 `fid` at `now` (Unix seconds): the owner of its job.
+/// 403 with the reason otherwise; a link to a file no job names is as invalid as a forged one,
+/// so links cannot probe for files. (A refusal's log line names no user: a link someone else
+/// altered is not the owner's doing.)
+pub fn link_owner(
+    key: &LinkKey,
+    job: Option<&Job>,
+    fid: &str,
+    link: &Signed,
+    now: u64,
+) -> Result<String, Reply> {
+    let Some(job) = job else {
+        return Err(refused(Refusal::Invalid));
+    };
+    key.verify(fid, &job.owner, &link.expires, &link.sig, now)
+        .map_err(refused)?;
+    Ok(job.owner.clone())
 }
 
 /// 404 for an MP3 that no job of anyone produced (or that is gone from GridFS).
@@ -144,6 +232,101 @@ mod tests {
         assert_eq!(fid("fid").unwrap_err().body, "missing fid");
         assert_eq!(fid("fid=12345").unwrap_err().body, "malformed fid");
         assert_eq!(fid("fid=../etc").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn signed_links_open_their_owners_file_until_they_expire() {
+        let key = LinkKey::new("a download link key of at least 32 bytes").unwrap();
+        let on = LinkSettings::On {
+            key: key.clone(),
+            ttl_secs: 100,
+        };
+        let fid = "bbbbbbbbbbbbbbbbbbbbbbbb";
+        let job = Job {
+            id: "0123456789abcdef01234567".into(),
+            owner: "a@example.com".into(),
+            video_fid: "aaaaaaaaaaaaaaaaaaaaaaaa".into(),
+            filename: "clip.mp4".into(),
+            status: mp3_model::JobStatus::Done,
+            mp3_fid: Some(fid.into()),
+            error: None,
+            attempts: 1,
+            created_at: 1,
+            updated_at: 2,
+        };
+        let query = key.query(fid, "a@example.com", 1_000);
+        let link = signed(&query).unwrap();
+        assert_eq!(link.expires, "1000");
+        assert_eq!(fid_of(&query), fid);
+        let checked = precheck(&on, &link, 999).unwrap();
+        let owner = link_owner(checked, Some(&job), fid, &link, 999).unwrap();
+        assert_eq!(owner, "a@example.com");
+
+        let early = |settings: &LinkSettings, link: &Signed, now| {
+            let r = precheck(settings, link, now).unwrap_err();
+            (r.status, r.body, r.outcome)
+        };
+        let late = |job: Option<&Job>, link: &Signed| {
+            let r = link_owner(&key, job, fid, link, 0).unwrap_err();
+            (r.status, r.body, r.outcome, r.user)
+        };
+        // Judged before any lookup: expired, malformed, links off or misconfigured.
+        assert_eq!(
+            early(&on, &link, 1_000),
+            (403, "link expired".into(), "link_expired".into())
+        );
+        for (expires, sig) in [
+            ("1000x", link.sig.as_str()),
+            ("01000", link.sig.as_str()),
+            ("", link.sig.as_str()),
+            ("1000", &link.sig[1..]),
+            ("1000", "a".repeat(43).replace('a', "+").as_str()),
+        ] {
+            let bad = Signed {
+                expires: expires.into(),
+                sig: sig.into(),
+            };
+            assert_eq!(early(&on, &bad, 0).1, "invalid link", "{expires} {sig}");
+        }
+        assert_eq!(
+            early(&LinkSettings::Off, &link, 0),
+            (
+                403,
+                "download links are not enabled".into(),
+                "links_disabled".into()
+            )
+        );
+        assert_eq!(
+            early(&LinkSettings::Misconfigured("bad key".into()), &link, 0).0,
+            500
+        );
+        // Judged against the job: altered, given to someone else, or no job at all.
+        let altered = Signed {
+            expires: "2000".into(),
+            ..link.clone()
+        };
+        assert_eq!(
+            late(Some(&job), &altered),
+            (403, "invalid link".into(), "bad_link".into(), None)
+        );
+        let moved = Job {
+            owner: "b@example.com".into(),
+            ..job.clone()
+        };
+        assert_eq!(late(Some(&moved), &link).1, "invalid link");
+        assert_eq!(late(None, &link).1, "invalid link");
+        assert_eq!(signed("fid=1"), None);
+        assert_eq!(
+            signed("fid=1&sig="),
+            Some(Signed {
+                expires: String::new(),
+                sig: String::new()
+            })
+        );
+    }
+
+    fn fid_of(query: &str) -> String {
+        fid(query).unwrap()
     }
 
     #[test]

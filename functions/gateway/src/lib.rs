@@ -4,7 +4,8 @@
 //! RabbitMQ over outbound TCP.
 //!
 //! Spin variables read: `auth_url` (base URL of login and validate, `http://self.alt` for this
-//! app itself), `mongodb_url`, `amqp_url`, `max_upload_bytes`.
+//! app itself), `mongodb_url`, `amqp_url`, `max_upload_bytes`, `download_key` and
+//! `download_link_ttl_secs` (signed download links; an empty key turns them off).
 //!
 //! | route | success | errors |
 //! |---|---|---|
@@ -12,8 +13,10 @@
 //! | `POST /validate` | the auth service's answer (200 and the claims) | its 401/403, 503 when it is unreachable |
 //! | `POST /logout` | the auth service's answer (200: every token of the user revoked) | its 401/403, 503 when it is unreachable |
 //! | `POST /upload` (multipart, one file) | 202 `{"job_id","video_fid","status_url"}` | 400 (no file, several files, not multipart), 413, 415, 503 |
-//! | `GET /jobs/{id}` | 200 the job as JSON | 404 (unknown, or another user's: the same answer) |
+//! | `GET /jobs?limit=&cursor=` | 200 `{"jobs":[…],"next":…}`, the caller's jobs, newest first | 400 (bad limit or cursor), 503 |
+//! | `GET /jobs/{id}` | 200 the job as JSON (`Retry-After` while it moves) | 404 (unknown, or another user's: the same answer) |
 //! | `GET /download?fid=<mp3 id>` | 200 or 206 `audio/mpeg`, streamed | 400 (missing or malformed fid), 404 (unknown or another user's), 416, 503 |
+//! | `GET /download?fid=…&expires=…&sig=…` (a signed link, no token) | the same | 403 (`invalid link`, `link expired`, or no `download_key`), 400, 404, 416, 503 |
 //!
 //! Every other route needs `Authorization: Bearer <jwt>`: 401 without one, 403 for one
 //! validate refuses, 503 when validate cannot be reached. Other paths are 404, other methods
@@ -51,6 +54,8 @@ pub enum Route {
     /// `POST /logout`, forwarded as is.
     Logout,
     Upload,
+    /// `GET /jobs`: the caller's jobs, a page at a time.
+    Jobs,
     /// `GET /jobs/{id}`, with the id as sent (not yet checked).
     Job(String),
     Download,
@@ -65,6 +70,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, Reply> {
         "/logout" => ("POST", Route::Logout),
         "/upload" => ("POST", Route::Upload),
         "/download" => ("GET", Route::Download),
+        "/jobs" => ("GET", Route::Jobs),
         _ => match path.strip_prefix("/jobs/") {
             Some(id) if !id.is_empty() && !id.contains('/') => ("GET", Route::Job(id.to_owned())),
             _ => return Err(Reply::text(404, "not found", "not_found")),
@@ -102,6 +108,8 @@ mod tests {
         assert_eq!(route("POST", "/upload"), Ok(Route::Upload));
         assert_eq!(route("GET", "/download"), Ok(Route::Download));
         assert_eq!(route("GET", "/jobs/abc"), Ok(Route::Job("abc".into())));
+        assert_eq!(route("GET", "/jobs"), Ok(Route::Jobs));
+        assert_eq!(route("POST", "/jobs").unwrap_err().status, 405);
         let refused = route("GET", "/upload").unwrap_err();
         assert_eq!(refused.status, 405);
         assert!(refused.headers.contains(&("allow", "POST".into())));

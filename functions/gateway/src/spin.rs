@@ -13,12 +13,14 @@ use component_http::spin::{
 use component_http::{log_line, Reply};
 use futures::StreamExt;
 use mongo_wire::bson::oid::ObjectId;
-use mp3_model::new_object_id;
+use mp3_download_link::LinkKey;
+use mp3_model::{new_object_id, Claims};
 use spin_sdk::http::{IncomingRequest, Method, Request, Response, ResponseOutparam};
 use spin_sdk::http_component;
 
 use crate::auth::{self, Answer};
 use crate::backend::{Mongo, Queue, Services};
+use crate::config::LinkSettings;
 use crate::upload::{self, BlockOn, Upload};
 use crate::{declared_too_large, download, jobs, route, split_target, Config, Route, COMPONENT};
 
@@ -76,6 +78,7 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
             send(out, reply, &method, started);
         }
         Route::Upload => upload_route(req, out, &config, &method, started),
+        Route::Jobs => send(out, jobs_route(&req, &config, query), &method, started),
         Route::Job(id) => send(out, job_route(&req, &config, &id), &method, started),
         Route::Download => download_route(&req, out, &config, query, &method, started),
     }
@@ -109,12 +112,17 @@ fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<
 
 /// The caller's username, or the reply refusing them.
 fn authenticate(req: &IncomingRequest, config: &Config) -> Result<String, Reply> {
+    claims_of(req, config).map(|c| c.username)
+}
+
+/// The caller's token's claims (as validate read them), or the reply refusing them.
+fn claims_of(req: &IncomingRequest, config: &Config) -> Result<Claims, Reply> {
     let Some(authorization) = header(req, "authorization") else {
         return Err(Reply::text(401, "missing token", "missing_token")
             .header("www-authenticate", r#"Bearer realm="mp3""#));
     };
     let headers = [("authorization", authorization)];
-    auth::claims(call_auth(config, "/validate", &headers)).map(|c| c.username)
+    auth::claims(call_auth(config, "/validate", &headers))
 }
 
 /// The SCRAM key cache: Spin's default key-value store, which outlives the request's instance
@@ -149,9 +157,45 @@ fn connect_mongo(config: &Config) -> Result<Mongo, Reply> {
         .map_err(|e| Reply::text(503, "storage unavailable", "storage_unavailable").detail(e))
 }
 
+/// What signs the download links of the job views, when links are on: none outlives the
+/// token (`exp`) that asked for the view.
+fn links(config: &Config, token_exp: i64) -> Option<jobs::Links<'_>> {
+    match &config.links {
+        LinkSettings::On { key, ttl_secs } => Some(jobs::Links {
+            key,
+            ttl_secs: *ttl_secs,
+            now: now_secs(),
+            not_after: u64::try_from(token_exp).unwrap_or(0),
+        }),
+        LinkSettings::Off | LinkSettings::Misconfigured(_) => None,
+    }
+}
+
+fn jobs_route(req: &IncomingRequest, config: &Config, query: &str) -> Reply {
+    let (user, exp) = match claims_of(req, config) {
+        Ok(claims) => (claims.username, claims.exp),
+        Err(reply) => return reply,
+    };
+    let page = match jobs::page(query) {
+        Ok(page) => page,
+        Err(reply) => return reply.user(user),
+    };
+    let mut mongo = match connect_mongo(config) {
+        Ok(mongo) => mongo,
+        Err(reply) => return reply.user(user),
+    };
+    // One more than the page holds: whether it does tells if another page follows.
+    match mongo.jobs_of(&user, page.after.as_ref(), page.limit + 1) {
+        Ok(found) => jobs::page_reply(&page, found, &user, links(config, exp)),
+        Err(e) => Reply::text(503, "storage unavailable", "storage_unavailable")
+            .detail(e)
+            .user(user),
+    }
+}
+
 fn job_route(req: &IncomingRequest, config: &Config, id: &str) -> Reply {
-    let user = match authenticate(req, config) {
-        Ok(user) => user,
+    let (user, exp) = match claims_of(req, config) {
+        Ok(claims) => (claims.username, claims.exp),
         Err(reply) => return reply,
     };
     let Some(id) = jobs::parse_id(id) else {
@@ -162,7 +206,7 @@ fn job_route(req: &IncomingRequest, config: &Config, id: &str) -> Reply {
         Err(reply) => return reply.user(user),
     };
     match mongo.job(&id) {
-        Ok(job) => jobs::status_reply(job.as_ref(), &user),
+        Ok(job) => jobs::status_reply(job.as_ref(), &user, links(config, exp)),
         Err(e) => Reply::text(503, "storage unavailable", "storage_unavailable")
             .detail(e)
             .user(user),
@@ -219,6 +263,13 @@ fn upload_route(
     send(out, reply, method, started);
 }
 
+/// Who asks for a download: a user with a token, or the holder of a signed link (with the key
+/// that checks it).
+enum Caller<'k> {
+    Token(String),
+    Link(&'k LinkKey, download::Signed),
+}
+
 fn download_route(
     req: &IncomingRequest,
     out: ResponseOutparam,
@@ -228,16 +279,37 @@ fn download_route(
     started: Instant,
 ) {
     let prepared = (|| {
-        let user = authenticate(req, config)?;
-        let fid = download::fid(query).map_err(|r| r.user(&user))?;
-        let mut mongo = connect_mongo(config).map_err(|r| r.user(&user))?;
+        // A signed link stands in for the token; without one, the token says who asks. What
+        // can be judged of a link without a lookup is, first.
+        let now = now_secs();
+        let caller = match download::signed(query) {
+            Some(link) => {
+                let key = download::precheck(&config.links, &link, now)?;
+                Caller::Link(key, link)
+            }
+            None => Caller::Token(authenticate(req, config)?),
+        };
+        let tag = |reply: Reply| match &caller {
+            Caller::Token(user) => reply.user(user),
+            Caller::Link(..) => reply,
+        };
+        let fid = download::fid(query).map_err(tag)?;
+        let mut mongo = connect_mongo(config).map_err(tag)?;
+        let job = mongo.job_by_mp3(&fid).map_err(|e| {
+            tag(Reply::text(503, "storage unavailable", "storage_unavailable").detail(e))
+        })?;
+        let user = match &caller {
+            Caller::Token(user) => {
+                download::check_owner(job.as_ref(), user)?;
+                user.clone()
+            }
+            Caller::Link(key, link) => download::link_owner(key, job.as_ref(), &fid, link, now)?,
+        };
         let unavailable = |e: String| {
             Reply::text(503, "storage unavailable", "storage_unavailable")
                 .detail(e)
                 .user(&user)
         };
-        let job = mongo.job_by_mp3(&fid).map_err(unavailable)?;
-        download::check_owner(job.as_ref(), &user)?;
         let id = ObjectId::parse_str(&fid).map_err(|e| unavailable(e.to_string()))?;
         let info = match mongo.mp3_info(id) {
             Ok(info) => info,
@@ -339,6 +411,13 @@ fn download_route(
         }
     }
     eprintln!("{}", log_line(COMPONENT, method, &log, started.elapsed()));
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn now_ms() -> i64 {

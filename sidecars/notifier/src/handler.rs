@@ -1,12 +1,14 @@
 //! What the notifier does with one `mp3` message.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use mp3_model::{JobMessage, JobStatus};
 use mp3_worker::{one_line, Context, Failure, Handler};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tracing::Instrument as _;
 
-use crate::email::render;
+use crate::email::{render, Links};
 use crate::mailer::{Mailer, SendError};
 use crate::store::{Adopt, Claim, Store};
 
@@ -43,16 +45,16 @@ impl Metrics {
 pub struct Notifier {
     store: Store,
     mailer: Mailer,
-    download_base_url: String,
+    links: Links,
     metrics: Metrics,
 }
 
 impl Notifier {
-    pub fn new(store: Store, mailer: Mailer, download_base_url: String, metrics: Metrics) -> Self {
+    pub fn new(store: Store, mailer: Mailer, links: Links, metrics: Metrics) -> Self {
         Self {
             store,
             mailer,
-            download_base_url,
+            links,
             metrics,
         }
     }
@@ -122,7 +124,11 @@ impl Notifier {
             ),
             _ => message.clone(),
         };
-        let email = render(&outcome, &self.download_base_url);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let email = render(&outcome, &self.links, &job.owner, now);
         match self.mailer.send(&job.owner, &email).await {
             Ok(()) => {
                 self.metrics.sent.inc();

@@ -59,6 +59,14 @@ struct Config {
     #[arg(long, env = "DOWNLOAD_BASE_URL", default_value = "http://127.0.0.1:3000",
           value_parser = parse_base_url)]
     download_base_url: String,
+    /// Signs the email's download link so that it works in a browser without a login: the
+    /// gateway's `download_key`, at least 32 bytes. Unset or empty: the link needs a token.
+    #[arg(long, env = "DOWNLOAD_KEY", hide_env_values = true, value_parser = parse_link_key)]
+    download_key: Option<OptionalKey>,
+    /// How long the email's signed link works, in seconds (at most 7 days).
+    #[arg(long, env = "DOWNLOAD_LINK_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600))]
+    download_link_ttl_secs: u64,
     /// Messages handled at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -85,6 +93,17 @@ struct Config {
     /// Log lines as `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// `DOWNLOAD_KEY`: empty means none (a Secret's key may be present but empty).
+#[derive(Debug, Clone)]
+struct OptionalKey(Option<mp3_download_link::LinkKey>);
+
+fn parse_link_key(value: &str) -> Result<OptionalKey, String> {
+    if value.is_empty() {
+        return Ok(OptionalKey(None));
+    }
+    mp3_download_link::LinkKey::new(value).map(|key| OptionalKey(Some(key)))
 }
 
 /// An absolute http(s) URL without query or fragment, returned without a trailing slash.
@@ -134,12 +153,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut registry = Registry::with_prefix("notifier");
     let metrics = handler::Metrics::register(&mut registry);
-    let notifier = handler::Notifier::new(
-        store::Store::new(&client),
-        mailer,
-        config.download_base_url,
-        metrics,
-    );
+    let links = email::Links {
+        base_url: config.download_base_url,
+        key: config.download_key.and_then(|k| k.0),
+        ttl_secs: config.download_link_ttl_secs,
+    };
+    let notifier = handler::Notifier::new(store::Store::new(&client), mailer, links, metrics);
     let options = WorkerOptions {
         name: "notifier",
         queue: mp3_model::topology::MP3[0],
@@ -180,6 +199,8 @@ mod tests {
                 "AMQP_URL",
                 "CONCURRENCY",
                 "DOWNLOAD_BASE_URL",
+                "DOWNLOAD_KEY",
+                "DOWNLOAD_LINK_TTL_SECS",
                 "JOB_TIMEOUT_SECS",
                 "LOG_FORMAT",
                 "MAIL_FROM",
@@ -242,6 +263,9 @@ mod tests {
             ("--concurrency", "0"),
             ("--max-attempts", "0"),
             ("--job-timeout-secs", "0"),
+            ("--download-link-ttl-secs", "0"),
+            ("--download-link-ttl-secs", "86400000"),
+            ("--download-key", "too short"),
         ] {
             assert!(parse(&[flag, value]).is_err(), "{flag} {value} accepted");
         }
