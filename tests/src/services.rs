@@ -2,12 +2,8 @@
 //! test shares a queue with another, or with a worker running on the same broker), MongoDB
 //! through `mongo-wire`, and a TCP proxy a test can cut to make a service vanish mid-request.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::{service_env, unique};
 
@@ -121,136 +117,10 @@ impl Drop for Vhost {
     }
 }
 
-/// A TCP proxy on a free loopback port that forwards every connection to `target`, until
-/// [`TcpProxy::cut`] closes the listener and every connection in both directions.
-pub struct TcpProxy {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    streams: Arc<Mutex<Vec<TcpStream>>>,
-    /// What the service sent to its clients so far (the first 64 KiB).
-    from_service: Arc<Mutex<Vec<u8>>>,
-}
-
-impl TcpProxy {
-    pub fn start(target: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a proxy port");
-        let port = listener.local_addr().expect("proxy address").port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let target = target.to_owned();
-        let (cut2, streams2) = (cut.clone(), streams.clone());
-        let from_service: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let recorded = from_service.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if cut2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                let Ok(upstream) = TcpStream::connect(&target) else {
-                    continue;
-                };
-                let mut held = streams2.lock().unwrap();
-                for s in [&client, &upstream] {
-                    if let Ok(clone) = s.try_clone() {
-                        held.push(clone);
-                    }
-                }
-                drop(held);
-                for (mut from, mut to, record) in [
-                    (client.try_clone(), upstream.try_clone(), None),
-                    (
-                        upstream.try_clone(),
-                        client.try_clone(),
-                        Some(recorded.clone()),
-                    ),
-                ]
-                .into_iter()
-                .filter_map(|(a, b, r)| Some((a.ok()?, b.ok()?, r)))
-                {
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 16 * 1024];
-                        while let Ok(n) = from.read(&mut buf) {
-                            if let Some(record) = &record {
-                                let mut record = record.lock().unwrap();
-                                let room = (64 * 1024usize).saturating_sub(record.len());
-                                record.extend_from_slice(&buf[..n.min(room)]);
-                            }
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = to.shutdown(Shutdown::Write);
-                    });
-                }
-            }
-        });
-        TcpProxy {
-            port,
-            cut,
-            streams,
-            from_service,
-        }
-    }
-
-    /// `127.0.0.1:<port>`
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Waits until the service has sent `bytes` (for instance the frame that ends a client's
-    /// setup), or `timeout` passes; true if so.
-    pub fn wait_for_service_bytes(&self, bytes: &[u8], timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if self
-                .from_service
-                .lock()
-                .unwrap()
-                .windows(bytes.len())
-                .any(|w| w == bytes)
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    }
-
-    /// Stops accepting and closes every proxied connection, as if the service had died.
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag and drops the listener.
-        let _ =
-            TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1));
-        self.sever();
-    }
-
-    /// Closes every proxied connection but keeps accepting new ones, as if the network had
-    /// dropped them (or the service restarted).
-    pub fn sever(&self) {
-        for stream in self.streams.lock().unwrap().drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
+pub use mp3_worker::testing::{host_port, TcpProxy};
 
 /// A loopback port nothing listens on (bound, then released).
 pub fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a port");
     listener.local_addr().expect("address").port()
-}
-
-/// The `host:port` of a service URL (`scheme://[user:password@]host:port[/path][?query]`), for
-/// `allowed_outbound_hosts`.
-pub fn host_port(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
 }

@@ -2,6 +2,10 @@
 //! (`eval "$(scripts/dev-services env)"`): a RabbitMQ vhost per test, the worker binary as a
 //! child process, HTTP through `curl`. Panics with a clear message on any failure: test code.
 
+mod proxy;
+
+pub use proxy::TcpProxy;
+
 use std::io::Read as _;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -17,6 +21,14 @@ pub fn env(name: &str) -> String {
              start` and `eval \"$(scripts/dev-services env)\"` first"
         )
     })
+}
+
+/// The `host:port` of a service URL (`scheme://[user:password@]host:port[/path][?query]`): what
+/// a [`TcpProxy`] forwards to.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
 }
 
 /// A name no other test, process or run uses: `<what>-<pid>-<nanos>-<n>`.

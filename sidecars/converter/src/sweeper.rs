@@ -213,7 +213,7 @@ impl Sweeper {
                 self.videos_of_final_jobs(now, &mut swept).await,
             );
         }
-        if sweep % ORPHAN_SWEEP_EVERY == 0 {
+        if sweep.is_multiple_of(ORPHAN_SWEEP_EVERY) {
             note("orphans", self.orphans(now, &mut swept).await);
         }
         for (kind, count) in [
@@ -530,7 +530,7 @@ fn millis(duration: Duration) -> i64 {
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| millis(d))
+        .map(millis)
         .unwrap_or_default()
 }
 

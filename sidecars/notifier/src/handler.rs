@@ -1,6 +1,6 @@
 //! What the notifier does with one `mp3` message.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mp3_model::{JobMessage, JobStatus};
 use mp3_worker::{one_line, Context, Failure, Handler};
@@ -9,8 +9,14 @@ use prometheus_client::registry::Registry;
 use tracing::Instrument as _;
 
 use crate::email::{render, Links};
-use crate::mailer::{Mailer, SendError};
-use crate::store::{Adopt, Claim, Store};
+use crate::mailer::{Mailer, SendError, SMTP_TIMEOUT};
+use crate::store::{Adopt, Claim, Store, LEASE};
+
+/// How long a sent email's record is retried: what the claim's lease leaves after the longest
+/// send, less a margin, so no other delivery takes the job over meanwhile.
+const RECORD_PATIENCE: Duration = LEASE
+    .saturating_sub(SMTP_TIMEOUT)
+    .saturating_sub(Duration::from_secs(10));
 
 /// The notifier's own metrics (the runtime adds retries, dead letters, in flight).
 #[derive(Clone, Default)]
@@ -133,15 +139,7 @@ impl Notifier {
             Ok(()) => {
                 self.metrics.sent.inc();
                 tracing::info!(kind = email.kind.as_str(), "email sent");
-                // The email is out: failing to record it now would risk a duplicate, but
-                // retrying the whole message would make one certain. Log and move on.
-                if let Err(error) = self
-                    .store
-                    .mark_sent(&job.id, &token, email.kind.as_str())
-                    .await
-                {
-                    tracing::error!(error = format!("{error:#}"), "cannot record the sent email");
-                }
+                self.record_sent(&job.id, &token, email.kind.as_str()).await;
                 Ok(())
             }
             Err(error) => {
@@ -155,6 +153,30 @@ impl Notifier {
                     SendError::Transient(error) => Failure::Retry(error),
                 })
             }
+        }
+    }
+}
+
+impl Notifier {
+    /// Records a sent email. The email is out: retrying the whole message would make a second
+    /// one certain, and an unrecorded email is sent again by the next delivery of the job (the
+    /// sweeper announces unrecorded jobs again). So the record alone is retried while the store
+    /// is unreachable (a MongoDB restart), within the claim's lease, then given up with a log.
+    async fn record_sent(&self, job_id: &str, token: &str, kind: &str) {
+        let deadline = Instant::now() + RECORD_PATIENCE;
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let Err(error) = self.store.mark_sent(job_id, token, kind).await else {
+                return;
+            };
+            let error = format!("{error:#}");
+            if Instant::now() + delay > deadline {
+                tracing::error!(%error, "cannot record the sent email: the next delivery may send it again");
+                return;
+            }
+            tracing::warn!(%error, retry_in_ms = delay.as_millis(), "cannot record the sent email yet");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use mongodb::bson::{doc, oid::ObjectId, Document};
 use mongodb::Client;
 use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
-use mp3_worker::testing::{env, free_port, http_get, unique, wait_for, Vhost, WorkerProcess};
+use mp3_worker::testing::{
+    env, free_port, host_port, http_get, unique, wait_for, TcpProxy, Vhost, WorkerProcess,
+};
 
 fn now_ms() -> i64 {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
@@ -443,4 +445,56 @@ async fn many_deliveries_of_one_job_at_once_send_one_email() {
         (settled == 7.0).then_some(())
     });
     assert_eq!(mails_to(&job.owner).len(), 1, "one email");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_right_after_the_email_went_out_still_records_it_once() {
+    let fx = Fixture::new("record-outage").await;
+    let mongo = TcpProxy::start(&host_port(&env("MONGODB_URL")));
+    let smtp = TcpProxy::start(&format!("{}:{}", env("SMTP_HOST"), env("SMTP_PORT")));
+    // The SMTP server's "250" to the end of the email's data comes 2 s late: the email is
+    // stored in Mailpit, and the notifier does not know yet.
+    smtp.hold_replies_to(b"\r\n.\r\n", Duration::from_secs(2));
+    let smtp_address = smtp.address();
+    let (smtp_host, smtp_port) = smtp_address.split_once(':').unwrap();
+    let worker = fx.start(&[
+        // Fail fast while the store is gone, as against a MongoDB that answers with errors.
+        (
+            "MONGODB_URL",
+            format!(
+                "mongodb://{}/?serverSelectionTimeoutMS=500",
+                mongo.address()
+            ),
+        ),
+        ("SMTP_HOST", smtp_host.to_owned()),
+        ("SMTP_PORT", smtp_port.to_owned()),
+    ]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    fx.publish(&message);
+
+    // The email is out; the store goes away before the notifier can record it, for 4 s.
+    wait_for_one_mail(&job.owner);
+    mongo.go_down();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    mongo.come_up();
+
+    let recorded = fx.notified_job(&job.id).await;
+    assert_eq!(
+        recorded.get_str("notified_kind").ok(),
+        Some("ready"),
+        "the email was recorded once the store was back: {}",
+        worker.log()
+    );
+    assert!(
+        worker.log().contains("cannot record the sent email yet"),
+        "{}",
+        worker.log()
+    );
+    // A later delivery (the sweeper's, a redelivery) finds it sent.
+    fx.publish(&message);
+    wait_for("the duplicate to be skipped", TIMEOUT, || {
+        (worker.metric("notifier_duplicates_skipped_total")? == 1.0).then_some(())
+    });
+    assert_eq!(mails_to(&job.owner).len(), 1, "one email");
+    assert_eq!(worker.metric("notifier_emails_sent_total"), Some(1.0));
 }
