@@ -1067,12 +1067,18 @@ max_upload_bytes = "10000000"
         ),
     );
     let vhost = Vhost::new();
+    // Between the two, a proxy that can lose a request (see the end).
+    let auth_base = auth_app.base();
+    let link = TcpProxy::start(auth_base.trim_start_matches("http://"));
     let gateway = AppConfig::new(gateway_manifest, runtime)
         .env("SPIN_VARIABLE_MONGODB_URL", mongo_url())
         .env("SPIN_VARIABLE_MONGODB_HOST", mongo_address())
         .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
         .env("SPIN_VARIABLE_AMQP_HOST", Vhost::broker_address())
-        .env("SPIN_VARIABLE_AUTH_URL", auth_app.base())
+        .env(
+            "SPIN_VARIABLE_AUTH_URL",
+            format!("http://{}", link.address()),
+        )
         .start();
 
     // Login through the gateway, forwarded to the auth app, which learns the client's address
@@ -1158,6 +1164,12 @@ max_upload_bytes = "10000000"
     assert_eq!(reply.status, 202, "{}\n{}", reply.text(), gateway.log());
     let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(vhost.take_messages("video", 10).len(), 1);
+
+    // A validate request lost on the way (the auth side closed the kept-alive connection as
+    // the gateway sent on it) is sent again on a new one: the caller sees nothing of it.
+    link.drop_next_request();
+    let reply = get(&gateway, "/jobs", &auth, &[]);
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), gateway.log());
     forget_upload(
         &mut mongo(),
         json["job_id"].as_str().unwrap(),

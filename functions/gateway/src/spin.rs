@@ -85,16 +85,23 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
 }
 
 /// `POST {auth_url}{path}` with `headers` (the caller's `Authorization`, ...), and no body.
+/// A request that got no answer is sent once more: the host's pooled connection to the auth
+/// service may have been closed by it just as it was reused (seen on Spin as
+/// `HttpProtocolError`). A repeat is harmless: validate and logout are idempotent, and a login
+/// that did arrive the first time at most issues a second token or counts a failure twice.
 fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<Answer, String> {
-    let mut builder = Request::builder();
-    builder
-        .method(Method::Post)
-        .uri(format!("{}{path}", config.auth_url));
-    for (name, value) in headers {
-        builder.header(*name, value.as_str());
-    }
-    let request = builder.body(Vec::new()).build();
-    let response: Response = spin_sdk::http::run(spin_sdk::http::send(request))
+    let request = || {
+        let mut builder = Request::builder();
+        builder
+            .method(Method::Post)
+            .uri(format!("{}{path}", config.auth_url));
+        for (name, value) in headers {
+            builder.header(*name, value.as_str());
+        }
+        builder.body(Vec::new()).build()
+    };
+    let response: Response = spin_sdk::http::run(spin_sdk::http::send(request()))
+        .or_else(|_| spin_sdk::http::run(spin_sdk::http::send(request())))
         .map_err(|e| format!("calling {}{path}: {e}", config.auth_url))?;
     let headers = auth::RELAYED
         .into_iter()

@@ -16,6 +16,7 @@ pub struct TcpProxy {
     cut: Arc<AtomicBool>,
     down: Arc<AtomicBool>,
     hold: Arc<Mutex<Option<Hold>>>,
+    drop_next: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
     /// What the service sent to its clients so far (the first 64 KiB).
     from_service: Arc<Mutex<Vec<u8>>>,
@@ -39,6 +40,8 @@ impl TcpProxy {
         let (cut2, down2, streams2) = (cut.clone(), down.clone(), streams.clone());
         let hold: Arc<Mutex<Option<Hold>>> = Arc::default();
         let hold2 = hold.clone();
+        let drop_next: Arc<AtomicBool> = Arc::default();
+        let drop_next2 = drop_next.clone();
         let from_service: Arc<Mutex<Vec<u8>>> = Arc::default();
         let recorded = from_service.clone();
         std::thread::spawn(move || {
@@ -71,11 +74,17 @@ impl TcpProxy {
                 .filter_map(|(a, b, c)| Some((a.ok()?, b.ok()?, c)))
                 {
                     let (recorded, hold, armed) = (recorded.clone(), hold2.clone(), armed.clone());
+                    let drop_next = drop_next2.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
                         while let Ok(n) = from.read(&mut buf) {
                             let held = hold.lock().unwrap().clone();
                             if from_client {
+                                if n > 0 && drop_next.swap(false, Ordering::SeqCst) {
+                                    let _ = from.shutdown(Shutdown::Both);
+                                    let _ = to.shutdown(Shutdown::Both);
+                                    break;
+                                }
                                 if held.is_some_and(|h| buf[..n].ends_with(&h.request_end)) {
                                     armed.store(true, Ordering::SeqCst);
                                 }
@@ -103,6 +112,7 @@ impl TcpProxy {
             cut,
             down,
             hold,
+            drop_next,
             streams,
             from_service,
         }
@@ -149,6 +159,12 @@ impl TcpProxy {
             request_end: request_end.to_vec(),
             delay,
         });
+    }
+
+    /// The next bytes a client sends are swallowed and their connection closed unanswered, as
+    /// when a server closes a kept-alive connection just as its client sends on it.
+    pub fn drop_next_request(&self) {
+        self.drop_next.store(true, Ordering::SeqCst);
     }
 
     /// Closes every proxied connection and drops new ones until [`TcpProxy::come_up`].
