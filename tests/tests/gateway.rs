@@ -11,7 +11,10 @@ use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::bson::{self, doc};
 use mongo_wire::{Bucket, Client};
 use mp3_auth::{issue, TokenConfig};
-use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
+use mp3_model::{
+    Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, JOBS_COLLECTION, MP3S_DB,
+    NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
+};
 use system_tests::http::{send_raw, Body, RawReply};
 use system_tests::memory::{memory_mib, reset_peak};
 use system_tests::services::{closed_port, TcpProxy, Vhost};
@@ -33,6 +36,7 @@ on_each_runtime!(
     mongodb_logins_reuse_the_keys_derived_from_the_password,
     hostile_multipart_bodies_are_refused_in_bounded_memory,
     jobs_are_listed_newest_first_a_page_at_a_time,
+    jobs_are_deleted_with_their_files_by_their_owner_only,
 );
 
 const SECRET: &str = "gateway-test-secret-long-enough-for-hs256-0123456789";
@@ -640,6 +644,12 @@ fn rabbitmq_or_mongodb_unreachable_is_503(runtime: Runtime) {
     assert_eq!(reply.status, 503);
     let reply = get(&app, "/download?fid=0123456789abcdef01234567", &auth, &[]);
     assert_eq!(reply.status, 503);
+    assert_eq!(get(&app, "/jobs", &auth, &[]).status, 503);
+    let reply = delete(&app, "/jobs/0123456789abcdef01234567", &auth);
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (503, "storage unavailable")
+    );
     drop(app);
 
     // MongoDB is there, but refuses the password.
@@ -962,6 +972,141 @@ fn jobs_are_listed_newest_first_a_page_at_a_time(runtime: Runtime) {
             .delete_many(VIDEOS_DB, JOBS_COLLECTION, doc! {"owner": owner})
             .unwrap();
     }
+}
+
+fn delete(app: &App, path: &str, auth: &str) -> RawReply {
+    send_raw(
+        "DELETE",
+        &app.url(path),
+        &[("Authorization", auth)],
+        Body::Empty,
+    )
+    .expect("DELETE")
+}
+
+/// How many documents of `collection` in `db` match `filter`.
+fn count(
+    client: &mut Client<std::net::TcpStream>,
+    db: &str,
+    collection: &str,
+    filter: bson::Document,
+) -> usize {
+    client
+        .find(db, collection, filter, Default::default())
+        .expect("querying")
+        .count()
+}
+
+/// `DELETE /jobs/{id}` takes the job with its video, its MP3 and the notifier's records, leaves
+/// a tombstone the workers read, and answers anyone but the owner as for an unknown job.
+fn jobs_are_deleted_with_their_files_by_their_owner_only(runtime: Runtime) {
+    let vhost = Vhost::new();
+    let app = start(runtime, &vhost, |c| c);
+    let (email, auth) = user(&app);
+    let (_, other) = user(&app);
+    let mut client = mongo();
+
+    // A queued job with its stored video, and a done one with its MP3 and a sent email.
+    let name = format!("delete-{}.mp4", unique());
+    let reply = upload(
+        &app,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File(&name, &video()[..100_000])])),
+    );
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let queued = json["job_id"].as_str().unwrap().to_owned();
+    let video_fid = ObjectId::parse_str(json["video_fid"].as_str().unwrap()).unwrap();
+    let converted = Converted::new(&email, "done.mov");
+    client
+        .insert_one(
+            VIDEOS_DB,
+            NOTIFY_CLAIMS_COLLECTION,
+            doc! {"_id": format!("{}/sent", converted.job_id), "job_id": &converted.job_id},
+        )
+        .unwrap();
+
+    // Nobody else, no token, no such job: nothing changes.
+    let path = format!("/jobs/{queued}");
+    let theirs = delete(&app, &path, &other);
+    assert_eq!(
+        (theirs.status, theirs.text().as_str()),
+        (404, "job not found")
+    );
+    assert_same_answer(
+        &theirs,
+        &delete(&app, &format!("/jobs/{}", ObjectId::new().to_hex()), &other),
+    );
+    assert_eq!(delete(&app, "/jobs/not-an-id", &auth).status, 404);
+    let reply = send_raw("DELETE", &app.url(&path), &[], Body::Empty).unwrap();
+    assert_eq!(reply.status, 401);
+    assert_eq!(stored_with_name(&mut client, &name), (1, 1));
+    let reply = send_raw(
+        "PUT",
+        &app.url(&path),
+        &[("Authorization", &auth)],
+        Body::Empty,
+    )
+    .unwrap();
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("allow"), Some("GET, DELETE"));
+
+    // The owner deletes the queued job: gone with its video, a tombstone left for the workers.
+    let reply = delete(&app, &path, &auth);
+    assert_eq!(reply.status, 204, "{}\n{}", reply.text(), app.log());
+    assert!(reply.body.is_empty());
+    assert_eq!(get(&app, &path, &auth, &[]).status, 404);
+    assert_eq!(stored_with_name(&mut client, &name), (0, 0));
+    assert_eq!(
+        count(
+            &mut client,
+            VIDEOS_DB,
+            "fs.chunks",
+            doc! {"files_id": video_fid}
+        ),
+        0
+    );
+    let tombstone = client
+        .find_one(VIDEOS_DB, DELETED_JOBS_COLLECTION, doc! {"_id": &queued})
+        .unwrap()
+        .expect("a tombstone");
+    assert_eq!(tombstone.get_str("owner"), Ok(email.as_str()));
+    assert_eq!(delete(&app, &path, &auth).status, 404, "twice");
+
+    // The done job: its MP3 goes too, and with it every way to download it.
+    let path = format!("/jobs/{}", converted.job_id);
+    assert_eq!(delete(&app, &path, &auth).status, 204);
+    let mp3 = converted.mp3_fid;
+    assert_eq!(
+        count(&mut client, MP3S_DB, "fs.files", doc! {"_id": mp3}),
+        0
+    );
+    assert_eq!(
+        count(&mut client, MP3S_DB, "fs.chunks", doc! {"files_id": mp3}),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            VIDEOS_DB,
+            NOTIFY_CLAIMS_COLLECTION,
+            doc! {"job_id": &converted.job_id}
+        ),
+        0
+    );
+    let download = get(&app, &format!("/download?fid={}", mp3.to_hex()), &auth, &[]);
+    assert_eq!(download.status, 404);
+    let listed = get(&app, "/jobs", &auth, &[]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.body).unwrap();
+    assert_eq!(listed["jobs"], serde_json::json!([]), "{listed}");
+    assert!(app.log().contains("outcome=deleted"), "{}", app.log());
+
+    let _ = client.delete_many(
+        VIDEOS_DB,
+        DELETED_JOBS_COLLECTION,
+        doc! {"_id": {"$in": [&queued, &converted.job_id]}},
+    );
+    assert_eq!(vhost.take_messages("video", 10).len(), 1);
 }
 
 fn unknown_paths_and_methods(runtime: Runtime) {

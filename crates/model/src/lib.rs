@@ -24,5 +24,9 @@ pub const JOBS_COLLECTION: &str = "jobs";
 /// Collection of the notifier's claims on jobs' emails (`job_id` names the job), in
 /// [`VIDEOS_DB`].
 pub const NOTIFY_CLAIMS_COLLECTION: &str = "notify_claims";
+/// Collection of the jobs their owners deleted (`_id`: the job's id, `deleted_at` in Unix
+/// milliseconds), in [`VIDEOS_DB`]: a worker handed a message for one of them drops it instead
+/// of dead-lettering it as unknown. Kept for the retention, then swept.
+pub const DELETED_JOBS_COLLECTION: &str = "deleted_jobs";
 /// GridFS chunk size of both buckets: the official drivers' default (255 KiB).
 pub const GRIDFS_CHUNK_SIZE: u32 = 255 * 1024;

@@ -11,8 +11,8 @@ use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::bson::{self, doc, Document};
 use mongo_wire::{Bucket, Client, Download, FileInfo, FindOptions};
 use mp3_model::{
-    new_object_id, topology, Job, JobMessage, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB,
-    VIDEOS_DB,
+    new_object_id, topology, Job, JobMessage, DELETED_JOBS_COLLECTION, GRIDFS_CHUNK_SIZE,
+    JOBS_COLLECTION, MP3S_DB, NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
 };
 
 use crate::jobs::Cursor;
@@ -99,6 +99,53 @@ impl Mongo {
                 bson::from_document::<Job>(doc).map_err(|e| format!("job document unreadable: {e}"))
             })
             .transpose()
+    }
+
+    /// Deletes `job` with its files. First a tombstone, so a worker handed the job's message
+    /// meanwhile drops it; then the video, the MP3 and the notifier's records; the job last.
+    /// Every step is idempotent: after a failure, deleting again finishes the work. An MP3 a
+    /// conversion stores after this read is left to the sweeper, as a file no job names.
+    pub fn remove_job(&mut self, job: &Job, now_ms: i64) -> Result<(), String> {
+        let fail = |what: &str, e: mongo_wire::Error| {
+            format!("MongoDB: deleting job {}: {what}: {e}", job.id)
+        };
+        self.client
+            .update_one(
+                VIDEOS_DB,
+                DELETED_JOBS_COLLECTION,
+                doc! {"_id": &job.id},
+                doc! {"$set": {"owner": &job.owner, "deleted_at": now_ms}},
+                true,
+            )
+            .map_err(|e| fail("recording the deletion", e))?;
+        let files = [
+            (videos(), Some(&job.video_fid)),
+            (mp3s(), job.mp3_fid.as_ref()),
+        ];
+        for (bucket, fid) in files {
+            let Some(id) = fid.and_then(|hex| ObjectId::parse_str(hex).ok()) else {
+                continue;
+            };
+            match bucket.delete(&mut self.client, id) {
+                Ok(()) | Err(mongo_wire::Error::NotFound(_)) => {}
+                Err(e) => return Err(fail("deleting its files", e)),
+            }
+        }
+        self.client
+            .delete_many(
+                VIDEOS_DB,
+                NOTIFY_CLAIMS_COLLECTION,
+                doc! {"job_id": &job.id},
+            )
+            .map_err(|e| fail("deleting its email records", e))?;
+        self.client
+            .delete_many(
+                VIDEOS_DB,
+                JOBS_COLLECTION,
+                doc! {"_id": &job.id, "owner": &job.owner},
+            )
+            .map_err(|e| fail("deleting the job", e))?;
+        Ok(())
     }
 
     /// The files document of MP3 `id` in `mp3s`.

@@ -160,18 +160,35 @@ pub fn not_found() -> Reply {
     Reply::text(404, "job not found", "job_not_found")
 }
 
-/// The reply for `user` asking about `job` (looked up by a well-formed id). Another user's job
-/// answers exactly as an unknown one, so ids cannot be probed for existence; only the log
-/// tells them apart.
-pub fn status_reply(job: Option<&Job>, user: &str, links: Option<Links<'_>>) -> Reply {
+/// `job` (looked up by a well-formed id) if `user` owns it; otherwise the 404 an unknown job
+/// gets, so another user's ids cannot be probed for existence (only the log tells them apart).
+pub fn owned<'j>(job: Option<&'j Job>, user: &str) -> Result<&'j Job, Reply> {
     let Some(job) = job else {
-        return not_found().user(user);
+        return Err(not_found().user(user));
     };
     if job.owner != user {
         let mut reply = not_found().user(user);
         reply.outcome = "not_owner".into();
-        return reply;
+        return Err(reply);
     }
+    Ok(job)
+}
+
+/// 204 for a job deleted with its files.
+pub fn deleted(user: &str) -> Reply {
+    let mut reply = Reply::text(204, "", "deleted").user(user);
+    reply.headers.clear();
+    reply
+}
+
+/// The reply for `user` asking about `job` (looked up by a well-formed id). Another user's job
+/// answers exactly as an unknown one, so ids cannot be probed for existence; only the log
+/// tells them apart.
+pub fn status_reply(job: Option<&Job>, user: &str, links: Option<Links<'_>>) -> Reply {
+    let job = match owned(job, user) {
+        Ok(job) => job,
+        Err(reply) => return reply,
+    };
     let reply = Reply::new(200, "application/json", view(job, links).to_string(), "ok")
         .header("cache-control", "no-store")
         .user(user);

@@ -15,6 +15,7 @@
 //! | `POST /upload` (multipart, one file) | 202 `{"job_id","video_fid","status_url"}` | 400 (no file, several files, not multipart), 413, 415, 503 |
 //! | `GET /jobs?limit=&cursor=` | 200 `{"jobs":[…],"next":…}`, the caller's jobs, newest first | 400 (bad limit or cursor), 503 |
 //! | `GET /jobs/{id}` | 200 the job as JSON (`Retry-After` while it moves) | 404 (unknown, or another user's: the same answer) |
+//! | `DELETE /jobs/{id}` | 204: the job, its video and its MP3 deleted (a conversion under way is dropped) | 404 (as above), 503 (retry: it finishes the deletion) |
 //! | `GET /download?fid=<mp3 id>` | 200 or 206 `audio/mpeg`, streamed | 400 (missing or malformed fid), 404 (unknown or another user's), 416, 503 |
 //! | `GET /download?fid=…&expires=…&sig=…` (a signed link, no token) | the same | 403 (`invalid link`, `link expired`, or no `download_key`), 400, 404, 416, 503 |
 //!
@@ -58,28 +59,37 @@ pub enum Route {
     Jobs,
     /// `GET /jobs/{id}`, with the id as sent (not yet checked).
     Job(String),
+    /// `DELETE /jobs/{id}`: the job, its video and its MP3.
+    DeleteJob(String),
     Download,
 }
 
 /// Routes a request by method and path (without the query): 404 for an unknown path, 405
 /// (with `Allow`) for a known path and another method.
 pub fn route(method: &str, path: &str) -> Result<Route, Reply> {
-    let (allowed, route) = match path {
-        "/login" => ("POST", Route::Login),
-        "/validate" => ("POST", Route::Validate),
-        "/logout" => ("POST", Route::Logout),
-        "/upload" => ("POST", Route::Upload),
-        "/download" => ("GET", Route::Download),
-        "/jobs" => ("GET", Route::Jobs),
+    let (allowed, route) = match (path, method) {
+        ("/login", _) => ("POST", Some(Route::Login)),
+        ("/validate", _) => ("POST", Some(Route::Validate)),
+        ("/logout", _) => ("POST", Some(Route::Logout)),
+        ("/upload", _) => ("POST", Some(Route::Upload)),
+        ("/download", _) => ("GET", Some(Route::Download)),
+        ("/jobs", _) => ("GET", Some(Route::Jobs)),
         _ => match path.strip_prefix("/jobs/") {
-            Some(id) if !id.is_empty() && !id.contains('/') => ("GET", Route::Job(id.to_owned())),
+            Some(id) if !id.is_empty() && !id.contains('/') => {
+                let id = id.to_owned();
+                let route = match method {
+                    "GET" => Some(Route::Job(id)),
+                    "DELETE" => Some(Route::DeleteJob(id)),
+                    _ => None,
+                };
+                ("GET, DELETE", route)
+            }
             _ => return Err(Reply::text(404, "not found", "not_found")),
         },
     };
-    if method == allowed {
-        Ok(route)
-    } else {
-        Err(Reply::method_not_allowed(allowed))
+    match route {
+        Some(route) if allowed.split(", ").any(|m| m == method) => Ok(route),
+        _ => Err(Reply::method_not_allowed(allowed)),
     }
 }
 
@@ -113,7 +123,14 @@ mod tests {
         let refused = route("GET", "/upload").unwrap_err();
         assert_eq!(refused.status, 405);
         assert!(refused.headers.contains(&("allow", "POST".into())));
-        assert_eq!(route("DELETE", "/jobs/abc").unwrap_err().status, 405);
+        assert_eq!(
+            route("DELETE", "/jobs/abc"),
+            Ok(Route::DeleteJob("abc".into()))
+        );
+        let refused = route("PUT", "/jobs/abc").unwrap_err();
+        assert_eq!(refused.status, 405);
+        assert!(refused.headers.contains(&("allow", "GET, DELETE".into())));
+        assert_eq!(route("DELETE", "/jobs").unwrap_err().status, 405);
         assert_eq!(route("POST", "/validate"), Ok(Route::Validate));
         for path in ["/", "/jobs/", "/jobs/a/b", "/uploads", "/validates"] {
             let refused = route("GET", path).unwrap_err();

@@ -80,6 +80,7 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
         Route::Upload => upload_route(req, out, &config, &method, started),
         Route::Jobs => send(out, jobs_route(&req, &config, query), &method, started),
         Route::Job(id) => send(out, job_route(&req, &config, &id), &method, started),
+        Route::DeleteJob(id) => send(out, delete_job_route(&req, &config, &id), &method, started),
         Route::Download => download_route(&req, out, &config, query, &method, started),
     }
 }
@@ -217,6 +218,34 @@ fn job_route(req: &IncomingRequest, config: &Config, id: &str) -> Reply {
         Err(e) => Reply::text(503, "storage unavailable", "storage_unavailable")
             .detail(e)
             .user(user),
+    }
+}
+
+fn delete_job_route(req: &IncomingRequest, config: &Config, id: &str) -> Reply {
+    let user = match authenticate(req, config) {
+        Ok(user) => user,
+        Err(reply) => return reply,
+    };
+    let Some(id) = jobs::parse_id(id) else {
+        return jobs::not_found().user(user);
+    };
+    let mut mongo = match connect_mongo(config) {
+        Ok(mongo) => mongo,
+        Err(reply) => return reply.user(user),
+    };
+    let unavailable =
+        |e: String| Reply::text(503, "storage unavailable", "storage_unavailable").detail(e);
+    let job = match mongo.job(&id) {
+        Ok(job) => job,
+        Err(e) => return unavailable(e).user(user),
+    };
+    let job = match jobs::owned(job.as_ref(), &user) {
+        Ok(job) => job,
+        Err(reply) => return reply,
+    };
+    match mongo.remove_job(job, now_ms()) {
+        Ok(()) => jobs::deleted(&user),
+        Err(e) => unavailable(e).user(user),
     }
 }
 

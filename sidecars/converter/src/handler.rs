@@ -170,10 +170,19 @@ impl Converter {
                 return announce(cx, &job, None, Some(&error)).await;
             }
             Claim::NotFound => {
+                if self
+                    .store
+                    .is_deleted(&message.job_id)
+                    .await
+                    .map_err(Failure::retry)?
+                {
+                    tracing::info!("the job was deleted by its owner; dropping its message");
+                    return Ok(());
+                }
                 return Err(Failure::permanent(anyhow!(
                     "job {} does not exist",
                     message.job_id
-                )))
+                )));
             }
         };
         if job.video_fid != message.video_fid {
@@ -202,6 +211,11 @@ impl Converter {
             if let Err(error) = self.store.delete_mp3(mp3_fid).await {
                 tracing::warn!(error = format!("{error:#}"), "deleting a partial MP3");
             }
+            // Deleted by its owner mid-conversion (its video went first): nothing to retry.
+            if self.store.is_deleted(&job.id).await.unwrap_or(false) {
+                tracing::info!("the job was deleted by its owner while converting");
+                return Ok(());
+            }
             return Err(failure);
         }
         if !self
@@ -210,8 +224,9 @@ impl Converter {
             .await
             .map_err(Failure::retry)?
         {
-            // Another attempt claimed the job meanwhile; its MP3 is the one that counts.
-            tracing::warn!(%mp3_fid, "another attempt took the job over; deleting this MP3");
+            // Another attempt claimed the job meanwhile (its MP3 is the one that counts), or its
+            // owner deleted it.
+            tracing::warn!(%mp3_fid, "the job was taken over or deleted; deleting this MP3");
             self.store
                 .delete_mp3(mp3_fid)
                 .await

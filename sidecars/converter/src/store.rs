@@ -18,7 +18,8 @@ use mongodb::gridfs::{GridFsBucket, GridFsUploadStream};
 use mongodb::options::{GridFsBucketOptions, GridFsUploadOptions, ReturnDocument};
 use mongodb::{Client, Collection, Cursor, Database};
 use mp3_model::{
-    Job, JobMessage, JobStatus, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB,
+    Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION,
+    MP3S_DB, VIDEOS_DB,
 };
 
 /// The field holding the id of the MP3 the current attempt is writing (hex), next to the
@@ -379,6 +380,17 @@ impl Store {
 
     /// Deletes an MP3 and its chunks, complete or not (a killed upload leaves chunks without a
     /// files document, which the driver's own delete would not find).
+    /// Whether the owner deleted job `job_id` (the gateway left its tombstone).
+    pub async fn is_deleted(&self, job_id: &str) -> anyhow::Result<bool> {
+        let tombstone = self
+            .videos_db
+            .collection::<Document>(DELETED_JOBS_COLLECTION)
+            .find_one(doc! { "_id": job_id })
+            .await
+            .with_context(|| format!("reading whether job {job_id} was deleted"))?;
+        Ok(tombstone.is_some())
+    }
+
     pub async fn delete_mp3(&self, id: ObjectId) -> anyhow::Result<()> {
         delete_file(&self.mp3s_db, id).await
     }

@@ -1,6 +1,7 @@
 //! The store's lifecycle, run by every converter now and then ([`Sweeper::run`]):
 //! - a final job's source video is deleted (unless configured to keep it);
-//! - a final job past the retention is deleted with its MP3 and video;
+//! - a final job past the retention is deleted with its MP3 and video, and the record of a job
+//!   its owner deleted is dropped;
 //! - a job left `queued` or `converting` with no progress for a while (its message lost: a
 //!   gateway killed between storing the job and publishing, a message dead-lettered by an
 //!   older release) is published again, a few times, then failed and its owner told;
@@ -22,7 +23,8 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::{Client, Collection, Database};
 use mp3_model::topology::{MP3_QUEUE, VIDEO_QUEUE};
 use mp3_model::{
-    Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
+    Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, JOBS_COLLECTION, MP3S_DB,
+    NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
 };
 use mp3_worker::Publisher;
 use prometheus_client::metrics::counter::Counter;
@@ -79,6 +81,8 @@ const ORPHAN_SWEEP_EVERY: u64 = 12;
 pub struct Swept {
     pub videos_of_final_jobs: u64,
     pub expired_jobs: u64,
+    /// Records of deleted jobs past the retention (no message for them is still around).
+    pub expired_tombstones: u64,
     pub republished: u64,
     pub failed_stuck: u64,
     pub reannounced: u64,
@@ -219,6 +223,7 @@ impl Sweeper {
         for (kind, count) in [
             ("video_of_final_job", swept.videos_of_final_jobs),
             ("expired_job", swept.expired_jobs),
+            ("expired_tombstone", swept.expired_tombstones),
             ("republished_job", swept.republished),
             ("failed_stuck_job", swept.failed_stuck),
             ("reannounced_job", swept.reannounced),
@@ -427,6 +432,13 @@ impl Sweeper {
                 .with_context(|| format!("deleting expired job {}", job.id))?;
             swept.expired_jobs += 1;
         }
+        let tombstones = self
+            .videos
+            .collection::<Document>(DELETED_JOBS_COLLECTION)
+            .delete_many(doc! { "deleted_at": { "$lt": cutoff } })
+            .await
+            .context("deleting the records of deleted jobs")?;
+        swept.expired_tombstones += tombstones.deleted_count;
         Ok(())
     }
 

@@ -11,7 +11,9 @@ use futures_util::TryStreamExt as _;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::options::GridFsBucketOptions;
 use mongodb::{Client, Database};
-use mp3_model::{Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB};
+use mp3_model::{
+    Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB,
+};
 use mp3_worker::testing::{env, http_get, unique, wait_for, Vhost, WorkerProcess};
 
 const CONVERTER: &str = env!("CARGO_BIN_EXE_converter");
@@ -1107,6 +1109,16 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
     upload.write_all(b"stray").await.unwrap();
     upload.close().await.unwrap();
 
+    // Records of jobs their owners deleted: two days ago (dropped) and now (kept).
+    let tombstones = fx.videos().collection::<Document>(DELETED_JOBS_COLLECTION);
+    let (old_tombstone, new_tombstone) = (ObjectId::new().to_hex(), ObjectId::new().to_hex());
+    for (id, at) in [(&old_tombstone, now - 2 * DAY_MS), (&new_tombstone, now)] {
+        tombstones
+            .insert_one(doc! { "_id": id, "owner": "someone@example.com", "deleted_at": at })
+            .await
+            .unwrap();
+    }
+
     // Two replicas sweeping every second.
     let sweeping = [
         ("SWEEP_INTERVAL_SECS", "1".to_owned()),
@@ -1213,6 +1225,21 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
     assert!(told
         .iter()
         .any(|m| m.job_id == lost.id && m.mp3_fid == converted.mp3_fid));
+    let left = |id: String| {
+        let tombstones = tombstones.clone();
+        async move {
+            tombstones
+                .count_documents(doc! { "_id": id })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(left(old_tombstone).await, 0);
+    assert_eq!(left(new_tombstone.clone()).await, 1);
+    tombstones
+        .delete_one(doc! { "_id": &new_tombstone })
+        .await
+        .unwrap();
     for worker in [&first, &second] {
         assert!(
             worker.metric("converter_sweeps_failed_total") == Some(0.0),
@@ -1224,4 +1251,86 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
         .delete_many(doc! { "files_id": live_upload })
         .await
         .unwrap();
+}
+
+/// What `DELETE /jobs/{id}` does to a job (see the gateway): a tombstone, the video, the job.
+async fn delete_as_the_gateway_does(fx: &Fixture, job: &Job) {
+    let videos = fx.videos();
+    videos
+        .collection::<Document>(DELETED_JOBS_COLLECTION)
+        .insert_one(
+            doc! { "_id": &job.id, "owner": &job.owner, "deleted_at": converter::store::now_ms() },
+        )
+        .await
+        .expect("the tombstone");
+    let video = ObjectId::parse_str(&job.video_fid).unwrap();
+    videos
+        .collection::<Document>("fs.files")
+        .delete_one(doc! { "_id": video })
+        .await
+        .unwrap();
+    fx.video_chunks()
+        .delete_many(doc! { "files_id": video })
+        .await
+        .unwrap();
+    videos
+        .collection::<Document>(JOBS_COLLECTION)
+        .delete_one(doc! { "_id": &job.id })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_deleted_by_their_owners_before_or_during_conversion_are_dropped_quietly() {
+    let fx = Fixture::new("deleted").await;
+    let video = make_video(&fx.dir, "clip.mkv", 12, &[]);
+    // Slow enough that the deletion falls in the middle of the conversion.
+    let worker = fx.start(&[("FFMPEG_PATH", slow_ffmpeg(&fx.dir, 4))]);
+
+    // Deleted before its message came: dropped.
+    let before = fx.queue_job(&video, "before.mkv", 255 * 1024).await;
+    delete_as_the_gateway_does(&fx, &before).await;
+    fx.publish(&before);
+    // Deleted while converting: stopped (its video is gone) or finished and its MP3 deleted.
+    let during = fx.queue_job(&video, "during.mkv", 64 * 1024).await;
+    fx.publish(&during);
+    wait_converting(&fx, &during, &worker).await;
+    delete_as_the_gateway_does(&fx, &during).await;
+
+    wait_for("both messages settled", JOB_TIMEOUT, || {
+        let log = worker.log();
+        (log.matches("deleted by its owner").count() == 2
+            || log.contains("the job was taken over or deleted"))
+        .then_some(())
+    });
+    wait_for("the video queue to empty", Duration::from_secs(15), || {
+        (fx.vhost.queue_len("video")? == 0).then_some(())
+    });
+    assert_eq!(
+        fx.vhost.queue_len("video.dead"),
+        Some(0),
+        "{}",
+        worker.log()
+    );
+    assert_eq!(fx.vhost.queue_len("mp3"), Some(0), "nobody to tell");
+    assert!(worker
+        .log()
+        .contains("the job was deleted by its owner; dropping its message"));
+    for job in [&before, &during] {
+        // A finished MP3 is deleted right after the log line that said so.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !fx.mp3_files(&job.id).await.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "{}", worker.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        fx.videos()
+            .collection::<Document>(DELETED_JOBS_COLLECTION)
+            .delete_one(doc! { "_id": &job.id })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        worker.metric("converter_messages_dead_lettered_total"),
+        Some(0.0)
+    );
 }

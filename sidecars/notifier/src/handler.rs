@@ -79,12 +79,7 @@ impl Notifier {
                         "the announced MP3 {mp3_fid} is not in GridFS"
                     )))
                 }
-                Adopt::NotFound => {
-                    return Err(Failure::permanent(anyhow::anyhow!(
-                        "job {} does not exist",
-                        message.job_id
-                    )))
-                }
+                Adopt::NotFound => return self.unknown_job(message).await,
             }
         }
         let token = mongodb::bson::oid::ObjectId::new().to_hex();
@@ -106,12 +101,7 @@ impl Notifier {
                     reason: "another delivery is sending this job's email".into(),
                 })
             }
-            Claim::NotFound => {
-                return Err(Failure::permanent(anyhow::anyhow!(
-                    "job {} does not exist",
-                    message.job_id
-                )))
-            }
+            Claim::NotFound => return self.unknown_job(message).await,
         };
         if job.owner != message.username {
             tracing::warn!(
@@ -158,6 +148,24 @@ impl Notifier {
 }
 
 impl Notifier {
+    /// A message for a job that is not there: dropped if its owner deleted it (nobody wants
+    /// that email), otherwise given up (dead-lettered for an operator).
+    async fn unknown_job(&self, message: &JobMessage) -> Result<(), Failure> {
+        if self
+            .store
+            .is_deleted(&message.job_id)
+            .await
+            .map_err(Failure::retry)?
+        {
+            tracing::info!("the job was deleted by its owner; no email");
+            return Ok(());
+        }
+        Err(Failure::permanent(anyhow::anyhow!(
+            "job {} does not exist",
+            message.job_id
+        )))
+    }
+
     /// Records a sent email. The email is out: retrying the whole message would make a second
     /// one certain, and an unrecorded email is sent again by the next delivery of the job (the
     /// sweeper announces unrecorded jobs again). So the record alone is retried while the store

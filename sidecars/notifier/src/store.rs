@@ -26,7 +26,8 @@ use anyhow::Context as _;
 use mongodb::bson::{doc, oid::ObjectId, Document};
 use mongodb::{Client, Collection};
 use mp3_model::{
-    Job, JobMessage, JobStatus, JOBS_COLLECTION, MP3S_DB, NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
+    Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, JOBS_COLLECTION, MP3S_DB,
+    NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
 };
 
 /// How long a claim keeps other deliveries from sending the same job's email.
@@ -36,6 +37,8 @@ pub const LEASE: Duration = Duration::from_secs(120);
 pub struct Store {
     jobs: Collection<Job>,
     claims: Collection<Document>,
+    /// Tombstones of the jobs their owners deleted.
+    deleted: Collection<Document>,
     /// GridFS `mp3s` files documents, to check an announced MP3 exists.
     mp3_files: Collection<Document>,
 }
@@ -74,6 +77,9 @@ impl Store {
             claims: client
                 .database(VIDEOS_DB)
                 .collection(NOTIFY_CLAIMS_COLLECTION),
+            deleted: client
+                .database(VIDEOS_DB)
+                .collection(DELETED_JOBS_COLLECTION),
             mp3_files: client.database(MP3S_DB).collection("fs.files"),
         }
     }
@@ -210,6 +216,16 @@ impl Store {
                 Err(error).with_context(|| format!("claiming the notification of job {job_id}"))
             }
         }
+    }
+
+    /// Whether the owner deleted job `job_id` (the gateway left its tombstone).
+    pub async fn is_deleted(&self, job_id: &str) -> anyhow::Result<bool> {
+        let tombstone = self
+            .deleted
+            .find_one(doc! { "_id": job_id })
+            .await
+            .with_context(|| format!("reading whether job {job_id} was deleted"))?;
+        Ok(tombstone.is_some())
     }
 
     /// Whether the job's email was sent: its marker (`{_id: "<job id>/sent"}`) exists.

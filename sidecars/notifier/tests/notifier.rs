@@ -498,3 +498,49 @@ async fn a_store_outage_right_after_the_email_went_out_still_records_it_once() {
     assert_eq!(mails_to(&job.owner).len(), 1, "one email");
     assert_eq!(worker.metric("notifier_emails_sent_total"), Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_by_its_owner_gets_no_email_and_no_dead_letter() {
+    let fx = Fixture::new("deleted").await;
+    let worker = fx.start(&[]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    let videos = fx.client.database(VIDEOS_DB);
+    let deleted = videos.collection::<Document>(mp3_model::DELETED_JOBS_COLLECTION);
+    deleted
+        .insert_one(doc! { "_id": &job.id, "owner": &job.owner, "deleted_at": now_ms() })
+        .await
+        .unwrap();
+    videos
+        .collection::<Document>(JOBS_COLLECTION)
+        .delete_one(doc! { "_id": &job.id })
+        .await
+        .unwrap();
+    // And a job that never was: that one is for an operator.
+    let (ghost, ghost_message) = fx.job(JobStatus::Failed).await;
+    videos
+        .collection::<Document>(JOBS_COLLECTION)
+        .delete_one(doc! { "_id": &ghost.id })
+        .await
+        .unwrap();
+    fx.publish(&message);
+    fx.publish(&ghost_message);
+
+    wait_for("the unknown job dead-lettered", TIMEOUT, || {
+        (fx.vhost.queue_len("mp3.dead")? == 1).then_some(())
+    });
+    let dead = fx.vhost.take("mp3.dead", 10);
+    assert!(dead[0]["payload"].as_str().unwrap().contains(&ghost.id));
+    wait_for("the deleted job's message acked", TIMEOUT, || {
+        (fx.vhost.queue_len("mp3")? == 0).then_some(())
+    });
+    assert!(
+        worker
+            .log()
+            .contains("the job was deleted by its owner; no email"),
+        "{}",
+        worker.log()
+    );
+    assert!(mails_to(&job.owner).is_empty());
+    assert!(mails_to(&ghost.owner).is_empty());
+    deleted.delete_one(doc! { "_id": &job.id }).await.unwrap();
+}
