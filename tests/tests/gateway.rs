@@ -13,7 +13,7 @@ use mongo_wire::{Bucket, Client};
 use mp3_auth::{issue, TokenConfig};
 use mp3_model::{
     Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, JOBS_COLLECTION, MP3S_DB,
-    NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
+    NOTIFY_CLAIMS_COLLECTION, UPLOADS_COLLECTION, UPLOAD_LEASES_COLLECTION, VIDEOS_DB,
 };
 use system_tests::http::{send_raw, Body, RawReply};
 use system_tests::memory::{memory_mib, reset_peak};
@@ -37,6 +37,7 @@ on_each_runtime!(
     hostile_multipart_bodies_are_refused_in_bounded_memory,
     jobs_are_listed_newest_first_a_page_at_a_time,
     jobs_are_deleted_with_their_files_by_their_owner_only,
+    resumable_uploads_speak_tus_resume_after_a_break_and_leave_nothing_behind,
 );
 
 const SECRET: &str = "gateway-test-secret-long-enough-for-hs256-0123456789";
@@ -1107,6 +1108,384 @@ fn jobs_are_deleted_with_their_files_by_their_owner_only(runtime: Runtime) {
         doc! {"_id": {"$in": [&queued, &converted.job_id]}},
     );
     assert_eq!(vhost.take_messages("video", 10).len(), 1);
+}
+
+/// A tus request: the protocol header, the caller's token, and `extra`.
+fn tus(
+    app: &App,
+    method: &str,
+    path: &str,
+    auth: &str,
+    extra: &[(&str, &str)],
+    body: Body,
+) -> RawReply {
+    let mut headers = vec![("Tus-Resumable", "1.0.0"), ("Authorization", auth)];
+    headers.extend_from_slice(extra);
+    send_raw(method, &app.url(path), &headers, body)
+        .unwrap_or_else(|e| panic!("{e}\n{}", app.log()))
+}
+
+/// `POST /uploads` for `length` bytes named `name`; the upload's path.
+fn tus_create(app: &App, auth: &str, length: usize, name: &str) -> String {
+    use base64::Engine as _;
+    let metadata = format!(
+        "filename {}",
+        base64::engine::general_purpose::STANDARD.encode(name)
+    );
+    let length = length.to_string();
+    let reply = tus(
+        app,
+        "POST",
+        "/uploads",
+        auth,
+        &[("Upload-Length", &length), ("Upload-Metadata", &metadata)],
+        Body::Empty,
+    );
+    assert_eq!(reply.status, 201, "{}\n{}", reply.text(), app.log());
+    assert_eq!(reply.header("tus-resumable"), Some("1.0.0"));
+    assert!(reply
+        .header("upload-expires")
+        .is_some_and(|d| d.ends_with(" GMT")));
+    reply.header("location").expect("Location").to_owned()
+}
+
+fn tus_patch(
+    app: &App,
+    path: &str,
+    auth: &str,
+    offset: usize,
+    bytes: &[u8],
+    extra: &[(&str, &str)],
+) -> RawReply {
+    let offset = offset.to_string();
+    let mut headers = vec![
+        ("Upload-Offset", offset.as_str()),
+        ("Content-Type", "application/offset+octet-stream"),
+    ];
+    headers.extend_from_slice(extra);
+    tus(
+        app,
+        "PATCH",
+        path,
+        auth,
+        &headers,
+        Body::Bytes(bytes.to_vec()),
+    )
+}
+
+fn tus_offset(app: &App, path: &str, auth: &str) -> usize {
+    let reply = tus(app, "HEAD", path, auth, &[], Body::Empty);
+    assert_eq!(reply.status, 200, "{}", app.log());
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    reply
+        .header("upload-offset")
+        .and_then(|o| o.parse().ok())
+        .expect("Upload-Offset")
+}
+
+/// A PATCH whose client goes away after `sent` of the `declared` bytes.
+fn tus_patch_broken_off(
+    app: &App,
+    path: &str,
+    auth: &str,
+    offset: usize,
+    bytes: &[u8],
+    declared: usize,
+) {
+    let address = app.base().trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: {address}\r\nTus-Resumable: 1.0.0\r\nAuthorization: {auth}\r\n\
+         Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n\
+         Content-Length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(bytes).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+}
+
+/// tus 1.0 on `/uploads`: discovery, creation, offsets, checksums, a PATCH broken off and
+/// resumed from where the server says, the finished upload becoming the job of the same id;
+/// refusals (version, size, offset, type, checksum, not a video, another user); termination;
+/// and nothing left of uploads refused or terminated.
+fn resumable_uploads_speak_tus_resume_after_a_break_and_leave_nothing_behind(runtime: Runtime) {
+    use sha1::{Digest as _, Sha1};
+    let sha1 = |bytes: &[u8]| base64_of(&Sha1::digest(bytes));
+    let vhost = Vhost::new();
+    let app = start(runtime, &vhost, |c| {
+        c.env("SPIN_VARIABLE_MAX_UPLOAD_BYTES", "50000000")
+    });
+    let (email, auth) = user(&app);
+    let (_, other) = user(&app);
+    let mut client = mongo();
+    let data = video();
+    assert!(data.len() > 600_000, "{} bytes", data.len());
+
+    let reply = send_raw("OPTIONS", &app.url("/uploads"), &[], Body::Empty).unwrap();
+    assert_eq!(reply.status, 204, "{}", app.log());
+    assert_eq!(reply.header("tus-version"), Some("1.0.0"));
+    assert_eq!(
+        reply.header("tus-extension"),
+        Some("creation,termination,expiration,checksum")
+    );
+    assert_eq!(reply.header("tus-max-size"), Some("50000000"));
+    assert_eq!(reply.header("tus-checksum-algorithm"), Some("sha1"));
+
+    // Refused creations.
+    let refused = send_raw(
+        "POST",
+        &app.url("/uploads"),
+        &[("Tus-Resumable", "1.0.0"), ("Upload-Length", "10")],
+        Body::Empty,
+    )
+    .unwrap();
+    assert_eq!(refused.status, 401);
+    let reply = tus(
+        &app,
+        "POST",
+        "/uploads",
+        &auth,
+        &[("Upload-Length", "50000001")],
+        Body::Empty,
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (413, "upload exceeds the limit of 50000000 bytes")
+    );
+    let reply = send_raw(
+        "POST",
+        &app.url("/uploads"),
+        &[("Authorization", &auth), ("Upload-Length", "10")],
+        Body::Empty,
+    )
+    .unwrap();
+    assert_eq!(reply.status, 412);
+    let reply = tus(
+        &app,
+        "POST",
+        "/uploads",
+        &auth,
+        &[("Upload-Length", "ten")],
+        Body::Empty,
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (400, "malformed Upload-Length")
+    );
+
+    // An upload in pieces, one broken off.
+    let name = format!("tus-{}.mp4", unique());
+    let path = tus_create(&app, &auth, data.len(), &name);
+    let id = path
+        .strip_prefix("/uploads/")
+        .expect("/uploads/{id}")
+        .to_owned();
+    assert_eq!(tus_offset(&app, &path, &auth), 0);
+    assert_eq!(
+        tus(&app, "HEAD", &path, &other, &[], Body::Empty).status,
+        404,
+        "another user's"
+    );
+    let first = 200_000;
+    let reply = tus_patch(&app, &path, &auth, 0, &data[..first], &[]);
+    assert_eq!(reply.status, 204, "{}\n{}", reply.text(), app.log());
+    assert_eq!(reply.header("upload-offset"), Some("200000"));
+    let reply = tus_patch(&app, &path, &auth, 0, &data[..10], &[]);
+    assert_eq!(
+        (reply.status, reply.header("upload-offset")),
+        (409, Some("200000"))
+    );
+    let reply = tus(
+        &app,
+        "PATCH",
+        &path,
+        &auth,
+        &[("Upload-Offset", "200000"), ("Content-Type", "text/plain")],
+        Body::Bytes(b"x".to_vec()),
+    );
+    assert_eq!(reply.status, 415);
+    let wrong = format!("sha1 {}", sha1(b"other bytes"));
+    let reply = tus_patch(
+        &app,
+        &path,
+        &auth,
+        first,
+        &data[first..first + 1000],
+        &[("Upload-Checksum", &wrong)],
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (460, "checksum mismatch")
+    );
+    assert_eq!(tus_offset(&app, &path, &auth), first);
+
+    tus_patch_broken_off(
+        &app,
+        &path,
+        &auth,
+        first,
+        &data[first..first + 300_000],
+        data.len() - first,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut offset = tus_offset(&app, &path, &auth);
+    while offset == first && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        offset = tus_offset(&app, &path, &auth);
+    }
+    assert!(
+        offset > first && offset <= first + 300_000,
+        "kept {offset}\n{}",
+        app.log()
+    );
+    assert_eq!(
+        get(&app, &format!("/jobs/{id}"), &auth, &[]).status,
+        404,
+        "no job yet"
+    );
+
+    // The rest, with its checksum: the upload is whole, and its job is queued.
+    let rest = &data[offset..];
+    let checksum = format!("sha1 {}", sha1(rest));
+    let reply = tus_patch(
+        &app,
+        &path,
+        &auth,
+        offset,
+        rest,
+        &[("Upload-Checksum", &checksum)],
+    );
+    assert_eq!(reply.status, 204, "{}\n{}", reply.text(), app.log());
+    assert_eq!(
+        reply.header("upload-offset"),
+        Some(data.len().to_string().as_str())
+    );
+    let job = get(&app, &format!("/jobs/{id}"), &auth, &[]);
+    assert_eq!(job.status, 200, "{}", job.text());
+    let job: serde_json::Value = serde_json::from_slice(&job.body).unwrap();
+    assert_eq!(
+        (job["status"].as_str(), job["filename"].as_str()),
+        (Some("queued"), Some(name.as_str()))
+    );
+    let video_fid = ObjectId::parse_str(job["video_fid"].as_str().unwrap()).unwrap();
+    let mut stored = Vec::new();
+    Bucket::new(VIDEOS_DB)
+        .open_download(&mut client, video_fid)
+        .unwrap()
+        .read_to_end(&mut stored)
+        .unwrap();
+    assert!(stored == data, "the stored video differs from the upload");
+    let messages = vhost.take_messages("video", 10);
+    assert_eq!(messages.len(), 1);
+    let message: JobMessage =
+        serde_json::from_str(messages[0]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        message,
+        JobMessage::queued(&id, &video_fid.to_hex(), &email)
+    );
+    assert_eq!(
+        tus_offset(&app, &path, &auth),
+        data.len(),
+        "a finished upload says so"
+    );
+    assert_eq!(
+        tus_patch(&app, &path, &auth, data.len(), b"x", &[]).status,
+        409
+    );
+    assert!(app.log().contains("outcome=queued"), "{}", app.log());
+
+    // Not a video: refused on its first bytes, and gone.
+    let path = tus_create(&app, &auth, 10_000, "notes.mp4");
+    let reply = tus_patch(&app, &path, &auth, 0, &[b'x'; 10_000], &[]);
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (415, "the file is not a video")
+    );
+    assert_eq!(
+        tus(&app, "HEAD", &path, &auth, &[], Body::Empty).status,
+        404
+    );
+    let bad_id = path.strip_prefix("/uploads/").unwrap();
+    assert_eq!(
+        count(
+            &mut client,
+            VIDEOS_DB,
+            UPLOADS_COLLECTION,
+            doc! {"_id": bad_id}
+        ),
+        0
+    );
+
+    // Terminated half-way: nothing left.
+    let path = tus_create(&app, &auth, data.len(), "half.mp4");
+    assert_eq!(
+        tus_patch(&app, &path, &auth, 0, &data[..600_000], &[]).status,
+        204
+    );
+    let half_id = path.strip_prefix("/uploads/").unwrap().to_owned();
+    let state = client
+        .find_one(VIDEOS_DB, UPLOADS_COLLECTION, doc! {"_id": &half_id})
+        .unwrap()
+        .expect("the upload");
+    let half_fid = ObjectId::parse_str(state.get_str("video_fid").unwrap()).unwrap();
+    assert_eq!(
+        count(
+            &mut client,
+            VIDEOS_DB,
+            "fs.chunks",
+            doc! {"files_id": half_fid}
+        ),
+        2
+    );
+    assert_eq!(
+        tus(&app, "DELETE", &path, &other, &[], Body::Empty).status,
+        404
+    );
+    assert_eq!(
+        tus(&app, "DELETE", &path, &auth, &[], Body::Empty).status,
+        204
+    );
+    assert_eq!(
+        tus(&app, "HEAD", &path, &auth, &[], Body::Empty).status,
+        404
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            VIDEOS_DB,
+            "fs.chunks",
+            doc! {"files_id": half_fid}
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            VIDEOS_DB,
+            UPLOADS_COLLECTION,
+            doc! {"_id": &half_id}
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            VIDEOS_DB,
+            UPLOAD_LEASES_COLLECTION,
+            doc! {"upload": {"$in": [&half_id, &id]}}
+        ),
+        0
+    );
+
+    let _ = client.delete_many(VIDEOS_DB, UPLOADS_COLLECTION, doc! {"_id": &id});
+    forget_upload(&mut client, &id, &video_fid.to_hex());
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn unknown_paths_and_methods(runtime: Runtime) {

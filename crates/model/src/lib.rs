@@ -28,5 +28,12 @@ pub const NOTIFY_CLAIMS_COLLECTION: &str = "notify_claims";
 /// milliseconds), in [`VIDEOS_DB`]: a worker handed a message for one of them drops it instead
 /// of dead-lettering it as unknown. Kept for the retention, then swept.
 pub const DELETED_JOBS_COLLECTION: &str = "deleted_jobs";
+/// Collection of the resumable (tus) uploads in progress, in [`VIDEOS_DB`]: `_id` (the job's id
+/// once complete), `owner`, `video_fid` (the GridFS `videos` file being written), `offset`,
+/// `length`, `done`, `expires_at` (Unix milliseconds) and the bytes past the last full chunk.
+pub const UPLOADS_COLLECTION: &str = "uploads";
+/// Collection of the leases of the PATCH requests writing uploads (`_id`: `<upload>/<offset>`,
+/// `upload`, `token`, `at`), in [`VIDEOS_DB`].
+pub const UPLOAD_LEASES_COLLECTION: &str = "upload_leases";
 /// GridFS chunk size of both buckets: the official drivers' default (255 KiB).
 pub const GRIDFS_CHUNK_SIZE: u32 = 255 * 1024;

@@ -53,6 +53,11 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether a unique index refused the write (MongoDB's code 11000).
+    pub fn is_duplicate_key(&self) -> bool {
+        self.code() == Some(11000)
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

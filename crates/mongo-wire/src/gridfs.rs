@@ -193,6 +193,72 @@ impl Bucket {
         }
     }
 
+    /// Inserts `chunks` as chunks `first`, `first + 1`, ... of file `id`, a few per round
+    /// trip: for a file written piece by piece (a resumable upload), whose files document
+    /// comes last ([`Bucket::write_files_document`]).
+    pub fn insert_chunks<S: Read + Write>(
+        &self,
+        client: &mut Client<S>,
+        id: ObjectId,
+        first: u64,
+        chunks: Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let mut docs = Vec::with_capacity(CHUNKS_PER_BATCH);
+        for (i, data) in chunks.into_iter().enumerate() {
+            let n = first + i as u64;
+            docs.push(doc! {
+                "_id": ObjectId::new(),
+                "files_id": id,
+                "n": chunk_number(n)?,
+                "data": Binary { subtype: BinarySubtype::Generic, bytes: data },
+            });
+            if docs.len() == CHUNKS_PER_BATCH {
+                client.insert_many(&self.db, &self.chunks(), std::mem::take(&mut docs))?;
+            }
+        }
+        if !docs.is_empty() {
+            client.insert_many(&self.db, &self.chunks(), docs)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes chunks `n >= first` of file `id`.
+    pub fn delete_chunks_from<S: Read + Write>(
+        &self,
+        client: &mut Client<S>,
+        id: ObjectId,
+        first: u64,
+    ) -> Result<u64> {
+        let mut filter = doc! {"files_id": id};
+        if first > 0 {
+            filter.insert("n", doc! {"$gte": chunk_number(first)?});
+        }
+        client.delete_many(&self.db, &self.chunks(), filter)
+    }
+
+    /// Writes the files document of `id`, whose chunks of this bucket's chunk size are all
+    /// stored, which makes the file whole. Already written is fine.
+    pub fn write_files_document<S: Read + Write>(
+        &self,
+        client: &mut Client<S>,
+        id: ObjectId,
+        length: u64,
+        filename: &str,
+    ) -> Result<()> {
+        let files = doc! {
+            "_id": id,
+            "length": i64::try_from(length).unwrap_or(i64::MAX),
+            "chunkSize": i32::try_from(self.chunk_size).unwrap_or(i32::MAX),
+            "uploadDate": DateTime::now(),
+            "filename": filename,
+        };
+        match client.insert_one(&self.db, &self.files(), files) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_duplicate_key() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The files document of `id`, or [`Error::NotFound`].
     pub fn file_info<S: Read + Write>(
         &self,
@@ -282,6 +348,16 @@ impl Bucket {
             return Err(Error::NotFound(id));
         }
         Ok(())
+    }
+}
+
+/// A chunk's `n` as drivers write it: an int32 while it fits.
+fn chunk_number(n: u64) -> Result<Bson> {
+    match i32::try_from(n) {
+        Ok(n) => Ok(Bson::Int32(n)),
+        Err(_) => i64::try_from(n)
+            .map(Bson::Int64)
+            .map_err(|_| Error::TooLarge { max: u64::MAX }),
     }
 }
 

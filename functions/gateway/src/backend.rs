@@ -12,10 +12,12 @@ use mongo_wire::bson::{self, doc, Document};
 use mongo_wire::{Bucket, Client, Download, FileInfo, FindOptions};
 use mp3_model::{
     new_object_id, topology, Job, JobMessage, DELETED_JOBS_COLLECTION, GRIDFS_CHUNK_SIZE,
-    JOBS_COLLECTION, MP3S_DB, NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
+    JOBS_COLLECTION, MP3S_DB, NOTIFY_CLAIMS_COLLECTION, UPLOADS_COLLECTION,
+    UPLOAD_LEASES_COLLECTION, VIDEOS_DB,
 };
 
 use crate::jobs::Cursor;
+use crate::tus::{self, UploadState};
 use crate::upload::{Backend, StoreError};
 
 /// A MongoDB connection.
@@ -306,5 +308,176 @@ impl Backend for Services {
         self.queue
             .publish(message)
             .map_err(|e| format!("{first}; after reconnecting: {e}"))
+    }
+}
+
+/// Resumable uploads in MongoDB: `videos.uploads`, their leases, GridFS `videos`.
+impl tus::Store for Mongo {
+    fn create(&mut self, state: &UploadState) -> Result<(), String> {
+        // The chunks' unique index is what keeps two writers from storing one chunk twice.
+        videos()
+            .ensure_indexes(&mut self.client)
+            .map_err(|e| format!("MongoDB: GridFS indexes: {e}"))?;
+        let doc = bson::to_document(state).map_err(|e| format!("encoding the upload: {e}"))?;
+        self.client
+            .insert_one(VIDEOS_DB, UPLOADS_COLLECTION, doc)
+            .map(|_| ())
+            .map_err(|e| format!("MongoDB: creating upload {}: {e}", state.id))
+    }
+
+    fn load(&mut self, id: &str) -> Result<Option<UploadState>, String> {
+        let found = self
+            .client
+            .find_one(VIDEOS_DB, UPLOADS_COLLECTION, doc! {"_id": id})
+            .map_err(|e| format!("MongoDB: reading upload {id}: {e}"))?;
+        found
+            .map(|doc| {
+                bson::from_document(doc).map_err(|e| format!("upload document unreadable: {e}"))
+            })
+            .transpose()
+    }
+
+    fn lease(&mut self, id: &str, offset: u64, token: &str, now: i64) -> Result<bool, String> {
+        let key = format!("{id}/{offset}");
+        let fail = |e: mongo_wire::Error| format!("MongoDB: leasing upload {id}: {e}");
+        let lease = doc! {"_id": &key, "upload": id, "token": token, "at": now};
+        for _ in 0..2 {
+            match self
+                .client
+                .insert_one(VIDEOS_DB, UPLOAD_LEASES_COLLECTION, lease.clone())
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_duplicate_key() => {}
+                Err(e) => return Err(fail(e)),
+            }
+            let Some(held) = self
+                .client
+                .find_one(VIDEOS_DB, UPLOAD_LEASES_COLLECTION, doc! {"_id": &key})
+                .map_err(fail)?
+            else {
+                continue;
+            };
+            let holder = held.get_str("token").unwrap_or_default().to_owned();
+            if holder == token {
+                self.client
+                    .update_one(
+                        VIDEOS_DB,
+                        UPLOAD_LEASES_COLLECTION,
+                        doc! {"_id": &key, "token": token},
+                        doc! {"$set": {"at": now}},
+                        false,
+                    )
+                    .map_err(fail)?;
+                return Ok(true);
+            }
+            let at = held.get_i64("at").unwrap_or(0);
+            if now - at < tus::LEASE_MS {
+                return Ok(false);
+            }
+            // Its PATCH died: its lease goes, and the insert is tried once more (of two
+            // takers, the unique key lets one in).
+            self.client
+                .delete_many(
+                    VIDEOS_DB,
+                    UPLOAD_LEASES_COLLECTION,
+                    doc! {"_id": &key, "token": holder},
+                )
+                .map_err(fail)?;
+        }
+        Ok(false)
+    }
+
+    fn release(&mut self, id: &str, offset: u64, token: &str) -> Result<(), String> {
+        self.client
+            .delete_many(
+                VIDEOS_DB,
+                UPLOAD_LEASES_COLLECTION,
+                doc! {"_id": format!("{id}/{offset}"), "token": token},
+            )
+            .map(|_| ())
+            .map_err(|e| format!("MongoDB: releasing upload {id}: {e}"))
+    }
+
+    fn drop_chunks_from(&mut self, video_fid: &str, first: u64) -> Result<(), String> {
+        videos()
+            .delete_chunks_from(&mut self.client, object_id(video_fid)?, first)
+            .map(|_| ())
+            .map_err(|e| format!("MongoDB: deleting chunks of {video_fid}: {e}"))
+    }
+
+    fn insert_chunks(
+        &mut self,
+        video_fid: &str,
+        first: u64,
+        chunks: Vec<Vec<u8>>,
+    ) -> Result<(), String> {
+        videos()
+            .insert_chunks(&mut self.client, object_id(video_fid)?, first, chunks)
+            .map_err(|e| format!("MongoDB: storing chunks of {video_fid}: {e}"))
+    }
+
+    fn save(&mut self, state: &UploadState, from: u64) -> Result<bool, String> {
+        let mut fields =
+            bson::to_document(state).map_err(|e| format!("encoding the upload: {e}"))?;
+        fields.remove("_id");
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        self.client
+            .update_one(
+                VIDEOS_DB,
+                UPLOADS_COLLECTION,
+                doc! {"_id": &state.id, "offset": from, "done": false},
+                doc! {"$set": fields},
+                false,
+            )
+            .map(|result| result.matched == 1)
+            .map_err(|e| format!("MongoDB: saving upload {}: {e}", state.id))
+    }
+
+    fn finish_file(&mut self, state: &UploadState, _chunk_size: u32) -> Result<(), String> {
+        videos()
+            .write_files_document(
+                &mut self.client,
+                object_id(&state.video_fid)?,
+                state.length,
+                &state.filename,
+            )
+            .map_err(|e| format!("MongoDB: finishing {}: {e}", state.video_fid))
+    }
+
+    fn insert_job(&mut self, job: &Job) -> Result<(), String> {
+        let doc = bson::to_document(job).map_err(|e| format!("encoding the job: {e}"))?;
+        match self.client.insert_one(VIDEOS_DB, JOBS_COLLECTION, doc) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_duplicate_key() => Ok(()),
+            Err(e) => Err(format!("MongoDB: inserting job {}: {e}", job.id)),
+        }
+    }
+
+    fn delete_job(&mut self, id: &str) -> Result<(), String> {
+        self.client
+            .delete_many(VIDEOS_DB, JOBS_COLLECTION, doc! {"_id": id})
+            .map(|_| ())
+            .map_err(|e| format!("MongoDB: deleting job {id}: {e}"))
+    }
+
+    fn remove(&mut self, state: &UploadState) -> Result<(), String> {
+        let fail = |e: mongo_wire::Error| format!("MongoDB: deleting upload {}: {e}", state.id);
+        if !state.done {
+            match videos().delete(&mut self.client, object_id(&state.video_fid)?) {
+                Ok(()) | Err(mongo_wire::Error::NotFound(_)) => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        self.client
+            .delete_many(VIDEOS_DB, UPLOADS_COLLECTION, doc! {"_id": &state.id})
+            .map_err(fail)?;
+        self.client
+            .delete_many(
+                VIDEOS_DB,
+                UPLOAD_LEASES_COLLECTION,
+                doc! {"upload": &state.id},
+            )
+            .map_err(fail)?;
+        Ok(())
     }
 }

@@ -16,6 +16,9 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// Signed download links: on, off, or misconfigured (which fails only link requests).
     pub links: LinkSettings,
+    /// How long a resumable upload lives after its last PATCH (`upload_expiry_secs`,
+    /// default a day).
+    pub upload_expiry_secs: u64,
 }
 
 /// Longest lifetime a download link may be given: a unit slip (milliseconds for seconds) must
@@ -59,9 +62,9 @@ impl LinkSettings {
 }
 
 impl Config {
-    /// Reads `mongodb_url`, `amqp_url`, `auth_url` and `max_upload_bytes` (the error, for the
-    /// log line, names the variable), and the optional `download_key` and
-    /// `download_link_ttl_secs`, whose faults only concern links.
+    /// Reads `mongodb_url`, `amqp_url`, `auth_url`, `max_upload_bytes` and the optional
+    /// `upload_expiry_secs` (the error, for the log line, names the variable), and the optional
+    /// `download_key` and `download_link_ttl_secs`, whose faults only concern links.
     pub fn load(vars: &impl Variables) -> Result<Self, String> {
         let auth_url = vars.require("auth_url")?;
         let auth_url = auth_url.trim().trim_end_matches('/').to_owned();
@@ -74,7 +77,14 @@ impl Config {
         let max_upload_bytes = positive(&max).ok_or_else(|| {
             format!("variable max_upload_bytes: {max:?} is not a positive integer")
         })?;
+        let expiry = vars
+            .variable("upload_expiry_secs")
+            .unwrap_or_else(|_| "86400".into());
+        let upload_expiry_secs = positive(&expiry).ok_or_else(|| {
+            format!("variable upload_expiry_secs: {expiry:?} is not a positive integer")
+        })?;
         Ok(Config {
+            upload_expiry_secs,
             mongodb_url: vars.require("mongodb_url")?,
             amqp_url: vars.require("amqp_url")?,
             auth_url,

@@ -16,6 +16,11 @@
 //! | `GET /jobs?limit=&cursor=` | 200 `{"jobs":[…],"next":…}`, the caller's jobs, newest first | 400 (bad limit or cursor), 503 |
 //! | `GET /jobs/{id}` | 200 the job as JSON (`Retry-After` while it moves) | 404 (unknown, or another user's: the same answer) |
 //! | `DELETE /jobs/{id}` | 204: the job, its video and its MP3 deleted (a conversion under way is dropped) | 404 (as above), 503 (retry: it finishes the deletion) |
+//! | `OPTIONS /uploads` | 204 with the tus headers (version, extensions, max size, checksums) | |
+//! | `POST /uploads` (tus creation: `Upload-Length`, `Upload-Metadata`) | 201, `Location: /uploads/{id}`, `Upload-Expires` | 400, 412, 413 |
+//! | `HEAD /uploads/{id}` | 200 `Upload-Offset`, `Upload-Length` | 404 (unknown, another user's, expired) |
+//! | `PATCH /uploads/{id}` (`Upload-Offset`, optional `Upload-Checksum: sha1 …`) | 204, the new `Upload-Offset`; the last byte makes the job `{id}` | 400, 404, 409, 412, 413, 415, 460, 503 |
+//! | `DELETE /uploads/{id}` (tus termination) | 204 | 404 |
 //! | `GET /download?fid=<mp3 id>` | 200 or 206 `audio/mpeg`, streamed | 400 (missing or malformed fid), 404 (unknown or another user's), 416, 503 |
 //! | `GET /download?fid=…&expires=…&sig=…` (a signed link, no token) | the same | 403 (`invalid link`, `link expired`, or no `download_key`), 400, 404, 416, 503 |
 //!
@@ -38,6 +43,7 @@ pub mod download;
 pub mod jobs;
 pub mod magic;
 pub mod range;
+pub mod tus;
 pub mod upload;
 
 use component_http::Reply;
@@ -61,7 +67,21 @@ pub enum Route {
     Job(String),
     /// `DELETE /jobs/{id}`: the job, its video and its MP3.
     DeleteJob(String),
+    /// `OPTIONS /uploads[/{id}]`: the tus protocol's discovery.
+    TusOptions,
+    /// `POST /uploads`: a new resumable upload.
+    TusCreate,
+    /// `HEAD`, `PATCH` or `DELETE /uploads/{id}`, with the id as sent and the method.
+    TusUpload(String, TusMethod),
     Download,
+}
+
+/// What is done to a resumable upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TusMethod {
+    Head,
+    Patch,
+    Delete,
 }
 
 /// Routes a request by method and path (without the query): 404 for an unknown path, 405
@@ -74,6 +94,22 @@ pub fn route(method: &str, path: &str) -> Result<Route, Reply> {
         ("/upload", _) => ("POST", Some(Route::Upload)),
         ("/download", _) => ("GET", Some(Route::Download)),
         ("/jobs", _) => ("GET", Some(Route::Jobs)),
+        ("/uploads", "OPTIONS") => ("OPTIONS, POST", Some(Route::TusOptions)),
+        ("/uploads", _) => ("OPTIONS, POST", Some(Route::TusCreate)),
+        _ if path.starts_with("/uploads/") => {
+            let id = &path["/uploads/".len()..];
+            if id.is_empty() || id.contains('/') {
+                return Err(Reply::text(404, "not found", "not_found"));
+            }
+            let route = match method {
+                "OPTIONS" => Some(Route::TusOptions),
+                "HEAD" => Some(Route::TusUpload(id.to_owned(), TusMethod::Head)),
+                "PATCH" => Some(Route::TusUpload(id.to_owned(), TusMethod::Patch)),
+                "DELETE" => Some(Route::TusUpload(id.to_owned(), TusMethod::Delete)),
+                _ => None,
+            };
+            ("HEAD, PATCH, DELETE, OPTIONS", route)
+        }
         _ => match path.strip_prefix("/jobs/") {
             Some(id) if !id.is_empty() && !id.contains('/') => {
                 let id = id.to_owned();
@@ -132,7 +168,26 @@ mod tests {
         assert!(refused.headers.contains(&("allow", "GET, DELETE".into())));
         assert_eq!(route("DELETE", "/jobs").unwrap_err().status, 405);
         assert_eq!(route("POST", "/validate"), Ok(Route::Validate));
-        for path in ["/", "/jobs/", "/jobs/a/b", "/uploads", "/validates"] {
+        assert_eq!(route("POST", "/uploads"), Ok(Route::TusCreate));
+        assert_eq!(route("OPTIONS", "/uploads"), Ok(Route::TusOptions));
+        assert_eq!(
+            route("PATCH", "/uploads/abc"),
+            Ok(Route::TusUpload("abc".into(), TusMethod::Patch))
+        );
+        let refused = route("GET", "/uploads/abc").unwrap_err();
+        assert_eq!(refused.status, 405);
+        assert!(refused
+            .headers
+            .contains(&("allow", "HEAD, PATCH, DELETE, OPTIONS".into())));
+        assert_eq!(route("GET", "/uploads").unwrap_err().status, 405);
+        for path in [
+            "/",
+            "/jobs/",
+            "/jobs/a/b",
+            "/uploads/",
+            "/uploads/a/b",
+            "/validates",
+        ] {
             let refused = route("GET", path).unwrap_err();
             assert_eq!(
                 (refused.status, refused.body.as_str()),

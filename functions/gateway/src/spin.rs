@@ -21,8 +21,11 @@ use spin_sdk::http_component;
 use crate::auth::{self, Answer};
 use crate::backend::{Mongo, Queue, Services};
 use crate::config::LinkSettings;
+use crate::tus::{self, UploadState};
 use crate::upload::{self, BlockOn, Upload};
-use crate::{declared_too_large, download, jobs, route, split_target, Config, Route, COMPONENT};
+use crate::{
+    declared_too_large, download, jobs, route, split_target, Config, Route, TusMethod, COMPONENT,
+};
 
 /// Bytes read from GridFS and written to the client per step of a download.
 const DOWNLOAD_STEP: usize = 64 * 1024;
@@ -81,6 +84,12 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
         Route::Jobs => send(out, jobs_route(&req, &config, query), &method, started),
         Route::Job(id) => send(out, job_route(&req, &config, &id), &method, started),
         Route::DeleteJob(id) => send(out, delete_job_route(&req, &config, &id), &method, started),
+        Route::TusOptions => send(out, tus::options(config.max_upload_bytes), &method, started),
+        Route::TusCreate => send(out, tus_create(&req, &config), &method, started),
+        Route::TusUpload(id, what) => {
+            let reply = tus_upload(req, &config, &id, what);
+            send(out, reply, &method, started);
+        }
         Route::Download => download_route(&req, out, &config, query, &method, started),
     }
 }
@@ -246,6 +255,170 @@ fn delete_job_route(req: &IncomingRequest, config: &Config, id: &str) -> Reply {
     match mongo.remove_job(job, now_ms()) {
         Ok(()) => jobs::deleted(&user),
         Err(e) => unavailable(e).user(user),
+    }
+}
+
+fn tus_headers(req: &IncomingRequest) -> tus::Headers {
+    tus::Headers {
+        tus_resumable: header(req, "tus-resumable"),
+        upload_length: header(req, "upload-length"),
+        upload_defer_length: header(req, "upload-defer-length"),
+        upload_metadata: header(req, "upload-metadata"),
+        upload_offset: header(req, "upload-offset"),
+        upload_checksum: header(req, "upload-checksum"),
+        content_type: header(req, "content-type"),
+        content_length: header(req, "content-length"),
+    }
+}
+
+/// `POST /uploads`: a new resumable upload of the caller's.
+fn tus_create(req: &IncomingRequest, config: &Config) -> Reply {
+    let user = match authenticate(req, config) {
+        Ok(user) => user,
+        Err(reply) => return reply,
+    };
+    let creation = match tus::creation(&tus_headers(req), config.max_upload_bytes) {
+        Ok(creation) => creation,
+        Err(reply) => return reply.user(user),
+    };
+    let ids = new_object_id().and_then(|id| new_object_id().map(|video| (id, video)));
+    let Ok((id, video)) = ids else {
+        return Reply::text(500, "internal error", "no_randomness").user(user);
+    };
+    let mut mongo = match connect_mongo(config) {
+        Ok(mongo) => mongo,
+        Err(reply) => return reply.user(user),
+    };
+    let now = now_ms();
+    let state = UploadState {
+        id: ObjectId::from_bytes(id).to_hex(),
+        owner: user.clone(),
+        filename: creation.filename,
+        length: creation.length,
+        offset: 0,
+        tail: Vec::new(),
+        video_fid: ObjectId::from_bytes(video).to_hex(),
+        checked: false,
+        done: false,
+        created_at: now,
+        expires_at: now + expiry_ms(config),
+    };
+    match tus::Store::create(&mut mongo, &state) {
+        Ok(()) => tus::created(&state).user(user),
+        Err(e) => Reply::text(503, "storage unavailable", "storage_unavailable")
+            .detail(e)
+            .user(user),
+    }
+}
+
+fn expiry_ms(config: &Config) -> i64 {
+    i64::try_from(config.upload_expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// `HEAD`, `PATCH` or `DELETE /uploads/{id}`.
+fn tus_upload(req: IncomingRequest, config: &Config, id: &str, what: TusMethod) -> Reply {
+    let user = match authenticate(&req, config) {
+        Ok(user) => user,
+        Err(reply) => return reply,
+    };
+    let headers = tus_headers(&req);
+    if let Err(reply) = tus::check_version(&headers) {
+        return reply.user(user);
+    }
+    let Some(id) = jobs::parse_id(id) else {
+        return tus::not_found().user(user);
+    };
+    let mut mongo = match connect_mongo(config) {
+        Ok(mongo) => mongo,
+        Err(reply) => return reply.user(user),
+    };
+    let unavailable =
+        |e: String| Reply::text(503, "storage unavailable", "storage_unavailable").detail(e);
+    let state = match tus::Store::load(&mut mongo, &id) {
+        Ok(state) => state,
+        Err(e) => return unavailable(e).user(user),
+    };
+    let state = match tus::owned(state, &user, now_ms()) {
+        Ok(state) => state,
+        Err(reply) => return reply.user(user),
+    };
+    let reply = match what {
+        TusMethod::Head => tus::progress(&state),
+        TusMethod::Delete => match tus::Store::remove(&mut mongo, &state) {
+            Ok(()) => tus::terminated(),
+            Err(e) => unavailable(e),
+        },
+        TusMethod::Patch => {
+            let request = match tus::patch_request(&headers, &state) {
+                Ok(request) => request,
+                Err(reply) => return reply.user(user),
+            };
+            let Ok(token) = new_object_id() else {
+                return Reply::text(500, "internal error", "no_randomness").user(user);
+            };
+            let token = ObjectId::from_bytes(token).to_hex();
+            let mut queue: Option<Queue> = None;
+            let mut publish = |message: &mp3_model::JobMessage| {
+                let queue = match &mut queue {
+                    Some(queue) => queue,
+                    None => queue.insert(Queue::connect(&config.amqp_url)?),
+                };
+                queue.publish(message)
+            };
+            let mut body = BodyReader {
+                stream: Box::pin(req.into_body_stream()),
+                pending: Vec::new(),
+                pos: 0,
+            };
+            let reply = tus::patch(
+                state,
+                &mut body,
+                tus::Patch {
+                    request,
+                    chunk_size: mp3_model::GRIDFS_CHUNK_SIZE,
+                    clock: &now_ms,
+                    expiry_ms: expiry_ms(config),
+                    token: &token,
+                    publish: &mut publish,
+                },
+                &mut mongo,
+            );
+            if let Some(queue) = queue {
+                queue.close();
+            }
+            reply
+        }
+    };
+    reply.user(user)
+}
+
+/// The request body as a blocking [`Read`], a chunk of the host's at a time.
+struct BodyReader<S> {
+    stream: std::pin::Pin<Box<S>>,
+    pending: Vec<u8>,
+    pos: usize,
+}
+
+impl<S, E> Read for BodyReader<S>
+where
+    S: futures::Stream<Item = Result<Vec<u8>, E>>,
+    E: std::fmt::Debug,
+{
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.pending.len() {
+            match spin_sdk::http::run(self.stream.next()) {
+                Some(Ok(chunk)) => {
+                    self.pending = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(std::io::Error::other(format!("{e:?}"))),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.pending.len() - self.pos);
+        buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

@@ -7,8 +7,9 @@
 //!   older release) is published again, a few times, then failed and its owner told;
 //! - a final job whose owner was not emailed a while after it ended (its announcement
 //!   dead-lettered while the notifier could not send) is announced again, a few times;
-//! - files no job names, and chunks no files document owns (an upload or conversion killed
-//!   mid-write), are deleted once older than an age no live write reaches.
+//! - a resumable upload past its expiry is deleted with its chunks;
+//! - files no job or upload names, and chunks no files document owns (an upload or conversion
+//!   killed mid-write), are deleted once older than an age no live write reaches.
 //!
 //! Safe on any number of replicas at once: every deletion is idempotent, and a stuck job is
 //! republished only by the replica whose update moved its `updated_at` on (the others' filters
@@ -24,7 +25,7 @@ use mongodb::{Client, Collection, Database};
 use mp3_model::topology::{MP3_QUEUE, VIDEO_QUEUE};
 use mp3_model::{
     Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, JOBS_COLLECTION, MP3S_DB,
-    NOTIFY_CLAIMS_COLLECTION, VIDEOS_DB,
+    NOTIFY_CLAIMS_COLLECTION, UPLOADS_COLLECTION, UPLOAD_LEASES_COLLECTION, VIDEOS_DB,
 };
 use mp3_worker::Publisher;
 use prometheus_client::metrics::counter::Counter;
@@ -83,6 +84,8 @@ pub struct Swept {
     pub expired_jobs: u64,
     /// Records of deleted jobs past the retention (no message for them is still around).
     pub expired_tombstones: u64,
+    /// Resumable uploads past their expiry: unfinished ones with the bytes they had.
+    pub expired_uploads: u64,
     pub republished: u64,
     pub failed_stuck: u64,
     pub reannounced: u64,
@@ -204,6 +207,10 @@ impl Sweeper {
         // Expired jobs first: nobody needs to hear of a job about to be deleted.
         note("expired jobs", self.expired_jobs(now, &mut swept).await);
         note(
+            "expired uploads",
+            self.expired_uploads(now, &mut swept).await,
+        );
+        note(
             "stuck jobs",
             self.stuck_jobs(publisher, now, &mut swept).await,
         );
@@ -224,6 +231,7 @@ impl Sweeper {
             ("video_of_final_job", swept.videos_of_final_jobs),
             ("expired_job", swept.expired_jobs),
             ("expired_tombstone", swept.expired_tombstones),
+            ("expired_upload", swept.expired_uploads),
             ("republished_job", swept.republished),
             ("failed_stuck_job", swept.failed_stuck),
             ("reannounced_job", swept.reannounced),
@@ -442,6 +450,42 @@ impl Sweeper {
         Ok(())
     }
 
+    /// Resumable uploads past `expires_at` (the gateway renews it with every PATCH): an
+    /// unfinished one goes with its chunks, a finished one's record alone (its file is its
+    /// job's).
+    async fn expired_uploads(&self, now: i64, swept: &mut Swept) -> anyhow::Result<()> {
+        let uploads = self.videos.collection::<Document>(UPLOADS_COLLECTION);
+        let mut cursor = uploads
+            .find(doc! { "expires_at": { "$lt": now } })
+            .projection(doc! { "video_fid": 1, "done": 1, "expires_at": 1 })
+            .limit(BATCH)
+            .await
+            .context("listing expired uploads")?;
+        while let Some(upload) = cursor.try_next().await.context("listing expired uploads")? {
+            let Ok(id) = upload.get_str("_id") else {
+                continue;
+            };
+            if !upload.get_bool("done").unwrap_or(false) {
+                if let Some(video) = upload.get_str("video_fid").ok().and_then(parse_id) {
+                    delete_file(&self.videos, video).await?;
+                }
+            }
+            self.videos
+                .collection::<Document>(UPLOAD_LEASES_COLLECTION)
+                .delete_many(doc! { "upload": id })
+                .await
+                .with_context(|| format!("deleting the leases of upload {id}"))?;
+            // Only if still expired: a PATCH may have renewed it meanwhile.
+            uploads
+                .delete_one(doc! { "_id": id, "expires_at": { "$lt": now } })
+                .await
+                .with_context(|| format!("deleting expired upload {id}"))?;
+            tracing::info!(upload = id, "deleted an expired upload");
+            swept.expired_uploads += 1;
+        }
+        Ok(())
+    }
+
     async fn orphans(&self, now: i64, swept: &mut Swept) -> anyhow::Result<()> {
         let cutoff_secs = (now - millis(self.policy.orphan_age)) / 1000;
         // Read the ids the jobs name before the files: a file stored after this read is too
@@ -459,6 +503,22 @@ impl Sweeper {
             for field in ["mp3_fid", "converting_fid"] {
                 mp3s.extend(job.get_str(field).ok().and_then(parse_id));
             }
+        }
+        // A resumable upload's chunks have no files document until its last byte: they are
+        // its upload's until it expires.
+        let mut cursor = self
+            .videos
+            .collection::<Document>(UPLOADS_COLLECTION)
+            .find(doc! {})
+            .projection(doc! { "video_fid": 1 })
+            .await
+            .context("listing the uploads' files")?;
+        while let Some(upload) = cursor
+            .try_next()
+            .await
+            .context("listing the uploads' files")?
+        {
+            videos.extend(upload.get_str("video_fid").ok().and_then(parse_id));
         }
         for (db, named) in [(&self.videos, &videos), (&self.mp3s, &mp3s)] {
             let files: HashSet<ObjectId> = object_ids(

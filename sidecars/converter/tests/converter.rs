@@ -12,7 +12,8 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::options::GridFsBucketOptions;
 use mongodb::{Client, Database};
 use mp3_model::{
-    Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, JOBS_COLLECTION, MP3S_DB, VIDEOS_DB,
+    Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, JOBS_COLLECTION, MP3S_DB,
+    UPLOADS_COLLECTION, UPLOAD_LEASES_COLLECTION, VIDEOS_DB,
 };
 use mp3_worker::testing::{env, http_get, unique, wait_for, Vhost, WorkerProcess};
 
@@ -1109,6 +1110,45 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
     upload.write_all(b"stray").await.unwrap();
     upload.close().await.unwrap();
 
+    // Resumable uploads: one abandoned (expired, with a chunk and a lease: all go), one under
+    // way for two days (its chunks older than the orphan age, but its upload's: kept), one
+    // finished and expired (its record goes, its file is its job's).
+    let uploads = fx.videos().collection::<Document>(UPLOADS_COLLECTION);
+    let (abandoned_fid, slow_fid) = (id_made_ago(2 * 86_400), id_made_ago(2 * 86_400));
+    let upload = |fid: ObjectId, expires_at: i64, done: bool| {
+        doc! { "_id": ObjectId::new().to_hex(), "owner": "someone@example.com", "video_fid": fid.to_hex(),
+        "offset": 100_i64, "length": 1000_i64, "done": done, "expires_at": expires_at }
+    };
+    let abandoned = upload(abandoned_fid, now - 1000, false);
+    let slow = upload(slow_fid, now + DAY_MS, false);
+    let finished = upload(
+        ObjectId::parse_str(&recent.video_fid).unwrap(),
+        now - 1000,
+        true,
+    );
+    for (doc, fid) in [
+        (&abandoned, Some(abandoned_fid)),
+        (&slow, Some(slow_fid)),
+        (&finished, None),
+    ] {
+        uploads.insert_one(doc).await.unwrap();
+        if let Some(fid) = fid {
+            let data = mongodb::bson::Binary {
+                subtype: mongodb::bson::spec::BinarySubtype::Generic,
+                bytes: vec![2; 100],
+            };
+            fx.video_chunks()
+                .insert_one(doc! { "files_id": fid, "n": 0, "data": data })
+                .await
+                .unwrap();
+        }
+    }
+    fx.videos()
+        .collection::<Document>(UPLOAD_LEASES_COLLECTION)
+        .insert_one(doc! { "_id": format!("{}/0", abandoned.get_str("_id").unwrap()), "upload": abandoned.get_str("_id").unwrap(), "token": "t", "at": now - DAY_MS })
+        .await
+        .unwrap();
+
     // Records of jobs their owners deleted: two days ago (dropped) and now (kept).
     let tombstones = fx.videos().collection::<Document>(DELETED_JOBS_COLLECTION);
     let (old_tombstone, new_tombstone) = (ObjectId::new().to_hex(), ObjectId::new().to_hex());
@@ -1225,6 +1265,36 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
     assert!(told
         .iter()
         .any(|m| m.job_id == lost.id && m.mp3_fid == converted.mp3_fid));
+    let upload_left = |doc: &Document| {
+        let uploads = uploads.clone();
+        let id = doc.get_str("_id").unwrap().to_owned();
+        async move { uploads.count_documents(doc! { "_id": id }).await.unwrap() }
+    };
+    assert_eq!(upload_left(&abandoned).await, 0);
+    assert_eq!(chunks_of(fx.videos(), abandoned_fid).await, 0);
+    assert_eq!(
+        fx.videos()
+            .collection::<Document>(UPLOAD_LEASES_COLLECTION)
+            .count_documents(doc! { "upload": abandoned.get_str("_id").unwrap() })
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(upload_left(&slow).await, 1);
+    assert_eq!(
+        chunks_of(fx.videos(), slow_fid).await,
+        1,
+        "a live upload's chunks are kept"
+    );
+    assert_eq!(upload_left(&finished).await, 0);
+    uploads
+        .delete_one(doc! { "_id": slow.get_str("_id").unwrap() })
+        .await
+        .unwrap();
+    chunks
+        .delete_many(doc! { "files_id": slow_fid })
+        .await
+        .unwrap();
     let left = |id: String| {
         let tombstones = tombstones.clone();
         async move {
