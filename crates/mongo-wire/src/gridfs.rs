@@ -222,6 +222,19 @@ impl Bucket {
         Ok(())
     }
 
+    /// How many chunks file `id` has (whatever its files document says).
+    pub fn chunk_count<S: Read + Write>(
+        &self,
+        client: &mut Client<S>,
+        id: ObjectId,
+    ) -> Result<u64> {
+        let reply = client.command(
+            &self.db,
+            doc! {"count": self.chunks(), "query": {"files_id": id}},
+        )?;
+        as_u64(reply.get("n")).ok_or_else(|| Error::protocol("count without n"))
+    }
+
     /// Deletes chunks `n >= first` of file `id`.
     pub fn delete_chunks_from<S: Read + Write>(
         &self,

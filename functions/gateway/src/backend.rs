@@ -140,6 +140,10 @@ impl Mongo {
                 doc! {"job_id": &job.id},
             )
             .map_err(|e| fail("deleting its email records", e))?;
+        // A job made by a resumable upload: its record goes too, so no retry makes it again.
+        self.client
+            .delete_many(VIDEOS_DB, UPLOADS_COLLECTION, doc! {"_id": &job.id})
+            .map_err(|e| fail("deleting its upload", e))?;
         self.client
             .delete_many(
                 VIDEOS_DB,
@@ -359,7 +363,8 @@ impl tus::Store for Mongo {
             };
             let holder = held.get_str("token").unwrap_or_default().to_owned();
             if holder == token {
-                self.client
+                let renewed = self
+                    .client
                     .update_one(
                         VIDEOS_DB,
                         UPLOAD_LEASES_COLLECTION,
@@ -368,7 +373,10 @@ impl tus::Store for Mongo {
                         false,
                     )
                     .map_err(fail)?;
-                return Ok(true);
+                if renewed.matched == 1 {
+                    return Ok(true);
+                }
+                continue;
             }
             let at = held.get_i64("at").unwrap_or(0);
             if now - at < tus::LEASE_MS {
@@ -458,6 +466,16 @@ impl tus::Store for Mongo {
             .delete_many(VIDEOS_DB, JOBS_COLLECTION, doc! {"_id": id})
             .map(|_| ())
             .map_err(|e| format!("MongoDB: deleting job {id}: {e}"))
+    }
+
+    fn job_exists(&mut self, id: &str) -> Result<bool, String> {
+        self.find_job(doc! {"_id": id}).map(|job| job.is_some())
+    }
+
+    fn chunk_count(&mut self, video_fid: &str) -> Result<u64, String> {
+        videos()
+            .chunk_count(&mut self.client, object_id(video_fid)?)
+            .map_err(|e| format!("MongoDB: counting the chunks of {video_fid}: {e}"))
     }
 
     fn remove(&mut self, state: &UploadState) -> Result<(), String> {

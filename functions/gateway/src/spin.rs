@@ -95,9 +95,9 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
 }
 
 /// `POST {auth_url}{path}` with `headers` (the caller's `Authorization`, ...), and no body.
-/// A request that got no answer is sent once more: the host's pooled connection to the auth
-/// service may have been closed by it just as it was reused (seen on Spin as
-/// `HttpProtocolError`). A repeat is harmless: validate and logout are idempotent, and a login
+/// A request whose connection broke before any answer (`HttpProtocolError`: the host's pooled
+/// connection to the auth service closed by it just as it was reused, seen on Spin) is sent
+/// once more; a timeout or a refused connection is not. A repeat is harmless: validate and logout are idempotent, and a login
 /// that did arrive the first time at most issues a second token or counts a failure twice.
 fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<Answer, String> {
     let request = || {
@@ -111,7 +111,12 @@ fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<
         builder.body(Vec::new()).build()
     };
     let response: Response = spin_sdk::http::run(spin_sdk::http::send(request()))
-        .or_else(|_| spin_sdk::http::run(spin_sdk::http::send(request())))
+        .or_else(|e| match e {
+            spin_sdk::http::SendError::Http(spin_sdk::http::ErrorCode::HttpProtocolError) => {
+                spin_sdk::http::run(spin_sdk::http::send(request()))
+            }
+            other => Err(other),
+        })
         .map_err(|e| format!("calling {}{path}: {e}", config.auth_url))?;
     let headers = auth::RELAYED
         .into_iter()

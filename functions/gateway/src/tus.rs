@@ -49,7 +49,9 @@ const CHECKPOINT_CHUNKS: u64 = 16;
 /// ...and every this many milliseconds, so its lease stays fresh on a slow link.
 const CHECKPOINT_MS: i64 = 10_000;
 /// A lease not renewed for this long belongs to a PATCH that died: another may take over.
-pub const LEASE_MS: i64 = 60_000;
+pub const LEASE_MS: i64 = 30_000;
+/// A PATCH renews its lease this often while it reads (and before it saves).
+const RENEW_MS: i64 = 5_000;
 /// Full chunks inserted per round trip.
 const CHUNKS_PER_INSERT: usize = 4;
 /// The longest `Upload-Metadata` header read.
@@ -128,6 +130,10 @@ pub trait Store {
     /// Inserts the job of a complete upload (there already is fine).
     fn insert_job(&mut self, job: &Job) -> Result<(), String>;
     fn delete_job(&mut self, id: &str) -> Result<(), String>;
+    /// Whether job `id` exists (an upload of that id was finished).
+    fn job_exists(&mut self, id: &str) -> Result<bool, String>;
+    /// How many chunks file `video_fid` has.
+    fn chunk_count(&mut self, video_fid: &str) -> Result<u64, String>;
     /// Deletes the upload: its chunks unless it is done, its document, its leases.
     fn remove(&mut self, state: &UploadState) -> Result<(), String>;
 }
@@ -395,17 +401,14 @@ pub fn patch(
     let now = (patch.clock)();
     match store.lease(&id, state.offset, patch.token, now) {
         Ok(true) => {}
-        Ok(false) => {
-            return refuse(409, "another request is writing this upload", "tus_locked")
-                .header("retry-after", "5")
-        }
+        Ok(false) => return locked(),
         Err(e) => return unavailable(e),
     }
     let mut writer = Writer {
         chunk_size: u64::from(patch.chunk_size),
-        saved_chunks: state.chunks(u64::from(patch.chunk_size)),
         lease_at: state.offset,
         last_save: now,
+        last_renew: now,
         state,
         patch,
     };
@@ -419,34 +422,70 @@ fn unavailable(detail: String) -> Reply {
     refuse(503, "storage unavailable", "storage_unavailable").detail(detail)
 }
 
+/// 423 while another request holds the upload (its lease lapses if it died).
+fn locked() -> Reply {
+    refuse(423, "another request is writing this upload", "tus_locked")
+        .header("retry-after", (RENEW_MS / 1000 + 1).to_string())
+}
+
+/// The upload as it really is: one whose job exists was finished by a PATCH that could not
+/// record it (its last save failed), whatever its document says. Saved so, best effort.
+pub fn settled(mut state: UploadState, store: &mut dyn Store) -> Result<UploadState, String> {
+    if !state.done && store.job_exists(&state.id)? {
+        let from = state.offset;
+        state.offset = state.length;
+        state.tail = Vec::new();
+        state.done = true;
+        let _ = store.save(&state, from);
+    }
+    Ok(state)
+}
+
 /// One PATCH at work, holding the upload's lease.
 struct Writer<'p> {
     state: UploadState,
     patch: Patch<'p>,
     chunk_size: u64,
-    /// Full chunks the stored state covers (those after it are this PATCH's, not yet saved).
-    saved_chunks: u64,
     /// The offset the lease (and the stored state) is at.
     lease_at: u64,
     last_save: i64,
+    last_renew: i64,
 }
 
+/// Bytes read from the body between two looks at the clock.
+const READ_STEP: usize = 64 * 1024;
+
 impl Writer<'_> {
+    /// Nothing is deleted when a PATCH fails: what it wrote past the stored offset may be
+    /// another PATCH's by then (if this one lost its lease), and the next PATCH to hold the
+    /// lease deletes it anyway before it writes.
     fn run(&mut self, body: &mut dyn Read, store: &mut dyn Store) -> Reply {
-        match self.stream(body, store) {
-            Ok(reply) => reply,
-            Err(reply) => {
-                // Nothing after the last save counts: its chunks go (best effort: the next
-                // PATCH deletes them too).
-                let _ = store.drop_chunks_from(&self.state.video_fid, self.saved_chunks);
-                reply
-            }
-        }
+        self.stream(body, store).unwrap_or_else(|reply| reply)
     }
 
     fn stream(&mut self, body: &mut dyn Read, store: &mut dyn Store) -> Result<Reply, Reply> {
         let cs = self.chunk_size;
-        let first = self.saved_chunks;
+        // Read again under the lease: the state read before it may be stale.
+        let current = store
+            .load(&self.state.id)
+            .map_err(unavailable)?
+            .ok_or_else(not_found)?;
+        let current = settled(current, store).map_err(unavailable)?;
+        if current.done {
+            // Finished by an earlier PATCH whose answer was lost: the same answer again.
+            self.state = current;
+            return Ok(self.done_reply());
+        }
+        if current.offset != self.state.offset {
+            return Err(refuse(
+                409,
+                &format!("the upload is at offset {}", current.offset),
+                "tus_offset_mismatch",
+            )
+            .header("upload-offset", current.offset.to_string()));
+        }
+        self.state = current;
+        let first = self.state.chunks(cs);
         // Chunks past the stored offset are a dead PATCH's.
         store
             .drop_chunks_from(&self.state.video_fid, first)
@@ -456,11 +495,12 @@ impl Writer<'_> {
         // The chunk being filled: it starts with the stored tail.
         let mut buffer = std::mem::take(&mut self.state.tail);
         let mut next_n = first;
+        let mut saved_n = first;
         let mut batch: Vec<Vec<u8>> = Vec::with_capacity(CHUNKS_PER_INSERT);
         let mut received: u64 = 0;
         let broke_off = loop {
             let old = buffer.len();
-            let want = usize::try_from(cs).unwrap_or(usize::MAX) - old;
+            let want = (usize::try_from(cs).unwrap_or(usize::MAX) - old).min(READ_STEP);
             buffer.resize(old + want, 0);
             let (got, error) = fill(body, &mut buffer[old..]);
             buffer.truncate(old + got);
@@ -485,6 +525,7 @@ impl Writer<'_> {
                 }
                 self.state.checked = true;
             }
+            let now = (self.patch.clock)();
             if buffer.len() as u64 == cs {
                 let full = std::mem::replace(&mut buffer, Vec::with_capacity(cs as usize));
                 batch.push(full);
@@ -492,17 +533,16 @@ impl Writer<'_> {
                 if batch.len() >= CHUNKS_PER_INSERT {
                     self.insert(store, next_n, &mut batch)?;
                 }
-                let now = (self.patch.clock)();
-                let due = next_n - self.saved_chunks >= CHECKPOINT_CHUNKS
-                    || now - self.last_save >= CHECKPOINT_MS;
+                let due =
+                    next_n - saved_n >= CHECKPOINT_CHUNKS || now - self.last_save >= CHECKPOINT_MS;
                 if due && hasher.is_none() {
                     self.insert(store, next_n, &mut batch)?;
                     self.save(store, next_n * cs, &buffer, now)?;
-                } else if due {
-                    // All or nothing: keep the lease fresh without saving.
-                    self.insert(store, next_n, &mut batch)?;
-                    self.renew(store, now)?;
+                    saved_n = next_n;
                 }
+            }
+            if now - self.last_renew >= RENEW_MS {
+                self.renew(store, now)?;
             }
             if ended {
                 break error;
@@ -529,10 +569,15 @@ impl Writer<'_> {
         }
         if offset < self.state.length {
             self.save(store, offset, &buffer, now)?;
-        } else {
-            self.finish(store, next_n, buffer, now)?;
+            return Ok(self.done_reply());
         }
-        Ok(empty(
+        self.finish(store, next_n, buffer, now)?;
+        Ok(self.done_reply())
+    }
+
+    /// 204 with where the upload is now.
+    fn done_reply(&self) -> Reply {
+        let reply = empty(
             204,
             if self.state.done {
                 "queued"
@@ -540,8 +585,12 @@ impl Writer<'_> {
                 "tus_patched"
             },
         )
-        .header("upload-offset", self.state.offset.to_string())
-        .header("upload-expires", http_date(self.state.expires_at)))
+        .header("upload-offset", self.state.offset.to_string());
+        if self.state.done {
+            reply
+        } else {
+            reply.header("upload-expires", http_date(self.state.expires_at))
+        }
     }
 
     /// Inserts the full chunks waiting in `batch`, the last of which is chunk `next_n - 1`.
@@ -560,7 +609,8 @@ impl Writer<'_> {
             .map_err(unavailable)
     }
 
-    /// Saves the state at `offset` with `tail`, and moves the lease there.
+    /// Saves the state at `offset` with `tail`, and moves the lease there; first checks that
+    /// the lease is still this PATCH's.
     fn save(
         &mut self,
         store: &mut dyn Store,
@@ -568,54 +618,49 @@ impl Writer<'_> {
         tail: &[u8],
         now: i64,
     ) -> Result<(), Reply> {
+        self.renew(store, now)?;
         let from = self.state.offset;
-        self.state.offset = offset;
-        self.state.tail = tail.to_vec();
-        self.state.expires_at = now + self.patch.expiry_ms;
-        let saved = store.save(&self.state, from).map_err(unavailable)?;
-        self.state.tail = Vec::new();
-        if !saved {
+        let mut next = self.state.clone();
+        next.offset = offset;
+        next.tail = tail.to_vec();
+        next.expires_at = now.saturating_add(self.patch.expiry_ms);
+        if !store.save(&next, from).map_err(unavailable)? {
             return Err(refuse(
                 409,
                 "another request moved this upload on",
                 "tus_moved",
             ));
         }
-        self.saved_chunks = offset / self.chunk_size;
+        next.tail = Vec::new();
+        self.state = next;
         self.last_save = now;
         if offset != self.lease_at {
-            if store
+            if !store
                 .lease(&self.state.id, offset, self.patch.token, now)
                 .map_err(unavailable)?
             {
-                let _ = store.release(&self.state.id, self.lease_at, self.patch.token);
-                self.lease_at = offset;
-            } else {
-                return Err(refuse(
-                    409,
-                    "another request is writing this upload",
-                    "tus_locked",
-                ));
+                return Err(locked());
             }
+            let _ = store.release(&self.state.id, self.lease_at, self.patch.token);
+            self.lease_at = offset;
         }
         Ok(())
     }
 
+    /// Keeps the lease fresh; 423 if another request took it over meanwhile.
     fn renew(&mut self, store: &mut dyn Store, now: i64) -> Result<(), Reply> {
-        self.last_save = now;
+        self.last_renew = now;
         match store.lease(&self.state.id, self.lease_at, self.patch.token, now) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(refuse(
-                409,
-                "another request is writing this upload",
-                "tus_locked",
-            )),
+            Ok(false) => Err(locked()),
             Err(e) => Err(unavailable(e)),
         }
     }
 
-    /// The last byte is in: the last chunk, the files document, the job, its message, and the
-    /// state marked done, in that order (a retry after a failure redoes them all harmlessly).
+    /// The last byte is in: the last chunk, a check that every chunk is there, the files
+    /// document, the job and its message, then the state marked done. A failure before the
+    /// message leaves no job (the retry makes it again); a failure after it leaves a job the
+    /// next PATCH or HEAD finds, and takes for the upload's end ([`settled`]).
     fn finish(
         &mut self,
         store: &mut dyn Store,
@@ -623,14 +668,32 @@ impl Writer<'_> {
         last: Vec<u8>,
         now: i64,
     ) -> Result<(), Reply> {
+        let mut chunks = last_n;
         if !last.is_empty() {
             store
                 .insert_chunks(&self.state.video_fid, last_n, vec![last])
                 .map_err(unavailable)?;
+            chunks += 1;
+        }
+        self.renew(store, now)?;
+        let stored = store
+            .chunk_count(&self.state.video_fid)
+            .map_err(unavailable)?;
+        if stored != chunks {
+            // Only a race lost to another writer gets here: start that upload over.
+            let _ = store.remove(&self.state);
+            return Err(refuse(
+                409,
+                "the upload was damaged by a concurrent request; start it over",
+                "tus_damaged",
+            )
+            .detail(format!("{stored} chunks stored, {chunks} expected")));
         }
         let mut done = self.state.clone();
         done.offset = done.length;
+        done.tail = Vec::new();
         done.done = true;
+        done.expires_at = now.saturating_add(self.patch.expiry_ms);
         store
             .finish_file(&done, self.patch.chunk_size)
             .map_err(unavailable)?;
@@ -638,23 +701,14 @@ impl Writer<'_> {
         store.insert_job(&job).map_err(unavailable)?;
         let message = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
         if let Err(e) = (self.patch.publish)(&message) {
-            // No job without its message: the client's retry makes both again.
+            // No job without its message: the client's retry makes both again. (If this
+            // delete fails too, the sweeper publishes the job once it looks stuck.)
             let _ = store.delete_job(&job.id);
             return Err(refuse(503, "queue unavailable", "queue_unavailable").detail(e));
         }
-        // The chunks are the file's now: a failure from here on must not delete them.
-        self.saved_chunks = u64::MAX;
         let from = self.state.offset;
-        done.expires_at = now + self.patch.expiry_ms;
         match store.save(&done, from) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(refuse(
-                    409,
-                    "another request moved this upload on",
-                    "tus_moved",
-                ))
-            }
+            Ok(_) => {}
             Err(e) => return Err(unavailable(e)),
         }
         self.state = done;

@@ -11,6 +11,12 @@ const MAX: u64 = 1 << 20;
 
 #[derive(Default)]
 struct Memory {
+    /// Leases granted before another request takes the upload over (none: never).
+    leases_before_theft: Option<usize>,
+    /// The save that marks an upload done fails.
+    fail_done_save: bool,
+    /// A chunk goes missing before the upload finishes (a lost race).
+    lose_a_chunk: bool,
     states: HashMap<String, UploadState>,
     chunks: BTreeMap<(String, u64), Vec<u8>>,
     leases: HashMap<(String, u64), (String, i64)>,
@@ -28,6 +34,14 @@ impl Store for Memory {
         Ok(self.states.get(id).cloned())
     }
     fn lease(&mut self, id: &str, offset: u64, token: &str, now: i64) -> Result<bool, String> {
+        if let Some(left) = self.leases_before_theft.as_mut() {
+            if *left == 0 {
+                self.leases
+                    .insert((id.to_owned(), offset), ("thief".into(), now));
+            } else {
+                *left -= 1;
+            }
+        }
         let key = (id.to_owned(), offset);
         match self.leases.get(&key) {
             Some((holder, at)) if holder != token && now - at < LEASE_MS => Ok(false),
@@ -60,6 +74,9 @@ impl Store for Memory {
         Ok(())
     }
     fn save(&mut self, state: &UploadState, from: u64) -> Result<bool, String> {
+        if state.done && self.fail_done_save {
+            return Err("MongoDB went away".into());
+        }
         match self.states.get_mut(&state.id) {
             Some(stored) if stored.offset == from && !stored.done => {
                 *stored = state.clone();
@@ -80,6 +97,19 @@ impl Store for Memory {
     fn delete_job(&mut self, id: &str) -> Result<(), String> {
         self.jobs.remove(id);
         Ok(())
+    }
+    fn job_exists(&mut self, id: &str) -> Result<bool, String> {
+        Ok(self.jobs.contains_key(id))
+    }
+    fn chunk_count(&mut self, video_fid: &str) -> Result<u64, String> {
+        if self.lose_a_chunk {
+            self.chunks.remove(&(video_fid.to_owned(), 1));
+        }
+        Ok(self
+            .chunks
+            .keys()
+            .filter(|(fid, _)| fid == video_fid)
+            .count() as u64)
     }
     fn remove(&mut self, state: &UploadState) -> Result<(), String> {
         if !state.done {
@@ -434,7 +464,8 @@ fn a_checksum_mismatch_is_460_and_changes_nothing() {
     let reply = run.patch(&mut store, &data, false, Some(wrong));
     assert_eq!(reply.status, 460);
     assert_eq!(store.states.values().next().unwrap().offset, 0);
-    assert!(store.chunks.is_empty() && store.jobs.is_empty() && run.published.is_empty());
+    // Its chunks are past the stored offset: the next PATCH replaces them.
+    assert!(store.jobs.is_empty() && run.published.is_empty());
     let right: [u8; 20] = Sha1::digest(&data).into();
     assert_eq!(run.patch(&mut store, &data, false, Some(right)).status, 204);
 }
@@ -480,8 +511,8 @@ fn one_patch_at_a_time_and_a_dead_ones_lease_lapses() {
         .leases
         .insert((state(0).id, 0), ("token-b".into(), run.now - 1000));
     let reply = run.patch(&mut store, &data, false, None);
-    assert_eq!((reply.status, reply.outcome.as_str()), (409, "tus_locked"));
-    assert_eq!(header(&reply, "retry-after"), Some("5"));
+    assert_eq!((reply.status, reply.outcome.as_str()), (423, "tus_locked"));
+    assert_eq!(header(&reply, "retry-after"), Some("6"));
     // A minute later, the other PATCH is taken for dead; its chunks past the offset too.
     store
         .insert_chunks("aaaaaaaaaaaaaaaaaaaaaaaa", 0, vec![vec![7; CHUNK as usize]])
@@ -557,4 +588,114 @@ fn http_dates() {
         http_date(1_700_000_000_000),
         "Tue, 14 Nov 2023 22:13:20 GMT"
     );
+}
+
+#[test]
+fn a_patch_whose_lease_was_taken_over_stops_and_deletes_nothing() {
+    let data = video(40 * CHUNK as usize);
+    let mut store = Memory::default();
+    store.create(&state(data.len() as u64)).unwrap();
+    // The first save renews twice (take, renew); the thief comes at the next renewal.
+    store.leases_before_theft = Some(3);
+    let mut run = Run::new();
+    let reply = run.patch(&mut store, &data, false, None);
+    assert_eq!(
+        (reply.status, reply.outcome.as_str()),
+        (423, "tus_locked"),
+        "{reply:?}"
+    );
+    let stored = store.states.values().next().unwrap().clone();
+    assert_eq!(
+        stored.offset,
+        16 * u64::from(CHUNK),
+        "saved up to its first checkpoint"
+    );
+    assert!(store.chunks.len() >= 16, "nothing deleted on the way out");
+    assert!(store.jobs.is_empty());
+}
+
+#[test]
+fn a_state_read_before_the_lease_is_read_again_under_it() {
+    let data = video(3000);
+    let mut store = Memory::default();
+    store.create(&state(3000)).unwrap();
+    let mut run = Run::new();
+    assert_eq!(
+        run.patch(&mut store, &data[..1500], false, None).status,
+        204
+    );
+    // Another request's view from before that PATCH.
+    let stale = state(3000);
+    let request = patch_request(&headers(0), &stale).unwrap();
+    let clock = || 5_000;
+    let mut publish = |_: &JobMessage| Ok(());
+    let reply = patch(
+        stale,
+        &mut Body {
+            data: data.clone(),
+            pos: 0,
+            breaks: false,
+        },
+        Patch {
+            request,
+            chunk_size: CHUNK,
+            clock: &clock,
+            expiry_ms: 1,
+            token: "token-b",
+            publish: &mut publish,
+        },
+        &mut store,
+    );
+    assert_eq!((reply.status, offset_of(&reply)), (409, Some(1500)));
+    assert_eq!(store.states.values().next().unwrap().offset, 1500);
+}
+
+#[test]
+fn an_upload_finished_without_its_record_is_taken_for_done() {
+    let data = video(3000);
+    let mut store = Memory::default();
+    store.create(&state(3000)).unwrap();
+    store.fail_done_save = true;
+    let mut run = Run::new();
+    let reply = run.patch(&mut store, &data, false, None);
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        (store.jobs.len(), run.published.len()),
+        (1, 1),
+        "the job is made and announced"
+    );
+    // HEAD says it is done; a PATCH of the rest again gets the same answer as the first would
+    // have, and makes nothing twice.
+    store.fail_done_save = false;
+    let stored = store.states.values().next().unwrap().clone();
+    let settled = settled(stored, &mut store).unwrap();
+    assert!(settled.done && settled.offset == 3000);
+    store.states.insert(
+        settled.id.clone(),
+        UploadState {
+            done: false,
+            offset: 0,
+            ..settled
+        },
+    );
+    let reply = run.patch(&mut store, &data, false, None);
+    assert_eq!(
+        (reply.status, offset_of(&reply)),
+        (204, Some(3000)),
+        "{reply:?}"
+    );
+    assert_eq!((store.jobs.len(), run.published.len()), (1, 1));
+    assert!(store.file("aaaaaaaaaaaaaaaaaaaaaaaa") == data);
+}
+
+#[test]
+fn a_file_with_a_missing_chunk_is_never_finished() {
+    let data = video(3000);
+    let mut store = Memory::default();
+    store.create(&state(3000)).unwrap();
+    store.lose_a_chunk = true;
+    let mut run = Run::new();
+    let reply = run.patch(&mut store, &data, false, None);
+    assert_eq!((reply.status, reply.outcome.as_str()), (409, "tus_damaged"));
+    assert!(store.jobs.is_empty() && store.states.is_empty() && store.chunks.is_empty());
 }

@@ -1,0 +1,330 @@
+//! `mp3`: the service from the command line. Log in once, then convert videos (resumable
+//! uploads, several files at once, the MP3s downloaded when ready), list, download and delete
+//! jobs.
+//!
+//! Exit codes: 0 done; 1 something failed (a file, a job, a request); 2 bad usage; 3 not
+//! logged in, or the server refused the login or token; 4 the server cannot be reached.
+
+mod api;
+mod config;
+mod convert;
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+use api::{Api, ApiError};
+use config::Credentials;
+
+#[derive(Parser)]
+#[command(
+    name = "mp3",
+    version,
+    about = "Convert videos to MP3 with the mp3-converter service"
+)]
+struct Cli {
+    /// The service's base URL (default: the one logged in to, else http://127.0.0.1:3000).
+    #[arg(long, env = "MP3_SERVER", global = true)]
+    server: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Log in and keep the token (in the user's configuration directory, readable by them only).
+    Login {
+        /// The account's email address (asked if not given).
+        email: Option<String>,
+        /// Read the password from standard input instead of asking for it.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// End every session of the account and forget the token.
+    Logout,
+    /// Upload videos, wait for their MP3s and download them.
+    Convert {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where the MP3s go.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Files converted at once.
+        #[arg(long, default_value_t = 3)]
+        parallel: usize,
+        /// MiB per upload request (each checked by its SHA-1, resumed from the last one kept).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        piece_mib: u32,
+        /// Seconds to wait for a job to end.
+        #[arg(long, default_value_t = 3600)]
+        wait_secs: u64,
+    },
+    /// List your jobs, newest first.
+    Jobs {
+        /// Jobs shown (all of them with --all).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: u32,
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download the MP3 of a done job.
+    Download {
+        id: String,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Delete jobs with their video and MP3.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("mp3: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    // A context of this type is found by `downcast_ref`, a cause by the chain.
+    let api_error = error
+        .downcast_ref::<ApiError>()
+        .or_else(|| error.chain().find_map(|c| c.downcast_ref::<ApiError>()));
+    match api_error {
+        Some(ApiError::Auth(_)) => 3,
+        Some(ApiError::Unreachable(_)) => 4,
+        None => 1,
+    }
+}
+
+/// The server and token to use: `--server`/`MP3_SERVER` wins; the saved login's token is used
+/// only with its own server.
+fn api(server: Option<String>) -> anyhow::Result<Api> {
+    let saved = config::load_credentials()?;
+    let server = server
+        .or_else(|| saved.as_ref().map(|c| c.server.clone()))
+        .unwrap_or_else(|| config::DEFAULT_SERVER.to_owned());
+    let server = server.trim_end_matches('/').to_owned();
+    let token = saved.filter(|c| c.server == server).map(|c| c.token);
+    Ok(Api::new(&server, token))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Login {
+            email,
+            password_stdin,
+        } => {
+            let api = api(cli.server)?;
+            let email = match email {
+                Some(email) => email,
+                None => prompt("Email: ")?,
+            };
+            let password = if password_stdin {
+                read_line(&mut std::io::stdin().lock())?
+            } else if std::io::stdin().is_terminal() {
+                rpassword::prompt_password("Password: ").context("reading the password")?
+            } else {
+                bail!("no terminal to ask the password on: use --password-stdin");
+            };
+            let token = api.login(&email, &password)?;
+            let path = config::save_credentials(&Credentials {
+                server: api.base().to_owned(),
+                email: email.clone(),
+                token,
+            })?;
+            eprintln!(
+                "logged in to {} as {email} (token in {})",
+                api.base(),
+                path.display()
+            );
+        }
+        Command::Logout => {
+            let api = api(cli.server)?;
+            let result = api.logout();
+            config::forget_credentials()?;
+            result?;
+            eprintln!("logged out");
+        }
+        Command::Convert {
+            files,
+            out,
+            parallel,
+            piece_mib,
+            wait_secs,
+        } => {
+            let api = api(cli.server)?;
+            for file in &files {
+                if !file.is_file() {
+                    bail!("{}: no such file", file.display());
+                }
+            }
+            let options = convert::Options {
+                out,
+                piece: piece_mib as usize * 1024 * 1024,
+                parallel,
+                wait: Duration::from_secs(wait_secs),
+                tries: 8,
+            };
+            let results = convert::convert_all(&api, &files, &options);
+            let mut worst: Option<anyhow::Error> = None;
+            for converted in results {
+                match converted.result {
+                    Ok(mp3) => println!("{} -> {}", converted.file.display(), mp3.display()),
+                    Err(error) => {
+                        eprintln!("mp3: {}: {error:#}", converted.file.display());
+                        let code = exit_code(&error);
+                        if worst.as_ref().is_none_or(|w| exit_code(w) < code) {
+                            worst = Some(error);
+                        }
+                    }
+                }
+            }
+            if let Some(error) = worst {
+                return Ok(ExitCode::from(exit_code(&error)));
+            }
+        }
+        Command::Jobs { limit, all, json } => {
+            let api = api(cli.server)?;
+            let mut next = Some(format!("/jobs?limit={limit}"));
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            if !json {
+                writeln!(
+                    out,
+                    "{:<24}  {:<10}  {:<20}  FILE",
+                    "ID", "STATUS", "CREATED (UTC)"
+                )?;
+            }
+            while let Some(path) = next.take() {
+                let page = api.jobs(&path)?;
+                for job in &page.jobs {
+                    if json {
+                        writeln!(
+                            out,
+                            "{}",
+                            serde_json::json!({
+                                "job_id": job.job_id, "status": job.status, "filename": job.filename,
+                                "created_at": job.created_at, "download_url": job.download_url, "error": job.error,
+                            })
+                        )?;
+                    } else {
+                        let note = job
+                            .error
+                            .as_deref()
+                            .map(|e| format!("  ({e})"))
+                            .unwrap_or_default();
+                        writeln!(
+                            out,
+                            "{:<24}  {:<10}  {:<20}  {}{note}",
+                            job.job_id,
+                            job.status,
+                            utc(job.created_at),
+                            job.filename
+                        )?;
+                    }
+                }
+                if all {
+                    next = page.next;
+                }
+            }
+        }
+        Command::Download { id, out } => {
+            let api = api(cli.server)?;
+            let (job, _) = api.job(&id)?;
+            let mp3 = convert::download(&api, &job, &out)?;
+            println!("{}", mp3.display());
+        }
+        Command::Rm { ids } => {
+            let api = api(cli.server)?;
+            let mut failed = None;
+            for id in &ids {
+                match api.delete_job(id) {
+                    Ok(()) => println!("deleted {id}"),
+                    Err(error) => {
+                        eprintln!("mp3: {error:#}");
+                        failed = Some(error);
+                    }
+                }
+            }
+            if let Some(error) = failed {
+                return Ok(ExitCode::from(exit_code(&error)));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prompt(question: &str) -> anyhow::Result<String> {
+    eprint!("{question}");
+    std::io::stderr().flush()?;
+    read_line(&mut std::io::stdin().lock())
+}
+
+fn read_line(input: &mut dyn std::io::BufRead) -> anyhow::Result<String> {
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .context("reading standard input")?;
+    let line = line.trim_end_matches(['\r', '\n']).to_owned();
+    if line.is_empty() {
+        bail!("nothing was entered");
+    }
+    Ok(line)
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_700_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(utc(951_825_600_000), "2000-02-29 12:00:00");
+    }
+
+    #[test]
+    fn usage_is_checked() {
+        assert!(Cli::try_parse_from(["mp3", "convert"]).is_err());
+        assert!(Cli::try_parse_from(["mp3", "jobs", "--limit", "0"]).is_err());
+        assert!(Cli::try_parse_from(["mp3", "convert", "a.mp4", "--piece-mib", "0"]).is_err());
+        assert!(Cli::try_parse_from(["mp3", "--server", "http://x", "rm", "a", "b"]).is_ok());
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}
