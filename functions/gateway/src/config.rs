@@ -25,6 +25,9 @@ pub struct Config {
 /// not hand out links that work for years.
 pub const MAX_LINK_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// Longest an unfinished resumable upload may be kept without progress.
+pub const MAX_UPLOAD_EXPIRY_SECS: u64 = 30 * 24 * 3600;
+
 /// Whether the gateway signs and checks download links.
 #[derive(Debug, Clone)]
 pub enum LinkSettings {
@@ -80,9 +83,13 @@ impl Config {
         let expiry = vars
             .variable("upload_expiry_secs")
             .unwrap_or_else(|_| "86400".into());
-        let upload_expiry_secs = positive(&expiry).ok_or_else(|| {
-            format!("variable upload_expiry_secs: {expiry:?} is not a positive integer")
-        })?;
+        let upload_expiry_secs = positive(&expiry)
+            .filter(|secs| *secs <= MAX_UPLOAD_EXPIRY_SECS)
+            .ok_or_else(|| {
+                format!(
+                    "variable upload_expiry_secs: {expiry:?} is not a whole number of seconds from 1 to {MAX_UPLOAD_EXPIRY_SECS} (30 days)"
+                )
+            })?;
         Ok(Config {
             upload_expiry_secs,
             mongodb_url: vars.require("mongodb_url")?,

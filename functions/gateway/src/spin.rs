@@ -306,7 +306,7 @@ fn tus_create(req: &IncomingRequest, config: &Config) -> Reply {
         checked: false,
         done: false,
         created_at: now,
-        expires_at: now + expiry_ms(config),
+        expires_at: now.saturating_add(expiry_ms(config)),
     };
     match tus::Store::create(&mut mongo, &state) {
         Ok(()) => tus::created(&state).user(user),
@@ -346,6 +346,10 @@ fn tus_upload(req: IncomingRequest, config: &Config, id: &str, what: TusMethod) 
     let state = match tus::owned(state, &user, now_ms()) {
         Ok(state) => state,
         Err(reply) => return reply.user(user),
+    };
+    let state = match tus::settled(state, &mut mongo) {
+        Ok(state) => state,
+        Err(e) => return unavailable(e).user(user),
     };
     let reply = match what {
         TusMethod::Head => tus::progress(&state),

@@ -144,6 +144,16 @@ impl Converter {
             .await
             .map_err(Failure::retry)?;
         if matches!(claim, Claim::NotFound)
+            && self
+                .store
+                .is_deleted(&message.job_id)
+                .await
+                .map_err(Failure::retry)?
+        {
+            tracing::info!("the job was deleted by its owner; dropping its message");
+            return Ok(());
+        }
+        if matches!(claim, Claim::NotFound)
             && message.is_seed()
             && self
                 .store
@@ -170,15 +180,6 @@ impl Converter {
                 return announce(cx, &job, None, Some(&error)).await;
             }
             Claim::NotFound => {
-                if self
-                    .store
-                    .is_deleted(&message.job_id)
-                    .await
-                    .map_err(Failure::retry)?
-                {
-                    tracing::info!("the job was deleted by its owner; dropping its message");
-                    return Ok(());
-                }
                 return Err(Failure::permanent(anyhow!(
                     "job {} does not exist",
                     message.job_id

@@ -38,6 +38,10 @@ use crate::store::{delete_file, Store};
 /// Jobs looked at per step and sweep: a large backlog is worked off over several sweeps.
 const BATCH: i64 = 500;
 
+/// How long past its expiry (and past its last lease renewal) an upload is left alone: more
+/// than a PATCH's lease, and some clock difference between the gateway and the converters.
+const UPLOAD_GRACE_MS: i64 = 5 * 60 * 1000;
+
 /// The statuses of a job that is over.
 const FINAL: [&str; 2] = ["done", "failed"];
 
@@ -450,36 +454,51 @@ impl Sweeper {
         Ok(())
     }
 
-    /// Resumable uploads past `expires_at` (the gateway renews it with every PATCH): an
-    /// unfinished one goes with its chunks, a finished one's record alone (its file is its
-    /// job's).
+    /// Resumable uploads past `expires_at` (the gateway renews it with every PATCH save) by
+    /// more than [`UPLOAD_GRACE_MS`], and with no PATCH holding a fresh lease on them (a long
+    /// checksummed PATCH saves only at its end): the upload's document goes first (only if
+    /// still expired), then its chunks unless it was finished (its file is its job's then).
     async fn expired_uploads(&self, now: i64, swept: &mut Swept) -> anyhow::Result<()> {
         let uploads = self.videos.collection::<Document>(UPLOADS_COLLECTION);
+        let leases = self.videos.collection::<Document>(UPLOAD_LEASES_COLLECTION);
+        let cutoff = now - UPLOAD_GRACE_MS;
         let mut cursor = uploads
-            .find(doc! { "expires_at": { "$lt": now } })
-            .projection(doc! { "video_fid": 1, "done": 1, "expires_at": 1 })
+            .find(doc! { "expires_at": { "$lt": cutoff } })
+            .projection(doc! { "video_fid": 1, "done": 1 })
             .limit(BATCH)
             .await
             .context("listing expired uploads")?;
+        let mut expired = Vec::new();
         while let Some(upload) = cursor.try_next().await.context("listing expired uploads")? {
+            expired.push(upload);
+        }
+        for upload in expired {
             let Ok(id) = upload.get_str("_id") else {
                 continue;
             };
+            let written = leases
+                .find_one(doc! { "upload": id, "at": { "$gt": now - UPLOAD_GRACE_MS } })
+                .await
+                .with_context(|| format!("reading the leases of upload {id}"))?;
+            if written.is_some() {
+                continue;
+            }
+            let gone = uploads
+                .delete_one(doc! { "_id": id, "expires_at": { "$lt": cutoff } })
+                .await
+                .with_context(|| format!("deleting expired upload {id}"))?;
+            if gone.deleted_count == 0 {
+                continue;
+            }
             if !upload.get_bool("done").unwrap_or(false) {
                 if let Some(video) = upload.get_str("video_fid").ok().and_then(parse_id) {
                     delete_file(&self.videos, video).await?;
                 }
             }
-            self.videos
-                .collection::<Document>(UPLOAD_LEASES_COLLECTION)
+            leases
                 .delete_many(doc! { "upload": id })
                 .await
                 .with_context(|| format!("deleting the leases of upload {id}"))?;
-            // Only if still expired: a PATCH may have renewed it meanwhile.
-            uploads
-                .delete_one(doc! { "_id": id, "expires_at": { "$lt": now } })
-                .await
-                .with_context(|| format!("deleting expired upload {id}"))?;
             tracing::info!(upload = id, "deleted an expired upload");
             swept.expired_uploads += 1;
         }

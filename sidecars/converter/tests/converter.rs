@@ -1119,17 +1119,21 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
         doc! { "_id": ObjectId::new().to_hex(), "owner": "someone@example.com", "video_fid": fid.to_hex(),
         "offset": 100_i64, "length": 1000_i64, "done": done, "expires_at": expires_at }
     };
-    let abandoned = upload(abandoned_fid, now - 1000, false);
+    let abandoned = upload(abandoned_fid, now - DAY_MS, false);
     let slow = upload(slow_fid, now + DAY_MS, false);
     let finished = upload(
         ObjectId::parse_str(&recent.video_fid).unwrap(),
-        now - 1000,
+        now - DAY_MS,
         true,
     );
+    // Expired, but a PATCH holds a fresh lease on it (a long checksummed one): kept.
+    let writing_fid = id_made_ago(2 * 86_400);
+    let writing = upload(writing_fid, now - DAY_MS, false);
     for (doc, fid) in [
         (&abandoned, Some(abandoned_fid)),
         (&slow, Some(slow_fid)),
         (&finished, None),
+        (&writing, Some(writing_fid)),
     ] {
         uploads.insert_one(doc).await.unwrap();
         if let Some(fid) = fid {
@@ -1143,11 +1147,14 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
                 .unwrap();
         }
     }
-    fx.videos()
-        .collection::<Document>(UPLOAD_LEASES_COLLECTION)
-        .insert_one(doc! { "_id": format!("{}/0", abandoned.get_str("_id").unwrap()), "upload": abandoned.get_str("_id").unwrap(), "token": "t", "at": now - DAY_MS })
-        .await
-        .unwrap();
+    let upload_leases = fx.videos().collection::<Document>(UPLOAD_LEASES_COLLECTION);
+    for (doc, at) in [(&abandoned, now - DAY_MS), (&writing, now + 3600 * 1000)] {
+        let id = doc.get_str("_id").unwrap();
+        upload_leases
+            .insert_one(doc! { "_id": format!("{id}/0"), "upload": id, "token": "t", "at": at })
+            .await
+            .unwrap();
+    }
 
     // Records of jobs their owners deleted: two days ago (dropped) and now (kept).
     let tombstones = fx.videos().collection::<Document>(DELETED_JOBS_COLLECTION);
@@ -1287,6 +1294,20 @@ async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
         "a live upload's chunks are kept"
     );
     assert_eq!(upload_left(&finished).await, 0);
+    assert_eq!(upload_left(&writing).await, 1, "a PATCH is writing it");
+    assert_eq!(chunks_of(fx.videos(), writing_fid).await, 1);
+    uploads
+        .delete_one(doc! { "_id": writing.get_str("_id").unwrap() })
+        .await
+        .unwrap();
+    upload_leases
+        .delete_many(doc! { "upload": writing.get_str("_id").unwrap() })
+        .await
+        .unwrap();
+    chunks
+        .delete_many(doc! { "files_id": writing_fid })
+        .await
+        .unwrap();
     uploads
         .delete_one(doc! { "_id": slow.get_str("_id").unwrap() })
         .await

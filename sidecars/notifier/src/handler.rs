@@ -9,14 +9,12 @@ use prometheus_client::registry::Registry;
 use tracing::Instrument as _;
 
 use crate::email::{render, Links};
-use crate::mailer::{Mailer, SendError, SMTP_TIMEOUT};
-use crate::store::{Adopt, Claim, Store, LEASE};
+use crate::mailer::{Mailer, SendError};
+use crate::store::{Adopt, Claim, Store};
 
-/// How long a sent email's record is retried: what the claim's lease leaves after the longest
-/// send, less a margin, so no other delivery takes the job over meanwhile.
-const RECORD_PATIENCE: Duration = LEASE
-    .saturating_sub(SMTP_TIMEOUT)
-    .saturating_sub(Duration::from_secs(10));
+/// What the record of a sent email leaves of the handler's time (the worker cancels a handler
+/// at its job timeout, and a cancelled one is retried: a second email).
+const RECORD_MARGIN: Duration = Duration::from_secs(2);
 
 /// The notifier's own metrics (the runtime adds retries, dead letters, in flight).
 #[derive(Clone, Default)]
@@ -49,6 +47,7 @@ impl Metrics {
 }
 
 pub struct Notifier {
+    job_timeout: Duration,
     store: Store,
     mailer: Mailer,
     links: Links,
@@ -56,8 +55,17 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    pub fn new(store: Store, mailer: Mailer, links: Links, metrics: Metrics) -> Self {
+    /// `job_timeout`: when the worker cancels a handler (its `JOB_TIMEOUT_SECS`, which is
+    /// under the claim's lease).
+    pub fn new(
+        store: Store,
+        mailer: Mailer,
+        links: Links,
+        metrics: Metrics,
+        job_timeout: Duration,
+    ) -> Self {
         Self {
+            job_timeout,
             store,
             mailer,
             links,
@@ -66,6 +74,7 @@ impl Notifier {
     }
 
     async fn notify(&self, message: &JobMessage) -> Result<(), Failure> {
+        let started = Instant::now();
         if let Some(mp3_fid) = &message.mp3_fid {
             match self
                 .store
@@ -129,7 +138,9 @@ impl Notifier {
             Ok(()) => {
                 self.metrics.sent.inc();
                 tracing::info!(kind = email.kind.as_str(), "email sent");
-                self.record_sent(&job.id, &token, email.kind.as_str()).await;
+                let deadline = started + self.job_timeout.saturating_sub(RECORD_MARGIN);
+                self.record_sent(&job.id, &token, email.kind.as_str(), deadline)
+                    .await;
                 Ok(())
             }
             Err(error) => {
@@ -169,16 +180,19 @@ impl Notifier {
     /// Records a sent email. The email is out: retrying the whole message would make a second
     /// one certain, and an unrecorded email is sent again by the next delivery of the job (the
     /// sweeper announces unrecorded jobs again). So the record alone is retried while the store
-    /// is unreachable (a MongoDB restart), within the claim's lease, then given up with a log.
-    async fn record_sent(&self, job_id: &str, token: &str, kind: &str) {
-        let deadline = Instant::now() + RECORD_PATIENCE;
+    /// is unreachable (a MongoDB restart), each try bounded, until `deadline` (before the
+    /// worker would cancel the handler), then given up with a log.
+    async fn record_sent(&self, job_id: &str, token: &str, kind: &str, deadline: Instant) {
         let mut delay = Duration::from_millis(250);
         loop {
-            let Err(error) = self.store.mark_sent(job_id, token, kind).await else {
-                return;
-            };
-            let error = format!("{error:#}");
-            if Instant::now() + delay > deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error =
+                match tokio::time::timeout(left, self.store.mark_sent(job_id, token, kind)).await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(error)) => format!("{error:#}"),
+                    Err(_) => "timed out".to_owned(),
+                };
+            if Instant::now() + delay >= deadline {
                 tracing::error!(%error, "cannot record the sent email: the next delivery may send it again");
                 return;
             }

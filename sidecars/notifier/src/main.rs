@@ -158,7 +158,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         key: config.download_key.and_then(|k| k.0),
         ttl_secs: config.download_link_ttl_secs,
     };
-    let notifier = handler::Notifier::new(store::Store::new(&client), mailer, links, metrics);
+    let notifier = handler::Notifier::new(
+        store::Store::new(&client),
+        mailer,
+        links,
+        metrics,
+        Duration::from_secs(config.job_timeout_secs),
+    );
     let options = WorkerOptions {
         name: "notifier",
         queue: mp3_model::topology::MP3[0],
