@@ -354,9 +354,26 @@ fn percent_encode(text: &str) -> String {
 /// Makes a video with ffmpeg: `seconds` of test pattern at `size` (e.g. `320x240`) and a
 /// 440 Hz tone, H.264 + AAC in MP4.
 pub fn make_video(path: &Path, seconds: u32, size: &str) {
+    ffmpeg_video(
+        path,
+        seconds,
+        &format!("testsrc=size={size}:rate=25:duration={seconds}"),
+    );
+}
+
+/// [`make_video`] at 320x240 with noise, which does not compress: a few MB a second, for
+/// uploads of several pieces made in little time.
+pub fn make_noisy_video(path: &Path, seconds: u32) {
+    ffmpeg_video(
+        path,
+        seconds,
+        &format!("testsrc=size=320x240:rate=25:duration={seconds},noise=alls=60:allf=t"),
+    );
+}
+
+fn ffmpeg_video(path: &Path, seconds: u32, picture: &str) {
     let status = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size={size}:rate=25:duration={seconds}"))
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", picture])
         .args(["-f", "lavfi", "-i"])
         .arg(format!("sine=frequency=440:duration={seconds}"))
         .args([

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use system_tests::http::send;
 use system_tests::services::TcpProxy;
-use system_tests::system::{make_video, probe, System, PASSWORD};
+use system_tests::system::{make_noisy_video, make_video, probe, System, PASSWORD};
 use system_tests::{on_each_runtime, release_bin, Runtime, TempDir};
 
 on_each_runtime!(
@@ -281,7 +281,7 @@ fn an_upload_the_cli_was_killed_in_resumes_on_the_next_run(runtime: Runtime) {
     let system = System::start(runtime);
     let dir = TempDir::new("cli-resume");
     let video = dir.path().join("long.mp4");
-    noisy_video(&video, 5);
+    make_noisy_video(&video, 5);
     let bytes = std::fs::read(&video).unwrap();
     let piece = 1024 * 1024;
     assert!(
@@ -372,28 +372,4 @@ fn an_upload_the_cli_was_killed_in_resumes_on_the_next_run(runtime: Runtime) {
         serde_json::json!({}),
         "a finished upload is forgotten"
     );
-}
-
-/// A video of a few MB a second (noise does not compress): several upload pieces in little time.
-fn noisy_video(path: &Path, seconds: u32) {
-    let status = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!(
-            "testsrc=size=320x240:rate=25:duration={seconds},noise=alls=60:allf=t"
-        ))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={seconds}"))
-        .args([
-            "-shortest",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-c:a",
-            "aac",
-        ])
-        .arg(path)
-        .status()
-        .expect("running ffmpeg");
-    assert!(status.success(), "ffmpeg could not make {}", path.display());
 }

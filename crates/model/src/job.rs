@@ -63,13 +63,12 @@ pub struct Job {
 }
 
 impl Job {
-    /// The job a seed-format message stands for (see [`JobMessage::is_seed`]): named after its
-    /// video, owned by its `username`, queued.
-    pub fn for_seed_message(message: &JobMessage, filename: &str, now_ms: i64) -> Self {
+    /// A new job, queued: `id`, its owner, the stored video and the name it was uploaded as.
+    pub fn queued(id: &str, owner: &str, video_fid: &str, filename: &str, now_ms: i64) -> Self {
         Self {
-            id: message.job_id.clone(),
-            owner: message.username.clone(),
-            video_fid: message.video_fid.clone(),
+            id: id.to_owned(),
+            owner: owner.to_owned(),
+            video_fid: video_fid.to_owned(),
             filename: filename.to_owned(),
             status: JobStatus::Queued,
             mp3_fid: None,
@@ -78,6 +77,18 @@ impl Job {
             created_at: now_ms,
             updated_at: now_ms,
         }
+    }
+
+    /// The job a seed-format message stands for (see [`JobMessage::is_seed`]): named after its
+    /// video, owned by its `username`, queued.
+    pub fn for_seed_message(message: &JobMessage, filename: &str, now_ms: i64) -> Self {
+        Self::queued(
+            &message.job_id,
+            &message.username,
+            &message.video_fid,
+            filename,
+            now_ms,
+        )
     }
 }
 

@@ -26,7 +26,7 @@ use std::io::{self, Read};
 
 use base64::Engine as _;
 use component_http::Reply;
-use mp3_model::{Job, JobMessage, JobStatus};
+use mp3_model::{Job, JobMessage};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
@@ -739,18 +739,13 @@ pub fn http_date(ms: i64) -> String {
 
 /// The job of a finished upload.
 pub fn job_of(state: &UploadState, now: i64) -> Job {
-    Job {
-        id: state.id.clone(),
-        owner: state.owner.clone(),
-        video_fid: state.video_fid.clone(),
-        filename: state.filename.clone(),
-        status: JobStatus::Queued,
-        mp3_fid: None,
-        error: None,
-        attempts: 0,
-        created_at: now,
-        updated_at: now,
-    }
+    Job::queued(
+        &state.id,
+        &state.owner,
+        &state.video_fid,
+        &state.filename,
+        now,
+    )
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::task::{Poll, Waker};
 use bytes::{Buf, Bytes};
 use component_http::Reply;
 use futures::{Stream, StreamExt};
-use mp3_model::{Job, JobMessage, JobStatus};
+use mp3_model::{Job, JobMessage};
 
 use crate::magic;
 
@@ -324,18 +324,7 @@ where
     };
 
     let now = (upload.clock)();
-    let job = Job {
-        id: upload.job_id.clone(),
-        owner: upload.owner.to_owned(),
-        video_fid: video_fid.clone(),
-        filename,
-        status: JobStatus::Queued,
-        mp3_fid: None,
-        error: None,
-        attempts: 0,
-        created_at: now,
-        updated_at: now,
-    };
+    let job = Job::queued(&upload.job_id, upload.owner, &video_fid, &filename, now);
     if let Err(e) = backend.insert_job(&job) {
         return discard(backend, Some(&video_fid), None, storage_unavailable(e));
     }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 
 use super::*;
+use mp3_model::JobStatus;
 
 const CHUNK: u32 = 1024;
 const MAX: u64 = 1 << 20;

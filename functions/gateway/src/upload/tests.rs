@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use mp3_model::JobStatus;
 
 struct Executor;
 
