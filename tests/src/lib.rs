@@ -48,7 +48,7 @@ pub fn build_all() {
             assert!(
                 path.exists(),
                 "{} is missing: run the tests with `scripts/test` (or build the components with \
-                 `cargo build --release --target wasm32-wasip2 -p gateway -p login -p validate -p probe -p unhosted` \
+                 `cargo build --release --target wasm32-wasip2 -p gateway -p login -p validate -p web -p probe -p unhosted` \
                  and run `cargo test --release --workspace`)",
                 path.display()
             );

@@ -1321,12 +1321,21 @@ fn resumable_uploads_speak_tus_resume_after_a_break_and_leave_nothing_behind(run
     );
     assert_eq!(tus_offset(&app, &path, &auth), first);
 
+    // The connection is cut at a random offset (printed, to replay a failure).
+    let cut = first
+        + 1
+        + (SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as usize
+            % 300_000);
+    println!("the PATCH is cut at byte {cut}");
     tus_patch_broken_off(
         &app,
         &path,
         &auth,
         first,
-        &data[first..first + 300_000],
+        &data[first..cut],
         data.len() - first,
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -1336,8 +1345,8 @@ fn resumable_uploads_speak_tus_resume_after_a_break_and_leave_nothing_behind(run
         offset = tus_offset(&app, &path, &auth);
     }
     assert!(
-        offset > first && offset <= first + 300_000,
-        "kept {offset}\n{}",
+        offset > first && offset <= cut,
+        "cut at {cut}, kept {offset}\n{}",
         app.log()
     );
     assert_eq!(

@@ -1,0 +1,344 @@
+// The page's whole behaviour, in plain JavaScript: sign in, upload (tus), follow, list,
+// download, delete. Everything shown is set as text, never as markup.
+"use strict";
+
+const TUS = "1.0.0";
+const PIECE = 8 * 1024 * 1024;
+const $ = (id) => document.getElementById(id);
+
+let token = sessionStorage.getItem("token");
+let email = sessionStorage.getItem("email");
+// Job id (or a temporary key while creating the upload) -> its table row's parts.
+const rows = new Map();
+let nextPage = null;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const auth = () => ({ Authorization: "Bearer " + token });
+
+// The server's one-line reason and the status.
+async function reason(response) {
+  const text = (await response.text()).split("\n")[0].trim();
+  return `${text || response.statusText} (${response.status})`;
+}
+
+function say(text) {
+  $("status").textContent = text;
+}
+
+function showSignIn(message) {
+  token = null;
+  sessionStorage.clear();
+  $("app").hidden = true;
+  $("who").hidden = true;
+  $("signin").hidden = false;
+  $("login-error").textContent = message || "";
+  $("jobs").tBodies[0].replaceChildren();
+  rows.clear();
+}
+
+function showApp() {
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("who").hidden = false;
+  $("user").textContent = email;
+  loadJobs("/jobs?limit=20");
+}
+
+// A request with the token; an answer refusing it ends the session.
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...auth(), ...(options.headers || {}) } });
+  if (response.status === 401 || response.status === 403) {
+    showSignIn("Your session ended: please sign in again.");
+    throw new Error(await reason(response));
+  }
+  return response;
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const user = $("email").value.trim();
+  const credentials = new TextEncoder().encode(`${user}:${$("password").value}`);
+  const basic = btoa(String.fromCharCode(...credentials));
+  $("login-error").textContent = "";
+  try {
+    const response = await fetch("/login", { method: "POST", headers: { Authorization: "Basic " + basic } });
+    if (!response.ok) {
+      $("login-error").textContent = await reason(response);
+      return;
+    }
+    token = (await response.text()).trim();
+    email = user;
+    sessionStorage.setItem("token", token);
+    sessionStorage.setItem("email", email);
+    $("password").value = "";
+    showApp();
+  } catch (error) {
+    $("login-error").textContent = "The server cannot be reached.";
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  try {
+    await fetch("/logout", { method: "POST", headers: auth() });
+  } finally {
+    showSignIn("Signed out.");
+  }
+});
+
+// ---------------------------------------------------------------- the jobs table
+
+function row(key, filename) {
+  let parts = rows.get(key);
+  if (parts) return parts;
+  const tr = document.createElement("tr");
+  const file = document.createElement("td");
+  file.className = "file";
+  file.textContent = filename;
+  const status = document.createElement("td");
+  const progressCell = document.createElement("td");
+  const progress = document.createElement("progress");
+  progress.hidden = true;
+  progressCell.append(progress);
+  const actions = document.createElement("td");
+  actions.className = "actions";
+  tr.append(file, status, progressCell, actions);
+  parts = { tr, status, progress, actions };
+  rows.set(key, parts);
+  return parts;
+}
+
+function rekey(from, to) {
+  const parts = rows.get(from);
+  rows.delete(from);
+  rows.set(to, parts);
+  parts.tr.dataset.job = to;
+}
+
+function setStatus(parts, text, kind) {
+  parts.status.textContent = text;
+  parts.status.className = kind ? `status-${kind}` : "";
+}
+
+function show(job) {
+  const parts = row(job.job_id, job.filename);
+  parts.tr.dataset.job = job.job_id;
+  if (!parts.tr.isConnected) $("jobs").tBodies[0].append(parts.tr);
+  parts.progress.hidden = true;
+  if (job.status === "failed") {
+    setStatus(parts, `failed: ${job.error || "no reason given"}`, "failed");
+  } else {
+    setStatus(parts, job.status, job.status === "done" ? "done" : "");
+  }
+  parts.actions.replaceChildren();
+  if (job.status === "done") {
+    parts.actions.append(downloadAction(job));
+  }
+  if (job.status === "done" || job.status === "failed") {
+    parts.actions.append(deleteAction(job.job_id));
+  }
+}
+
+function downloadAction(job) {
+  const name = job.filename.replace(/\.[^.]*$/, "") + ".mp3";
+  if (job.signed_download_url) {
+    // Works without the token: the browser downloads it as any link.
+    const link = document.createElement("a");
+    link.className = "button secondary";
+    link.href = job.signed_download_url;
+    link.download = name;
+    link.textContent = "Download";
+    return link;
+  }
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "secondary";
+  button.textContent = "Download";
+  button.addEventListener("click", async () => {
+    const response = await api(job.download_url);
+    if (!response.ok) return say(`Download failed: ${await reason(response)}`);
+    const url = URL.createObjectURL(await response.blob());
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = name;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  });
+  return button;
+}
+
+function deleteAction(id) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "secondary";
+  button.textContent = "Delete";
+  button.addEventListener("click", async () => {
+    const response = await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" });
+    if (response.status !== 204 && response.status !== 404) {
+      return say(`Delete failed: ${await reason(response)}`);
+    }
+    rows.get(id)?.tr.remove();
+    rows.delete(id);
+    say("Deleted.");
+  });
+  return button;
+}
+
+async function loadJobs(path) {
+  try {
+    const response = await api(path);
+    if (!response.ok) return say(`Cannot list the jobs: ${await reason(response)}`);
+    const page = await response.json();
+    for (const job of page.jobs) {
+      show(job);
+      if (job.status !== "done" && job.status !== "failed") follow(job.job_id);
+    }
+    nextPage = page.next;
+    $("more").hidden = !nextPage;
+  } catch (error) {
+    say(`Cannot list the jobs: ${error.message}`);
+  }
+}
+
+$("more").addEventListener("click", () => nextPage && loadJobs(nextPage));
+
+// Asks for the job as often as the server's Retry-After says, until it ends.
+async function follow(id) {
+  let failures = 0;
+  while (token && rows.has(id)) {
+    let wait = 2;
+    try {
+      const response = await api(`/jobs/${encodeURIComponent(id)}`);
+      if (response.status === 404) return;
+      if (response.ok) {
+        const job = await response.json();
+        show(job);
+        if (job.status === "done" || job.status === "failed") {
+          say(`${job.filename}: ${job.status}`);
+          return;
+        }
+        wait = Number(response.headers.get("Retry-After")) || 2;
+        failures = 0;
+      } else if (++failures > 10) {
+        return say(`Lost track of a job: ${await reason(response)}`);
+      }
+    } catch (error) {
+      if (!token || ++failures > 10) return;
+    }
+    await sleep(Math.min(Math.max(wait, 1), 30) * 1000);
+  }
+}
+
+// ---------------------------------------------------------------- uploads (tus)
+
+function base64(text) {
+  return btoa(String.fromCharCode(...new TextEncoder().encode(text)));
+}
+
+async function sha1(blob) {
+  if (!crypto.subtle) return null;
+  const digest = await crypto.subtle.digest("SHA-1", await blob.arrayBuffer());
+  return "sha1 " + btoa(String.fromCharCode(...new Uint8Array(digest)));
+}
+
+// One PATCH, with upload progress (which fetch does not report).
+function patch(location, offset, blob, checksum, onProgress) {
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open("PATCH", location);
+    request.setRequestHeader("Authorization", "Bearer " + token);
+    request.setRequestHeader("Tus-Resumable", TUS);
+    request.setRequestHeader("Upload-Offset", String(offset));
+    request.setRequestHeader("Content-Type", "application/offset+octet-stream");
+    if (checksum) request.setRequestHeader("Upload-Checksum", checksum);
+    request.upload.onprogress = (event) => onProgress(event.loaded);
+    request.onload = () => {
+      if (request.status === 204) {
+        resolve(Number(request.getResponseHeader("Upload-Offset")));
+        return;
+      }
+      const error = new Error(`${request.responseText.split("\n")[0]} (${request.status})`);
+      // Worth another try: a conflict (ask where it is), a lock, a checksum, the server busy.
+      error.again = [409, 423, 460, 502, 503, 504].includes(request.status);
+      reject(error);
+    };
+    request.onerror = () => {
+      const error = new Error("the connection broke");
+      error.again = true;
+      reject(error);
+    };
+    request.send(blob);
+  });
+}
+
+async function offsetOf(location) {
+  const response = await api(location, { method: "HEAD", headers: { "Tus-Resumable": TUS } });
+  return response.ok ? Number(response.headers.get("Upload-Offset")) : null;
+}
+
+async function upload(file) {
+  const key = `upload-${Math.random()}`;
+  const parts = row(key, file.name);
+  $("jobs").tBodies[0].prepend(parts.tr);
+  setStatus(parts, "uploading");
+  parts.progress.hidden = false;
+  parts.progress.max = file.size || 1;
+  parts.progress.value = 0;
+  try {
+    const created = await api("/uploads", {
+      method: "POST",
+      headers: { "Tus-Resumable": TUS, "Upload-Length": String(file.size), "Upload-Metadata": `filename ${base64(file.name)}` },
+    });
+    if (created.status !== 201) throw new Error(await reason(created));
+    const location = created.headers.get("Location");
+    const id = location.split("/").pop();
+    rekey(key, id);
+    let offset = 0;
+    let failures = 0;
+    while (offset < file.size) {
+      const piece = file.slice(offset, offset + PIECE);
+      const start = offset;
+      try {
+        offset = await patch(location, offset, piece, await sha1(piece), (sent) => {
+          parts.progress.value = start + sent;
+        });
+        failures = 0;
+      } catch (error) {
+        if (!error.again || ++failures > 8) throw error;
+        setStatus(parts, `retrying: ${error.message}`);
+        await sleep(500 * 2 ** Math.min(failures, 5));
+        offset = (await offsetOf(location)) ?? start;
+        setStatus(parts, "uploading");
+      }
+      parts.progress.value = offset;
+    }
+    setStatus(parts, "queued");
+    parts.progress.hidden = true;
+    follow(id);
+  } catch (error) {
+    parts.progress.hidden = true;
+    setStatus(parts, `failed: ${error.message}`, "failed");
+  }
+}
+
+function uploadAll(files) {
+  for (const file of files) upload(file);
+}
+
+$("files").addEventListener("change", (event) => {
+  uploadAll(event.target.files);
+  event.target.value = "";
+});
+
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  uploadAll(event.dataTransfer.files);
+});
+
+if (token) showApp();

@@ -1,0 +1,294 @@
+//! The web page in a real browser against the whole system, on the runner and on Spin: Debian's
+//! Chromium, headless, driven over WebDriver (chromedriver, with the fantoccini client). A user
+//! signs in (a wrong password first), picks two videos, watches them upload and convert, opens
+//! the download link (the MP3 checked), deletes a job, reloads (still signed in), and signs out.
+//! A screenshot of the page is kept in `target/web/` (the README's is one of them).
+//!
+//! Chromium and chromedriver come from Debian (`scripts/dev-services install`); `CHROMIUM` and
+//! `CHROMEDRIVER` name others.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use system_tests::http::{send, send_raw, Body};
+use system_tests::system::{free_port, make_video, probe, System, PASSWORD};
+use system_tests::{on_each_runtime, root, Runtime, TempDir};
+
+on_each_runtime!(a_user_converts_videos_in_the_browser);
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// chromedriver on a free port, stopped on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let binary =
+            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let port = free_port();
+        let child = Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{binary}: {e} (install Chromium and chromedriver: scripts/dev-services install)")
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver, profile: &Path) -> Client {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": chromium,
+            // No sandbox (tests may run as root); no calls home (the network here is closed).
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1000,720",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a Chromium session")
+}
+
+/// Waits until `check` answers, or fails with `what` and the app's log.
+async fn until<T, F, Fut>(what: &str, system: &System, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            system.app.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    match client.find(Locator::Css(css)).await {
+        Ok(element) => element.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The rows of the jobs table: (file, status).
+async fn rows(client: &Client) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for row in client
+        .find_all(Locator::Css("#jobs tbody tr"))
+        .await
+        .unwrap_or_default()
+    {
+        let cells = row.find_all(Locator::Css("td")).await.unwrap_or_default();
+        if cells.len() >= 2 {
+            found.push((
+                cells[0].text().await.unwrap_or_default(),
+                cells[1].text().await.unwrap_or_default(),
+            ));
+        }
+    }
+    found
+}
+
+fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
+    let system = System::start(runtime);
+    let dir = TempDir::new("web");
+    let (first, second) = (
+        dir.path().join("first.mp4"),
+        dir.path().join("second clip.mp4"),
+    );
+    make_video(&first, 2, "320x240");
+    make_video(&second, 3, "320x240");
+
+    // The page and its files are served with their security headers.
+    let page = send_raw("GET", &system.app.url("/"), &[], Body::Empty).unwrap();
+    assert_eq!(page.status, 200);
+    let csp = page
+        .header("content-security-policy")
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(
+        send("GET", &system.app.url("/static/app.js"), &[], None).status,
+        200
+    );
+
+    let driver = Driver::start();
+    let runtime_name = runtime.name();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let client = browser(&driver, &dir.path().join("profile")).await;
+        client
+            .goto(&system.app.url("/"))
+            .await
+            .expect("opening the page");
+        assert_eq!(client.title().await.unwrap(), "MP3 converter");
+
+        // A wrong password, then the right one.
+        let email = client.find(Locator::Id("email")).await.unwrap();
+        email.send_keys(&system.email).await.unwrap();
+        let password = client.find(Locator::Id("password")).await.unwrap();
+        password.send_keys("not the password").await.unwrap();
+        client
+            .find(Locator::Css("#login-form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let error = until("the refusal", &system, || async {
+            Some(text_of(&client, "#login-error").await).filter(|t| !t.is_empty())
+        })
+        .await;
+        assert!(error.contains("invalid credentials (401)"), "{error}");
+        password.clear().await.unwrap();
+        password.send_keys(PASSWORD).await.unwrap();
+        client
+            .find(Locator::Css("#login-form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until("the signed-in page", &system, || async {
+            let app = client.find(Locator::Id("app")).await.ok()?;
+            app.is_displayed().await.ok()?.then_some(())
+        })
+        .await;
+        assert_eq!(text_of(&client, "#user").await, system.email);
+
+        // Two videos picked at once: each uploads, converts, and offers its MP3.
+        let input = client.find(Locator::Id("files")).await.unwrap();
+        input
+            .send_keys(&format!("{}\n{}", first.display(), second.display()))
+            .await
+            .expect("picking the files");
+        let done = until("both jobs done", &system, || async {
+            let rows = rows(&client).await;
+            (rows.len() == 2 && rows.iter().all(|(_, status)| status == "done")).then_some(rows)
+        })
+        .await;
+        let mut names: Vec<&str> = done.iter().map(|(file, _)| file.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["first.mp4", "second clip.mp4"]);
+
+        let shot = root().join("target/web");
+        std::fs::create_dir_all(&shot).unwrap();
+        let png = client.screenshot().await.expect("a screenshot");
+        std::fs::write(shot.join(format!("page-{runtime_name}.png")), png).unwrap();
+
+        // The download link works as a plain link, without the token.
+        let link = client
+            .find(Locator::XPath(
+                "//tr[td[1]='second clip.mp4']//a[text()='Download']",
+            ))
+            .await
+            .expect("the second clip's download link");
+        assert_eq!(
+            link.attr("download").await.unwrap().as_deref(),
+            Some("second clip.mp3")
+        );
+        let href = link.prop("href").await.unwrap().expect("an href");
+        let mp3 = send_raw("GET", &href, &[], Body::Empty).unwrap();
+        assert_eq!(mp3.status, 200, "{}", mp3.text());
+        let saved = dir.path().join("downloaded.mp3");
+        std::fs::write(&saved, &mp3.body).unwrap();
+        let (seconds, format) = probe(&saved);
+        assert_eq!(format, "mp3");
+        assert!((seconds - 3.0).abs() < 0.5, "{seconds} s");
+
+        // Delete the first job: gone from the page and from the server.
+        client
+            .find(Locator::XPath(
+                "//tr[td[1]='first.mp4']//button[text()='Delete']",
+            ))
+            .await
+            .expect("the first job's delete button")
+            .click()
+            .await
+            .unwrap();
+        until("the row to go", &system, || async {
+            (rows(&client).await.len() == 1).then_some(())
+        })
+        .await;
+
+        // A reload keeps the session (the tab's storage) and lists what is left.
+        client.refresh().await.unwrap();
+        let left = until("the list after a reload", &system, || async {
+            Some(rows(&client).await).filter(|rows| !rows.is_empty())
+        })
+        .await;
+        assert_eq!(
+            left,
+            vec![("second clip.mp4".to_owned(), "done".to_owned())]
+        );
+
+        // Signing out ends the session.
+        client
+            .find(Locator::Id("logout"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until("the sign-in form", &system, || async {
+            let form = client.find(Locator::Id("signin")).await.ok()?;
+            form.is_displayed().await.ok()?.then_some(())
+        })
+        .await;
+        client.close().await.expect("closing the browser");
+    });
+    let token = system.login();
+    let listed = send(
+        "GET",
+        &system.app.url("/jobs"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        None,
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed.body).unwrap();
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(1), "{listed}");
+}
