@@ -4,21 +4,52 @@
 use std::io::Read;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use base64::Engine as _;
 use serde::Deserialize;
 use ureq::http::Response;
 use ureq::{Agent, Body};
 
-/// Why a request failed, when the CLI's exit code depends on it.
+/// Why a request failed, when the CLI's exit code or a retry depends on it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 401 or 403: no token, or one the server refuses.
     #[error("{0}")]
     Auth(String),
-    /// No connection to the server.
+    /// No connection to the server, or it stopped answering.
     #[error("{0}")]
     Unreachable(String),
+    /// Any other answer than a success: its status, the server's one-line reason, and when to
+    /// ask again if it said.
+    #[error("{message}")]
+    Refused {
+        status: u16,
+        message: String,
+        retry_after: Option<u64>,
+    },
+}
+
+/// The [`ApiError`] in `error`, as a context (found by `downcast_ref`) or a cause.
+pub fn api_error(error: &anyhow::Error) -> Option<&ApiError> {
+    error
+        .downcast_ref::<ApiError>()
+        .or_else(|| error.chain().find_map(|c| c.downcast_ref::<ApiError>()))
+}
+
+/// The HTTP status a failure came with, if it was an answer.
+pub fn status_of(error: &anyhow::Error) -> Option<u16> {
+    match api_error(error)? {
+        ApiError::Refused { status, .. } => Some(*status),
+        _ => None,
+    }
+}
+
+/// How long the server asked to wait before trying again, if it did.
+pub fn retry_after(error: &anyhow::Error) -> Option<u64> {
+    match api_error(error)? {
+        ApiError::Refused { retry_after, .. } => *retry_after,
+        _ => None,
+    }
 }
 
 /// A job as `GET /jobs/{id}` shows it.
@@ -55,16 +86,19 @@ pub struct Api {
     token: Option<String>,
 }
 
-/// Whether a failure is worth trying again (the connection, or the server saying so).
+/// Whether a failure is worth trying again: the connection broke or timed out, or the server
+/// is busy, restarting or behind a failing proxy (408, 423, 429, 5xx).
 pub fn is_transient(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .any(|cause| cause.downcast_ref::<ureq::Error>().is_some())
-        || error.to_string().contains("(503)")
-        || matches!(
-            error.downcast_ref::<ApiError>(),
-            Some(ApiError::Unreachable(_))
-        )
+    match api_error(error) {
+        Some(ApiError::Unreachable(_)) => true,
+        Some(ApiError::Refused { status, .. }) => {
+            matches!(status, 408 | 423 | 429) || (500..600).contains(status)
+        }
+        Some(ApiError::Auth(_)) => false,
+        None => error
+            .chain()
+            .any(|cause| cause.downcast_ref::<ureq::Error>().is_some()),
+    }
 }
 
 impl Api {
@@ -72,9 +106,10 @@ impl Api {
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
-            // Per read, not per request: a big PATCH or download takes as long as it takes.
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .timeout_recv_body(Some(Duration::from_secs(120)))
+            // Per read and per write, never per request: a big PATCH or download takes as long
+            // as it takes, a stalled connection does not.
+            .timeout_per_read(Some(Duration::from_secs(120)))
+            .timeout_per_write(Some(Duration::from_secs(120)))
             .build()
             .into();
         Self {
@@ -88,8 +123,13 @@ impl Api {
         &self.base
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// The URL of `path` on this server. A path from the server (a download link, a next page)
+    /// must be one: `@host/...` or `//host/...` would send the token elsewhere.
+    fn url(&self, path: &str) -> anyhow::Result<String> {
+        if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') {
+            bail!("refusing a link off this server: {path:?}");
+        }
+        Ok(format!("{}{path}", self.base))
     }
 
     fn bearer(&self) -> anyhow::Result<String> {
@@ -108,8 +148,10 @@ impl Api {
         match result {
             Ok(response) => Ok(response),
             Err(
-                e
-                @ (ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound),
+                e @ (ureq::Error::Io(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::HostNotFound
+                | ureq::Error::Timeout(_)),
             ) => Err(anyhow::Error::new(e).context(ApiError::Unreachable(format!(
                 "{what}: cannot reach {}",
                 self.base
@@ -124,6 +166,11 @@ impl Api {
         if (200..300).contains(&status) {
             return Ok(response);
         }
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
         let reason = response
             .body_mut()
             .with_config()
@@ -135,7 +182,12 @@ impl Api {
         if status == 401 || status == 403 {
             return Err(ApiError::Auth(message).into());
         }
-        Err(anyhow!(message))
+        Err(ApiError::Refused {
+            status,
+            message,
+            retry_after,
+        }
+        .into())
     }
 
     /// `POST /login` with HTTP Basic: the token.
@@ -144,7 +196,7 @@ impl Api {
         let response = self.run(
             "logging in",
             self.agent
-                .post(self.url("/login"))
+                .post(self.url("/login")?)
                 .header("authorization", format!("Basic {basic}"))
                 .send_empty(),
         )?;
@@ -158,7 +210,7 @@ impl Api {
         let response = self.run(
             "logging out",
             self.agent
-                .post(self.url("/logout"))
+                .post(self.url("/logout")?)
                 .header("authorization", self.bearer()?)
                 .send_empty(),
         )?;
@@ -173,7 +225,7 @@ impl Api {
         let response = self.run(
             what,
             self.agent
-                .get(self.url(path))
+                .get(self.url(path)?)
                 .header("authorization", self.bearer()?)
                 .call(),
         )?;
@@ -212,7 +264,7 @@ impl Api {
         let response = self.run(
             &what,
             self.agent
-                .delete(self.url(&format!("/jobs/{}", path_segment(id))))
+                .delete(self.url(&format!("/jobs/{}", path_segment(id)))?)
                 .header("authorization", self.bearer()?)
                 .call(),
         )?;
@@ -224,7 +276,7 @@ impl Api {
         let response = self.run(
             "downloading",
             self.agent
-                .get(self.url(path))
+                .get(self.url(path)?)
                 .header("authorization", self.bearer()?)
                 .call(),
         )?;
@@ -242,7 +294,7 @@ impl Api {
         let response = self.run(
             "starting the upload",
             self.agent
-                .post(self.url("/uploads"))
+                .post(self.url("/uploads")?)
                 .header("authorization", self.bearer()?)
                 .header("tus-resumable", "1.0.0")
                 .header("upload-length", length.to_string())
@@ -272,7 +324,7 @@ impl Api {
         let response = self.run(
             "asking how far the upload got",
             self.agent
-                .head(self.url(path))
+                .head(self.url(path)?)
                 .header("authorization", self.bearer()?)
                 .header("tus-resumable", "1.0.0")
                 .call(),
@@ -306,7 +358,7 @@ impl Api {
         let response = self.run(
             "uploading",
             self.agent
-                .patch(self.url(path))
+                .patch(self.url(path)?)
                 .header("authorization", self.bearer()?)
                 .header("tus-resumable", "1.0.0")
                 .header("upload-offset", offset.to_string())
@@ -328,7 +380,7 @@ impl Api {
         let response = self.run(
             "cancelling the upload",
             self.agent
-                .delete(self.url(path))
+                .delete(self.url(path)?)
                 .header("authorization", self.bearer()?)
                 .header("tus-resumable", "1.0.0")
                 .call(),
@@ -368,6 +420,49 @@ fn path_segment(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_from_the_server_stay_on_it() {
+        let api = Api::new("http://127.0.0.1:3000", Some("t".into()));
+        assert_eq!(
+            api.url("/download?fid=ab").unwrap(),
+            "http://127.0.0.1:3000/download?fid=ab"
+        );
+        for off in [
+            "@evil.example/x",
+            "//evil.example/x",
+            "evil/x",
+            "/\\evil",
+            "",
+        ] {
+            assert!(api.url(off).is_err(), "{off:?}");
+        }
+    }
+
+    #[test]
+    fn which_failures_are_tried_again() {
+        let refused = |status| -> anyhow::Error {
+            ApiError::Refused {
+                status,
+                message: String::new(),
+                retry_after: Some(5),
+            }
+            .into()
+        };
+        for status in [408, 423, 429, 500, 502, 503, 504] {
+            assert!(is_transient(&refused(status)), "{status}");
+        }
+        for status in [400, 404, 409, 413, 415, 460] {
+            assert!(!is_transient(&refused(status)), "{status}");
+        }
+        assert!(!is_transient(&ApiError::Auth(String::new()).into()));
+        assert!(is_transient(&ApiError::Unreachable(String::new()).into()));
+        let wrapped = refused(423).context("uploading");
+        assert_eq!(
+            (status_of(&wrapped), retry_after(&wrapped)),
+            (Some(423), Some(5))
+        );
+    }
 
     #[test]
     fn ids_stay_one_segment() {

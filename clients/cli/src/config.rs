@@ -130,8 +130,21 @@ impl Uploads {
     /// Records or forgets (`None`) the upload of `key`, re-reading the file first so parallel
     /// uploads of this process and others lose nothing but a race's last write.
     pub fn update(key: &str, upload: Option<&str>) -> anyhow::Result<()> {
+        // One writer at a time, in this process (threads) and across processes (a lock file).
         static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+        let lock_path = Self::path()?.with_extension("lock");
+        if let Some(dir) = lock_path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("locking {}", lock_path.display()))?;
         let mut current = Self::load();
         match upload {
             Some(path) => current.uploads.insert(key.to_owned(), path.to_owned()),

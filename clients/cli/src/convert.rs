@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::api::{is_transient, Api, Job};
+use crate::api::{is_transient, retry_after, status_of, Api, Job};
 use crate::config::{upload_key, Uploads};
 
 /// How `mp3 convert` runs.
@@ -167,38 +167,60 @@ fn upload(api: &Api, file: &Path, options: &Options, bar: &ProgressBar) -> anyho
             .with_context(|| format!("reading {}", file.display()))?;
         let start = offset;
         let sent = |n: u64| bar.inc(n);
-        match api.patch(&path, offset, &piece, &sent) {
-            Ok(now) => {
+        let error = match api.patch(&path, offset, &piece, &sent) {
+            Ok(now) if now > start && now <= length => {
                 offset = now;
                 failures = 0;
                 bar.set_position(offset);
+                continue;
             }
-            Err(error)
-                if failures + 1 < options.tries
-                    && (is_transient(&error)
-                        || error.to_string().contains("(409)")
-                        || error.to_string().contains("(460)")) =>
-            {
-                failures += 1;
-                bar.set_message(format!("retrying: {error:#}"));
-                std::thread::sleep(Duration::from_millis(500 << failures.min(5)));
-                // The server says where it is; only whole pieces it kept count.
-                match api.upload_offset(&path) {
-                    Ok(Some((stored, _))) => offset = stored,
-                    Ok(None) => bail!("the upload was lost on the server; run the command again"),
-                    Err(_) => offset = start,
-                }
-                bar.set_position(offset);
-            }
-            Err(error) => {
-                if !is_transient(&error) {
-                    // Refused for good (not a video, too large): nothing to resume.
-                    let _ = api.terminate_upload(&path);
-                    let _ = Uploads::update(&key, None);
-                }
+            Ok(now) => bail!(
+                "the server answered an impossible offset {now} (sent {start}..{})",
+                start + want
+            ),
+            Err(error) => error,
+        };
+        match status_of(&error) {
+            // Refused for good (not a video, too large, malformed): nothing to resume.
+            Some(400 | 413 | 415) => {
+                let _ = api.terminate_upload(&path);
+                let _ = Uploads::update(&key, None);
                 return Err(error);
             }
+            // Expired or deleted on the server.
+            Some(404) => {
+                let _ = Uploads::update(&key, None);
+                return Err(
+                    error.context("the upload is gone from the server; run the command again")
+                );
+            }
+            // Worth another try: where the server is (409), a lock (423), a checksum (460),
+            // the connection, a busy or restarting server. A refused token is not.
+            Some(409 | 460) => {}
+            _ if is_transient(&error) => {}
+            _ => return Err(error),
         }
+        failures += 1;
+        if failures >= options.tries {
+            // Kept for a later run, which resumes it.
+            return Err(error.context(format!("giving up after {failures} tries")));
+        }
+        bar.set_message(format!("retrying: {error:#}"));
+        let wait = retry_after(&error)
+            .map(|secs| Duration::from_secs(secs.clamp(1, 60)))
+            .unwrap_or(Duration::from_millis(500 << failures.min(6)));
+        std::thread::sleep(wait);
+        // The server says where it is.
+        match api.upload_offset(&path) {
+            Ok(Some((stored, _))) if stored <= length => offset = stored,
+            Ok(Some((stored, _))) => bail!("the server answered an impossible offset {stored}"),
+            Ok(None) => {
+                let _ = Uploads::update(&key, None);
+                bail!("the upload is gone from the server; run the command again");
+            }
+            Err(_) => offset = start,
+        }
+        bar.set_position(offset);
     }
     bar.set_message("");
     Uploads::update(&key, None)?;
@@ -210,16 +232,12 @@ fn upload(api: &Api, file: &Path, options: &Options, bar: &ProgressBar) -> anyho
 /// Follows the job until it ends, as often as the server's `Retry-After` says.
 pub fn wait_for(api: &Api, id: &str, limit: Duration) -> anyhow::Result<Job> {
     let deadline = Instant::now() + limit;
-    let mut failures = 0;
     loop {
+        // A server that is restarting or briefly unreachable is waited for, up to the limit.
         let wait = match api.job(id) {
             Ok((job, _)) if job.is_final() => return Ok(job),
-            Ok((_, retry_after)) => {
-                failures = 0;
-                Duration::from_secs(retry_after.unwrap_or(2).clamp(1, 30))
-            }
-            Err(error) if is_transient(&error) && failures < 10 => {
-                failures += 1;
+            Ok((_, retry_after)) => Duration::from_secs(retry_after.unwrap_or(2).clamp(1, 30)),
+            Err(error) if is_transient(&error) && Instant::now() < deadline => {
                 Duration::from_secs(2)
             }
             Err(error) => return Err(error),
@@ -247,9 +265,17 @@ pub fn download(api: &Api, job: &Job, dir: &Path) -> anyhow::Result<PathBuf> {
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty() && !s.starts_with('.'))
         .unwrap_or_else(|| job.job_id.clone());
-    let temporary = dir.join(format!(".{}.mp3.part", job.job_id));
-    let mut out =
-        File::create(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
+    // The id names files here: only the server's own kind of id is taken.
+    if job.job_id.len() != 24 || !job.job_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("unexpected job id {:?} from the server", job.job_id);
+    }
+    let temporary = dir.join(format!(".{}.{}.mp3.part", job.job_id, std::process::id()));
+    // create_new: never through a link someone planted under that name.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
     let result = api
         .download(url, &mut out)
         .and_then(|_| out.sync_all().map_err(Into::into));
@@ -264,8 +290,19 @@ pub fn download(api: &Api, job: &Job, dir: &Path) -> anyhow::Result<PathBuf> {
             format!("{stem} ({n}).mp3")
         };
         let target = dir.join(name);
-        // A hard link fails if the name is taken: no file is ever overwritten.
-        match std::fs::hard_link(&temporary, &target) {
+        // A hard link fails if the name is taken: no file is ever overwritten. Where links
+        // are not supported (FAT, some network shares), a copy into a new file does the same.
+        let saved = std::fs::hard_link(&temporary, &target).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+            let mut to = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&target)?;
+            std::io::copy(&mut File::open(&temporary)?, &mut to).map(|_| ())
+        });
+        match saved {
             Ok(()) => {
                 let _ = std::fs::remove_file(&temporary);
                 return Ok(target);

@@ -57,7 +57,7 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         parallel: usize,
         /// MiB per upload request (each checked by its SHA-1, resumed from the last one kept).
-        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
         piece_mib: u32,
         /// Seconds to wait for a job to end.
         #[arg(long, default_value_t = 3600)]
@@ -99,14 +99,10 @@ fn main() -> ExitCode {
 }
 
 fn exit_code(error: &anyhow::Error) -> u8 {
-    // A context of this type is found by `downcast_ref`, a cause by the chain.
-    let api_error = error
-        .downcast_ref::<ApiError>()
-        .or_else(|| error.chain().find_map(|c| c.downcast_ref::<ApiError>()));
-    match api_error {
+    match api::api_error(error) {
         Some(ApiError::Auth(_)) => 3,
         Some(ApiError::Unreachable(_)) => 4,
-        None => 1,
+        Some(ApiError::Refused { .. }) | None => 1,
     }
 }
 
@@ -154,10 +150,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Logout => {
             let api = api(cli.server)?;
-            let result = api.logout();
-            config::forget_credentials()?;
-            result?;
-            eprintln!("logged out");
+            match api.logout() {
+                // Unreachable: the token still works, so it is kept for another try.
+                Err(error) if exit_code(&error) == 4 => return Err(error),
+                // Refused: it did not work anyway.
+                Err(error) if exit_code(&error) == 3 => {
+                    config::forget_credentials()?;
+                    eprintln!("mp3: {error:#}; the saved token is forgotten");
+                }
+                Err(error) => return Err(error),
+                Ok(()) => {
+                    config::forget_credentials()?;
+                    eprintln!("logged out");
+                }
+            }
         }
         Command::Convert {
             files,
@@ -250,18 +256,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rm { ids } => {
             let api = api(cli.server)?;
-            let mut failed = None;
+            let mut worst = 0;
             for id in &ids {
                 match api.delete_job(id) {
                     Ok(()) => println!("deleted {id}"),
                     Err(error) => {
                         eprintln!("mp3: {error:#}");
-                        failed = Some(error);
+                        worst = worst.max(exit_code(&error));
                     }
                 }
             }
-            if let Some(error) = failed {
-                return Ok(ExitCode::from(exit_code(&error)));
+            if worst != 0 {
+                return Ok(ExitCode::from(worst));
             }
         }
     }

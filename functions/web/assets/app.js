@@ -252,8 +252,9 @@ function patch(location, offset, blob, checksum, onProgress) {
     if (checksum) request.setRequestHeader("Upload-Checksum", checksum);
     request.upload.onprogress = (event) => onProgress(event.loaded);
     request.onload = () => {
-      if (request.status === 204) {
-        resolve(Number(request.getResponseHeader("Upload-Offset")));
+      const reached = Number(request.getResponseHeader("Upload-Offset"));
+      if (request.status === 204 && reached > offset && reached <= offset + blob.size) {
+        resolve(reached);
         return;
       }
       const error = new Error(`${request.responseText.split("\n")[0]} (${request.status})`);
@@ -270,9 +271,21 @@ function patch(location, offset, blob, checksum, onProgress) {
   });
 }
 
+// Where the server is with an upload, asked until it answers (the network may still be down):
+// null if the upload is gone.
 async function offsetOf(location) {
-  const response = await api(location, { method: "HEAD", headers: { "Tus-Resumable": TUS } });
-  return response.ok ? Number(response.headers.get("Upload-Offset")) : null;
+  for (let tries = 1; ; tries++) {
+    try {
+      const response = await api(location, { method: "HEAD", headers: { "Tus-Resumable": TUS } });
+      if (response.status === 404) return null;
+      const offset = response.headers.get("Upload-Offset");
+      if (response.ok && offset !== null) return Number(offset);
+    } catch (error) {
+      if (!token) throw error;
+    }
+    if (tries >= 30) throw new Error("the server cannot be reached");
+    await sleep(Math.min(1000 * tries, 10000));
+  }
 }
 
 async function upload(file) {
@@ -306,7 +319,9 @@ async function upload(file) {
         if (!error.again || ++failures > 8) throw error;
         setStatus(parts, `retrying: ${error.message}`);
         await sleep(500 * 2 ** Math.min(failures, 5));
-        offset = (await offsetOf(location)) ?? start;
+        const stored = await offsetOf(location);
+        if (stored === null) throw new Error("the upload is gone from the server");
+        offset = stored;
         setStatus(parts, "uploading");
       }
       parts.progress.value = offset;
@@ -320,8 +335,20 @@ async function upload(file) {
   }
 }
 
+// A few uploads at a time: the browser has six connections per site, and the jobs' status
+// needs some too.
+const waiting = [];
+let running = 0;
+
 function uploadAll(files) {
-  for (const file of files) upload(file);
+  waiting.push(...files);
+  while (running < 3 && waiting.length) {
+    running += 1;
+    upload(waiting.shift()).finally(() => {
+      running -= 1;
+      uploadAll([]);
+    });
+  }
 }
 
 $("files").addEventListener("change", (event) => {
