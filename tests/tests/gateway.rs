@@ -1488,6 +1488,43 @@ fn resumable_uploads_speak_tus_resume_after_a_break_and_leave_nothing_behind(run
         0
     );
 
+    // At most 20 unfinished uploads per user: the next waits until one ends.
+    let open: Vec<String> = (0..20)
+        .map(|i| tus_create(&app, &auth, 1000, &format!("{i}.mp4")))
+        .collect();
+    let reply = tus(
+        &app,
+        "POST",
+        "/uploads",
+        &auth,
+        &[("Upload-Length", "1000")],
+        Body::Empty,
+    );
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    assert!(
+        reply.text().starts_with("20 uploads are under way already"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(
+        tus_create(&app, &other, 1000, "theirs.mp4")
+            .split('/')
+            .count(),
+        3,
+        "others are not counted"
+    );
+    assert_eq!(
+        tus(&app, "DELETE", &open[0], &auth, &[], Body::Empty).status,
+        204
+    );
+    tus_create(&app, &auth, 1000, "one more.mp4");
+
+    let _ = client.delete_many(VIDEOS_DB, UPLOADS_COLLECTION, doc! {"owner": &email});
+    let _ = client.delete_many(
+        VIDEOS_DB,
+        UPLOADS_COLLECTION,
+        doc! {"filename": "theirs.mp4"},
+    );
     let _ = client.delete_many(VIDEOS_DB, UPLOADS_COLLECTION, doc! {"_id": &id});
     forget_upload(&mut client, &id, &video_fid.to_hex());
 }

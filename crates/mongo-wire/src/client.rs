@@ -601,6 +601,12 @@ impl<S: Read + Write> Client<S> {
         })
     }
 
+    /// How many documents of `coll` match `filter` (the `count` command).
+    pub fn count_documents(&mut self, db: &str, coll: &str, filter: Document) -> Result<u64> {
+        let reply = self.command(db, doc! {"count": coll, "query": filter})?;
+        Ok(count(&reply, "n"))
+    }
+
     /// Deletes every match of `filter`; returns how many went.
     pub fn delete_many(&mut self, db: &str, coll: &str, filter: Document) -> Result<u64> {
         let reply = self.command(

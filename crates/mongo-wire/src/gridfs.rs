@@ -228,11 +228,7 @@ impl Bucket {
         client: &mut Client<S>,
         id: ObjectId,
     ) -> Result<u64> {
-        let reply = client.command(
-            &self.db,
-            doc! {"count": self.chunks(), "query": {"files_id": id}},
-        )?;
-        as_u64(reply.get("n")).ok_or_else(|| Error::protocol("count without n"))
+        client.count_documents(&self.db, &self.chunks(), doc! {"files_id": id})
     }
 
     /// Deletes chunks `n >= first` of file `id`.

@@ -468,6 +468,16 @@ impl tus::Store for Mongo {
             .map_err(|e| format!("MongoDB: deleting job {id}: {e}"))
     }
 
+    fn open_uploads(&mut self, owner: &str, now: i64) -> Result<u64, String> {
+        self.client
+            .count_documents(
+                VIDEOS_DB,
+                UPLOADS_COLLECTION,
+                doc! {"owner": owner, "done": false, "expires_at": {"$gt": now}},
+            )
+            .map_err(|e| format!("MongoDB: counting the uploads of {owner}: {e}"))
+    }
+
     fn job_exists(&mut self, id: &str) -> Result<bool, String> {
         self.find_job(doc! {"_id": id}).map(|job| job.is_some())
     }

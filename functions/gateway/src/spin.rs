@@ -295,6 +295,15 @@ fn tus_create(req: &IncomingRequest, config: &Config) -> Reply {
         Err(reply) => return reply.user(user),
     };
     let now = now_ms();
+    match tus::Store::open_uploads(&mut mongo, &user, now) {
+        Ok(open) if open >= tus::MAX_OPEN_UPLOADS => return tus::too_many_uploads().user(user),
+        Ok(_) => {}
+        Err(e) => {
+            return Reply::text(503, "storage unavailable", "storage_unavailable")
+                .detail(e)
+                .user(user)
+        }
+    }
     let state = UploadState {
         id: ObjectId::from_bytes(id).to_hex(),
         owner: user.clone(),

@@ -54,6 +54,9 @@ pub const LEASE_MS: i64 = 30_000;
 const RENEW_MS: i64 = 5_000;
 /// Full chunks inserted per round trip.
 const CHUNKS_PER_INSERT: usize = 4;
+/// Unfinished uploads one user may have at a time: each holds up to `max_upload_bytes` of
+/// storage until it expires.
+pub const MAX_OPEN_UPLOADS: u64 = 20;
 /// The longest `Upload-Metadata` header read.
 const MAX_METADATA: usize = 4096;
 
@@ -134,6 +137,8 @@ pub trait Store {
     fn job_exists(&mut self, id: &str) -> Result<bool, String>;
     /// How many chunks file `video_fid` has.
     fn chunk_count(&mut self, video_fid: &str) -> Result<u64, String>;
+    /// How many unfinished, unexpired uploads `owner` has.
+    fn open_uploads(&mut self, owner: &str, now: i64) -> Result<u64, String>;
     /// Deletes the upload: its chunks unless it is done, its document, its leases.
     fn remove(&mut self, state: &UploadState) -> Result<(), String>;
 }
@@ -274,6 +279,15 @@ pub fn creation(headers: &Headers, max_bytes: u64) -> Result<Creation, Reply> {
         .map(|(_, v)| clean_filename(&String::from_utf8_lossy(v)))
         .unwrap_or_else(|| "upload".to_owned());
     Ok(Creation { length, filename })
+}
+
+/// 429 for a user with [`MAX_OPEN_UPLOADS`] uploads under way already.
+pub fn too_many_uploads() -> Reply {
+    refuse(
+        429,
+        &format!("{MAX_OPEN_UPLOADS} uploads are under way already: finish or cancel one first"),
+        "tus_too_many",
+    )
 }
 
 /// 201 for a new upload: where to send its bytes, and until when.

@@ -99,6 +99,13 @@ impl Store for Memory {
         self.jobs.remove(id);
         Ok(())
     }
+    fn open_uploads(&mut self, owner: &str, now: i64) -> Result<u64, String> {
+        Ok(self
+            .states
+            .values()
+            .filter(|s| s.owner == owner && !s.done && s.expires_at > now)
+            .count() as u64)
+    }
     fn job_exists(&mut self, id: &str) -> Result<bool, String> {
         Ok(self.jobs.contains_key(id))
     }
