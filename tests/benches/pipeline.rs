@@ -4,7 +4,8 @@
 //! 1. Upload throughput through the gateway (curl → runner or Spin → GridFS `videos` → job →
 //!    queue) for growing files, against writing the same file to GridFS directly from native code
 //!    (mongo-wire); and the serving process's peak resident memory during each upload, which must
-//!    not grow with the file.
+//!    not grow with the file. Then resumable (tus) uploads of the same files, in the CLI's and
+//!    the page's 8 MiB pieces and in the CLI's largest, 64 MiB, against `POST /upload`.
 //! 2. Conversion: the pipeline (job queued → converter streams GridFS → ffmpeg → GridFS → job
 //!    done) against the same ffmpeg command on a local file.
 //! 3. End to end: from the upload's 202 to the MP3 being downloadable, polling the job, on each
@@ -15,6 +16,9 @@
 //!    1,000 MB of other files stored, on each FerretDB backend, against the empty store.
 //! 6. Sustained throughput: jobs per minute for a batch of one-minute clips, against plain ffmpeg
 //!    converting the same clips with the same parallelism.
+//! 7. A large resumable upload (10 GB of real, uncompressed video) on Spin, broken off at a
+//!    random offset and resumed: its time, the gateway's memory along the way (flat), the stored
+//!    file compared with the original byte for byte, and its conversion.
 //!
 //! `cargo bench -p system-tests --bench pipeline` (or `scripts/bench-pipeline`) runs the full
 //! sizes (10 MB / 100 MB / 1 GB uploads, a 60 s 720p clip, a 10 s clip); `cargo test` runs it once
@@ -29,8 +33,10 @@ use std::time::{Duration, Instant};
 use converter::convert::OUTPUT_ARGS;
 use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::Bucket;
+use system_tests::http::send;
 use system_tests::memory::{memory_mib, reset_peak};
-use system_tests::system::{make_video, upload, System};
+use system_tests::system::{make_video, probe, upload, System};
+use system_tests::tus;
 use system_tests::{available_runtimes, service_env, AppConfig, Runtime, TempDir};
 
 const MB: u64 = 1_000_000;
@@ -46,6 +52,8 @@ struct Plan {
     jobs_seconds: u32,
     jobs_runs: usize,
     upload_sizes: &'static [u64],
+    /// Bytes of the large resumable upload.
+    large_upload: u64,
     clip: (u32, &'static str),
     conversion_runs: usize,
     e2e_clip: (u32, &'static str),
@@ -61,6 +69,7 @@ fn plan() -> Plan {
             jobs_seconds: 4,
             jobs_runs: 7,
             upload_sizes: &[10 * MB, 100 * MB, 1000 * MB],
+            large_upload: 10_000 * MB,
             clip: (60, "1280x720"),
             conversion_runs: 9,
             e2e_clip: (10, "640x360"),
@@ -74,6 +83,7 @@ fn plan() -> Plan {
             jobs_seconds: 1,
             jobs_runs: 1,
             upload_sizes: &[MB, 8 * MB],
+            large_upload: 40 * MB,
             clip: (4, "320x240"),
             conversion_runs: 1,
             e2e_clip: (2, "320x240"),
@@ -121,6 +131,13 @@ fn uploads(plan: &Plan, dir: &Path) {
          after warm-up, peak during the upload |"
     );
     println!("|---:|---|---:|---:|---:|---:|");
+    let mut resumable = vec![
+        "\n### Resumable (tus) uploads against `POST /upload`\n".to_owned(),
+        "| file | runtime | `POST /upload` MB/s | tus, 8 MiB pieces: MB/s | ratio | tus, 64 MiB \
+         pieces: MB/s | ratio | serving process: peak during the tus uploads |"
+            .to_owned(),
+        "|---:|---|---:|---:|---:|---:|---:|---:|".to_owned(),
+    ];
     for runtime in available_runtimes() {
         let system = System::without_workers(runtime);
         let token = system.login();
@@ -140,6 +157,30 @@ fn uploads(plan: &Plan, dir: &Path) {
             fids.push(field_of(&reply.body, "video_fid"));
             let gateway = size as f64 / MB as f64 / secs;
             let peak = memory_mib(pid, "VmHWM");
+
+            reset_peak(pid);
+            let mut tus_rates = Vec::new();
+            for piece in [8 << 20, 64 << 20] {
+                let started = Instant::now();
+                let upload = tus::Upload::create(system.app.base(), &token, size, "bench-tus.mp4")
+                    .expect("creating the upload");
+                let reached = upload
+                    .send_file(&file, 0, piece, |_| {})
+                    .expect("the tus upload");
+                assert_eq!(reached, size);
+                tus_rates.push(size as f64 / MB as f64 / started.elapsed().as_secs_f64());
+                fids.push(video_of_job(&system, upload.id()));
+            }
+            let tus_peak = memory_mib(pid, "VmHWM");
+            resumable.push(format!(
+                "| {} MB | {} | {gateway:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {tus_peak:.0} MiB |",
+                size / MB,
+                runtime.name(),
+                tus_rates[0],
+                tus_rates[0] / gateway,
+                tus_rates[1],
+                tus_rates[1] / gateway,
+            ));
 
             let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
             let started = Instant::now();
@@ -168,6 +209,21 @@ fn uploads(plan: &Plan, dir: &Path) {
             delete_file(mp3_model::VIDEOS_DB, &fid);
         }
     }
+    println!("{}", resumable.join("\n"));
+}
+
+/// The `video_fid` of job `job_id`.
+fn video_of_job(system: &System, job_id: &str) -> String {
+    let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
+    let job = client
+        .find_one(
+            mp3_model::VIDEOS_DB,
+            mp3_model::JOBS_COLLECTION,
+            mongo_wire::bson::doc! {"_id": job_id},
+        )
+        .expect("reading the job")
+        .unwrap_or_else(|| panic!("no job {job_id}\n{}", system.app.log()));
+    job.get_str("video_fid").expect("video_fid").to_owned()
 }
 
 /// A string field (`job_id`, `video_fid`) of an upload's 202 answer.
@@ -678,6 +734,184 @@ fn throughput(plan: &Plan, dir: &Path) {
     );
 }
 
+/// Real video of about `size` bytes that does not compress: uncompressed pictures and sound in
+/// Matroska, `seconds` long. The duration.
+fn raw_video(path: &Path, size: u64) -> f64 {
+    let (picture, frame) = if size > 1000 * MB {
+        ("1280x720", 1280 * 720 * 3 / 2)
+    } else {
+        ("320x240", 320 * 240 * 3 / 2)
+    };
+    let per_second = frame * 25 + 48_000 * 2 * 2;
+    let seconds = (size / per_second).max(1);
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={picture}:rate=25"))
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-c:a", "pcm_s16le", "-ac", "2", "-f", "matroska"])
+        .arg(path)
+        .status()
+        .expect("running ffmpeg");
+    assert!(status.success(), "ffmpeg could not make {}", path.display());
+    seconds as f64
+}
+
+/// Whether GridFS file `fid` in `videos` holds exactly the bytes of `path`.
+fn stored_as(fid: &str, path: &Path) -> bool {
+    let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
+    let id = ObjectId::parse_str(fid).expect("an ObjectId");
+    let bucket = Bucket::new(mp3_model::VIDEOS_DB);
+    let mut stored = bucket
+        .open_download(&mut client, id)
+        .expect("opening the stored video");
+    let mut original = std::io::BufReader::with_capacity(1 << 20, File::open(path).unwrap());
+    let (mut a, mut b) = (vec![0; 1 << 20], vec![0; 1 << 20]);
+    loop {
+        let n = read_full(&mut stored, &mut a);
+        if n == 0 {
+            return read_full(&mut original, &mut b[..1]) == 0;
+        }
+        if read_full(&mut original, &mut b[..n]) != n || a[..n] != b[..n] {
+            return false;
+        }
+    }
+}
+
+/// Reads until `buffer` is full or the reader ends; how many bytes.
+fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> usize {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]).expect("reading") {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    filled
+}
+
+/// 7. The large resumable upload, broken off once at a random offset.
+fn large_upload(plan: &Plan, dir: &Path) {
+    let size = plan.large_upload;
+    let video = dir.join("large.mkv");
+    let seconds = raw_video(&video, size);
+    let size = std::fs::metadata(&video).unwrap().len();
+    let piece: usize = 8 << 20;
+    println!("\n### A large resumable upload, broken off and resumed\n");
+    println!(
+        "| file | runtime | upload | MB/s | broken off at | resumed from | serving process: \
+         resident before, peak after 10%, peak at the end | stored bytes identical | \
+         conversion | MP3 length |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---|---:|---:|");
+    // Spin is what production runs: the full size runs there only (on the runner without one).
+    let runtimes = available_runtimes();
+    let runtimes = if size > 1000 * MB {
+        &runtimes[runtimes.len() - 1..]
+    } else {
+        &runtimes[..]
+    };
+    for &runtime in runtimes {
+        let mut system = System::without_workers(runtime);
+        let token = system.login();
+        let pid = system.app.server_pid();
+        let before = memory_mib(pid, "VmRSS");
+        reset_peak(pid);
+
+        let started = Instant::now();
+        let upload = tus::Upload::create(system.app.base(), &token, size, "large.mkv")
+            .expect("creating the upload");
+        // A piece broken off somewhere between 10% and 90%, at a byte chosen by the clock.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+        let break_at = size / 10 + nanos % (size * 8 / 10);
+        let piece_start = break_at - break_at % piece as u64;
+        let mut peak_early = None;
+        let mut note = |offset: u64| {
+            if peak_early.is_none() && offset >= size / 10 {
+                peak_early = Some(memory_mib(pid, "VmHWM"));
+            }
+        };
+        let mut source = File::open(&video).unwrap();
+        let mut offset = 0;
+        while offset < piece_start {
+            let bytes = tus::read_at(&mut source, offset, piece).unwrap();
+            offset = upload.patch(offset, bytes).expect("a piece");
+            note(offset);
+        }
+        let bytes = tus::read_at(&mut source, piece_start, piece).unwrap();
+        let sent = (break_at - piece_start) as usize;
+        upload.break_off(piece_start, &bytes[..sent], bytes.len() as u64);
+        // Until the server notices the broken PATCH, it holds the upload (423) and may still
+        // save what it read (409 for an older offset): ask again, as the clients do.
+        let mut resumed = 0;
+        for tries in 1.. {
+            resumed = upload.offset().expect("the upload's offset");
+            match upload.send_file(&video, resumed, piece, &mut note) {
+                Ok(reached) => {
+                    assert_eq!(reached, size);
+                    break;
+                }
+                Err(e) if tries < 50 && (e.contains(": 409 ") || e.contains(": 423 ")) => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => panic!("resuming: {e}\n{}", system.app.log()),
+            }
+        }
+        assert!(resumed <= break_at, "{resumed} > {break_at}");
+        let upload_secs = started.elapsed().as_secs_f64();
+        let peak_end = memory_mib(pid, "VmHWM");
+        let identical = stored_as(&video_of_job(&system, upload.id()), &video);
+
+        system.converter = Some(system.start_converter());
+        let started = Instant::now();
+        let job = system.poll_job(
+            &token,
+            upload.id(),
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        );
+        let convert_secs = started.elapsed().as_secs_f64();
+        assert_eq!(job["status"], "done", "{job}");
+        let mp3 = dir.join("large.mp3");
+        let download = system.download(&token, job["mp3_fid"].as_str().expect("mp3_fid"));
+        assert_eq!(download.status, 200);
+        std::fs::write(&mp3, &download.body).unwrap();
+        let (mp3_seconds, _) = probe(&mp3);
+        println!(
+            "| {:.1} GB | {} | {upload_secs:.0} s | {:.1} | {break_at} | {resumed} | {before:.0} MiB, \
+             {:.0} MiB, {peak_end:.0} MiB | {} | {convert_secs:.0} s | {mp3_seconds:.1} s of {seconds:.0} s |",
+            size as f64 / 1e9,
+            runtime.name(),
+            size as f64 / MB as f64 / upload_secs,
+            peak_early.unwrap_or(peak_end),
+            if identical { "yes" } else { "**no**" },
+        );
+        assert!(identical, "the stored video differs from the file sent");
+        assert!(
+            (mp3_seconds - seconds).abs() < 1.0,
+            "{mp3_seconds} s of {seconds} s"
+        );
+        let deleted = send(
+            "DELETE",
+            &system.app.url(&format!("/jobs/{}", upload.id())),
+            &[("Authorization", &format!("Bearer {token}"))],
+            None,
+        );
+        assert_eq!(deleted.status, 204, "{}", deleted.body);
+    }
+    std::fs::remove_file(&video).expect("removing the video");
+}
+
 fn main() {
     let plan = plan();
     let dir = TempDir::new("bench-pipeline");
@@ -701,5 +935,8 @@ fn main() {
     }
     if run("throughput") {
         throughput(&plan, dir.path());
+    }
+    if run("large") {
+        large_upload(&plan, dir.path());
     }
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod memory;
 pub mod services;
 pub mod system;
+pub mod tus;
 
 pub use app::{available_runtimes, App, AppConfig, Runtime};
 pub use db::TestDb;

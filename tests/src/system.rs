@@ -121,7 +121,12 @@ pub struct System {
 impl System {
     /// Everything, with both workers running.
     pub fn start(runtime: Runtime) -> Self {
-        let mut system = Self::without_workers(runtime);
+        Self::start_with(runtime, |app| app)
+    }
+
+    /// Everything, with the app further configured by `configure` (its variables, say).
+    pub fn start_with(runtime: Runtime, configure: impl FnOnce(AppConfig) -> AppConfig) -> Self {
+        let mut system = Self::app_only(runtime, configure);
         system.converter = Some(system.start_converter());
         system.notifier = Some(system.start_notifier());
         system
@@ -129,6 +134,10 @@ impl System {
 
     /// The app alone: nothing consumes the queues until a test starts a worker.
     pub fn without_workers(runtime: Runtime) -> Self {
+        Self::app_only(runtime, |app| app)
+    }
+
+    fn app_only(runtime: Runtime, configure: impl FnOnce(AppConfig) -> AppConfig) -> Self {
         let vhost = Vhost::new();
         let db = TestDb::migrated();
         let email = format!("user-{}@example.com", unique());
@@ -138,13 +147,15 @@ impl System {
             &format!("{PASSWORD}\n"),
         );
         assert!(ok, "mp3-admin user add failed: {output}");
-        let app = AppConfig::app(runtime)
-            .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
-            .env("SPIN_VARIABLE_DB_URL", db.url())
-            .env("SPIN_VARIABLE_DB_HOST", db.host_port())
-            .env("SPIN_VARIABLE_JWT_SECRET", JWT_SECRET)
-            .env("SPIN_VARIABLE_DOWNLOAD_KEY", DOWNLOAD_KEY)
-            .start();
+        let app = configure(
+            AppConfig::app(runtime)
+                .env("SPIN_VARIABLE_AMQP_URL", vhost.amqp_url())
+                .env("SPIN_VARIABLE_DB_URL", db.url())
+                .env("SPIN_VARIABLE_DB_HOST", db.host_port())
+                .env("SPIN_VARIABLE_JWT_SECRET", JWT_SECRET)
+                .env("SPIN_VARIABLE_DOWNLOAD_KEY", DOWNLOAD_KEY),
+        )
+        .start();
         System {
             converter: None,
             notifier: None,

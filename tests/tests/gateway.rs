@@ -1183,7 +1183,7 @@ fn tus_offset(app: &App, path: &str, auth: &str) -> usize {
         .expect("Upload-Offset")
 }
 
-/// A PATCH whose client goes away after `sent` of the `declared` bytes.
+/// A PATCH whose client goes away after `bytes` of the `declared` ones.
 fn tus_patch_broken_off(
     app: &App,
     path: &str,
@@ -1192,18 +1192,14 @@ fn tus_patch_broken_off(
     bytes: &[u8],
     declared: usize,
 ) {
-    let address = app.base().trim_start_matches("http://").to_owned();
-    let mut stream = std::net::TcpStream::connect(&address).unwrap();
-    let head = format!(
-        "PATCH {path} HTTP/1.1\r\nHost: {address}\r\nTus-Resumable: 1.0.0\r\nAuthorization: {auth}\r\n\
-         Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n\
-         Content-Length: {declared}\r\n\r\n"
+    system_tests::tus::break_off(
+        app.base(),
+        path,
+        auth,
+        offset as u64,
+        bytes,
+        declared as u64,
     );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(bytes).unwrap();
-    stream.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    drop(stream);
 }
 
 /// tus 1.0 on `/uploads`: discovery, creation, offsets, checksums, a PATCH broken off and
@@ -1214,14 +1210,23 @@ fn resumable_uploads_speak_tus_resume_after_a_break_and_leave_nothing_behind(run
     use sha1::{Digest as _, Sha1};
     let sha1 = |bytes: &[u8]| base64_of(&Sha1::digest(bytes));
     let vhost = Vhost::new();
+    // One request may carry 300 kB; a resumable upload, sent in pieces, 50 MB.
     let app = start(runtime, &vhost, |c| {
-        c.env("SPIN_VARIABLE_MAX_UPLOAD_BYTES", "50000000")
+        c.env("SPIN_VARIABLE_MAX_UPLOAD_BYTES", "300000")
+            .env("SPIN_VARIABLE_MAX_RESUMABLE_UPLOAD_BYTES", "50000000")
     });
     let (email, auth) = user(&app);
     let (_, other) = user(&app);
     let mut client = mongo();
     let data = video();
     assert!(data.len() > 600_000, "{} bytes", data.len());
+    let name = format!("too-large-{}.mp4", unique());
+    let reply = upload(
+        &app,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File(&name, data)])),
+    );
+    assert_eq!(reply.status, 413, "POST /upload keeps its own limit");
 
     let reply = send_raw("OPTIONS", &app.url("/uploads"), &[], Body::Empty).unwrap();
     assert_eq!(reply.status, 204, "{}", app.log());

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mongo_wire::bson::{doc, Document};
+use mongo_wire::bson::{doc, Bson, Document};
 use mp3_download_link::LinkKey;
 use system_tests::system::{mailpit_search, make_video, probe, System, DOWNLOAD_KEY};
 use system_tests::{on_each_runtime, service_env, Runtime, TempDir};
@@ -191,6 +191,42 @@ fn upload_convert_notify_download(runtime: Runtime) {
     // The converter and the notifier count what they did.
     let converter = system.converter.as_ref().expect("converter").metrics();
     assert!(converter.contains("converter_"), "{converter}");
+
+    // The converter gave the jobs the indexes the listing, the download and the sweeper use.
+    let listed = mongo()
+        .command(
+            mp3_model::VIDEOS_DB,
+            doc! {"listIndexes": mp3_model::JOBS_COLLECTION},
+        )
+        .expect("listing the jobs' indexes");
+    let keys: Vec<Document> = listed
+        .get_document("cursor")
+        .and_then(|cursor| cursor.get_array("firstBatch"))
+        .expect("a cursor")
+        .iter()
+        .filter_map(|index| index.as_document()?.get_document("key").ok().cloned())
+        .collect();
+    for wanted in [
+        doc! {"owner": 1, "created_at": -1, "_id": -1},
+        doc! {"mp3_fid": 1},
+        doc! {"status": 1, "updated_at": 1},
+    ] {
+        // Field by field, in order; a direction may come back as any number type.
+        let direction = |value: &Bson| match value {
+            Bson::Int32(n) => Some(f64::from(*n)),
+            Bson::Int64(n) => Some(*n as f64),
+            Bson::Double(n) => Some(*n),
+            _ => None,
+        };
+        let same = |key: &Document| {
+            key.len() == wanted.len()
+                && key
+                    .iter()
+                    .zip(wanted.iter())
+                    .all(|((a, x), (b, y))| a == b && direction(x) == direction(y))
+        };
+        assert!(keys.iter().any(same), "{wanted} missing from {keys:?}");
+    }
 }
 
 fn converter_killed_mid_job_finishes_it_once_after_restart(runtime: Runtime) {

@@ -1,7 +1,10 @@
 //! The web page in a real browser against the whole system, on the runner and on Spin: Debian's
 //! Chromium, headless, driven over WebDriver (chromedriver, with the fantoccini client). A user
 //! signs in (a wrong password first), picks two videos, watches them upload and convert, opens
-//! the download link (the MP3 checked), deletes a job, reloads (still signed in), and signs out.
+//! the download link (the MP3 checked), deletes a job, reloads (still signed in), reloads again
+//! in the middle of an upload and picks the file again (it goes on where it stopped), clicks a
+//! download link older than its lifetime (the page gets a new one), and signs out. The browser
+//! reaches the app through a proxy that can hold an answer, to stop an upload at a known byte.
 //! A screenshot of the page is kept in `target/web/` (the README's is one of them).
 //!
 //! Chromium and chromedriver come from Debian (`scripts/dev-services install`); `CHROMIUM` and
@@ -13,12 +16,32 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use system_tests::http::{send, send_raw, Body};
-use system_tests::system::{free_port, make_video, probe, System, PASSWORD};
+use system_tests::services::TcpProxy;
+use system_tests::system::{free_port, make_noisy_video, make_video, probe, System, PASSWORD};
 use system_tests::{on_each_runtime, root, Runtime, TempDir};
 
 on_each_runtime!(a_user_converts_videos_in_the_browser);
 
 const WAIT: Duration = Duration::from_secs(90);
+/// The page's upload pieces (`PIECE` in app.js).
+const PIECE: usize = 8 << 20;
+/// Download links live this long here, so that the test can see one go stale.
+const LINK_TTL_SECS: u64 = 20;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The `expires` of a signed download link.
+fn expires_of(link: &str) -> u64 {
+    link.split(['?', '&'])
+        .find_map(|part| part.strip_prefix("expires="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no expires in {link}"))
+}
 
 /// chromedriver on a free port, stopped on drop.
 struct Driver {
@@ -129,7 +152,14 @@ async fn rows(client: &Client) -> Vec<(String, String)> {
 }
 
 fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
-    let system = System::start(runtime);
+    let system = System::start_with(runtime, |app| {
+        app.env(
+            "SPIN_VARIABLE_DOWNLOAD_LINK_TTL_SECS",
+            LINK_TTL_SECS.to_string(),
+        )
+    });
+    let proxy = TcpProxy::start(system.app.base().trim_start_matches("http://"));
+    let page_url = |path: &str| format!("http://{}{path}", proxy.address());
     let dir = TempDir::new("web");
     let (first, second) = (
         dir.path().join("first.mp4"),
@@ -162,10 +192,7 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         .unwrap();
     tokio.block_on(async {
         let client = browser(&driver, &dir.path().join("profile")).await;
-        client
-            .goto(&system.app.url("/"))
-            .await
-            .expect("opening the page");
+        client.goto(&page_url("/")).await.expect("opening the page");
         assert_eq!(client.title().await.unwrap(), "MP3 converter");
 
         // A wrong password, then the right one.
@@ -267,6 +294,120 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
             vec![("second clip.mp4".to_owned(), "done".to_owned())]
         );
 
+        // A reload in the middle of an upload, once its first piece is stored (the answer to it
+        // held back); the same file picked again goes on from there.
+        let long = dir.path().join("long take.mp4");
+        make_noisy_video(&long, 12);
+        let bytes = std::fs::read(&long).unwrap();
+        assert!(bytes.len() > PIECE + (1 << 20), "{} bytes", bytes.len());
+        proxy.hold_replies_to(&bytes[PIECE - 32..PIECE], Duration::from_secs(60));
+        let pick = |path: &Path| {
+            let path = path.display().to_string();
+            let client = &client;
+            async move {
+                let input = client.find(Locator::Id("files")).await.unwrap();
+                input.send_keys(&path).await.expect("picking the file");
+            }
+        };
+        pick(&long).await;
+        let row = "//tr[td[1]='long take.mp4']";
+        let upload = until("the upload's id", &system, || async {
+            let tr = client.find(Locator::XPath(row)).await.ok()?;
+            tr.attr("data-job").await.ok()?.filter(|id| !id.is_empty())
+        })
+        .await;
+        let token = system.login();
+        let offset = || {
+            send(
+                "HEAD",
+                &system.app.url(&format!("/uploads/{upload}")),
+                &[
+                    ("Authorization", &format!("Bearer {token}")),
+                    ("Tus-Resumable", "1.0.0"),
+                ],
+                None,
+            )
+            .header("upload-offset")
+            .map(str::to_owned)
+        };
+        until("the first piece stored", &system, || async {
+            (offset() == Some(PIECE.to_string())).then_some(())
+        })
+        .await;
+        client.refresh().await.unwrap();
+        proxy.hold_replies_to(b"\0never\0", Duration::ZERO);
+        until("the page after the reload", &system, || async {
+            (!rows(&client).await.is_empty()).then_some(())
+        })
+        .await;
+        pick(&long).await;
+        until("the resumed upload converted", &system, || async {
+            let rows = rows(&client).await;
+            rows.iter()
+                .any(|(file, status)| file == "long take.mp4" && status == "done")
+                .then_some(())
+        })
+        .await;
+        let tr = client.find(Locator::XPath(row)).await.unwrap();
+        assert_eq!(
+            tr.attr("data-job").await.unwrap().as_deref(),
+            Some(upload.as_str()),
+            "the same upload went on, none was started anew"
+        );
+        let remembered = client
+            .execute("return localStorage.getItem('unfinished-uploads')", vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            remembered,
+            serde_json::json!("{}"),
+            "nothing left to resume"
+        );
+        let link = client
+            .find(Locator::XPath(&format!("{row}//a[text()='Download']")))
+            .await
+            .expect("the long take's download link");
+        let href = link.prop("href").await.unwrap().expect("an href");
+        let mp3 = send_raw("GET", &href, &[], Body::Empty).unwrap();
+        assert_eq!(mp3.status, 200, "{}", mp3.text());
+        std::fs::write(&saved, &mp3.body).unwrap();
+        let (seconds, _) = probe(&saved);
+        assert!(
+            (seconds - 12.0).abs() < 0.5,
+            "{seconds} s: the whole video arrived"
+        );
+
+        // A link past its lifetime says so; clicked on the page, it is replaced by a new one.
+        let second = "//tr[td[1]='second clip.mp4']//a[text()='Download']";
+        let stale = client
+            .find(Locator::XPath(second))
+            .await
+            .unwrap()
+            .prop("href")
+            .await
+            .unwrap()
+            .expect("an href");
+        while now_secs() <= expires_of(&stale) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let reply = send_raw("GET", &stale, &[], Body::Empty).unwrap();
+        assert_eq!((reply.status, reply.text().as_str()), (403, "link expired"));
+        client
+            .find(Locator::XPath(second))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let fresh = until("a new link", &system, || async {
+            let link = client.find(Locator::XPath(second)).await.ok()?;
+            link.prop("href").await.ok()?.filter(|href| *href != stale)
+        })
+        .await;
+        assert!(expires_of(&fresh) > now_secs(), "{fresh}");
+        let reply = send_raw("GET", &fresh, &[], Body::Empty).unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+
         // Signing out ends the session.
         client
             .find(Locator::Id("logout"))
@@ -290,5 +431,5 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         None,
     );
     let listed: serde_json::Value = serde_json::from_str(&listed.body).unwrap();
-    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(2), "{listed}");
 }

@@ -14,6 +14,9 @@ pub struct Config {
     pub auth_url: String,
     /// Largest request body `POST /upload` accepts.
     pub max_upload_bytes: u64,
+    /// Largest `Upload-Length` of a resumable (tus) upload (`max_resumable_upload_bytes`,
+    /// default 32 GiB): stored piece by piece, so not bound by what one request may carry.
+    pub max_resumable_upload_bytes: u64,
     /// Signed download links: on, off, or misconfigured (which fails only link requests).
     pub links: LinkSettings,
     /// How long a resumable upload lives after its last PATCH (`upload_expiry_secs`,
@@ -24,6 +27,9 @@ pub struct Config {
 /// Longest lifetime a download link may be given: a unit slip (milliseconds for seconds) must
 /// not hand out links that work for years.
 pub const MAX_LINK_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// `max_resumable_upload_bytes` when it is not set.
+pub const DEFAULT_MAX_RESUMABLE_UPLOAD_BYTES: u64 = 32 << 30;
 
 /// Longest an unfinished resumable upload may be kept without progress.
 pub const MAX_UPLOAD_EXPIRY_SECS: u64 = 30 * 24 * 3600;
@@ -66,7 +72,7 @@ impl LinkSettings {
 
 impl Config {
     /// Reads `mongodb_url`, `amqp_url`, `auth_url`, `max_upload_bytes` and the optional
-    /// `upload_expiry_secs` (the error, for the log line, names the variable), and the optional
+    /// `max_resumable_upload_bytes` and `upload_expiry_secs` (the error, for the log line, names the variable), and the optional
     /// `download_key` and `download_link_ttl_secs`, whose faults only concern links.
     pub fn load(vars: &impl Variables) -> Result<Self, String> {
         let auth_url = vars.require("auth_url")?;
@@ -79,6 +85,12 @@ impl Config {
         let max = vars.require("max_upload_bytes")?;
         let max_upload_bytes = positive(&max).ok_or_else(|| {
             format!("variable max_upload_bytes: {max:?} is not a positive integer")
+        })?;
+        let resumable = vars
+            .variable("max_resumable_upload_bytes")
+            .unwrap_or_else(|_| DEFAULT_MAX_RESUMABLE_UPLOAD_BYTES.to_string());
+        let max_resumable_upload_bytes = positive(&resumable).ok_or_else(|| {
+            format!("variable max_resumable_upload_bytes: {resumable:?} is not a positive integer")
         })?;
         let expiry = vars
             .variable("upload_expiry_secs")
@@ -96,6 +108,7 @@ impl Config {
             amqp_url: vars.require("amqp_url")?,
             auth_url,
             max_upload_bytes,
+            max_resumable_upload_bytes,
             links: LinkSettings::load(vars),
         })
     }
@@ -126,6 +139,7 @@ mod tests {
         let config = Config::load(&vars()).unwrap();
         assert_eq!(config.auth_url, "http://self.alt");
         assert_eq!(config.max_upload_bytes, 2_147_483_648);
+        assert_eq!(config.max_resumable_upload_bytes, 34_359_738_368);
         assert_eq!(config.mongodb_url, "mongodb://127.0.0.1:27017");
         assert!(matches!(
             config.links,
@@ -174,6 +188,16 @@ mod tests {
             ("max_upload_bytes", "0", "max_upload_bytes"),
             ("max_upload_bytes", "-1", "max_upload_bytes"),
             ("max_upload_bytes", "2GB", "max_upload_bytes"),
+            (
+                "max_resumable_upload_bytes",
+                "0",
+                "max_resumable_upload_bytes",
+            ),
+            (
+                "max_resumable_upload_bytes",
+                "32GiB",
+                "max_resumable_upload_bytes",
+            ),
             ("auth_url", "self.alt", "auth_url"),
         ] {
             let mut vars = vars();

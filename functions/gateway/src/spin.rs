@@ -84,7 +84,12 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
         Route::Jobs => send(out, jobs_route(&req, &config, query), &method, started),
         Route::Job(id) => send(out, job_route(&req, &config, &id), &method, started),
         Route::DeleteJob(id) => send(out, delete_job_route(&req, &config, &id), &method, started),
-        Route::TusOptions => send(out, tus::options(config.max_upload_bytes), &method, started),
+        Route::TusOptions => send(
+            out,
+            tus::options(config.max_resumable_upload_bytes),
+            &method,
+            started,
+        ),
         Route::TusCreate => send(out, tus_create(&req, &config), &method, started),
         Route::TusUpload(id, what) => {
             let reply = tus_upload(req, &config, &id, what);
@@ -282,7 +287,7 @@ fn tus_create(req: &IncomingRequest, config: &Config) -> Reply {
         Ok(user) => user,
         Err(reply) => return reply,
     };
-    let creation = match tus::creation(&tus_headers(req), config.max_upload_bytes) {
+    let creation = match tus::creation(&tus_headers(req), config.max_resumable_upload_bytes) {
         Ok(creation) => creation,
         Err(reply) => return reply.user(user),
     };

@@ -54,7 +54,7 @@ pub const LEASE_MS: i64 = 30_000;
 const RENEW_MS: i64 = 5_000;
 /// Full chunks inserted per round trip.
 const CHUNKS_PER_INSERT: usize = 4;
-/// Unfinished uploads one user may have at a time: each holds up to `max_upload_bytes` of
+/// Unfinished uploads one user may have at a time: each holds up to `max_resumable_upload_bytes` of
 /// storage until it expires.
 pub const MAX_OPEN_UPLOADS: u64 = 20;
 /// The longest `Upload-Metadata` header read.

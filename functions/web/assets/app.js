@@ -109,6 +109,8 @@ function row(key, filename) {
 
 function rekey(from, to) {
   const parts = rows.get(from);
+  // A resumed upload that had in fact finished is listed already.
+  rows.get(to)?.tr.remove();
   rows.delete(from);
   rows.set(to, parts);
   parts.tr.dataset.job = to;
@@ -147,6 +149,22 @@ function downloadAction(job) {
     link.href = job.signed_download_url;
     link.download = name;
     link.textContent = "Download";
+    // A page left open past the link's lifetime asks for a new one first.
+    link.addEventListener("click", async (event) => {
+      if (Date.now() / 1000 < job.signed_url_expires_at - 10) return;
+      event.preventDefault();
+      try {
+        const response = await api(`/jobs/${encodeURIComponent(job.job_id)}`);
+        if (!response.ok) return say(`Download failed: ${await reason(response)}`);
+        const fresh = await response.json();
+        show(fresh);
+        if (fresh.signed_url_expires_at > Date.now() / 1000 + 10) {
+          rows.get(fresh.job_id)?.actions.querySelector("a")?.click();
+        }
+      } catch (error) {
+        say(`Download failed: ${error.message}`);
+      }
+    });
     return link;
   }
   const button = document.createElement("button");
@@ -288,7 +306,45 @@ async function offsetOf(location) {
   }
 }
 
+// Unfinished uploads, kept across reloads and restarts so that picking the same file again goes
+// on where it stopped: "user|name|size|modified" -> the upload's location (no secret in it).
+const UNFINISHED = "unfinished-uploads";
+
+function unfinished() {
+  try {
+    return JSON.parse(localStorage.getItem(UNFINISHED)) || {};
+  } catch (error) {
+    return {};
+  }
+}
+
+const fingerprint = (file) => [email, file.name, file.size, file.lastModified].join("|");
+
+function remember(file, location) {
+  const all = unfinished();
+  if (location) all[fingerprint(file)] = location;
+  else delete all[fingerprint(file)];
+  localStorage.setItem(UNFINISHED, JSON.stringify(all));
+}
+
+// The remembered upload of this file and the server's offset in it, if it is still there.
+async function resumable(file) {
+  const location = unfinished()[fingerprint(file)];
+  if (!location) return null;
+  const offset = await offsetOf(location);
+  if (offset === null || offset > file.size) {
+    remember(file, null);
+    return null;
+  }
+  return { location, offset };
+}
+
+// Files being uploaded by this page, so that one picked twice is not sent twice at once.
+const sending = new Set();
+
 async function upload(file) {
+  if (sending.has(fingerprint(file))) return say(`${file.name} is already being uploaded.`);
+  sending.add(fingerprint(file));
   const key = `upload-${Math.random()}`;
   const parts = row(key, file.name);
   $("jobs").tBodies[0].prepend(parts.tr);
@@ -296,16 +352,25 @@ async function upload(file) {
   parts.progress.hidden = false;
   parts.progress.max = file.size || 1;
   parts.progress.value = 0;
+  // Whether the upload can still go on later (a network failure), or is over (refused, done).
+  let keep = true;
   try {
-    const created = await api("/uploads", {
-      method: "POST",
-      headers: { "Tus-Resumable": TUS, "Upload-Length": String(file.size), "Upload-Metadata": `filename ${base64(file.name)}` },
-    });
-    if (created.status !== 201) throw new Error(await reason(created));
-    const location = created.headers.get("Location");
+    let { location, offset } = (await resumable(file)) || {};
+    if (location) {
+      setStatus(parts, `uploading, resumed at ${Math.floor((100 * offset) / (file.size || 1))}%`);
+    } else {
+      const created = await api("/uploads", {
+        method: "POST",
+        headers: { "Tus-Resumable": TUS, "Upload-Length": String(file.size), "Upload-Metadata": `filename ${base64(file.name)}` },
+      });
+      if (created.status !== 201) throw new Error(await reason(created));
+      location = created.headers.get("Location");
+      offset = 0;
+      remember(file, location);
+    }
     const id = location.split("/").pop();
     rekey(key, id);
-    let offset = 0;
+    parts.progress.value = offset;
     let failures = 0;
     while (offset < file.size) {
       const piece = file.slice(offset, offset + PIECE);
@@ -316,22 +381,30 @@ async function upload(file) {
         });
         failures = 0;
       } catch (error) {
+        if (!error.again) keep = false;
         if (!error.again || ++failures > 8) throw error;
         setStatus(parts, `retrying: ${error.message}`);
         await sleep(500 * 2 ** Math.min(failures, 5));
         const stored = await offsetOf(location);
-        if (stored === null) throw new Error("the upload is gone from the server");
+        if (stored === null) {
+          keep = false;
+          throw new Error("the upload is gone from the server");
+        }
         offset = stored;
         setStatus(parts, "uploading");
       }
       parts.progress.value = offset;
     }
+    remember(file, null);
     setStatus(parts, "queued");
     parts.progress.hidden = true;
     follow(id);
   } catch (error) {
+    if (!keep) remember(file, null);
     parts.progress.hidden = true;
     setStatus(parts, `failed: ${error.message}`, "failed");
+  } finally {
+    sending.delete(fingerprint(file));
   }
 }
 

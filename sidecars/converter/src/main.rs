@@ -142,7 +142,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         };
         sweeper::Sweeper::new(&client, store.clone(), policy, &mut registry)
     });
-    let converter = handler::Converter::new(store, encoders, metrics);
+    let converter = handler::Converter::new(store.clone(), encoders, metrics);
     let options = WorkerOptions {
         name: "converter",
         queue: mp3_model::topology::VIDEO[0],
@@ -156,6 +156,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let stop = CancellationToken::new();
     tokio::spawn(mp3_worker::stop_on_signal(stop.clone()));
+    tokio::spawn(ensure_indexes(store.clone(), stop.clone()));
     let sweeping =
         sweeper.map(|sweeper| tokio::spawn(sweeper.run(options.amqp_url.clone(), stop.clone())));
     Worker::new(options, converter, registry)
@@ -166,6 +167,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     client.shutdown().await;
     Ok(())
+}
+
+/// Creates the jobs' indexes, trying again while MongoDB is away: conversions do not wait for
+/// them, only queries get faster.
+async fn ensure_indexes(store: store::Store, stop: CancellationToken) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match store.ensure_indexes().await {
+            Ok(()) => return tracing::info!("the indexes of videos.jobs are in place"),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                retry_in_secs = pause.as_secs(),
+                "cannot create the indexes of videos.jobs"
+            ),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(60));
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use futures_util::TryStreamExt as _;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::gridfs::{GridFsBucket, GridFsUploadStream};
 use mongodb::options::{GridFsBucketOptions, GridFsUploadOptions, ReturnDocument};
-use mongodb::{Client, Collection, Cursor, Database};
+use mongodb::{Client, Collection, Cursor, Database, IndexModel};
 use mp3_model::{
     Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION,
     MP3S_DB, VIDEOS_DB,
@@ -108,6 +108,23 @@ impl Store {
             videos_db,
             mp3s_db,
         }
+    }
+
+    /// Creates the indexes of `videos.jobs` the queries need, if missing: a user's jobs newest
+    /// first (`GET /jobs`), the job of an MP3 (`GET /download`), and the sweeper's jobs by
+    /// status and age. Converters create them because the gateway, a function, has no start-up;
+    /// `createIndexes` with the same specs is a no-op, so every replica may.
+    pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
+        let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        self.jobs
+            .create_indexes([
+                index(doc! { "owner": 1, "created_at": -1, "_id": -1 }),
+                index(doc! { "mp3_fid": 1 }),
+                index(doc! { "status": 1, "updated_at": 1 }),
+            ])
+            .await
+            .context("creating the indexes of videos.jobs")?;
+        Ok(())
     }
 
     pub async fn job(&self, job_id: &str) -> anyhow::Result<Option<Job>> {
