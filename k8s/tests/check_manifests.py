@@ -990,6 +990,42 @@ def mysql_schema_is_crates_admin_migrations(ctx: Context, c: Check) -> None:
             c.fail(f"{overlay} {name_of(sts)}", "does not mount ConfigMap mysql-migrations in /docker-entrypoint-initdb.d")
 
 
+def quantity_bytes(value: str) -> int:
+    """A Kubernetes quantity in bytes (binary or decimal suffixes)."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", value.strip())
+    if not m:
+        raise ValueError(value)
+    units = {None: 1, "Ki": 1024, "Mi": 1024 ** 2, "Gi": 1024 ** 3, "Ti": 1024 ** 4,
+             "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12}
+    return int(m.group(1)) * units[m.group(2)]
+
+
+@check
+def converter_tmp_holds_its_largest_videos(ctx: Context, c: Check) -> None:
+    """ffmpeg caches a video that needs seeking in /tmp: a pod needs room for CONCURRENCY of the
+    largest uploads at once, or the kubelet evicts it mid-conversion, and again on redelivery."""
+    spin = ctx.spin_manifest()
+    for overlay in OVERLAYS:
+        dep = ctx.find(overlay, "Deployment", "converter")
+        if dep is None:
+            continue
+        where = f"{overlay} {name_of(dep)}"
+        largest = configmap_value(ctx, overlay, "mp3-config", "max_resumable_upload_bytes") or \
+            str(spin.get("variables", {}).get("max_resumable_upload_bytes", {}).get("default", ""))
+        concurrency = env_value(ctx, overlay, container_env(dep, "converter").get("CONCURRENCY", {}))
+        tmp = next((v for v in pod_spec(dep).get("volumes", []) if v["name"] == "tmp"), {})
+        size = tmp.get("emptyDir", {}).get("sizeLimit")
+        if not (largest or "").isdigit() or not (concurrency or "").isdigit() or size is None:
+            c.fail(where, "max_resumable_upload_bytes, CONCURRENCY or the /tmp emptyDir's sizeLimit is missing")
+            continue
+        if quantity_bytes(size) < int(concurrency) * int(largest):
+            c.fail(where, f"/tmp ({size}) cannot hold {concurrency} videos of max_resumable_upload_bytes {largest}")
+        for container in pod_spec(dep)["containers"]:
+            limit = container.get("resources", {}).get("limits", {}).get("ephemeral-storage")
+            if container["name"] == "converter" and (limit is None or quantity_bytes(limit) < quantity_bytes(size)):
+                c.fail(where, f"ephemeral-storage limit {limit} is under the /tmp sizeLimit {size}")
+
+
 def size_bytes(value: str) -> int:
     m = re.fullmatch(r"(\d+)([kmg]?)", value.strip().lower())
     if not m:

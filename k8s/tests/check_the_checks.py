@@ -177,6 +177,8 @@ CASES = [
      "version INT NOT NULL", "mysql_schema_is_crates_admin_migrations", "creates schema_migrations differently"),
     ("a body size under the upload limit", "k8s/base/ingress.yaml", "proxy-body-size: 2049m", "proxy-body-size: 100m",
      "ingress_streams_uploads_to_the_gateway", "does not match max_upload_bytes"),
+    ("a converter /tmp too small for its videos", "k8s/base/workers/converter.yaml", "sizeLimit: 26Gi",
+     "sizeLimit: 20Gi", "converter_tmp_holds_its_largest_videos", "cannot hold 2 videos"),
     ("request buffering on", "k8s/base/ingress.yaml", 'proxy-request-buffering: "off"', 'proxy-request-buffering: "on"',
      "ingress_streams_uploads_to_the_gateway", "proxy-request-buffering is not off"),
     ("download links to another host", "k8s/overlays/production/workers.yaml", "value: https://mp3converter.example.com",

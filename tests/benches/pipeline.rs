@@ -851,22 +851,23 @@ fn large_upload(plan: &Plan, dir: &Path) {
         let bytes = tus::read_at(&mut source, piece_start, piece).unwrap();
         let sent = (break_at - piece_start) as usize;
         upload.break_off(piece_start, &bytes[..sent], bytes.len() as u64);
-        // Until the server notices the broken PATCH, it holds the upload (423) and may still
-        // save what it read (409 for an older offset): ask again, as the clients do.
-        let mut resumed = 0;
-        for tries in 1.. {
-            resumed = upload.offset().expect("the upload's offset");
+        // Until the server notices the broken PATCH, it holds the upload (423, which may come
+        // before the body is sent: a broken pipe here) and may still save what it read (409 for
+        // an older offset); its lease lapses after 30 s at most. Ask again, as the clients do.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let resumed = loop {
+            let resumed = upload.offset().expect("the upload's offset");
             match upload.send_file(&video, resumed, piece, &mut note) {
                 Ok(reached) => {
                     assert_eq!(reached, size);
-                    break;
+                    break resumed;
                 }
-                Err(e) if tries < 50 && (e.contains(": 409 ") || e.contains(": 423 ")) => {
-                    std::thread::sleep(Duration::from_millis(200))
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(500))
                 }
                 Err(e) => panic!("resuming: {e}\n{}", system.app.log()),
             }
-        }
+        };
         assert!(resumed <= break_at, "{resumed} > {break_at}");
         let upload_secs = started.elapsed().as_secs_f64();
         let peak_end = memory_mib(pid, "VmHWM");

@@ -192,25 +192,17 @@ fn upload_convert_notify_download(runtime: Runtime) {
     let converter = system.converter.as_ref().expect("converter").metrics();
     assert!(converter.contains("converter_"), "{converter}");
 
-    // The converter gave the jobs the indexes the listing, the download and the sweeper use.
-    let listed = mongo()
-        .command(
-            mp3_model::VIDEOS_DB,
-            doc! {"listIndexes": mp3_model::JOBS_COLLECTION},
-        )
-        .expect("listing the jobs' indexes");
-    let keys: Vec<Document> = listed
-        .get_document("cursor")
-        .and_then(|cursor| cursor.get_array("firstBatch"))
-        .expect("a cursor")
-        .iter()
-        .filter_map(|index| index.as_document()?.get_document("key").ok().cloned())
-        .collect();
-    for wanted in [
-        doc! {"owner": 1, "created_at": -1, "_id": -1},
-        doc! {"mp3_fid": 1},
-        doc! {"status": 1, "updated_at": 1},
+    // The converter gave the store the indexes the listing, the download, the uploads and the
+    // sweeper use.
+    for (collection, wanted) in [
+        (JOBS, doc! {"owner": 1, "created_at": -1, "_id": -1}),
+        (JOBS, doc! {"mp3_fid": 1}),
+        (JOBS, doc! {"status": 1, "updated_at": 1}),
+        (mp3_model::UPLOADS_COLLECTION, doc! {"owner": 1}),
+        (mp3_model::UPLOADS_COLLECTION, doc! {"expires_at": 1}),
+        (mp3_model::UPLOAD_LEASES_COLLECTION, doc! {"upload": 1}),
     ] {
+        let keys = index_keys(collection);
         // Field by field, in order; a direction may come back as any number type.
         let direction = |value: &Bson| match value {
             Bson::Int32(n) => Some(f64::from(*n)),
@@ -225,8 +217,27 @@ fn upload_convert_notify_download(runtime: Runtime) {
                     .zip(wanted.iter())
                     .all(|((a, x), (b, y))| a == b && direction(x) == direction(y))
         };
-        assert!(keys.iter().any(same), "{wanted} missing from {keys:?}");
+        assert!(
+            keys.iter().any(same),
+            "{collection}: {wanted} missing from {keys:?}"
+        );
     }
+}
+
+const JOBS: &str = mp3_model::JOBS_COLLECTION;
+
+/// The keys of the indexes of `videos.<collection>`.
+fn index_keys(collection: &str) -> Vec<Document> {
+    let listed = mongo()
+        .command(mp3_model::VIDEOS_DB, doc! {"listIndexes": collection})
+        .unwrap_or_else(|e| panic!("listing the indexes of {collection}: {e}"));
+    listed
+        .get_document("cursor")
+        .and_then(|cursor| cursor.get_array("firstBatch"))
+        .expect("a cursor")
+        .iter()
+        .filter_map(|index| index.as_document()?.get_document("key").ok().cloned())
+        .collect()
 }
 
 fn converter_killed_mid_job_finishes_it_once_after_restart(runtime: Runtime) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use amqp_wire::{BasicProperties, ConnectOptions, Connection, FieldTable, QueueOptions};
 use mongo_wire::bson::oid::ObjectId;
-use mongo_wire::bson::{self, doc, Document};
+use mongo_wire::bson::{self, doc, Bson, Document};
 use mongo_wire::{Bucket, Client, Download, FileInfo, FindOptions};
 use mp3_model::{
     new_object_id, topology, Job, JobMessage, DELETED_JOBS_COLLECTION, GRIDFS_CHUNK_SIZE,
@@ -395,6 +395,19 @@ impl tus::Store for Mongo {
         Ok(false)
     }
 
+    fn renew(&mut self, id: &str, offset: u64, token: &str, now: i64) -> Result<bool, String> {
+        self.client
+            .update_one(
+                VIDEOS_DB,
+                UPLOAD_LEASES_COLLECTION,
+                doc! {"_id": format!("{id}/{offset}"), "token": token},
+                doc! {"$set": {"at": now}},
+                false,
+            )
+            .map(|renewed| renewed.matched == 1)
+            .map_err(|e| format!("MongoDB: renewing the lease of upload {id}: {e}"))
+    }
+
     fn release(&mut self, id: &str, offset: u64, token: &str) -> Result<(), String> {
         self.client
             .delete_many(
@@ -417,11 +430,18 @@ impl tus::Store for Mongo {
         &mut self,
         video_fid: &str,
         first: u64,
-        chunks: Vec<Vec<u8>>,
-    ) -> Result<(), String> {
-        videos()
-            .insert_chunks(&mut self.client, object_id(video_fid)?, first, chunks)
-            .map_err(|e| format!("MongoDB: storing chunks of {video_fid}: {e}"))
+        chunks: &[Vec<u8>],
+    ) -> Result<bool, String> {
+        match videos().insert_chunks(
+            &mut self.client,
+            object_id(video_fid)?,
+            first,
+            chunks.to_vec(),
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_duplicate_key() => Ok(false),
+            Err(e) => Err(format!("MongoDB: storing chunks of {video_fid}: {e}")),
+        }
     }
 
     fn save(&mut self, state: &UploadState, from: u64) -> Result<bool, String> {
@@ -461,31 +481,38 @@ impl tus::Store for Mongo {
         }
     }
 
-    fn delete_job(&mut self, id: &str) -> Result<(), String> {
-        self.client
-            .delete_many(VIDEOS_DB, JOBS_COLLECTION, doc! {"_id": id})
-            .map(|_| ())
-            .map_err(|e| format!("MongoDB: deleting job {id}: {e}"))
-    }
-
-    fn open_uploads(&mut self, owner: &str, now: i64) -> Result<u64, String> {
-        self.client
-            .count_documents(
+    fn open_uploads(&mut self, owner: &str, now: i64) -> Result<tus::OpenUploads, String> {
+        let fail = |e: mongo_wire::Error| format!("MongoDB: counting the uploads of {owner}: {e}");
+        let options = FindOptions {
+            projection: Some(doc! {"length": 1}),
+            limit: Some(i64::try_from(tus::MAX_OPEN_UPLOADS + 1).unwrap_or(i64::MAX)),
+            ..FindOptions::default()
+        };
+        let cursor = self
+            .client
+            .find(
                 VIDEOS_DB,
                 UPLOADS_COLLECTION,
                 doc! {"owner": owner, "done": false, "expires_at": {"$gt": now}},
+                options,
             )
-            .map_err(|e| format!("MongoDB: counting the uploads of {owner}: {e}"))
+            .map_err(fail)?;
+        let mut open = tus::OpenUploads::default();
+        for doc in cursor {
+            let doc = doc.map_err(fail)?;
+            let length = match doc.get("length") {
+                Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+                Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            };
+            open.count += 1;
+            open.bytes = open.bytes.saturating_add(length);
+        }
+        Ok(open)
     }
 
     fn job_exists(&mut self, id: &str) -> Result<bool, String> {
         self.find_job(doc! {"_id": id}).map(|job| job.is_some())
-    }
-
-    fn chunk_count(&mut self, video_fid: &str) -> Result<u64, String> {
-        videos()
-            .chunk_count(&mut self.client, object_id(video_fid)?)
-            .map_err(|e| format!("MongoDB: counting the chunks of {video_fid}: {e}"))
     }
 
     fn remove(&mut self, state: &UploadState) -> Result<(), String> {

@@ -180,8 +180,12 @@ impl mongo_wire::KeyCache for KeyValueCache {
 }
 
 fn connect_mongo(config: &Config) -> Result<Mongo, Reply> {
-    Mongo::connect(&config.mongodb_url, &KeyValueCache::open())
-        .map_err(|e| Reply::text(503, "storage unavailable", "storage_unavailable").detail(e))
+    Mongo::connect(&config.mongodb_url, &KeyValueCache::open()).map_err(storage_unavailable)
+}
+
+/// 503 for a MongoDB failure, `detail` in the log line only.
+fn storage_unavailable(detail: String) -> Reply {
+    Reply::text(503, "storage unavailable", "storage_unavailable").detail(detail)
 }
 
 /// What signs the download links of the job views, when links are on: none outlives the
@@ -252,11 +256,9 @@ fn delete_job_route(req: &IncomingRequest, config: &Config, id: &str) -> Reply {
         Ok(mongo) => mongo,
         Err(reply) => return reply.user(user),
     };
-    let unavailable =
-        |e: String| Reply::text(503, "storage unavailable", "storage_unavailable").detail(e);
     let job = match mongo.job(&id) {
         Ok(job) => job,
-        Err(e) => return unavailable(e).user(user),
+        Err(e) => return storage_unavailable(e).user(user),
     };
     let job = match jobs::owned(job.as_ref(), &user) {
         Ok(job) => job,
@@ -264,7 +266,7 @@ fn delete_job_route(req: &IncomingRequest, config: &Config, id: &str) -> Reply {
     };
     match mongo.remove_job(job, now_ms()) {
         Ok(()) => jobs::deleted(&user),
-        Err(e) => unavailable(e).user(user),
+        Err(e) => storage_unavailable(e).user(user),
     }
 }
 
@@ -300,14 +302,16 @@ fn tus_create(req: &IncomingRequest, config: &Config) -> Reply {
         Err(reply) => return reply.user(user),
     };
     let now = now_ms();
+    // Counted, then created: requests racing each other may get a few uploads past the
+    // limits, which bound what an account holds, not exactly.
     match tus::Store::open_uploads(&mut mongo, &user, now) {
-        Ok(open) if open >= tus::MAX_OPEN_UPLOADS => return tus::too_many_uploads().user(user),
-        Ok(_) => {}
-        Err(e) => {
-            return Reply::text(503, "storage unavailable", "storage_unavailable")
-                .detail(e)
-                .user(user)
+        Ok(open) => {
+            if let Err(reply) = tus::admit(open, creation.length, config.max_resumable_upload_bytes)
+            {
+                return reply.user(user);
+            }
         }
+        Err(e) => return storage_unavailable(e).user(user),
     }
     let state = UploadState {
         id: ObjectId::from_bytes(id).to_hex(),
@@ -324,9 +328,7 @@ fn tus_create(req: &IncomingRequest, config: &Config) -> Reply {
     };
     match tus::Store::create(&mut mongo, &state) {
         Ok(()) => tus::created(&state).user(user),
-        Err(e) => Reply::text(503, "storage unavailable", "storage_unavailable")
-            .detail(e)
-            .user(user),
+        Err(e) => storage_unavailable(e).user(user),
     }
 }
 
@@ -351,49 +353,64 @@ fn tus_upload(req: IncomingRequest, config: &Config, id: &str, what: TusMethod) 
         Ok(mongo) => mongo,
         Err(reply) => return reply.user(user),
     };
-    let unavailable =
-        |e: String| Reply::text(503, "storage unavailable", "storage_unavailable").detail(e);
     let state = match tus::Store::load(&mut mongo, &id) {
         Ok(state) => state,
-        Err(e) => return unavailable(e).user(user),
+        Err(e) => return storage_unavailable(e).user(user),
     };
     let state = match tus::owned(state, &user, now_ms()) {
         Ok(state) => state,
         Err(reply) => return reply.user(user),
     };
-    let state = match tus::settled(state, &mut mongo) {
-        Ok(state) => state,
-        Err(e) => return unavailable(e).user(user),
+    // RabbitMQ is connected to only to publish a finished upload's job.
+    let mut queue: Option<Queue> = None;
+    let mut publish = |message: &mp3_model::JobMessage| {
+        let queue = match &mut queue {
+            Some(queue) => queue,
+            None => queue.insert(Queue::connect(&config.amqp_url)?),
+        };
+        queue.publish(message)
     };
-    let reply = match what {
+    let reply = match tus::settled(state, &mut mongo, &mut publish) {
+        Ok(state) => tus_act(req, config, what, state, &headers, &mut mongo, &mut publish),
+        Err(reply) => reply,
+    };
+    if let Some(queue) = queue {
+        queue.close();
+    }
+    reply.user(user)
+}
+
+/// What `HEAD`, `DELETE` or `PATCH` does to an upload as it really is.
+fn tus_act(
+    req: IncomingRequest,
+    config: &Config,
+    what: TusMethod,
+    state: tus::UploadState,
+    headers: &tus::Headers,
+    mongo: &mut Mongo,
+    publish: &mut dyn FnMut(&mp3_model::JobMessage) -> Result<(), String>,
+) -> Reply {
+    match what {
         TusMethod::Head => tus::progress(&state),
-        TusMethod::Delete => match tus::Store::remove(&mut mongo, &state) {
+        TusMethod::Delete => match tus::Store::remove(mongo, &state) {
             Ok(()) => tus::terminated(),
-            Err(e) => unavailable(e),
+            Err(e) => storage_unavailable(e),
         },
         TusMethod::Patch => {
-            let request = match tus::patch_request(&headers, &state) {
+            let request = match tus::patch_request(headers, &state) {
                 Ok(request) => request,
-                Err(reply) => return reply.user(user),
+                Err(reply) => return reply,
             };
             let Ok(token) = new_object_id() else {
-                return Reply::text(500, "internal error", "no_randomness").user(user);
+                return Reply::text(500, "internal error", "no_randomness");
             };
             let token = ObjectId::from_bytes(token).to_hex();
-            let mut queue: Option<Queue> = None;
-            let mut publish = |message: &mp3_model::JobMessage| {
-                let queue = match &mut queue {
-                    Some(queue) => queue,
-                    None => queue.insert(Queue::connect(&config.amqp_url)?),
-                };
-                queue.publish(message)
-            };
             let mut body = BodyReader {
                 stream: Box::pin(req.into_body_stream()),
                 pending: Vec::new(),
                 pos: 0,
             };
-            let reply = tus::patch(
+            tus::patch(
                 state,
                 &mut body,
                 tus::Patch {
@@ -402,17 +419,12 @@ fn tus_upload(req: IncomingRequest, config: &Config, id: &str, what: TusMethod) 
                     clock: &now_ms,
                     expiry_ms: expiry_ms(config),
                     token: &token,
-                    publish: &mut publish,
+                    publish,
                 },
-                &mut mongo,
-            );
-            if let Some(queue) = queue {
-                queue.close();
-            }
-            reply
+                mongo,
+            )
         }
-    };
-    reply.user(user)
+    }
 }
 
 /// The request body as a blocking [`Read`], a chunk of the host's at a time.

@@ -44,8 +44,9 @@ pub const PATCH_CONTENT_TYPE: &str = "application/offset+octet-stream";
 /// Where uploads are created, and the prefix of each upload's URL.
 pub const ROOT: &str = "/uploads";
 
-/// A PATCH saves its progress at least every this many full chunks (4 MiB at 255 KiB)...
-const CHECKPOINT_CHUNKS: u64 = 16;
+/// A PATCH saves its progress at least every this many full chunks (16 MiB at 255 KiB: what a
+/// gateway killed mid-PATCH loses; a broken connection loses nothing, it is saved then)...
+const CHECKPOINT_CHUNKS: u64 = 64;
 /// ...and every this many milliseconds, so its lease stays fresh on a slow link.
 const CHECKPOINT_MS: i64 = 10_000;
 /// A lease not renewed for this long belongs to a PATCH that died: another may take over.
@@ -116,29 +117,31 @@ pub trait Store {
     fn load(&mut self, id: &str) -> Result<Option<UploadState>, String>;
     /// Takes the lease of the PATCH starting at `offset`; false if a live one holds it.
     fn lease(&mut self, id: &str, offset: u64, token: &str, now: i64) -> Result<bool, String>;
+    /// Renews this PATCH's lease at `offset`; false if it is no longer there (taken over, or
+    /// removed with the upload by a termination or the sweeper): never takes it anew.
+    fn renew(&mut self, id: &str, offset: u64, token: &str, now: i64) -> Result<bool, String>;
     fn release(&mut self, id: &str, offset: u64, token: &str) -> Result<(), String>;
     /// Deletes chunks `n >= first` of the file (left by a PATCH that died before saving).
     fn drop_chunks_from(&mut self, video_fid: &str, first: u64) -> Result<(), String>;
-    /// Inserts full chunks `first, first + 1, ...` of the file.
+    /// Inserts chunks `first, first + 1, ...` of the file, in order; false if one of those
+    /// numbers is taken (by a PATCH that died before saving), where the insert stopped.
     fn insert_chunks(
         &mut self,
         video_fid: &str,
         first: u64,
-        chunks: Vec<Vec<u8>>,
-    ) -> Result<(), String>;
+        chunks: &[Vec<u8>],
+    ) -> Result<bool, String>;
     /// Saves `state` if the stored one is still at offset `from`; false if it moved on.
     fn save(&mut self, state: &UploadState, from: u64) -> Result<bool, String>;
     /// Writes the GridFS files document of a complete upload (done already is fine).
     fn finish_file(&mut self, state: &UploadState, chunk_size: u32) -> Result<(), String>;
     /// Inserts the job of a complete upload (there already is fine).
     fn insert_job(&mut self, job: &Job) -> Result<(), String>;
-    fn delete_job(&mut self, id: &str) -> Result<(), String>;
     /// Whether job `id` exists (an upload of that id was finished).
     fn job_exists(&mut self, id: &str) -> Result<bool, String>;
-    /// How many chunks file `video_fid` has.
-    fn chunk_count(&mut self, video_fid: &str) -> Result<u64, String>;
-    /// How many unfinished, unexpired uploads `owner` has.
-    fn open_uploads(&mut self, owner: &str, now: i64) -> Result<u64, String>;
+    /// `owner`'s unfinished, unexpired uploads: how many, and their `Upload-Length`s summed
+    /// (counting at most [`MAX_OPEN_UPLOADS`] + 1 of them).
+    fn open_uploads(&mut self, owner: &str, now: i64) -> Result<OpenUploads, String>;
     /// Deletes the upload: its chunks unless it is done, its document, its leases.
     fn remove(&mut self, state: &UploadState) -> Result<(), String>;
 }
@@ -281,13 +284,28 @@ pub fn creation(headers: &Headers, max_bytes: u64) -> Result<Creation, Reply> {
     Ok(Creation { length, filename })
 }
 
-/// 429 for a user with [`MAX_OPEN_UPLOADS`] uploads under way already.
-pub fn too_many_uploads() -> Reply {
-    refuse(
-        429,
-        &format!("{MAX_OPEN_UPLOADS} uploads are under way already: finish or cancel one first"),
-        "tus_too_many",
-    )
+/// A user's unfinished uploads, as [`Store::open_uploads`] counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenUploads {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// Whether a user with `open` unfinished uploads may start one of `length` bytes: 429 (with a
+/// `Retry-After`: another upload may finish meanwhile) for the [`MAX_OPEN_UPLOADS`]th, or for
+/// one that would bring the bytes they hold open past `max_bytes` (what one upload may be), so
+/// that an account cannot park more storage than that.
+pub fn admit(open: OpenUploads, length: u64, max_bytes: u64) -> Result<(), Reply> {
+    let reason = if open.count >= MAX_OPEN_UPLOADS {
+        format!("{MAX_OPEN_UPLOADS} uploads are under way already: finish or cancel one first")
+    } else if open.bytes.saturating_add(length) > max_bytes {
+        format!(
+            "unfinished uploads would hold more than {max_bytes} bytes: finish or cancel one first"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(refuse(429, &reason, "tus_too_many").header("retry-after", "60"))
 }
 
 /// 201 for a new upload: where to send its bytes, and until when.
@@ -443,9 +461,21 @@ fn locked() -> Reply {
 }
 
 /// The upload as it really is: one whose job exists was finished by a PATCH that could not
-/// record it (its last save failed), whatever its document says. Saved so, best effort.
-pub fn settled(mut state: UploadState, store: &mut dyn Store) -> Result<UploadState, String> {
-    if !state.done && store.job_exists(&state.id)? {
+/// record it (its publish or its last save failed, or it died), whatever its document says.
+/// Its job's message is published again (a job is never left without one; a second copy is
+/// harmless, the converter converts a job once), then the upload is saved done, best effort.
+pub fn settled(
+    mut state: UploadState,
+    store: &mut dyn Store,
+    publish: &mut dyn FnMut(&JobMessage) -> Result<(), String>,
+) -> Result<UploadState, Reply> {
+    if !state.done && store.job_exists(&state.id).map_err(unavailable)? {
+        publish(&JobMessage::queued(
+            &state.id,
+            &state.video_fid,
+            &state.owner,
+        ))
+        .map_err(|e| refuse(503, "queue unavailable", "queue_unavailable").detail(e))?;
         let from = state.offset;
         state.offset = state.length;
         state.tail = Vec::new();
@@ -484,7 +514,7 @@ impl Writer<'_> {
             .load(&self.state.id)
             .map_err(unavailable)?
             .ok_or_else(not_found)?;
-        let current = settled(current, store).map_err(unavailable)?;
+        let current = settled(current, store, &mut *self.patch.publish)?;
         if current.done {
             // Finished by an earlier PATCH whose answer was lost: the same answer again.
             self.state = current;
@@ -499,15 +529,11 @@ impl Writer<'_> {
             .header("upload-offset", current.offset.to_string()));
         }
         self.state = current;
-        let first = self.state.chunks(cs);
-        // Chunks past the stored offset are a dead PATCH's.
-        store
-            .drop_chunks_from(&self.state.video_fid, first)
-            .map_err(unavailable)?;
         let remaining = self.state.length - self.state.offset;
         let mut hasher = self.patch.request.checksum.map(|_| Sha1::new());
         // The chunk being filled: it starts with the stored tail.
         let mut buffer = std::mem::take(&mut self.state.tail);
+        let first = self.state.chunks(cs);
         let mut next_n = first;
         let mut saved_n = first;
         let mut batch: Vec<Vec<u8>> = Vec::with_capacity(CHUNKS_PER_INSERT);
@@ -565,6 +591,16 @@ impl Writer<'_> {
         self.insert(store, next_n, &mut batch)?;
         let offset = next_n * cs + buffer.len() as u64;
         let now = (self.patch.clock)();
+        if offset == self.state.offset {
+            // Nothing arrived: nothing to save, and the expiry stays where it was (only progress
+            // keeps an upload alive, so empty PATCHes cannot hold storage forever).
+            return Ok(match broke_off {
+                Some(error) => refuse(400, "the request body broke off", "tus_interrupted")
+                    .header("upload-offset", offset.to_string())
+                    .detail(error.to_string()),
+                None => self.done_reply(),
+            });
+        }
         if let Some(error) = broke_off {
             if hasher.is_some() {
                 return Err(refuse(400, "the request body broke off", "tus_interrupted")
@@ -618,9 +654,41 @@ impl Writer<'_> {
             return Ok(());
         }
         let first = next_n - batch.len() as u64;
-        store
-            .insert_chunks(&self.state.video_fid, first, std::mem::take(batch))
-            .map_err(unavailable)
+        self.put_chunks(store, first, batch)?;
+        batch.clear();
+        Ok(())
+    }
+
+    /// Stores chunks `first, first + 1, ...`. Chunks past the stored offset are a dead PATCH's:
+    /// met here (the unique `files_id, n` index refuses the insert), they are deleted and the
+    /// insert made again. Found so rather than looked for, because a query on the chunks costs
+    /// a scan of every stored chunk on FerretDB, and would make each PATCH slower than the last.
+    fn put_chunks(
+        &mut self,
+        store: &mut dyn Store,
+        first: u64,
+        chunks: &[Vec<u8>],
+    ) -> Result<(), Reply> {
+        if store
+            .insert_chunks(&self.state.video_fid, first, chunks)
+            .map_err(unavailable)?
+        {
+            return Ok(());
+        }
+        // Only while the upload is still this PATCH's: one that lost its lease must not delete
+        // what the one that took over wrote.
+        let now = (self.patch.clock)();
+        self.renew(store, now)?;
+        let fid = &self.state.video_fid;
+        store.drop_chunks_from(fid, first).map_err(unavailable)?;
+        if store
+            .insert_chunks(fid, first, chunks)
+            .map_err(unavailable)?
+        {
+            return Ok(());
+        }
+        // Another writer is at it still (it lost its lease and has not noticed yet).
+        Err(locked())
     }
 
     /// Saves the state at `offset` with `tail`, and moves the lease there; first checks that
@@ -664,7 +732,7 @@ impl Writer<'_> {
     /// Keeps the lease fresh; 423 if another request took it over meanwhile.
     fn renew(&mut self, store: &mut dyn Store, now: i64) -> Result<(), Reply> {
         self.last_renew = now;
-        match store.lease(&self.state.id, self.lease_at, self.patch.token, now) {
+        match store.renew(&self.state.id, self.lease_at, self.patch.token, now) {
             Ok(true) => Ok(()),
             Ok(false) => Err(locked()),
             Err(e) => Err(unavailable(e)),
@@ -682,27 +750,14 @@ impl Writer<'_> {
         last: Vec<u8>,
         now: i64,
     ) -> Result<(), Reply> {
-        let mut chunks = last_n;
+        // Every chunk is there without counting them (a scan of every stored chunk on
+        // FerretDB): each PATCH writes its chunks in order from the saved offset, under its
+        // lease; one that lost it deletes nothing (see `put_chunks`), and a chunk left by a
+        // dead one is replaced where it is met. The converter checks the sequence again.
         if !last.is_empty() {
-            store
-                .insert_chunks(&self.state.video_fid, last_n, vec![last])
-                .map_err(unavailable)?;
-            chunks += 1;
+            self.put_chunks(store, last_n, &[last])?;
         }
         self.renew(store, now)?;
-        let stored = store
-            .chunk_count(&self.state.video_fid)
-            .map_err(unavailable)?;
-        if stored != chunks {
-            // Only a race lost to another writer gets here: start that upload over.
-            let _ = store.remove(&self.state);
-            return Err(refuse(
-                409,
-                "the upload was damaged by a concurrent request; start it over",
-                "tus_damaged",
-            )
-            .detail(format!("{stored} chunks stored, {chunks} expected")));
-        }
         let mut done = self.state.clone();
         done.offset = done.length;
         done.tail = Vec::new();
@@ -715,9 +770,9 @@ impl Writer<'_> {
         store.insert_job(&job).map_err(unavailable)?;
         let message = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
         if let Err(e) = (self.patch.publish)(&message) {
-            // No job without its message: the client's retry makes both again. (If this
-            // delete fails too, the sweeper publishes the job once it looks stuck.)
-            let _ = store.delete_job(&job.id);
+            // The job stays: the client's next request publishes it again (see `settled`),
+            // and the sweeper does once it looks stuck. Deleting it instead could race a
+            // request that had already taken the upload for done.
             return Err(refuse(503, "queue unavailable", "queue_unavailable").detail(e));
         }
         let from = self.state.offset;

@@ -81,6 +81,7 @@ $("logout").addEventListener("click", async () => {
   try {
     await fetch("/logout", { method: "POST", headers: auth() });
   } finally {
+    forgetUnfinished(email);
     showSignIn("Signed out.");
   }
 });
@@ -275,9 +276,15 @@ function patch(location, offset, blob, checksum, onProgress) {
         resolve(reached);
         return;
       }
-      const error = new Error(`${request.responseText.split("\n")[0]} (${request.status})`);
-      // Worth another try: a conflict (ask where it is), a lock, a checksum, the server busy.
-      error.again = [409, 423, 460, 502, 503, 504].includes(request.status);
+      const text = request.responseText.split("\n")[0];
+      const error = new Error(`${text} (${request.status})`);
+      // Worth another try: a conflict (ask where it is), a lock, a checksum, a body that
+      // broke off on the way, the server busy.
+      error.again =
+        [409, 423, 460, 502, 503, 504].includes(request.status) ||
+        (request.status === 400 && text.startsWith("the request body broke off"));
+      // The session ended: the upload is kept for after the next sign-in.
+      error.signedOut = request.status === 401 || request.status === 403;
       reject(error);
     };
     request.onerror = () => {
@@ -332,11 +339,27 @@ async function resumable(file) {
   const location = unfinished()[fingerprint(file)];
   if (!location) return null;
   const offset = await offsetOf(location);
-  if (offset === null || offset > file.size) {
+  // Gone, another file after all, or finished and its job deleted since: start anew.
+  let stale = offset === null || offset > file.size;
+  if (!stale && offset === file.size) {
+    const job = await api(`/jobs/${encodeURIComponent(location.split("/").pop())}`);
+    stale = job.status === 404;
+  }
+  if (stale) {
     remember(file, null);
     return null;
   }
   return { location, offset };
+}
+
+// Forgets the signed-out user's unfinished uploads: the next person at this browser does not
+// see their file names.
+function forgetUnfinished(user) {
+  const all = unfinished();
+  for (const key of Object.keys(all)) {
+    if (key.startsWith(`${user}|`)) delete all[key];
+  }
+  localStorage.setItem(UNFINISHED, JSON.stringify(all));
 }
 
 // Files being uploaded by this page, so that one picked twice is not sent twice at once.
@@ -381,6 +404,10 @@ async function upload(file) {
         });
         failures = 0;
       } catch (error) {
+        if (error.signedOut) {
+          showSignIn("Your session ended: sign in and pick the file again to go on.");
+          throw error;
+        }
         if (!error.again) keep = false;
         if (!error.again || ++failures > 8) throw error;
         setStatus(parts, `retrying: ${error.message}`);

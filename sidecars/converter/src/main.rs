@@ -169,17 +169,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the jobs' indexes, trying again while MongoDB is away: conversions do not wait for
-/// them, only queries get faster.
+/// Creates the store's indexes, trying again while MongoDB is away: conversions do not wait
+/// for them, only queries get faster.
 async fn ensure_indexes(store: store::Store, stop: CancellationToken) {
     let mut pause = Duration::from_secs(1);
     loop {
         match store.ensure_indexes().await {
-            Ok(()) => return tracing::info!("the indexes of videos.jobs are in place"),
+            Ok(()) => return tracing::info!("the store's indexes are in place"),
             Err(error) => tracing::warn!(
                 error = format!("{error:#}"),
                 retry_in_secs = pause.as_secs(),
-                "cannot create the indexes of videos.jobs"
+                "cannot create the store's indexes"
             ),
         }
         tokio::select! {

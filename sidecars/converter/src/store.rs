@@ -19,7 +19,7 @@ use mongodb::options::{GridFsBucketOptions, GridFsUploadOptions, ReturnDocument}
 use mongodb::{Client, Collection, Cursor, Database, IndexModel};
 use mp3_model::{
     Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION, GRIDFS_CHUNK_SIZE, JOBS_COLLECTION,
-    MP3S_DB, VIDEOS_DB,
+    MP3S_DB, UPLOADS_COLLECTION, UPLOAD_LEASES_COLLECTION, VIDEOS_DB,
 };
 
 /// The field holding the id of the MP3 the current attempt is writing (hex), next to the
@@ -110,20 +110,33 @@ impl Store {
         }
     }
 
-    /// Creates the indexes of `videos.jobs` the queries need, if missing: a user's jobs newest
+    /// Creates the indexes the queries need, if missing: on `videos.jobs`, a user's jobs newest
     /// first (`GET /jobs`), the job of an MP3 (`GET /download`), and the sweeper's jobs by
-    /// status and age. Converters create them because the gateway, a function, has no start-up;
-    /// `createIndexes` with the same specs is a no-op, so every replica may.
+    /// status and age; on the resumable uploads, a user's (`POST /uploads` counts them), the
+    /// expired ones, and the leases of one. Converters create them because the gateway, a
+    /// function, has no start-up; `createIndexes` with the same specs is a no-op, so every
+    /// replica may.
     pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
-        let index = |keys: Document| IndexModel::builder().keys(keys).build();
-        self.jobs
-            .create_indexes([
-                index(doc! { "owner": 1, "created_at": -1, "_id": -1 }),
-                index(doc! { "mp3_fid": 1 }),
-                index(doc! { "status": 1, "updated_at": 1 }),
-            ])
-            .await
-            .context("creating the indexes of videos.jobs")?;
+        for (collection, keys) in [
+            (
+                JOBS_COLLECTION,
+                vec![
+                    doc! { "owner": 1, "created_at": -1, "_id": -1 },
+                    doc! { "mp3_fid": 1 },
+                    doc! { "status": 1, "updated_at": 1 },
+                ],
+            ),
+            (
+                UPLOADS_COLLECTION,
+                vec![doc! { "owner": 1 }, doc! { "expires_at": 1 }],
+            ),
+            (UPLOAD_LEASES_COLLECTION, vec![doc! { "upload": 1 }]),
+        ] {
+            let collection = self.videos_db.collection::<Document>(collection);
+            ensure_keys(&collection, keys)
+                .await
+                .with_context(|| format!("creating the indexes of videos.{}", collection.name()))?;
+        }
         Ok(())
     }
 
@@ -361,8 +374,10 @@ impl Store {
             next: 0,
             remaining: video.len,
             sorted: false,
+            abandoned: None,
+            requeried: 0,
         };
-        let cursor = reader.query(None).await?;
+        let cursor = ChunkReader::query(&reader.chunks, video.id, None).await?;
         let stream = futures_util::stream::try_unfold(
             (reader, cursor),
             |(mut reader, mut cursor)| async move {
@@ -439,22 +454,36 @@ struct ChunkReader {
     remaining: u64,
     /// Whether the cursor is the sorted query.
     sorted: bool,
+    /// The unsorted cursor, once replaced by the sorted one: kept open until the read ends,
+    /// because dropping it sends killCursors on another connection at once, and FerretDB,
+    /// whose cursors belong to a connection, may then lose the new cursor's getMore.
+    abandoned: Option<Cursor<Document>>,
+    /// Cursors lost (CursorNotFound) and queried again from where the read was.
+    requeried: u32,
 }
 
+/// Cursors a video read may lose before it fails.
+const MAX_REQUERIES: u32 = 3;
+
 impl ChunkReader {
-    /// The video's chunks: in storage order, or sorted from chunk `from` on.
-    async fn query(&self, from: Option<u64>) -> anyhow::Result<Cursor<Document>> {
-        let mut filter = doc! { "files_id": self.video.id };
+    /// The video's chunks: in storage order, or sorted from chunk `from` on. (Given only the
+    /// collection, which is `Sync`, so that a read holding an abandoned cursor stays `Send`.)
+    async fn query(
+        chunks: &Collection<Document>,
+        video: ObjectId,
+        from: Option<u64>,
+    ) -> anyhow::Result<Cursor<Document>> {
+        let mut filter = doc! { "files_id": video };
         let mut find = match from {
-            None => self.chunks.find(filter),
+            None => chunks.find(filter),
             Some(n) => {
                 filter.insert("n", doc! { "$gte": i64::try_from(n).unwrap_or(i64::MAX) });
-                self.chunks.find(filter).sort(doc! { "n": 1 })
+                chunks.find(filter).sort(doc! { "n": 1 })
             }
         };
         find = find.batch_size(CHUNKS_PER_BATCH);
         find.await
-            .with_context(|| format!("querying the chunks of video {}", self.video.id))
+            .with_context(|| format!("querying the chunks of video {video}"))
     }
 
     /// The next chunk's bytes; `None` after the last.
@@ -466,7 +495,17 @@ impl ChunkReader {
             return Ok(None);
         }
         loop {
-            let Some(mut chunk) = cursor.try_next().await? else {
+            let chunk = match cursor.try_next().await {
+                Err(e) if is_cursor_not_found(&e) && self.requeried < MAX_REQUERIES => {
+                    self.requeried += 1;
+                    tracing::info!(next = self.next, "video cursor lost; querying from there");
+                    *cursor = Self::query(&self.chunks, self.video.id, Some(self.next)).await?;
+                    self.sorted = true;
+                    continue;
+                }
+                other => other?,
+            };
+            let Some(mut chunk) = chunk else {
                 anyhow::bail!("chunk {} is missing", self.next);
             };
             let n = integer(&chunk, "n").context("a chunk without a valid n")?;
@@ -478,7 +517,9 @@ impl ChunkReader {
                     got = n,
                     "video chunks out of order; reading the rest sorted"
                 );
-                *cursor = self.query(Some(self.next)).await?;
+                let sorted = Self::query(&self.chunks, self.video.id, Some(self.next)).await?;
+                let unsorted = std::mem::replace(cursor, sorted);
+                self.abandoned = Some(unsorted);
                 self.sorted = true;
                 continue;
             }
@@ -497,6 +538,47 @@ impl ChunkReader {
             return Ok(Some(data));
         }
     }
+}
+
+/// Creates the indexes on `keys` that `collection` lacks. Only those: FerretDB drops the
+/// connection when asked to create an index it has.
+async fn ensure_keys(collection: &Collection<Document>, keys: Vec<Document>) -> anyhow::Result<()> {
+    let existing: Vec<IndexModel> = match collection.list_indexes().await {
+        Ok(cursor) => cursor.try_collect().await?,
+        // No collection yet (MongoDB's NamespaceNotFound): no index either.
+        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => {
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for key in keys {
+        if !existing.iter().any(|index| same_keys(&index.keys, &key)) {
+            collection
+                .create_index(IndexModel::builder().keys(key).build())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether two index keys name the same fields in the same order and directions, whatever
+/// number type each direction is stored as.
+fn same_keys(a: &Document, b: &Document) -> bool {
+    let direction = |value: &Bson| match value {
+        Bson::Int32(n) => Some(f64::from(*n)),
+        Bson::Int64(n) => Some(*n as f64),
+        Bson::Double(n) => Some(*n),
+        _ => None,
+    };
+    a.len() == b.len()
+        && a.iter().zip(b.iter()).all(|((x, u), (y, v))| {
+            x == y && direction(u).is_some() && direction(u) == direction(v)
+        })
+}
+
+/// A getMore for a cursor the server no longer has (43).
+fn is_cursor_not_found(error: &mongodb::error::Error) -> bool {
+    matches!(error.kind.as_ref(), mongodb::error::ErrorKind::Command(e) if e.code == 43)
 }
 
 /// MongoDB's duplicate key error (11000), however the driver wraps it.
@@ -525,4 +607,27 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_keys_match_field_by_field_whatever_the_number_type() {
+        let key = doc! { "owner": 1, "created_at": -1, "_id": -1 };
+        assert!(same_keys(&key, &key));
+        assert!(same_keys(
+            &doc! { "owner": 1_i64, "created_at": -1.0, "_id": -1 },
+            &key
+        ));
+        for other in [
+            doc! { "owner": 1, "created_at": 1, "_id": -1 },
+            doc! { "created_at": -1, "owner": 1, "_id": -1 },
+            doc! { "owner": 1, "created_at": -1 },
+            doc! { "owner": "text", "created_at": -1, "_id": -1 },
+        ] {
+            assert!(!same_keys(&other, &key), "{other}");
+        }
+    }
 }

@@ -77,6 +77,8 @@ impl TcpProxy {
                     let drop_next = drop_next2.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
+                        // The client's last bytes, across reads: a request's end may be split.
+                        let mut tail: Vec<u8> = Vec::new();
                         while let Ok(n) = from.read(&mut buf) {
                             let held = hold.lock().unwrap().clone();
                             if from_client {
@@ -85,8 +87,13 @@ impl TcpProxy {
                                     let _ = to.shutdown(Shutdown::Both);
                                     break;
                                 }
-                                if held.is_some_and(|h| buf[..n].ends_with(&h.request_end)) {
-                                    armed.store(true, Ordering::SeqCst);
+                                if let Some(h) = held {
+                                    tail.extend_from_slice(&buf[..n]);
+                                    let keep = h.request_end.len();
+                                    tail.drain(..tail.len().saturating_sub(keep));
+                                    if n > 0 && tail.ends_with(&h.request_end) {
+                                        armed.store(true, Ordering::SeqCst);
+                                    }
                                 }
                             } else {
                                 if let Some(hold) =

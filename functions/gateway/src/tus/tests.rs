@@ -14,16 +14,33 @@ const MAX: u64 = 1 << 20;
 struct Memory {
     /// Leases granted before another request takes the upload over (none: never).
     leases_before_theft: Option<usize>,
+    /// What comes then is a termination (DELETE, or the sweeper), not another request.
+    theft_is_termination: bool,
     /// The save that marks an upload done fails.
     fail_done_save: bool,
-    /// A chunk goes missing before the upload finishes (a lost race).
-    lose_a_chunk: bool,
     states: HashMap<String, UploadState>,
     chunks: BTreeMap<(String, u64), Vec<u8>>,
     leases: HashMap<(String, u64), (String, i64)>,
     files: HashMap<String, u64>,
     jobs: HashMap<String, Job>,
     saves: usize,
+}
+
+impl Memory {
+    /// Another request takes the upload over once `leases_before_theft` leases were granted.
+    fn maybe_stolen(&mut self, id: &str, offset: u64, now: i64) {
+        if let Some(left) = self.leases_before_theft.as_mut() {
+            if *left == 0 && self.theft_is_termination {
+                self.states.remove(id);
+                self.leases.retain(|(upload, _), _| upload != id);
+            } else if *left == 0 {
+                self.leases
+                    .insert((id.to_owned(), offset), ("thief".into(), now));
+            } else {
+                *left -= 1;
+            }
+        }
+    }
 }
 
 impl Store for Memory {
@@ -35,14 +52,7 @@ impl Store for Memory {
         Ok(self.states.get(id).cloned())
     }
     fn lease(&mut self, id: &str, offset: u64, token: &str, now: i64) -> Result<bool, String> {
-        if let Some(left) = self.leases_before_theft.as_mut() {
-            if *left == 0 {
-                self.leases
-                    .insert((id.to_owned(), offset), ("thief".into(), now));
-            } else {
-                *left -= 1;
-            }
-        }
+        self.maybe_stolen(id, offset, now);
         let key = (id.to_owned(), offset);
         match self.leases.get(&key) {
             Some((holder, at)) if holder != token && now - at < LEASE_MS => Ok(false),
@@ -50,6 +60,16 @@ impl Store for Memory {
                 self.leases.insert(key, (token.to_owned(), now));
                 Ok(true)
             }
+        }
+    }
+    fn renew(&mut self, id: &str, offset: u64, token: &str, now: i64) -> Result<bool, String> {
+        self.maybe_stolen(id, offset, now);
+        match self.leases.get_mut(&(id.to_owned(), offset)) {
+            Some((holder, at)) if holder == token => {
+                *at = now;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
     fn release(&mut self, id: &str, offset: u64, token: &str) -> Result<(), String> {
@@ -64,15 +84,15 @@ impl Store for Memory {
             .retain(|(fid, n), _| fid != video_fid || *n < first);
         Ok(())
     }
-    fn insert_chunks(&mut self, fid: &str, first: u64, chunks: Vec<Vec<u8>>) -> Result<(), String> {
-        for (i, data) in chunks.into_iter().enumerate() {
+    fn insert_chunks(&mut self, fid: &str, first: u64, chunks: &[Vec<u8>]) -> Result<bool, String> {
+        for (i, data) in chunks.iter().enumerate() {
             let key = (fid.to_owned(), first + i as u64);
             if self.chunks.contains_key(&key) {
-                return Err(format!("duplicate chunk {key:?}"));
+                return Ok(false);
             }
-            self.chunks.insert(key, data);
+            self.chunks.insert(key, data.clone());
         }
-        Ok(())
+        Ok(true)
     }
     fn save(&mut self, state: &UploadState, from: u64) -> Result<bool, String> {
         if state.done && self.fail_done_save {
@@ -95,29 +115,18 @@ impl Store for Memory {
         self.jobs.insert(job.id.clone(), job.clone());
         Ok(())
     }
-    fn delete_job(&mut self, id: &str) -> Result<(), String> {
-        self.jobs.remove(id);
-        Ok(())
-    }
-    fn open_uploads(&mut self, owner: &str, now: i64) -> Result<u64, String> {
-        Ok(self
+    fn open_uploads(&mut self, owner: &str, now: i64) -> Result<OpenUploads, String> {
+        let open = self
             .states
             .values()
-            .filter(|s| s.owner == owner && !s.done && s.expires_at > now)
-            .count() as u64)
+            .filter(|s| s.owner == owner && !s.done && s.expires_at > now);
+        Ok(open.fold(OpenUploads::default(), |sum, s| OpenUploads {
+            count: sum.count + 1,
+            bytes: sum.bytes + s.length,
+        }))
     }
     fn job_exists(&mut self, id: &str) -> Result<bool, String> {
         Ok(self.jobs.contains_key(id))
-    }
-    fn chunk_count(&mut self, video_fid: &str) -> Result<u64, String> {
-        if self.lose_a_chunk {
-            self.chunks.remove(&(video_fid.to_owned(), 1));
-        }
-        Ok(self
-            .chunks
-            .keys()
-            .filter(|(fid, _)| fid == video_fid)
-            .count() as u64)
     }
     fn remove(&mut self, state: &UploadState) -> Result<(), String> {
         if !state.done {
@@ -523,7 +532,7 @@ fn one_patch_at_a_time_and_a_dead_ones_lease_lapses() {
     assert_eq!(header(&reply, "retry-after"), Some("6"));
     // A minute later, the other PATCH is taken for dead; its chunks past the offset too.
     store
-        .insert_chunks("aaaaaaaaaaaaaaaaaaaaaaaa", 0, vec![vec![7; CHUNK as usize]])
+        .insert_chunks("aaaaaaaaaaaaaaaaaaaaaaaa", 0, &[vec![7; CHUNK as usize]])
         .unwrap();
     run.now += LEASE_MS;
     let reply = run.patch(&mut store, &data, false, None);
@@ -532,7 +541,7 @@ fn one_patch_at_a_time_and_a_dead_ones_lease_lapses() {
 }
 
 #[test]
-fn a_failed_publish_leaves_no_job_and_the_retry_finishes() {
+fn a_failed_publish_keeps_the_job_and_the_next_request_publishes_it() {
     let data = video(3000);
     let mut store = Memory::default();
     store.create(&state(3000)).unwrap();
@@ -543,27 +552,54 @@ fn a_failed_publish_leaves_no_job_and_the_retry_finishes() {
         (reply.status, reply.body.as_str()),
         (503, "queue unavailable")
     );
-    assert!(store.jobs.is_empty());
+    // The job stays, the upload not yet done: the next request publishes it again.
+    assert_eq!(store.jobs.len(), 1);
+    let stored = store.states.values().next().unwrap().clone();
+    assert!(!stored.done);
+    let mut published = Vec::new();
+    let reply = settled(stored.clone(), &mut store, &mut |_: &JobMessage| {
+        Err("still down".to_owned())
+    })
+    .unwrap_err();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (503, "queue unavailable")
+    );
     assert!(!store.states.values().next().unwrap().done);
-    run.fail_publish = false;
-    let reply = run.patch(&mut store, &data, false, None);
-    assert_eq!(reply.status, 204, "{reply:?}");
+    let state = settled(stored, &mut store, &mut |m: &JobMessage| {
+        published.push(m.clone());
+        Ok(())
+    })
+    .unwrap();
+    assert!(state.done && state.offset == 3000);
+    assert!(store.states.values().next().unwrap().done);
+    assert_eq!(published.len(), 1);
+    assert_eq!(
+        (
+            published[0].job_id.as_str(),
+            published[0].video_fid.as_str()
+        ),
+        ("0123456789abcdef01234567", "aaaaaaaaaaaaaaaaaaaaaaaa")
+    );
     assert_eq!(store.jobs.len(), 1);
     assert!(store.file("aaaaaaaaaaaaaaaaaaaaaaaa") == data);
 }
 
 #[test]
 fn a_long_patch_saves_its_progress_as_it_goes() {
-    let data = video(40 * CHUNK as usize + 10);
+    // Two checkpoints and a half.
+    let cp = CHECKPOINT_CHUNKS as usize;
+    let data = video(5 * cp / 2 * CHUNK as usize + 10);
     let mut store = Memory::default();
     store.create(&state(data.len() as u64)).unwrap();
     let mut run = Run::new();
-    // Broken off after 37 chunks and a bit: all of it kept, saved twice on the way and once
+    // Broken off two checkpoints and a bit in: all of it kept, saved twice on the way and once
     // at the break.
-    let reply = run.patch(&mut store, &data[..37 * CHUNK as usize + 5], true, None);
-    assert_eq!(offset_of(&reply), Some(37 * u64::from(CHUNK) + 5));
+    let cut = (2 * cp + 5) * CHUNK as usize + 5;
+    let reply = run.patch(&mut store, &data[..cut], true, None);
+    assert_eq!(offset_of(&reply), Some(cut as u64));
     assert_eq!(store.saves, 3);
-    let reply = run.patch(&mut store, &data[37 * CHUNK as usize + 5..], false, None);
+    let reply = run.patch(&mut store, &data[cut..], false, None);
     assert_eq!(reply.status, 204);
     assert!(store.file("aaaaaaaaaaaaaaaaaaaaaaaa") == data);
 }
@@ -600,7 +636,7 @@ fn http_dates() {
 
 #[test]
 fn a_patch_whose_lease_was_taken_over_stops_and_deletes_nothing() {
-    let data = video(40 * CHUNK as usize);
+    let data = video(5 * CHECKPOINT_CHUNKS as usize / 2 * CHUNK as usize);
     let mut store = Memory::default();
     store.create(&state(data.len() as u64)).unwrap();
     // The first save renews twice (take, renew); the thief comes at the next renewal.
@@ -615,11 +651,69 @@ fn a_patch_whose_lease_was_taken_over_stops_and_deletes_nothing() {
     let stored = store.states.values().next().unwrap().clone();
     assert_eq!(
         stored.offset,
-        16 * u64::from(CHUNK),
+        CHECKPOINT_CHUNKS * u64::from(CHUNK),
         "saved up to its first checkpoint"
     );
-    assert!(store.chunks.len() >= 16, "nothing deleted on the way out");
+    assert!(
+        store.chunks.len() >= CHECKPOINT_CHUNKS as usize,
+        "nothing deleted on the way out"
+    );
     assert!(store.jobs.is_empty());
+}
+
+#[test]
+fn open_uploads_are_bounded_in_number_and_in_bytes() {
+    let open = |count, bytes| OpenUploads { count, bytes };
+    assert!(admit(open(0, 0), MAX, MAX).is_ok());
+    assert!(admit(open(MAX_OPEN_UPLOADS - 1, MAX - 10), 10, MAX).is_ok());
+    for (held, length, reason) in [
+        (
+            open(MAX_OPEN_UPLOADS, 0),
+            1,
+            "20 uploads are under way already",
+        ),
+        (open(1, MAX - 10), 11, "would hold more than 1048576 bytes"),
+        (open(1, u64::MAX), 1, "would hold more than"),
+    ] {
+        let reply = admit(held, length, MAX).unwrap_err();
+        assert_eq!(reply.status, 429);
+        assert!(reply.body.contains(reason), "{}", reply.body);
+        assert_eq!(header(&reply, "retry-after"), Some("60"));
+    }
+}
+
+#[test]
+fn an_empty_patch_does_not_push_the_expiry_back() {
+    let data = video(3000);
+    let mut store = Memory::default();
+    store.create(&state(3000)).unwrap();
+    let mut run = Run::new();
+    assert_eq!(
+        run.patch(&mut store, &data[..1500], false, None).status,
+        204
+    );
+    let before = store.states.values().next().unwrap().clone();
+    let saves = store.saves;
+    run.now += 60_000;
+    let reply = run.patch(&mut store, &[], false, None);
+    assert_eq!((reply.status, offset_of(&reply)), (204, Some(1500)));
+    assert_eq!(store.saves, saves, "nothing saved");
+    assert_eq!(store.states.values().next().unwrap(), &before);
+}
+
+#[test]
+fn an_upload_terminated_under_a_patch_stops_it_without_a_job() {
+    let data = video(5 * CHECKPOINT_CHUNKS as usize / 2 * CHUNK as usize);
+    let mut store = Memory::default();
+    store.create(&state(data.len() as u64)).unwrap();
+    store.leases_before_theft = Some(3);
+    store.theft_is_termination = true;
+    let mut run = Run::new();
+    let reply = run.patch(&mut store, &data, false, None);
+    assert_eq!(reply.status, 423, "{reply:?}");
+    assert!(store.leases.is_empty(), "its lease is not taken anew");
+    assert!(store.states.is_empty() && store.jobs.is_empty() && store.files.is_empty());
+    assert!(run.published.is_empty());
 }
 
 #[test]
@@ -676,7 +770,11 @@ fn an_upload_finished_without_its_record_is_taken_for_done() {
     // have, and makes nothing twice.
     store.fail_done_save = false;
     let stored = store.states.values().next().unwrap().clone();
-    let settled = settled(stored, &mut store).unwrap();
+    let settled = settled(stored, &mut store, &mut |m: &JobMessage| {
+        run.published.push(m.clone());
+        Ok(())
+    })
+    .unwrap();
     assert!(settled.done && settled.offset == 3000);
     store.states.insert(
         settled.id.clone(),
@@ -692,18 +790,47 @@ fn an_upload_finished_without_its_record_is_taken_for_done() {
         (204, Some(3000)),
         "{reply:?}"
     );
-    assert_eq!((store.jobs.len(), run.published.len()), (1, 1));
+    // Announced again by each request that found it unrecorded: one job, three copies of its
+    // message (the converter converts a job once).
+    assert_eq!((store.jobs.len(), run.published.len()), (1, 3));
     assert!(store.file("aaaaaaaaaaaaaaaaaaaaaaaa") == data);
 }
 
 #[test]
-fn a_file_with_a_missing_chunk_is_never_finished() {
-    let data = video(3000);
+fn a_patch_that_lost_its_lease_deletes_nothing_it_meets() {
+    // Chunk 2 is already there (written by the request that took the upload over); this
+    // PATCH meets it, finds its lease gone, and stops without deleting it.
+    let data = video(10 * CHUNK as usize);
     let mut store = Memory::default();
-    store.create(&state(3000)).unwrap();
-    store.lose_a_chunk = true;
+    store.create(&state(data.len() as u64)).unwrap();
+    let theirs = vec![9; CHUNK as usize];
+    store
+        .chunks
+        .insert(("aaaaaaaaaaaaaaaaaaaaaaaa".into(), 2), theirs.clone());
+    store.leases_before_theft = Some(1);
     let mut run = Run::new();
     let reply = run.patch(&mut store, &data, false, None);
-    assert_eq!((reply.status, reply.outcome.as_str()), (409, "tus_damaged"));
-    assert!(store.jobs.is_empty() && store.states.is_empty() && store.chunks.is_empty());
+    assert_eq!((reply.status, reply.outcome.as_str()), (423, "tus_locked"));
+    assert_eq!(
+        store.chunks.get(&("aaaaaaaaaaaaaaaaaaaaaaaa".into(), 2)),
+        Some(&theirs)
+    );
+    assert!(store.jobs.is_empty());
+}
+
+#[test]
+fn a_chunk_left_by_a_dead_patch_is_replaced_where_it_is_met() {
+    let data = video(10 * CHUNK as usize + 7);
+    let mut store = Memory::default();
+    store.create(&state(data.len() as u64)).unwrap();
+    for n in [3, 10] {
+        store
+            .chunks
+            .insert(("aaaaaaaaaaaaaaaaaaaaaaaa".into(), n), vec![9; 5]);
+    }
+    let mut run = Run::new();
+    let reply = run.patch(&mut store, &data, false, None);
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert!(store.file("aaaaaaaaaaaaaaaaaaaaaaaa") == data);
+    assert_eq!(store.jobs.len(), 1);
 }
