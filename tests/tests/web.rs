@@ -354,6 +354,11 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
             Some(upload.as_str()),
             "the same upload went on, none was started anew"
         );
+        assert!(
+            !system.app.log().contains("outcome=tus_offset_mismatch"),
+            "the page asked where the upload was before sending, not after a 409\n{}",
+            system.app.log()
+        );
         let remembered = client
             .execute("return localStorage.getItem('unfinished-uploads')", vec![])
             .await
