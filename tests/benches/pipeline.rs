@@ -92,6 +92,16 @@ fn plan() -> Plan {
     }
 }
 
+/// The runtimes to measure: those this machine has, or those of `BENCH_RUNTIMES`
+/// (`spin-runner`, `spin`, comma-separated) among them.
+fn runtimes() -> Vec<Runtime> {
+    let wanted = std::env::var("BENCH_RUNTIMES").unwrap_or_default();
+    available_runtimes()
+        .into_iter()
+        .filter(|r| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == r.name()))
+        .collect()
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -133,12 +143,13 @@ fn uploads(plan: &Plan, dir: &Path) {
     println!("|---:|---|---:|---:|---:|---:|");
     let mut resumable = vec![
         "\n### Resumable (tus) uploads against `POST /upload`\n".to_owned(),
-        "| file | runtime | `POST /upload` MB/s | tus, 8 MiB pieces: MB/s | ratio | tus, 64 MiB \
-         pieces: MB/s | ratio | serving process: peak during the tus uploads |"
+        "| file | runtime | `POST /upload` MB/s | tus, 8 MiB pieces with SHA-1 (the CLI's and \
+         the page's): MB/s | ratio | 64 MiB with SHA-1 | ratio | 64 MiB without | ratio | \
+         serving process: peak during the tus uploads |"
             .to_owned(),
-        "|---:|---|---:|---:|---:|---:|---:|---:|".to_owned(),
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|".to_owned(),
     ];
-    for runtime in available_runtimes() {
+    for runtime in runtimes() {
         let system = System::without_workers(runtime);
         let token = system.login();
         // A first small upload so the idle figure includes a warmed-up instance.
@@ -160,10 +171,14 @@ fn uploads(plan: &Plan, dir: &Path) {
 
             reset_peak(pid);
             let mut tus_rates = Vec::new();
-            for piece in [8 << 20, 64 << 20] {
+            for (piece, checksums) in [(8 << 20, true), (64 << 20, true), (64 << 20, false)] {
                 let started = Instant::now();
-                let upload = tus::Upload::create(system.app.base(), &token, size, "bench-tus.mp4")
-                    .expect("creating the upload");
+                let mut upload =
+                    tus::Upload::create(system.app.base(), &token, size, "bench-tus.mp4")
+                        .expect("creating the upload");
+                if !checksums {
+                    upload = upload.without_checksums();
+                }
                 let reached = upload
                     .send_file(&file, 0, piece, |_| {})
                     .expect("the tus upload");
@@ -172,14 +187,15 @@ fn uploads(plan: &Plan, dir: &Path) {
                 fids.push(video_of_job(&system, upload.id()));
             }
             let tus_peak = memory_mib(pid, "VmHWM");
+            let rates: Vec<String> = tus_rates
+                .iter()
+                .map(|rate| format!("{rate:.1} | {:.2}", rate / gateway))
+                .collect();
             resumable.push(format!(
-                "| {} MB | {} | {gateway:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {tus_peak:.0} MiB |",
+                "| {} MB | {} | {gateway:.1} | {} | {tus_peak:.0} MiB |",
                 size / MB,
                 runtime.name(),
-                tus_rates[0],
-                tus_rates[0] / gateway,
-                tus_rates[1],
-                tus_rates[1] / gateway,
+                rates.join(" | "),
             ));
 
             let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
@@ -373,7 +389,7 @@ fn end_to_end(plan: &Plan, dir: &Path) {
     );
     println!("| runtime | upload answered → MP3 downloaded | target |");
     println!("|---|---:|---:|");
-    for runtime in available_runtimes() {
+    for runtime in runtimes() {
         let system = System::start(runtime);
         let token = system.login();
         let mut times = Vec::new();
@@ -449,7 +465,7 @@ fn jobs_with_and_without_login(plan: &Plan, dir: &Path) {
         "| runtime | without logins, requests/s | with logins, requests/s | ratio | non-2xx answers |"
     );
     println!("|---|---:|---:|---:|---:|");
-    for runtime in available_runtimes() {
+    for runtime in runtimes() {
         let apps: Vec<_> = stores
             .iter()
             .map(|(_, url)| {
@@ -764,37 +780,56 @@ fn raw_video(path: &Path, size: u64) -> f64 {
     seconds as f64
 }
 
-/// Whether GridFS file `fid` in `videos` holds exactly the bytes of `path`.
+/// Whether GridFS file `fid` in `videos` holds exactly the bytes of `path`: its length, and
+/// each chunk against the file at its place, read in storage order as the converter reads (a
+/// sorted query would make FerretDB sort gigabytes before answering).
 fn stored_as(fid: &str, path: &Path) -> bool {
-    let mut client = mongo_wire::connect(&service_env("MONGODB_URL")).expect("MongoDB");
+    let url = service_env("MONGODB_URL");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut client =
+        mongo_wire::connect(&format!("{url}{sep}socketTimeoutMS=3600000")).expect("MongoDB");
     let id = ObjectId::parse_str(fid).expect("an ObjectId");
-    let bucket = Bucket::new(mp3_model::VIDEOS_DB);
-    let mut stored = bucket
-        .open_download(&mut client, id)
-        .expect("opening the stored video");
-    let mut original = std::io::BufReader::with_capacity(1 << 20, File::open(path).unwrap());
-    let (mut a, mut b) = (vec![0; 1 << 20], vec![0; 1 << 20]);
-    loop {
-        let n = read_full(&mut stored, &mut a);
-        if n == 0 {
-            return read_full(&mut original, &mut b[..1]) == 0;
-        }
-        if read_full(&mut original, &mut b[..n]) != n || a[..n] != b[..n] {
+    let info = Bucket::new(mp3_model::VIDEOS_DB)
+        .file_info(&mut client, id)
+        .expect("the stored video's files document");
+    let mut original = File::open(path).unwrap();
+    if info.length != original.metadata().unwrap().len() {
+        return false;
+    }
+    let chunk = u64::from(info.chunk_size);
+    let mut seen = vec![false; info.length.div_ceil(chunk) as usize];
+    let options = mongo_wire::FindOptions {
+        batch_size: Some(4),
+        ..mongo_wire::FindOptions::default()
+    };
+    let cursor = client
+        .find(
+            mp3_model::VIDEOS_DB,
+            "fs.chunks",
+            mongo_wire::bson::doc! {"files_id": id},
+            options,
+        )
+        .expect("reading the chunks");
+    for doc in cursor {
+        let doc = doc.expect("a chunk");
+        let n = match doc.get("n") {
+            Some(mongo_wire::bson::Bson::Int32(n)) => *n as u64,
+            Some(mongo_wire::bson::Bson::Int64(n)) => *n as u64,
+            _ => return false,
+        };
+        let Ok(data) = doc.get_binary_generic("data") else {
+            return false;
+        };
+        if n as usize >= seen.len() || seen[n as usize] {
             return false;
         }
-    }
-}
-
-/// Reads until `buffer` is full or the reader ends; how many bytes.
-fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> usize {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match reader.read(&mut buffer[filled..]).expect("reading") {
-            0 => break,
-            n => filled += n,
+        seen[n as usize] = true;
+        match tus::read_at(&mut original, n * chunk, chunk as usize) {
+            Ok(bytes) if bytes == *data => {}
+            _ => return false,
         }
     }
-    filled
+    seen.iter().all(|&s| s)
 }
 
 /// 7. The large resumable upload, broken off once at a random offset.
@@ -812,7 +847,7 @@ fn large_upload(plan: &Plan, dir: &Path) {
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---|---:|---:|");
     // Spin is what production runs: the full size runs there only (on the runner without one).
-    let runtimes = available_runtimes();
+    let runtimes = runtimes();
     let runtimes = if size > 1000 * MB {
         &runtimes[runtimes.len() - 1..]
     } else {
@@ -916,7 +951,7 @@ fn large_upload(plan: &Plan, dir: &Path) {
 fn main() {
     let plan = plan();
     let dir = TempDir::new("bench-pipeline");
-    // BENCH_ONLY=uploads|conversion|end-to-end|jobs runs one part.
+    // BENCH_ONLY=uploads|conversion|end-to-end|jobs|store|throughput|large runs one part.
     let only = std::env::var("BENCH_ONLY").ok();
     let run = |part: &str| only.as_deref().is_none_or(|only| only == part);
     if run("uploads") {

@@ -19,6 +19,8 @@ pub struct Upload {
     auth: String,
     /// `/uploads/{id}`, from the creation's `Location`.
     pub path: String,
+    /// Whether each PATCH carries its SHA-1 (`Upload-Checksum`), as the CLI and the page do.
+    checksums: bool,
 }
 
 impl Upload {
@@ -48,7 +50,14 @@ impl Upload {
             base: base.to_owned(),
             auth,
             path,
+            checksums: true,
         })
+    }
+
+    /// PATCHes without `Upload-Checksum` from now on.
+    pub fn without_checksums(mut self) -> Self {
+        self.checksums = false;
+        self
     }
 
     /// The upload's id (the job's, once it is complete).
@@ -66,19 +75,25 @@ impl Upload {
             .ok_or_else(|| format!("HEAD {}: {}", self.path, reply.status))
     }
 
-    /// One `PATCH` of `bytes` at `offset` with their SHA-1; the offset the server reached.
+    /// One `PATCH` of `bytes` at `offset` (with their SHA-1); the offset the server reached.
     pub fn patch(&self, offset: u64, bytes: Vec<u8>) -> Result<u64, String> {
-        let checksum = format!("sha1 {}", STANDARD.encode(Sha1::digest(&bytes)));
+        let offset_text = offset.to_string();
+        let mut headers = vec![
+            ("Upload-Offset", offset_text.as_str()),
+            ("Content-Type", "application/offset+octet-stream"),
+        ];
+        let checksum = self
+            .checksums
+            .then(|| format!("sha1 {}", STANDARD.encode(Sha1::digest(&bytes))));
+        if let Some(checksum) = &checksum {
+            headers.push(("Upload-Checksum", checksum));
+        }
         let reply = request(
             &self.base,
             "PATCH",
             &self.path,
             &self.auth,
-            &[
-                ("Upload-Offset", &offset.to_string()),
-                ("Content-Type", "application/offset+octet-stream"),
-                ("Upload-Checksum", &checksum),
-            ],
+            &headers,
             Body::Bytes(bytes),
         )?;
         match reply.header("upload-offset").and_then(|o| o.parse().ok()) {

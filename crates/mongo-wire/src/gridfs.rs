@@ -231,17 +231,17 @@ impl Bucket {
         client.count_documents(&self.db, &self.chunks(), doc! {"files_id": id})
     }
 
-    /// Deletes chunks `n >= first` of file `id`.
-    pub fn delete_chunks_from<S: Read + Write>(
+    /// Deletes chunks `range.start <= n < range.end` of file `id`.
+    pub fn delete_chunks<S: Read + Write>(
         &self,
         client: &mut Client<S>,
         id: ObjectId,
-        first: u64,
+        range: std::ops::Range<u64>,
     ) -> Result<u64> {
-        let mut filter = doc! {"files_id": id};
-        if first > 0 {
-            filter.insert("n", doc! {"$gte": chunk_number(first)?});
-        }
+        let filter = doc! {
+            "files_id": id,
+            "n": {"$gte": chunk_number(range.start)?, "$lt": chunk_number(range.end)?},
+        };
         client.delete_many(&self.db, &self.chunks(), filter)
     }
 

@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::net::TcpStream;
+use std::ops::Range;
 use std::time::Duration;
 
 use amqp_wire::{BasicProperties, ConnectOptions, Connection, FieldTable, QueueOptions};
@@ -144,6 +145,13 @@ impl Mongo {
         self.client
             .delete_many(VIDEOS_DB, UPLOADS_COLLECTION, doc! {"_id": &job.id})
             .map_err(|e| fail("deleting its upload", e))?;
+        self.client
+            .delete_many(
+                VIDEOS_DB,
+                UPLOAD_LEASES_COLLECTION,
+                doc! {"upload": &job.id},
+            )
+            .map_err(|e| fail("deleting its upload's leases", e))?;
         self.client
             .delete_many(
                 VIDEOS_DB,
@@ -419,9 +427,9 @@ impl tus::Store for Mongo {
             .map_err(|e| format!("MongoDB: releasing upload {id}: {e}"))
     }
 
-    fn drop_chunks_from(&mut self, video_fid: &str, first: u64) -> Result<(), String> {
+    fn drop_chunks(&mut self, video_fid: &str, chunks: Range<u64>) -> Result<(), String> {
         videos()
-            .delete_chunks_from(&mut self.client, object_id(video_fid)?, first)
+            .delete_chunks(&mut self.client, object_id(video_fid)?, chunks)
             .map(|_| ())
             .map_err(|e| format!("MongoDB: deleting chunks of {video_fid}: {e}"))
     }

@@ -392,9 +392,14 @@ fn tus_act(
 ) -> Reply {
     match what {
         TusMethod::Head => tus::progress(&state),
-        TusMethod::Delete => match tus::Store::remove(mongo, &state) {
-            Ok(()) => tus::terminated(),
-            Err(e) => storage_unavailable(e),
+        TusMethod::Delete => match new_object_id() {
+            Ok(token) => tus::terminate(
+                &state,
+                mongo,
+                &ObjectId::from_bytes(token).to_hex(),
+                now_ms(),
+            ),
+            Err(_) => Reply::text(500, "internal error", "no_randomness"),
         },
         TusMethod::Patch => {
             let request = match tus::patch_request(headers, &state) {

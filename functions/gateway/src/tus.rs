@@ -9,7 +9,8 @@
 //! - memory holds one chunk and a batch to insert, whatever the size;
 //! - the stored `offset` only moves after the chunks it covers are written, so a gateway
 //!   killed mid-PATCH loses at most the bytes after its last checkpoint, which the client
-//!   sends again (chunks past the offset are deleted when the next PATCH starts);
+//!   sends again (the chunks it wrote past the offset are replaced where the next PATCH meets
+//!   them: the unique `files_id, n` index refuses its insert);
 //! - one PATCH writes an upload at a time: it holds a lease keyed by the upload and its start
 //!   offset, taken by a unique insert (FerretDB's conditional updates read then write in two
 //!   steps, so two of them can both win), renewed at every checkpoint;
@@ -121,8 +122,9 @@ pub trait Store {
     /// removed with the upload by a termination or the sweeper): never takes it anew.
     fn renew(&mut self, id: &str, offset: u64, token: &str, now: i64) -> Result<bool, String>;
     fn release(&mut self, id: &str, offset: u64, token: &str) -> Result<(), String>;
-    /// Deletes chunks `n >= first` of the file (left by a PATCH that died before saving).
-    fn drop_chunks_from(&mut self, video_fid: &str, first: u64) -> Result<(), String>;
+    /// Deletes chunks `chunks.start <= n < chunks.end` of the file (left by a PATCH that died
+    /// before saving).
+    fn drop_chunks(&mut self, video_fid: &str, chunks: std::ops::Range<u64>) -> Result<(), String>;
     /// Inserts chunks `first, first + 1, ...` of the file, in order; false if one of those
     /// numbers is taken (by a PATCH that died before saving), where the insert stopped.
     fn insert_chunks(
@@ -351,8 +353,22 @@ pub fn owned(state: Option<UploadState>, user: &str, now: i64) -> Result<UploadS
 }
 
 /// 204 once an upload was deleted.
-pub fn terminated() -> Reply {
-    empty(204, "tus_terminated")
+/// `DELETE`: the upload and its bytes (204), unless a PATCH is writing it (423): it would go
+/// on storing chunks for up to a lease renewal after, which nothing would own. So the
+/// termination takes the upload's lease first, as a PATCH does.
+pub fn terminate(state: &UploadState, store: &mut dyn Store, token: &str, now: i64) -> Reply {
+    if !state.done {
+        match store.lease(&state.id, state.offset, token, now) {
+            Ok(true) => {}
+            Ok(false) => return locked(),
+            Err(e) => return unavailable(e),
+        }
+    }
+    // Its leases go with it.
+    match store.remove(state) {
+        Ok(()) => empty(204, "tus_terminated"),
+        Err(e) => unavailable(e),
+    }
 }
 
 /// What a PATCH asks for, checked against the upload before reading the body.
@@ -502,7 +518,7 @@ const READ_STEP: usize = 64 * 1024;
 impl Writer<'_> {
     /// Nothing is deleted when a PATCH fails: what it wrote past the stored offset may be
     /// another PATCH's by then (if this one lost its lease), and the next PATCH to hold the
-    /// lease deletes it anyway before it writes.
+    /// lease replaces it anyway as it writes.
     fn run(&mut self, body: &mut dyn Read, store: &mut dyn Store) -> Reply {
         self.stream(body, store).unwrap_or_else(|reply| reply)
     }
@@ -660,9 +676,13 @@ impl Writer<'_> {
     }
 
     /// Stores chunks `first, first + 1, ...`. Chunks past the stored offset are a dead PATCH's:
-    /// met here (the unique `files_id, n` index refuses the insert), they are deleted and the
-    /// insert made again. Found so rather than looked for, because a query on the chunks costs
-    /// a scan of every stored chunk on FerretDB, and would make each PATCH slower than the last.
+    /// met here (the unique `files_id, n` index refuses the insert), those of this batch's
+    /// numbers are deleted and the insert made again; later ones are met later. Found so
+    /// rather than looked for, because a query on the chunks costs a scan of every stored chunk
+    /// on FerretDB, and would make each PATCH slower than the last. Only this batch's numbers:
+    /// a PATCH that stalled past its lease between its renewal and the delete then deletes
+    /// only what it inserts again at once (the same bytes of the same file), never a stretch of
+    /// the chunks the PATCH that took over wrote since.
     fn put_chunks(
         &mut self,
         store: &mut dyn Store,
@@ -680,7 +700,8 @@ impl Writer<'_> {
         let now = (self.patch.clock)();
         self.renew(store, now)?;
         let fid = &self.state.video_fid;
-        store.drop_chunks_from(fid, first).map_err(unavailable)?;
+        let batch = first..first + chunks.len() as u64;
+        store.drop_chunks(fid, batch).map_err(unavailable)?;
         if store
             .insert_chunks(fid, first, chunks)
             .map_err(unavailable)?
@@ -741,10 +762,10 @@ impl Writer<'_> {
         }
     }
 
-    /// The last byte is in: the last chunk, a check that every chunk is there, the files
-    /// document, the job and its message, then the state marked done. A failure before the
-    /// message leaves no job (the retry makes it again); a failure after it leaves a job the
-    /// next PATCH or HEAD finds, and takes for the upload's end ([`settled`]).
+    /// The last byte is in: the last chunk, the files document, the job and its message, then
+    /// the state marked done. A failure before the job leaves none (the retry makes it); a
+    /// failure after it leaves a job the next PATCH or HEAD finds, publishes again and takes
+    /// for the upload's end ([`settled`]).
     fn finish(
         &mut self,
         store: &mut dyn Store,
@@ -754,8 +775,10 @@ impl Writer<'_> {
     ) -> Result<(), Reply> {
         // Every chunk is there without counting them (a scan of every stored chunk on
         // FerretDB): each PATCH writes its chunks in order from the saved offset, under its
-        // lease; one that lost it deletes nothing (see `put_chunks`), and a chunk left by a
-        // dead one is replaced where it is met. The converter checks the sequence again.
+        // lease, and a chunk left by a dead one is replaced where it is met (`put_chunks`).
+        // What could still leave a gap takes a PATCH stalled for 30 s that then dies between
+        // deleting and inserting its batch again; the converter checks the sequence, and such
+        // a job fails with the missing chunk named.
         if !last.is_empty() {
             self.put_chunks(store, last_n, &[last])?;
         }
@@ -768,6 +791,9 @@ impl Writer<'_> {
         store
             .finish_file(&done, self.patch.chunk_size)
             .map_err(unavailable)?;
+        // Still this PATCH's (not terminated meanwhile: a DELETE takes the lease), so the job
+        // is not made for an upload its owner cancelled.
+        self.renew(store, (self.patch.clock)())?;
         let job = job_of(&done, now);
         store.insert_job(&job).map_err(unavailable)?;
         let message = JobMessage::queued(&job.id, &job.video_fid, &job.owner);

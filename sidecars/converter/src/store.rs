@@ -114,8 +114,8 @@ impl Store {
     /// first (`GET /jobs`), the job of an MP3 (`GET /download`), and the sweeper's jobs by
     /// status and age; on the resumable uploads, a user's (`POST /uploads` counts them), the
     /// expired ones, and the leases of one. Converters create them because the gateway, a
-    /// function, has no start-up; `createIndexes` with the same specs is a no-op, so every
-    /// replica may.
+    /// function, has no start-up; every replica may (two creating one index at once: the
+    /// loser's error is retried, and then finds it there).
     pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
         for (collection, keys) in [
             (
@@ -540,8 +540,9 @@ impl ChunkReader {
     }
 }
 
-/// Creates the indexes on `keys` that `collection` lacks. Only those: FerretDB drops the
-/// connection when asked to create an index it has.
+/// Creates the indexes on `keys` that `collection` lacks. Only those: FerretDB 1.24 panics
+/// and drops the connection when asked again for one of these it has (seen with the jobs'
+/// indexes; the GridFS ones the gateway asks for on each upload do not do it).
 async fn ensure_keys(collection: &Collection<Document>, keys: Vec<Document>) -> anyhow::Result<()> {
     let existing: Vec<IndexModel> = match collection.list_indexes().await {
         Ok(cursor) => cursor.try_collect().await?,

@@ -79,9 +79,9 @@ impl Store for Memory {
         }
         Ok(())
     }
-    fn drop_chunks_from(&mut self, video_fid: &str, first: u64) -> Result<(), String> {
+    fn drop_chunks(&mut self, video_fid: &str, chunks: std::ops::Range<u64>) -> Result<(), String> {
         self.chunks
-            .retain(|(fid, n), _| fid != video_fid || *n < first);
+            .retain(|(fid, n), _| fid != video_fid || !chunks.contains(n));
         Ok(())
     }
     fn insert_chunks(&mut self, fid: &str, first: u64, chunks: &[Vec<u8>]) -> Result<bool, String> {
@@ -130,7 +130,7 @@ impl Store for Memory {
     }
     fn remove(&mut self, state: &UploadState) -> Result<(), String> {
         if !state.done {
-            self.drop_chunks_from(&state.video_fid, 0)?;
+            self.drop_chunks(&state.video_fid, 0..u64::MAX)?;
             self.files.remove(&state.video_fid);
         }
         self.states.remove(&state.id);
@@ -833,4 +833,33 @@ fn a_chunk_left_by_a_dead_patch_is_replaced_where_it_is_met() {
     assert_eq!(reply.status, 204, "{reply:?}");
     assert!(store.file("aaaaaaaaaaaaaaaaaaaaaaaa") == data);
     assert_eq!(store.jobs.len(), 1);
+}
+
+#[test]
+fn a_termination_waits_for_a_live_patch_and_then_removes_everything() {
+    let data = video(3000);
+    let mut store = Memory::default();
+    let upload = state(3000);
+    store.create(&upload).unwrap();
+    let mut run = Run::new();
+    assert_eq!(
+        run.patch(&mut store, &data[..1500], false, None).status,
+        204
+    );
+    let stored = store.states.values().next().unwrap().clone();
+    // A PATCH holds the upload: the termination would leave it writing chunks nobody owns.
+    store.leases.insert(
+        (upload.id.clone(), stored.offset),
+        ("writer".into(), run.now),
+    );
+    let reply = terminate(&stored, &mut store, "terminator", run.now + 1_000);
+    assert_eq!((reply.status, reply.outcome.as_str()), (423, "tus_locked"));
+    assert!(!store.states.is_empty() && !store.chunks.is_empty());
+    // Once that PATCH is over (or its lease lapsed), everything goes.
+    let reply = terminate(&stored, &mut store, "terminator", run.now + LEASE_MS + 1);
+    assert_eq!(
+        (reply.status, reply.outcome.as_str()),
+        (204, "tus_terminated")
+    );
+    assert!(store.states.is_empty() && store.chunks.is_empty() && store.leases.is_empty());
 }
