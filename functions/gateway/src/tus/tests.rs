@@ -155,6 +155,19 @@ impl Memory {
     }
 }
 
+/// A 3000-byte upload with its first 1500 bytes stored by one PATCH.
+fn half_uploaded() -> (Vec<u8>, Memory, Run) {
+    let data = video(3000);
+    let mut store = Memory::default();
+    store.create(&state(3000)).unwrap();
+    let mut run = Run::new();
+    assert_eq!(
+        run.patch(&mut store, &data[..1500], false, None).status,
+        204
+    );
+    (data, store, run)
+}
+
 /// A video-looking file: an MP4 `ftyp` box, then counting bytes.
 fn video(len: usize) -> Vec<u8> {
     let mut bytes = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2".to_vec();
@@ -684,14 +697,7 @@ fn open_uploads_are_bounded_in_number_and_in_bytes() {
 
 #[test]
 fn an_empty_patch_does_not_push_the_expiry_back() {
-    let data = video(3000);
-    let mut store = Memory::default();
-    store.create(&state(3000)).unwrap();
-    let mut run = Run::new();
-    assert_eq!(
-        run.patch(&mut store, &data[..1500], false, None).status,
-        204
-    );
+    let (data, mut store, mut run) = half_uploaded();
     let before = store.states.values().next().unwrap().clone();
     let saves = store.saves;
     run.now += 60_000;
@@ -718,14 +724,7 @@ fn an_upload_terminated_under_a_patch_stops_it_without_a_job() {
 
 #[test]
 fn a_state_read_before_the_lease_is_read_again_under_it() {
-    let data = video(3000);
-    let mut store = Memory::default();
-    store.create(&state(3000)).unwrap();
-    let mut run = Run::new();
-    assert_eq!(
-        run.patch(&mut store, &data[..1500], false, None).status,
-        204
-    );
+    let (data, mut store, mut run) = half_uploaded();
     // Another request's view from before that PATCH.
     let stale = state(3000);
     let request = patch_request(&headers(0), &stale).unwrap();
@@ -837,15 +836,8 @@ fn a_chunk_left_by_a_dead_patch_is_replaced_where_it_is_met() {
 
 #[test]
 fn a_termination_waits_for_a_live_patch_and_then_removes_everything() {
-    let data = video(3000);
-    let mut store = Memory::default();
+    let (data, mut store, mut run) = half_uploaded();
     let upload = state(3000);
-    store.create(&upload).unwrap();
-    let mut run = Run::new();
-    assert_eq!(
-        run.patch(&mut store, &data[..1500], false, None).status,
-        204
-    );
     let stored = store.states.values().next().unwrap().clone();
     // A PATCH holds the upload: the termination would leave it writing chunks nobody owns.
     store.leases.insert(
