@@ -55,6 +55,14 @@ impl Reply {
         self
     }
 
+    /// The value of header `name` (as set, lower case), if the reply has it.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Sets the detail logged (never sent).
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());

@@ -669,7 +669,7 @@ mod tests {
                 "too many failed logins for this account from this address"
             )
         );
-        assert_eq!(header(&locked, "retry-after"), Some("50"));
+        assert_eq!(locked.header_value("retry-after"), Some("50"));
         assert_eq!(fake.lookups.get(), lookups);
         // The owner, elsewhere, is not affected.
         assert_eq!(
@@ -848,20 +848,12 @@ mod tests {
         )
     }
 
-    fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
-        reply
-            .headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     #[test]
     fn success_returns_a_verifiable_token() {
         let reply = handle(&post(Some(&basic("a@example.com:pw"))), &Fake::new(), NOW);
         assert_eq!(reply.status, 200);
         assert_eq!(
-            header(&reply, "content-type"),
+            reply.header_value("content-type"),
             Some("text/plain; charset=utf-8")
         );
         let config = TokenConfig::new(SECRET, "mp3-auth", "mp3", Duration::from_secs(1)).unwrap();
@@ -883,7 +875,7 @@ mod tests {
         };
         let reply = handle(&out, &fake, NOW + 1);
         assert_eq!((reply.status, reply.body.as_str()), (200, "logged out"));
-        assert_eq!(header(&reply, "cache-control"), Some("no-store"));
+        assert_eq!(reply.header_value("cache-control"), Some("no-store"));
         let users = fake.revoked.borrow().clone().unwrap();
         assert_eq!(users[0].token_generation, 5);
         assert_eq!(*fake.forgotten.borrow(), ["a@example.com Some(5)"]);
@@ -908,7 +900,7 @@ mod tests {
             NOW,
         );
         assert_eq!(reply.status, 405);
-        assert_eq!(header(&reply, "allow"), Some("POST"));
+        assert_eq!(reply.header_value("allow"), Some("POST"));
     }
 
     #[test]
@@ -926,7 +918,7 @@ mod tests {
                 (401, "missing credentials")
             );
             assert_eq!(
-                header(&reply, "www-authenticate"),
+                reply.header_value("www-authenticate"),
                 Some(r#"Basic realm="mp3""#)
             );
         }
@@ -943,7 +935,7 @@ mod tests {
                 (reply.status, reply.body.as_str()),
                 (401, "invalid credentials")
             );
-            assert_eq!(header(reply, "www-authenticate"), None);
+            assert_eq!(reply.header_value("www-authenticate"), None);
         }
     }
 

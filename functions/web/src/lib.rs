@@ -93,24 +93,16 @@ mod spin {
 mod tests {
     use super::*;
 
-    fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
-        reply
-            .headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     #[test]
     fn the_page_and_its_files() {
         let page = serve("GET", "/");
         assert_eq!(page.status, 200);
         assert_eq!(
-            header(&page, "content-type"),
+            page.header_value("content-type"),
             Some("text/html; charset=utf-8")
         );
         assert_eq!(
-            header(&page, "content-security-policy"),
+            page.header_value("content-security-policy"),
             Some(CONTENT_SECURITY_POLICY)
         );
         // Everything the page loads is ours.
@@ -118,7 +110,10 @@ mod tests {
             assert!(page.body.contains(path), "{path}");
             let asset = serve("GET", path);
             assert_eq!(asset.status, 200, "{path}");
-            assert_eq!(header(&asset, "x-content-type-options"), Some("nosniff"));
+            assert_eq!(
+                asset.header_value("x-content-type-options"),
+                Some("nosniff")
+            );
         }
         assert!(!page.body.contains("http://") && !page.body.contains("https://"));
         assert!(
@@ -134,6 +129,6 @@ mod tests {
         assert_eq!(serve("GET", "/static/").status, 404);
         let refused = serve("POST", "/");
         assert_eq!(refused.status, 405);
-        assert_eq!(header(&refused, "allow"), Some("GET, HEAD"));
+        assert_eq!(refused.header_value("allow"), Some("GET, HEAD"));
     }
 }

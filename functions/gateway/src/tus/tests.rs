@@ -294,29 +294,17 @@ impl Run {
 }
 
 fn offset_of(reply: &Reply) -> Option<u64> {
-    reply
-        .headers
-        .iter()
-        .find(|(k, _)| *k == "upload-offset")
-        .and_then(|(_, v)| v.parse().ok())
-}
-
-fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
-    reply
-        .headers
-        .iter()
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.as_str())
+    reply.header_value("upload-offset")?.parse().ok()
 }
 
 #[test]
 fn options_say_what_is_spoken() {
     let reply = options(MAX);
     assert_eq!(reply.status, 204);
-    assert_eq!(header(&reply, "tus-version"), Some("1.0.0"));
-    assert_eq!(header(&reply, "tus-extension"), Some(EXTENSIONS));
-    assert_eq!(header(&reply, "tus-max-size"), Some("1048576"));
-    assert_eq!(header(&reply, "tus-checksum-algorithm"), Some("sha1"));
+    assert_eq!(reply.header_value("tus-version"), Some("1.0.0"));
+    assert_eq!(reply.header_value("tus-extension"), Some(EXTENSIONS));
+    assert_eq!(reply.header_value("tus-max-size"), Some("1048576"));
+    assert_eq!(reply.header_value("tus-checksum-algorithm"), Some("sha1"));
     assert!(reply.body.is_empty());
 }
 
@@ -542,7 +530,7 @@ fn one_patch_at_a_time_and_a_dead_ones_lease_lapses() {
         .insert((state(0).id, 0), ("token-b".into(), run.now - 1000));
     let reply = run.patch(&mut store, &data, false, None);
     assert_eq!((reply.status, reply.outcome.as_str()), (423, "tus_locked"));
-    assert_eq!(header(&reply, "retry-after"), Some("6"));
+    assert_eq!(reply.header_value("retry-after"), Some("6"));
     // A minute later, the other PATCH is taken for dead; its chunks past the offset too.
     store
         .insert_chunks("aaaaaaaaaaaaaaaaaaaaaaaa", 0, &[vec![7; CHUNK as usize]])
@@ -691,7 +679,7 @@ fn open_uploads_are_bounded_in_number_and_in_bytes() {
         let reply = admit(held, length, MAX).unwrap_err();
         assert_eq!(reply.status, 429);
         assert!(reply.body.contains(reason), "{}", reply.body);
-        assert_eq!(header(&reply, "retry-after"), Some("60"));
+        assert_eq!(reply.header_value("retry-after"), Some("60"));
     }
 }
 
