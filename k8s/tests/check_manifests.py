@@ -1195,6 +1195,7 @@ def outside_endpoints() -> dict[str, Endpoint]:
         "kube-dns": Endpoint("coredns", "kube-system", {"k8s-app": "kube-dns"}),
         "smtp-relay": Endpoint("smtp relay", "", ip="198.51.100.25"),
         "internet": Endpoint("internet", "", ip="203.0.113.80"),
+        "cloud-metadata": Endpoint("cloud metadata", "", ip="169.254.169.254"),
         "managed-data": Endpoint("managed data", "", ip="10.100.3.4"),
     }
 
@@ -1218,6 +1219,9 @@ def designed_flows(eps: dict[str, Endpoint]) -> tuple[list, list]:
         ("notifier", "smtp-relay", 587),
         ("notifier", "smtp-relay", 465),
         ("notifier", "smtp-relay", 25),
+        # Webhooks, to whatever public address and port users name.
+        ("notifier", "internet", 443),
+        ("notifier", "internet", 8080),
         ("prometheus", "converter", eps["converter"].ports.get("metrics", -1)),
         ("prometheus", "notifier", eps["notifier"].ports.get("metrics", -1)),
     ]
@@ -1234,6 +1238,8 @@ def designed_flows(eps: dict[str, Endpoint]) -> tuple[list, list]:
         ("converter", "smtp-relay", 587),
         ("mp3-gateway", "internet", 443),
         ("converter", "internet", 443),
+        ("notifier", "cloud-metadata", 80),
+        ("notifier", "managed-data", 3306),
         ("mp3-auth", "internet", 443),
         ("converter", "mp3-auth", 80),
         ("mp3-gateway", "converter", eps["converter"].ports.get("metrics", -1)),

@@ -30,9 +30,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use converter::convert::OUTPUT_ARGS;
+use converter::convert::output_args;
 use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::Bucket;
+use mp3_model::options::Encoding;
+use mp3_model::Options;
 use system_tests::http::send;
 use system_tests::memory::{memory_mib, reset_peak};
 use system_tests::system::{make_video, probe, upload, System};
@@ -283,10 +285,37 @@ fn conversion(plan: &Plan, dir: &Path) {
          | GridFS read + write alone |"
     );
     println!("|---|---:|---:|---:|---:|");
-    for (label, clip) in [
-        ("index last (read through ffmpeg's cache)", &moov_last),
-        ("faststart (streamed)", &faststart),
-    ] {
+    // Options change what ffmpeg does, so each is compared with plain ffmpeg run with the same
+    // options: a constant bitrate and mono, a variable bitrate (written to a file, for its info
+    // header), and half the clip (decoded from its start, cut to the sample).
+    let (quarter, three_quarters) = ((seconds / 4).to_string(), (seconds * 3 / 4).to_string());
+    let rows: [(&str, &Path, Vec<(&str, &str)>); 5] = [
+        (
+            "index last (read through ffmpeg's cache)",
+            &moov_last,
+            vec![],
+        ),
+        ("faststart (streamed)", &faststart, vec![]),
+        (
+            "faststart, `preset=voice` (mono, 64 kb/s)",
+            &faststart,
+            vec![("preset", "voice")],
+        ),
+        (
+            "faststart, `preset=high` (VBR 0)",
+            &faststart,
+            vec![("preset", "high")],
+        ),
+        (
+            "faststart, the middle half (`start`, `end`)",
+            &faststart,
+            vec![("start", &quarter), ("end", &three_quarters)],
+        ),
+    ];
+    for (label, clip, fields) in rows {
+        let encoding = Options::from_fields(fields.iter().copied(), "clip.mp4")
+            .expect("valid options")
+            .encoding();
         let mut plain = Vec::new();
         let mut pipeline = Vec::new();
         let mut storage = Vec::new();
@@ -296,13 +325,13 @@ fn conversion(plan: &Plan, dir: &Path) {
             let status = Command::new("ffmpeg")
                 .args(["-loglevel", "error", "-y", "-i"])
                 .arg(clip)
-                .args(mp3_args_to(&out))
+                .args(mp3_args_to(&out, &encoding))
                 .status()
                 .expect("running ffmpeg");
             assert!(status.success());
             plain.push(started.elapsed().as_secs_f64());
 
-            let reply = system.upload(&token, clip);
+            let reply = system.upload_with(&token, clip, &fields);
             assert_eq!(reply.status, 202, "{}", reply.body);
             let job_id = field_of(&reply.body, "job_id");
             // The job's own times (queued by the gateway, done by the converter), polled once
@@ -369,14 +398,9 @@ fn transfer_alone(job: &serde_json::Value, mp3: &Path) -> f64 {
     seconds
 }
 
-/// The converter's ffmpeg output arguments, writing `path` instead of its stdout.
-fn mp3_args_to(path: &Path) -> Vec<std::ffi::OsString> {
-    let (&stdout, args) = OUTPUT_ARGS.split_last().expect("output arguments");
-    assert_eq!(stdout, "pipe:1", "the converter writes to stdout");
-    args.iter()
-        .map(Into::into)
-        .chain([path.as_os_str().to_owned()])
-        .collect()
+/// The converter's ffmpeg output arguments for `encoding`, writing `path`.
+fn mp3_args_to(path: &Path, encoding: &Encoding) -> Vec<String> {
+    output_args(encoding, &path.display().to_string())
 }
 
 fn end_to_end(plan: &Plan, dir: &Path) {
@@ -698,7 +722,7 @@ fn throughput(plan: &Plan, dir: &Path) {
                 let status = Command::new("ffmpeg")
                     .args(["-loglevel", "error", "-y", "-i"])
                     .arg(&clip)
-                    .args(mp3_args_to(&out))
+                    .args(mp3_args_to(&out, &Encoding::default()))
                     .status()
                     .expect("running ffmpeg");
                 assert!(status.success());

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod services;
 pub mod system;
 pub mod tus;
+pub mod webhook_receiver;
 
 pub use app::{available_runtimes, App, AppConfig, Runtime};
 pub use db::TestDb;

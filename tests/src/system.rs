@@ -181,7 +181,13 @@ impl System {
     }
 
     pub fn start_notifier(&self) -> Worker {
+        self.start_notifier_with(&[])
+    }
+
+    /// [`System::start_notifier`] with more settings (its webhook policy, say).
+    pub fn start_notifier_with(&self, extra: &[(&'static str, String)]) -> Worker {
         let mut env = self.worker_env();
+        env.extend(extra.iter().cloned());
         env.extend([
             ("SMTP_HOST", service_env("SMTP_HOST")),
             ("SMTP_PORT", service_env("SMTP_PORT")),
@@ -209,6 +215,11 @@ impl System {
     /// Uploads `path` with curl (which streams the file as multipart/form-data); the reply.
     pub fn upload(&self, token: &str, path: &Path) -> Reply {
         upload(&self.app.url("/upload"), token, path).0
+    }
+
+    /// [`System::upload`] with form fields (conversion options) before the file.
+    pub fn upload_with(&self, token: &str, path: &Path, fields: &[(&str, &str)]) -> Reply {
+        upload_form(&self.app.url("/upload"), token, path, fields).0
     }
 
     /// `GET /jobs/{id}` every 10 ms until the job is `done` or `failed`; the final job JSON.
@@ -314,9 +325,18 @@ fn delete_jobs_of(owner: &str) -> mongo_wire::Result<()> {
 
 /// Uploads `path` to `url` with curl; the reply and the seconds curl spent.
 pub fn upload(url: &str, token: &str, path: &Path) -> (Reply, f64) {
-    let out = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code} %{time_total}", "-H"])
-        .arg(format!("Authorization: Bearer {token}"))
+    upload_form(url, token, path, &[])
+}
+
+/// [`upload`] with form fields before the file (sent as they are, never read from files).
+pub fn upload_form(url: &str, token: &str, path: &Path, fields: &[(&str, &str)]) -> (Reply, f64) {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-o", "-", "-w", "\n%{http_code} %{time_total}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"));
+    for (name, value) in fields {
+        curl.arg("--form-string").arg(format!("{name}={value}"));
+    }
+    let out = curl
         .arg("-F")
         .arg(format!("file=@{}", path.display()))
         .arg(url)

@@ -26,8 +26,25 @@ pub struct Upload {
 impl Upload {
     /// `POST /uploads` for `length` bytes named `name`.
     pub fn create(base: &str, token: &str, length: u64, name: &str) -> Result<Self, String> {
+        Self::create_with(base, token, length, name, &[])
+    }
+
+    /// [`Upload::create`] with more `Upload-Metadata` (conversion options).
+    pub fn create_with(
+        base: &str,
+        token: &str,
+        length: u64,
+        name: &str,
+        metadata: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let auth = format!("Bearer {token}");
-        let metadata = format!("filename {}", STANDARD.encode(name));
+        let mut pairs = vec![format!("filename {}", STANDARD.encode(name))];
+        pairs.extend(
+            metadata
+                .iter()
+                .map(|(key, value)| format!("{key} {}", STANDARD.encode(value))),
+        );
+        let metadata = pairs.join(",");
         let reply = request(
             base,
             "POST",

@@ -245,6 +245,56 @@ fn logs_in_converts_lists_downloads_deletes_and_logs_out(runtime: Runtime) {
     let output = cli.run(&["download", "../../etc/passwd"], "");
     assert_eq!(code(&output), 1, "{}", says(&output));
 
+    // Options, sent with the upload: a voice MP3 of one second of the clip, titled.
+    let voice = dir.path().join("voice");
+    let output = cli.run(
+        &[
+            "convert",
+            b.to_str().unwrap(),
+            "--out",
+            voice.to_str().unwrap(),
+            "--preset",
+            "voice",
+            "--start",
+            "0.5",
+            "--duration",
+            "1",
+            "--title",
+            "Second, short",
+        ],
+        "",
+    );
+    assert_eq!(code(&output), 0, "{}", says(&output));
+    let mp3 = voice.join("second.mp3");
+    assert_mp3(&mp3, 1.0);
+    let probed = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-of",
+            "json",
+            "-show_streams",
+            "-show_format",
+        ])
+        .arg(&mp3)
+        .output()
+        .expect("running ffprobe");
+    let probed: serde_json::Value = serde_json::from_slice(&probed.stdout).expect("JSON");
+    assert_eq!(probed["streams"][0]["channels"], 1, "{probed}");
+    assert_eq!(probed["streams"][0]["bit_rate"], "64000", "{probed}");
+    assert_eq!(
+        probed["format"]["tags"]["title"], "Second, short",
+        "{probed}"
+    );
+    // Refused by the CLI itself, before anything is sent.
+    let output = cli.run(&["convert", b.to_str().unwrap(), "--channels", "3"], "");
+    assert_eq!(code(&output), 2, "{}", says(&output));
+    assert!(
+        text(&output.stderr).contains("--channels: 1 (mono) or 2"),
+        "{}",
+        says(&output)
+    );
+
     // Unreachable: its own exit code.
     let output = cli.run(
         &[

@@ -784,6 +784,8 @@ impl Converted {
             mp3_fid: Some(mp3_fid.to_hex()),
             error: None,
             attempts: 1,
+            options: Default::default(),
+            webhook: None,
             // Now: a converter's sweeper expires old done jobs.
             created_at: now_ms(),
             updated_at: now_ms(),
@@ -889,6 +891,8 @@ fn jobs_are_listed_newest_first_a_page_at_a_time(runtime: Runtime) {
         mp3_fid: (status == JobStatus::Done).then(|| ObjectId::new().to_hex()),
         error: None,
         attempts: 1,
+        options: Default::default(),
+        webhook: None,
         created_at,
         updated_at: created_at,
     };

@@ -413,6 +413,65 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         let reply = send_raw("GET", &fresh, &[], Body::Empty).unwrap();
         assert_eq!(reply.status, 200, "{}", reply.text());
 
+        // Output options, chosen before picking a file: a mono second of it, titled.
+        client
+            .find(Locator::Css("#output summary"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let field = |css: &'static str| {
+            let client = &client;
+            async move { client.find(Locator::Css(css)).await.expect(css) }
+        };
+        field("#options-form select[name=preset]")
+            .await
+            .select_by_value("voice")
+            .await
+            .unwrap();
+        for (css, value) in [
+            ("#options-form input[name=start]", "0.5"),
+            ("#options-form input[name=end]", "1.5"),
+            ("#options-form input[name=title]", "From the page"),
+        ] {
+            field(css).await.send_keys(value).await.unwrap();
+        }
+        pick(&first).await;
+        until("the trimmed job done", &system, || async {
+            let rows = rows(&client).await;
+            rows.iter()
+                .any(|(file, status)| file == "first.mp4" && status == "done")
+                .then_some(())
+        })
+        .await;
+        let trimmed = "//tr[td[1]='first.mp4']";
+        let tooltip = client
+            .find(Locator::XPath(&format!("{trimmed}/td[1]")))
+            .await
+            .unwrap()
+            .attr("title")
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        assert_eq!(
+            tooltip, "preset voice, 64 kb/s, mono, 0.5 s to 1.5 s, \"From the page\"",
+            "the options are shown"
+        );
+        let href = client
+            .find(Locator::XPath(&format!("{trimmed}//a[text()='Download']")))
+            .await
+            .unwrap()
+            .prop("href")
+            .await
+            .unwrap()
+            .expect("an href");
+        let mp3 = send_raw("GET", &href, &[], Body::Empty).unwrap();
+        assert_eq!(mp3.status, 200, "{}", mp3.text());
+        std::fs::write(&saved, &mp3.body).unwrap();
+        let (seconds, _) = probe(&saved);
+        assert!((seconds - 1.0).abs() < 0.1, "{seconds} s: trimmed");
+
         // Signing out ends the session.
         client
             .find(Locator::Id("logout"))
@@ -436,5 +495,5 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         None,
     );
     let listed: serde_json::Value = serde_json::from_str(&listed.body).unwrap();
-    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(3), "{listed}");
 }

@@ -10,6 +10,15 @@ use serde::Deserialize;
 use ureq::http::Response;
 use ureq::{Agent, Body};
 
+/// A user's webhook settings, as `GET /webhook` shows them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    pub secret: String,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub previous_secret_expires_at: Option<i64>,
+}
+
 /// Why a request failed, when the CLI's exit code or a retry depends on it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -259,6 +268,54 @@ impl Api {
         )
     }
 
+    /// The caller's webhook settings (`secret`, `url`).
+    pub fn webhook(&self) -> anyhow::Result<WebhookSettings> {
+        self.get_json("reading the webhook settings", "/webhook")
+            .map(|(settings, _)| settings)
+    }
+
+    /// Sets (or, with `None`, removes) the default callback.
+    pub fn set_webhook_url(&self, url: Option<&str>) -> anyhow::Result<WebhookSettings> {
+        let what = "setting the webhook";
+        let body = serde_json::json!({ "url": url }).to_string();
+        let response = self.run(
+            what,
+            self.agent
+                .put(self.url("/webhook")?)
+                .header("authorization", self.bearer()?)
+                .header("content-type", "application/json")
+                .send(body.as_bytes()),
+        )?;
+        Self::read_json(what, Self::check(what, response)?)
+    }
+
+    /// A new secret (the old one signs too for a day).
+    pub fn rotate_webhook_secret(&self) -> anyhow::Result<WebhookSettings> {
+        let what = "rotating the webhook secret";
+        let response = self.run(
+            what,
+            self.agent
+                .post(self.url("/webhook/rotate")?)
+                .header("authorization", self.bearer()?)
+                .send_empty(),
+        )?;
+        Self::read_json(what, Self::check(what, response)?)
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(
+        what: &str,
+        mut response: Response<Body>,
+    ) -> anyhow::Result<T> {
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(1024 * 1024)
+            .read_to_string()
+            .with_context(|| format!("{what}: reading the answer"))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{what}: the answer is not the expected JSON"))
+    }
+
     pub fn delete_job(&self, id: &str) -> anyhow::Result<()> {
         let what = format!("deleting job {id}");
         let response = self.run(
@@ -286,11 +343,17 @@ impl Api {
     }
 
     /// tus creation: the new upload's path (`/uploads/{id}`).
-    pub fn create_upload(&self, length: u64, filename: &str) -> anyhow::Result<String> {
-        let metadata = format!(
-            "filename {}",
-            base64::engine::general_purpose::STANDARD.encode(filename)
-        );
+    pub fn create_upload(
+        &self,
+        length: u64,
+        filename: &str,
+        options: &[(&str, String)],
+    ) -> anyhow::Result<String> {
+        let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let mut metadata = format!("filename {}", b64(filename));
+        for (name, value) in options {
+            metadata.push_str(&format!(",{name} {}", b64(value)));
+        }
         let response = self.run(
             "starting the upload",
             self.agent

@@ -91,8 +91,9 @@ pub struct Uploads {
     uploads: BTreeMap<String, String>,
 }
 
-/// What identifies one file's upload to one server: a file changed since is a new upload.
-pub fn upload_key(server: &str, file: &Path) -> anyhow::Result<String> {
+/// What identifies one file's upload to one server with its options: a file changed since,
+/// or other options, make a new upload.
+pub fn upload_key(server: &str, file: &Path, options: &[(&str, String)]) -> anyhow::Result<String> {
     let canonical = file
         .canonicalize()
         .with_context(|| format!("{}", file.display()))?;
@@ -102,10 +103,13 @@ pub fn upload_key(server: &str, file: &Path) -> anyhow::Result<String> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
+    // Other options make another MP3: another upload, not the old one resumed.
+    let options: Vec<String> = options.iter().map(|(k, v)| format!("{k}={v}")).collect();
     Ok(format!(
-        "{server} {} {} {modified}",
+        "{server} {} {} {modified} {}",
         canonical.display(),
-        meta.len()
+        meta.len(),
+        options.join("&")
     ))
 }
 

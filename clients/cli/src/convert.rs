@@ -25,6 +25,8 @@ pub struct Options {
     pub wait: Duration,
     /// Tries of one piece before giving up on a file.
     pub tries: u32,
+    /// Conversion options, (field, value), sent as the upload's metadata.
+    pub fields: Vec<(&'static str, String)>,
 }
 
 /// What became of one file.
@@ -126,7 +128,7 @@ fn upload(api: &Api, file: &Path, options: &Options, bar: &ProgressBar) -> anyho
         bail!("{} is empty", file.display());
     }
     bar.set_length(length);
-    let key = upload_key(api.base(), file)?;
+    let key = upload_key(api.base(), file, &options.fields)?;
     let mut path = None;
     let mut offset = 0;
     if let Some(saved) = Uploads::load().get(&key) {
@@ -144,7 +146,7 @@ fn upload(api: &Api, file: &Path, options: &Options, bar: &ProgressBar) -> anyho
     let path = match path {
         Some(path) => path,
         None => {
-            let path = api.create_upload(length, &display_name(file))?;
+            let path = api.create_upload(length, &display_name(file), &options.fields)?;
             Uploads::update(&key, Some(&path))?;
             path
         }

@@ -62,6 +62,8 @@ enum Command {
         /// Seconds to wait for a job to end.
         #[arg(long, default_value_t = 3600)]
         wait_secs: u64,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// List your jobs, newest first.
     Jobs {
@@ -80,11 +82,89 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Show your webhook secret and default callback, or change them.
+    Webhook {
+        /// Send the events of jobs that name no callback to this URL.
+        #[arg(long, conflicts_with = "no_url")]
+        url: Option<String>,
+        /// Stop sending events of jobs that name no callback.
+        #[arg(long)]
+        no_url: bool,
+        /// Replace the signing secret (the old one keeps signing too for 24 hours).
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Delete jobs with their video and MP3.
     Rm {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+}
+
+/// What the MP3 should be (the server's defaults otherwise: CBR 192 kb/s, the source's rate
+/// and channels, the whole file, titled after the file).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Output")]
+struct OutputArgs {
+    /// A named set of options: voice (mono, 64 kb/s), standard (192 kb/s), high (VBR quality 0).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Constant bitrate in kb/s (32 to 320, an MP3 bitrate).
+    #[arg(long, conflicts_with = "quality")]
+    bitrate: Option<String>,
+    /// Variable bitrate: LAME quality, 0 (best) to 9 (smallest).
+    #[arg(long)]
+    quality: Option<String>,
+    /// Sample rate in Hz (8000 to 48000, an MP3 rate).
+    #[arg(long)]
+    sample_rate: Option<String>,
+    /// 1 (mono) or 2 (stereo).
+    #[arg(long)]
+    channels: Option<String>,
+    /// Keep the audio from this many seconds on.
+    #[arg(long)]
+    start: Option<String>,
+    /// Keep the audio up to this many seconds.
+    #[arg(long, conflicts_with = "duration")]
+    end: Option<String>,
+    /// Keep this many seconds of audio (from --start).
+    #[arg(long)]
+    duration: Option<String>,
+    /// ID3 title (the file's name otherwise).
+    #[arg(long)]
+    title: Option<String>,
+    /// ID3 artist.
+    #[arg(long)]
+    artist: Option<String>,
+    /// ID3 album.
+    #[arg(long)]
+    album: Option<String>,
+    /// POST the job's signed event here when it ends (see `mp3 webhook`).
+    #[arg(long)]
+    callback_url: Option<String>,
+}
+
+impl OutputArgs {
+    /// The options given, as (field, value) pairs for the upload's metadata.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        [
+            ("preset", &self.preset),
+            ("bitrate", &self.bitrate),
+            ("quality", &self.quality),
+            ("sample_rate", &self.sample_rate),
+            ("channels", &self.channels),
+            ("start", &self.start),
+            ("end", &self.end),
+            ("duration", &self.duration),
+            ("title", &self.title),
+            ("artist", &self.artist),
+            ("album", &self.album),
+            ("callback_url", &self.callback_url),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.clone().map(|v| (name, v)))
+        .collect()
+    }
 }
 
 fn main() -> ExitCode {
@@ -171,7 +251,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             parallel,
             piece_mib,
             wait_secs,
+            output,
         } => {
+            let fields = output.fields();
+            // Checked here by the server's own rules, before anything is sent.
+            let given = fields.iter().map(|(name, value)| (*name, value.as_str()));
+            if let Err(error) = mp3_model::Options::from_fields(given, "file") {
+                let message = format!("--{}: {}", error.field.replace('_', "-"), error.rule);
+                // A usage error, as clap reports its own (exit code 2).
+                <Cli as clap::CommandFactory>::command()
+                    .error(clap::error::ErrorKind::InvalidValue, message)
+                    .exit();
+            }
             let api = api(cli.server)?;
             for file in &files {
                 if !file.is_file() {
@@ -184,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 parallel,
                 wait: Duration::from_secs(wait_secs),
                 tries: 8,
+                fields,
             };
             let results = convert::convert_all(&api, &files, &options);
             let mut worst: Option<anyhow::Error> = None;
@@ -253,6 +345,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (job, _) = api.job(&id)?;
             let mp3 = convert::download(&api, &job, &out)?;
             println!("{}", mp3.display());
+        }
+        Command::Webhook {
+            url,
+            no_url,
+            rotate,
+        } => {
+            let api = api(cli.server)?;
+            let mut settings = if rotate {
+                api.rotate_webhook_secret()?
+            } else {
+                api.webhook()?
+            };
+            if url.is_some() || no_url {
+                settings = api.set_webhook_url(url.as_deref())?;
+            }
+            println!("secret: {}", settings.secret);
+            println!("url: {}", settings.url.as_deref().unwrap_or("(none)"));
+            if let Some(until) = settings.previous_secret_expires_at {
+                println!("previous secret signs too until {}", utc(until));
+            }
         }
         Command::Rm { ids } => {
             let api = api(cli.server)?;

@@ -50,6 +50,10 @@ fn bad_usage_is_exit_code_2() {
         &["convert"][..],
         &["convert", "a.mp4", "--piece-mib", "65"],
         &["convert", "a.mp4", "--piece-mib", "0"],
+        &["convert", "a.mp4", "--bitrate", "100"],
+        &["convert", "a.mp4", "--bitrate", "128", "--quality", "2"],
+        &["convert", "a.mp4", "--start", "5", "--end", "1"],
+        &["convert", "a.mp4", "--preset", "loud"],
         &["frobnicate"],
     ] {
         let output = mp3(&home, args);

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Options;
+
 /// Where a job is. Serialized lowercase (`"queued"`, ...), in the job document and in
 /// `GET /jobs/{id}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,6 +60,12 @@ pub struct Job {
     /// Conversion attempts started so far.
     #[serde(default)]
     pub attempts: u32,
+    /// What the user asked of the conversion (none for the seed system's jobs).
+    #[serde(default, skip_serializing_if = "Options::is_default")]
+    pub options: Options,
+    /// What became of the job's webhook, once the notifier knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::webhook::Delivery>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -74,9 +82,16 @@ impl Job {
             mp3_fid: None,
             error: None,
             attempts: 0,
+            options: Options::default(),
+            webhook: None,
             created_at: now_ms,
             updated_at: now_ms,
         }
+    }
+
+    /// The job with `options`.
+    pub fn with_options(self, options: Options) -> Self {
+        Self { options, ..self }
     }
 
     /// The job a seed-format message stands for (see [`JobMessage::is_seed`]): named after its
@@ -89,6 +104,7 @@ impl Job {
             filename,
             now_ms,
         )
+        .with_options(message.options.clone())
     }
 }
 
@@ -110,6 +126,9 @@ pub struct JobMessage {
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The job's options, so that the converter needs no other read (absent: none asked).
+    #[serde(default, skip_serializing_if = "Options::is_default")]
+    pub options: Options,
 }
 
 /// [`JobMessage`] as received: `job_id` may be missing.
@@ -123,6 +142,8 @@ struct WireMessage {
     username: String,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    options: Options,
 }
 
 impl From<WireMessage> for JobMessage {
@@ -133,6 +154,7 @@ impl From<WireMessage> for JobMessage {
             mp3_fid: wire.mp3_fid,
             username: wire.username,
             error: wire.error,
+            options: wire.options,
         }
     }
 }
@@ -144,7 +166,7 @@ impl JobMessage {
         self.job_id == self.video_fid
     }
 
-    /// The message the gateway publishes to `video` for a new upload.
+    /// A `video` message for a job without options (see [`for_job`](Self::for_job)).
     pub fn queued(job_id: &str, video_fid: &str, username: &str) -> Self {
         Self {
             job_id: job_id.to_owned(),
@@ -152,6 +174,15 @@ impl JobMessage {
             mp3_fid: None,
             username: username.to_owned(),
             error: None,
+            options: Options::default(),
+        }
+    }
+
+    /// The message published to `video` for `job`, with its options.
+    pub fn for_job(job: &Job) -> Self {
+        Self {
+            options: job.options.clone(),
+            ..Self::queued(&job.id, &job.video_fid, &job.owner)
         }
     }
 
@@ -232,6 +263,24 @@ mod tests {
                 "{missing}"
             );
         }
+    }
+
+    #[test]
+    fn messages_carry_their_jobs_options() {
+        let options = Options::from_fields([("preset", "voice"), ("start", "2")], "a.mp4").unwrap();
+        let job = Job::queued("j1", "u", "v1", "a.mp4", 0).with_options(options.clone());
+        let message = JobMessage::for_job(&job);
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(json["options"]["bitrate"], 64);
+        assert_eq!(json["options"]["start"], 2.0);
+        let back: JobMessage = serde_json::from_value(json).unwrap();
+        assert_eq!(back.options, options);
+        // The outcome keeps them; a job without any sends none, as before.
+        assert_eq!(message.converted("m").options, options);
+        let plain = serde_json::to_value(JobMessage::queued("j1", "v1", "u")).unwrap();
+        assert!(plain.get("options").is_none());
+        let stored = serde_json::to_value(Job::queued("j1", "u", "v1", "a", 0)).unwrap();
+        assert!(stored.get("options").is_none());
     }
 
     #[test]

@@ -2,17 +2,20 @@
 //!
 //! One Rust type per thing that crosses a process boundary (JWT claims, queue messages, job
 //! documents, the queue topology), so the wasm components and the native workers cannot drift
-//! apart. Only `serde` and `getrandom` here: this crate builds for the host and for
+//! apart. Only `serde`, `getrandom` and `url` here: this crate builds for the host and for
 //! `wasm32-wasip2`.
 
 mod claims;
 mod id;
 mod job;
+pub mod options;
 pub mod topology;
+pub mod webhook;
 
 pub use claims::Claims;
 pub use id::new_object_id;
 pub use job::{Job, JobMessage, JobStatus};
+pub use options::Options;
 
 /// MongoDB database of the uploaded videos (GridFS default bucket `fs`) and of the `jobs`
 /// collection.

@@ -20,6 +20,8 @@ use mp3_model::{
 use crate::jobs::Cursor;
 use crate::tus::{self, UploadState};
 use crate::upload::{Backend, StoreError};
+use crate::webhook;
+use mp3_model::webhook as webhook_model;
 
 /// A MongoDB connection.
 pub struct Mongo {
@@ -141,6 +143,13 @@ impl Mongo {
                 doc! {"job_id": &job.id},
             )
             .map_err(|e| fail("deleting its email records", e))?;
+        self.client
+            .delete_many(
+                VIDEOS_DB,
+                webhook_model::CLAIMS_COLLECTION,
+                doc! {"job_id": &job.id},
+            )
+            .map_err(|e| fail("deleting its webhook records", e))?;
         // A job made by a resumable upload: its record goes too, so no retry makes it again.
         self.client
             .delete_many(VIDEOS_DB, UPLOADS_COLLECTION, doc! {"_id": &job.id})
@@ -541,6 +550,64 @@ impl tus::Store for Mongo {
                 doc! {"upload": &state.id},
             )
             .map_err(fail)?;
+        Ok(())
+    }
+}
+
+impl webhook::Store for Mongo {
+    fn load(&mut self, owner: &str) -> Result<Option<webhook_model::Settings>, String> {
+        let found = self
+            .client
+            .find_one(
+                VIDEOS_DB,
+                webhook_model::SETTINGS_COLLECTION,
+                doc! {"_id": owner},
+            )
+            .map_err(|e| format!("MongoDB: reading webhook settings: {e}"))?;
+        found
+            .map(|doc| {
+                bson::from_document(doc).map_err(|e| format!("webhook settings unreadable: {e}"))
+            })
+            .transpose()
+    }
+
+    fn insert(&mut self, settings: &webhook_model::Settings) -> Result<bool, String> {
+        let doc =
+            bson::to_document(settings).map_err(|e| format!("encoding webhook settings: {e}"))?;
+        match self
+            .client
+            .insert_one(VIDEOS_DB, webhook_model::SETTINGS_COLLECTION, doc)
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_duplicate_key() => Ok(false),
+            Err(e) => Err(format!("MongoDB: storing webhook settings: {e}")),
+        }
+    }
+
+    fn save(&mut self, settings: &webhook_model::Settings) -> Result<(), String> {
+        let mut doc =
+            bson::to_document(settings).map_err(|e| format!("encoding webhook settings: {e}"))?;
+        doc.remove("_id");
+        // The fields a save drops (no previous secret any more) are unset.
+        let mut unset = Document::new();
+        for field in ["previous_secret", "previous_until", "url"] {
+            if !doc.contains_key(field) {
+                unset.insert(field, "");
+            }
+        }
+        let mut update = doc! {"$set": doc};
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        self.client
+            .update_one(
+                VIDEOS_DB,
+                webhook_model::SETTINGS_COLLECTION,
+                doc! {"_id": &settings.owner},
+                update,
+                true,
+            )
+            .map_err(|e| format!("MongoDB: saving webhook settings: {e}"))?;
         Ok(())
     }
 }

@@ -251,6 +251,8 @@ mod tests {
             mp3_fid: Some(fid.into()),
             error: None,
             attempts: 1,
+            options: Default::default(),
+            webhook: None,
             created_at: 1,
             updated_at: 2,
         };

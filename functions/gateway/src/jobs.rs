@@ -34,6 +34,12 @@ pub fn view(job: &Job, links: Option<Links<'_>>) -> serde_json::Value {
         "created_at": job.created_at,
         "updated_at": job.updated_at,
     });
+    if !job.options.is_default() {
+        v["options"] = serde_json::to_value(&job.options).unwrap_or_default();
+    }
+    if let Some(delivery) = &job.webhook {
+        v["webhook"] = serde_json::to_value(delivery).unwrap_or_default();
+    }
     match job.status {
         JobStatus::Done => {
             if let Some(fid) = &job.mp3_fid {
@@ -215,6 +221,8 @@ mod tests {
             mp3_fid: (status == JobStatus::Done).then(|| "bbbbbbbbbbbbbbbbbbbbbbbb".into()),
             error: (status == JobStatus::Failed).then(|| "no audio stream".into()),
             attempts: 1,
+            options: Default::default(),
+            webhook: None,
             created_at: 1,
             updated_at: 2,
         }

@@ -45,6 +45,7 @@ pub mod magic;
 pub mod range;
 pub mod tus;
 pub mod upload;
+pub mod webhook;
 
 use component_http::Reply;
 pub use config::Config;
@@ -74,6 +75,15 @@ pub enum Route {
     /// `HEAD`, `PATCH` or `DELETE /uploads/{id}`, with the id as sent and the method.
     TusUpload(String, TusMethod),
     Download,
+    Webhook(WebhookAction),
+}
+
+/// What `/webhook` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookAction {
+    Show,
+    Update,
+    Rotate,
 }
 
 /// What is done to a resumable upload.
@@ -94,6 +104,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, Reply> {
         ("/upload", _) => ("POST", Some(Route::Upload)),
         ("/download", _) => ("GET", Some(Route::Download)),
         ("/jobs", _) => ("GET", Some(Route::Jobs)),
+        ("/webhook", "GET") => ("GET, PUT", Some(Route::Webhook(WebhookAction::Show))),
+        ("/webhook", _) => ("GET, PUT", Some(Route::Webhook(WebhookAction::Update))),
+        ("/webhook/rotate", _) => ("POST", Some(Route::Webhook(WebhookAction::Rotate))),
         ("/uploads", "OPTIONS") => ("OPTIONS, POST", Some(Route::TusOptions)),
         ("/uploads", _) => ("OPTIONS, POST", Some(Route::TusCreate)),
         _ if path.starts_with("/uploads/") => {
@@ -180,6 +193,20 @@ mod tests {
             .headers
             .contains(&("allow", "HEAD, PATCH, DELETE, OPTIONS".into())));
         assert_eq!(route("GET", "/uploads").unwrap_err().status, 405);
+        assert_eq!(
+            route("GET", "/webhook"),
+            Ok(Route::Webhook(WebhookAction::Show))
+        );
+        assert_eq!(
+            route("PUT", "/webhook"),
+            Ok(Route::Webhook(WebhookAction::Update))
+        );
+        assert_eq!(
+            route("POST", "/webhook/rotate"),
+            Ok(Route::Webhook(WebhookAction::Rotate))
+        );
+        assert_eq!(route("POST", "/webhook").unwrap_err().status, 405);
+        assert_eq!(route("GET", "/webhook/rotate").unwrap_err().status, 405);
         for path in [
             "/",
             "/jobs/",

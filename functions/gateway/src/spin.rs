@@ -24,7 +24,8 @@ use crate::config::LinkSettings;
 use crate::tus::{self, UploadState};
 use crate::upload::{self, BlockOn, Upload};
 use crate::{
-    declared_too_large, download, jobs, route, split_target, Config, Route, TusMethod, COMPONENT,
+    declared_too_large, download, jobs, route, split_target, webhook, Config, Route, TusMethod,
+    WebhookAction, COMPONENT,
 };
 
 /// Bytes read from GridFS and written to the client per step of a download.
@@ -96,7 +97,67 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
             send(out, reply, &method, started);
         }
         Route::Download => download_route(&req, out, &config, query, &method, started),
+        Route::Webhook(action) => {
+            let reply = webhook_route(req, &config, action);
+            send(out, reply, &method, started);
+        }
     }
+}
+
+/// `/webhook`: the caller's webhook settings, shown, changed or given a new secret.
+fn webhook_route(req: IncomingRequest, config: &Config, action: WebhookAction) -> Reply {
+    let user = match authenticate(&req, config) {
+        Ok(user) => user,
+        Err(reply) => return reply,
+    };
+    // Read before connecting: a bad body costs no MongoDB connection.
+    let url = match action {
+        WebhookAction::Update => {
+            let body = match read_small_body(req, webhook::MAX_BODY) {
+                Ok(body) => body,
+                Err(reply) => return reply.user(user),
+            };
+            match webhook::parse_update(&body) {
+                Ok(url) => url,
+                Err(reply) => return reply.user(user),
+            }
+        }
+        WebhookAction::Show | WebhookAction::Rotate => None,
+    };
+    let mut mongo = match connect_mongo(config) {
+        Ok(mongo) => mongo,
+        Err(reply) => return reply.user(user),
+    };
+    let now = now_ms();
+    let settings = match action {
+        WebhookAction::Show => webhook::settings_of(&mut mongo, &user, now),
+        WebhookAction::Update => webhook::update(&mut mongo, &user, url, now),
+        WebhookAction::Rotate => webhook::rotate(&mut mongo, &user, now),
+    };
+    match settings {
+        Ok(settings) => webhook::view(&settings, now),
+        Err(reply) => reply.user(user),
+    }
+}
+
+/// A request body of at most `max` bytes, or 413.
+fn read_small_body(req: IncomingRequest, max: usize) -> Result<Vec<u8>, Reply> {
+    let mut body = Vec::new();
+    let mut stream = req.into_body_stream();
+    while let Some(chunk) = spin_sdk::http::run(stream.next()) {
+        let chunk = chunk.map_err(|e| {
+            Reply::text(400, "the request body broke off", "body_broken").detail(format!("{e:?}"))
+        })?;
+        body.extend_from_slice(&chunk);
+        if body.len() > max {
+            return Err(Reply::text(
+                413,
+                format!("the body exceeds {max} bytes"),
+                "too_large",
+            ));
+        }
+    }
+    Ok(body)
 }
 
 /// `POST {auth_url}{path}` with `headers` (the caller's `Authorization`, ...), and no body.
@@ -323,6 +384,7 @@ fn tus_create(req: &IncomingRequest, config: &Config) -> Reply {
         video_fid: ObjectId::from_bytes(video).to_hex(),
         checked: false,
         done: false,
+        options: creation.options,
         created_at: now,
         expires_at: now.saturating_add(expiry_ms(config)),
     };

@@ -27,7 +27,7 @@ use std::io::{self, Read};
 
 use base64::Engine as _;
 use component_http::Reply;
-use mp3_model::{Job, JobMessage};
+use mp3_model::{options, Job, JobMessage, Options};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
@@ -83,6 +83,9 @@ pub struct UploadState {
     pub checked: bool,
     /// Whether every byte is in and the job was made.
     pub done: bool,
+    /// What the job will ask of the conversion.
+    #[serde(default)]
+    pub options: Options,
     /// Unix milliseconds.
     pub created_at: i64,
     pub expires_at: i64,
@@ -229,11 +232,12 @@ pub fn parse_checksum(text: &str) -> Result<[u8; 20], Reply> {
         .ok_or_else(|| refuse(400, "malformed Upload-Checksum", "tus_bad_checksum"))
 }
 
-/// What `POST /uploads` asks for: the length and the file name.
+/// What `POST /uploads` asks for: the length, the file name and the conversion's options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Creation {
     pub length: u64,
     pub filename: String,
+    pub options: Options,
 }
 
 /// Checks a creation request: 400 for a missing or malformed `Upload-Length` or metadata, 413
@@ -283,7 +287,24 @@ pub fn creation(headers: &Headers, max_bytes: u64) -> Result<Creation, Reply> {
         .find(|(k, _)| k == "filename")
         .map(|(_, v)| clean_filename(&String::from_utf8_lossy(v)))
         .unwrap_or_else(|| "upload".to_owned());
-    Ok(Creation { length, filename })
+    // The options among the metadata; other keys (`filetype`, what tus clients add) are not
+    // ours to judge.
+    let mut fields = Vec::new();
+    for (key, value) in &metadata {
+        if !options::FIELDS.contains(&key.as_str()) {
+            continue;
+        }
+        let value = std::str::from_utf8(value)
+            .map_err(|_| refuse(400, &format!("{key}: not UTF-8 text"), "bad_option"))?;
+        fields.push((key.as_str(), value));
+    }
+    let options = Options::from_fields(fields, &filename)
+        .map_err(|e| refuse(400, &e.to_string(), "bad_option"))?;
+    Ok(Creation {
+        length,
+        filename,
+        options,
+    })
 }
 
 /// A user's unfinished uploads, as [`Store::open_uploads`] counts them.
@@ -486,12 +507,8 @@ pub fn settled(
     publish: &mut dyn FnMut(&JobMessage) -> Result<(), String>,
 ) -> Result<UploadState, Reply> {
     if !state.done && store.job_exists(&state.id).map_err(unavailable)? {
-        publish(&JobMessage::queued(
-            &state.id,
-            &state.video_fid,
-            &state.owner,
-        ))
-        .map_err(|e| refuse(503, "queue unavailable", "queue_unavailable").detail(e))?;
+        publish(&JobMessage::for_job(&job_of(&state, state.created_at)))
+            .map_err(|e| refuse(503, "queue unavailable", "queue_unavailable").detail(e))?;
         let from = state.offset;
         state.offset = state.length;
         state.tail = Vec::new();
@@ -796,7 +813,7 @@ impl Writer<'_> {
         self.renew(store, (self.patch.clock)())?;
         let job = job_of(&done, now);
         store.insert_job(&job).map_err(unavailable)?;
-        let message = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
+        let message = JobMessage::for_job(&job);
         if let Err(e) = (self.patch.publish)(&message) {
             // The job stays: the client's next request publishes it again (see `settled`),
             // and the sweeper does once it looks stuck. Deleting it instead could race a
@@ -843,6 +860,7 @@ pub fn job_of(state: &UploadState, now: i64) -> Job {
         &state.filename,
         now,
     )
+    .with_options(state.options.clone())
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use std::task::{Poll, Waker};
 use bytes::{Buf, Bytes};
 use component_http::Reply;
 use futures::{Stream, StreamExt};
-use mp3_model::{Job, JobMessage};
+use mp3_model::options::OptionError;
+use mp3_model::{Job, JobMessage, Options};
 
 use crate::magic;
 
@@ -259,6 +260,8 @@ where
     };
     // The stored file: (fid, clean file name).
     let mut stored: Option<(String, String)> = None;
+    // The other fields, (name, value): options.
+    let mut fields: Vec<(String, String)> = Vec::new();
     let failure = |backend: &mut dyn Backend, stored: &Option<(String, String)>, reply: Reply| {
         discard(
             backend,
@@ -274,15 +277,16 @@ where
             Err(e) => return failure(backend, &stored, body_error(e.to_string())),
         };
         let Some(filename) = field.file_name().map(clean_filename) else {
-            // An ordinary form field: read past it, up to its limit.
-            let mut size = 0u64;
+            // An ordinary form field: an option, read up to its limit.
+            let name = field.name().unwrap_or_default().to_owned();
+            let mut value = Vec::new();
             loop {
                 match exec.block_on(field.chunk()) {
-                    Ok(Some(chunk)) => size += chunk.len() as u64,
+                    Ok(Some(chunk)) => value.extend_from_slice(&chunk),
                     Ok(None) => break,
                     Err(e) => return failure(backend, &stored, body_error(e.to_string())),
                 }
-                if size > MAX_FIELD_BYTES {
+                if value.len() as u64 > MAX_FIELD_BYTES {
                     let reply = bad_request(
                         &format!("form field over {MAX_FIELD_BYTES} bytes"),
                         "field_too_large",
@@ -290,6 +294,11 @@ where
                     return failure(backend, &stored, reply);
                 }
             }
+            let Ok(value) = String::from_utf8(value) else {
+                let reply = bad_request(&format!("{name}: not UTF-8 text"), "bad_option");
+                return failure(backend, &stored, reply);
+            };
+            fields.push((name, value));
             continue;
         };
         if stored.is_some() {
@@ -298,6 +307,10 @@ where
                 &stored,
                 bad_request("exactly one file expected, got several", "several_files"),
             );
+        }
+        // Options given before the file are checked before it is stored.
+        if let Err(e) = read_options(&fields, &filename) {
+            return bad_option(&e);
         }
         let head = match prefix(&mut field, exec) {
             Ok(head) => head,
@@ -322,13 +335,18 @@ where
     let Some((video_fid, filename)) = stored else {
         return bad_request("no file in the form", "no_file");
     };
+    let options = match read_options(&fields, &filename) {
+        Ok(options) => options,
+        Err(e) => return discard(backend, Some(&video_fid), None, bad_option(&e)),
+    };
 
     let now = (upload.clock)();
-    let job = Job::queued(&upload.job_id, upload.owner, &video_fid, &filename, now);
+    let job =
+        Job::queued(&upload.job_id, upload.owner, &video_fid, &filename, now).with_options(options);
     if let Err(e) = backend.insert_job(&job) {
         return discard(backend, Some(&video_fid), None, storage_unavailable(e));
     }
-    let message = JobMessage::queued(&job.id, &video_fid, upload.owner);
+    let message = JobMessage::for_job(&job);
     if let Err(e) = backend.publish(&message) {
         let reply = Reply::text(503, "queue unavailable", "queue_unavailable").detail(e);
         return discard(backend, Some(&video_fid), Some(&job.id), reply);
@@ -341,6 +359,20 @@ where
     Reply::new(202, "application/json", body.to_string(), "queued")
         .header("location", format!("/jobs/{}", job.id))
         .user(upload.owner)
+}
+
+fn read_options(fields: &[(String, String)], filename: &str) -> Result<Options, OptionError> {
+    Options::from_fields(
+        fields
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+        filename,
+    )
+}
+
+/// 400 naming the option and the rule it broke.
+pub fn bad_option(error: &OptionError) -> Reply {
+    bad_request(&error.to_string(), "bad_option")
 }
 
 /// Deletes what was stored for a failed upload, then gives `reply`, with any cleanup failure

@@ -122,8 +122,25 @@ function setStatus(parts, text, kind) {
   parts.status.className = kind ? `status-${kind}` : "";
 }
 
+// The options a job was asked with, in a few words (shown as the file's tooltip).
+function describe(options) {
+  if (!options) return "";
+  const words = [];
+  if (options.preset) words.push(`preset ${options.preset}`);
+  if (options.quality !== undefined) words.push(`VBR quality ${options.quality}`);
+  else if (options.bitrate) words.push(`${options.bitrate} kb/s`);
+  if (options.sample_rate) words.push(`${options.sample_rate} Hz`);
+  if (options.channels) words.push(options.channels === 1 ? "mono" : "stereo");
+  if (options.start !== undefined || options.end !== undefined) {
+    words.push(`${options.start || 0} s to ${options.end === undefined ? "the end" : options.end + " s"}`);
+  }
+  if (options.title) words.push(`"${options.title}"`);
+  return words.join(", ");
+}
+
 function show(job) {
   const parts = row(job.job_id, job.filename);
+  parts.tr.querySelector("td.file").title = describe(job.options);
   parts.tr.dataset.job = job.job_id;
   if (!parts.tr.isConnected) $("jobs").tBodies[0].append(parts.tr);
   parts.progress.hidden = true;
@@ -325,18 +342,30 @@ function unfinished() {
   }
 }
 
-const fingerprint = (file) => [email, file.name, file.size, file.lastModified].join("|");
+// The same file with other options is another upload (another MP3).
+const fingerprint = (file, options) =>
+  [email, file.name, file.size, file.lastModified, JSON.stringify(options)].join("|");
 
-function remember(file, location) {
+function remember(file, options, location) {
   const all = unfinished();
-  if (location) all[fingerprint(file)] = location;
-  else delete all[fingerprint(file)];
+  if (location) all[fingerprint(file, options)] = location;
+  else delete all[fingerprint(file, options)];
   localStorage.setItem(UNFINISHED, JSON.stringify(all));
 }
 
+// The output options filled in, as [name, value] pairs; the server checks them.
+function chosenOptions() {
+  const pairs = [];
+  for (const [name, value] of new FormData($("options-form"))) {
+    const text = String(value).trim();
+    if (text) pairs.push([name, text]);
+  }
+  return pairs;
+}
+
 // The remembered upload of this file and the server's offset in it, if it is still there.
-async function resumable(file) {
-  const location = unfinished()[fingerprint(file)];
+async function resumable(file, options) {
+  const location = unfinished()[fingerprint(file, options)];
   if (!location) return null;
   const offset = await offsetOf(location);
   // Gone, another file after all, or finished and its job deleted since: start anew.
@@ -346,7 +375,7 @@ async function resumable(file) {
     stale = job.status === 404;
   }
   if (stale) {
-    remember(file, null);
+    remember(file, options, null);
     return null;
   }
   return { location, offset };
@@ -365,9 +394,10 @@ function forgetUnfinished(user) {
 // Files being uploaded by this page, so that one picked twice is not sent twice at once.
 const sending = new Set();
 
-async function upload(file) {
-  if (sending.has(fingerprint(file))) return say(`${file.name} is already being uploaded.`);
-  sending.add(fingerprint(file));
+async function upload(file, options) {
+  const print = fingerprint(file, options);
+  if (sending.has(print)) return say(`${file.name} is already being uploaded.`);
+  sending.add(print);
   const key = `upload-${Math.random()}`;
   const parts = row(key, file.name);
   $("jobs").tBodies[0].prepend(parts.tr);
@@ -378,18 +408,27 @@ async function upload(file) {
   // Whether the upload can still go on later (a network failure), or is over (refused, done).
   let keep = true;
   try {
-    let { location, offset } = (await resumable(file)) || {};
+    let { location, offset } = (await resumable(file, options)) || {};
     if (location) {
       setStatus(parts, `uploading, resumed at ${Math.floor((100 * offset) / (file.size || 1))}%`);
     } else {
       const created = await api("/uploads", {
         method: "POST",
-        headers: { "Tus-Resumable": TUS, "Upload-Length": String(file.size), "Upload-Metadata": `filename ${base64(file.name)}` },
+        headers: {
+          "Tus-Resumable": TUS,
+          "Upload-Length": String(file.size),
+          "Upload-Metadata": [["filename", file.name], ...options]
+            .map(([name, value]) => `${name} ${base64(value)}`)
+            .join(","),
+        },
       });
-      if (created.status !== 201) throw new Error(await reason(created));
+      if (created.status !== 201) {
+        keep = false;
+        throw new Error(await reason(created));
+      }
       location = created.headers.get("Location");
       offset = 0;
-      remember(file, location);
+      remember(file, options, location);
     }
     const id = location.split("/").pop();
     rekey(key, id);
@@ -422,16 +461,16 @@ async function upload(file) {
       }
       parts.progress.value = offset;
     }
-    remember(file, null);
+    remember(file, options, null);
     setStatus(parts, "queued");
     parts.progress.hidden = true;
     follow(id);
   } catch (error) {
-    if (!keep) remember(file, null);
+    if (!keep) remember(file, options, null);
     parts.progress.hidden = true;
     setStatus(parts, `failed: ${error.message}`, "failed");
   } finally {
-    sending.delete(fingerprint(file));
+    sending.delete(print);
   }
 }
 
@@ -441,10 +480,12 @@ const waiting = [];
 let running = 0;
 
 function uploadAll(files) {
-  waiting.push(...files);
+  // Each file keeps the options chosen when it was picked.
+  const options = chosenOptions();
+  waiting.push(...Array.from(files, (file) => [file, options]));
   while (running < 3 && waiting.length) {
     running += 1;
-    upload(waiting.shift()).finally(() => {
+    upload(...waiting.shift()).finally(() => {
       running -= 1;
       uploadAll([]);
     });

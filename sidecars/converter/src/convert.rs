@@ -7,10 +7,12 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use command_fds::{CommandFdExt as _, FdMapping};
 use ffmpeg_sidecar::child::FfmpegChild;
 use ffmpeg_sidecar::command::FfmpegCommand;
 use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
 use futures_util::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use mp3_model::options::{Encoding, Millis, Rate};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
@@ -22,29 +24,63 @@ const READ_AHEAD: usize = 32;
 /// ffmpeg error lines kept for the job's error message.
 const ERROR_LINES: usize = 3;
 
-/// The MP3 encoding: constant bitrate, so that players and ffprobe compute the exact duration
-/// from the size even though the Xing header cannot be rewritten on a pipe (it is not written at
-/// all), and no tags.
-pub const OUTPUT_ARGS: &[&str] = &[
-    "-map",
-    "0:a:0",
-    "-vn",
-    "-sn",
-    "-dn",
-    "-map_metadata",
-    "-1",
-    "-c:a",
-    "libmp3lame",
-    "-b:a",
-    "192k",
-    "-write_xing",
-    "0",
-    "-id3v2_version",
-    "0",
-    "-f",
-    "mp3",
-    "pipe:1",
-];
+/// The ffmpeg arguments after the input: the first audio track of the video, encoded as
+/// `encoding` asks, without the source's tags (the converter writes its own), to `output`.
+///
+/// A constant-bitrate MP3 of the whole file is streamed to a pipe without an info (Xing/LAME)
+/// header, which cannot be written there: players and ffprobe compute its exact duration from
+/// its size. Where they cannot ([`needs_info_header`]) the output goes to a seekable file.
+pub fn output_args(encoding: &Encoding, output: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1"]
+        .map(String::from)
+        .to_vec();
+    // As output options: the audio is decoded from the start and cut to the sample.
+    if let Some(start) = encoding.start {
+        args.extend(["-ss".into(), start.to_string()]);
+    }
+    if let Some(end) = encoding.end {
+        let from = encoding.start.map_or(0, |s| s.0);
+        args.extend(["-t".into(), Millis(end.0 - from).to_string()]);
+    }
+    args.extend(["-c:a".into(), "libmp3lame".into()]);
+    match encoding.rate {
+        Rate::Constant { kbps } => args.extend(["-b:a".into(), format!("{kbps}k")]),
+        Rate::Variable { quality } => args.extend(["-q:a".into(), quality.to_string()]),
+    }
+    if let Some(hz) = encoding.sample_rate {
+        args.extend(["-ar".into(), hz.to_string()]);
+    }
+    if let Some(channels) = encoding.channels {
+        args.extend(["-ac".into(), channels.to_string()]);
+    }
+    let xing = if needs_info_header(encoding) {
+        "1"
+    } else {
+        "0"
+    };
+    args.extend(
+        [
+            "-write_xing",
+            xing,
+            "-id3v2_version",
+            "0",
+            "-f",
+            "mp3",
+            output,
+        ]
+        .map(String::from),
+    );
+    args
+}
+
+/// Whether the MP3 needs its info header: a variable bitrate (its duration cannot be told
+/// from its size) or a trimmed part (the encoder's delay and padding, which the header
+/// records, would otherwise add up to 50 ms).
+pub fn needs_info_header(encoding: &Encoding) -> bool {
+    matches!(encoding.rate, Rate::Variable { .. })
+        || encoding.start.is_some()
+        || encoding.end.is_some()
+}
 
 /// How ffmpeg reads the video from its stdin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,25 +110,52 @@ pub enum ConvertError {
     /// fail again.
     #[error("ffmpeg could not convert the video ({status}): {message}")]
     Rejected { status: ExitStatus, message: String },
+    /// ffmpeg encoded no audio: the part asked for (`start`) lies past the audio's end.
+    #[error("no audio in the part asked for")]
+    Empty,
     /// Anything else (reading the video, writing the MP3, ffmpeg killed): may pass next time.
     #[error(transparent)]
     Transient(#[from] anyhow::Error),
 }
 
-/// A running ffmpeg encoding MP3 to its stdout, started before it is given a video (see
-/// [`crate::warm`]); dropping it kills the process.
+/// What ffmpeg said on stderr.
+#[derive(Debug, Default)]
+struct Report {
+    /// Its last error lines.
+    errors: String,
+    /// Whether it encoded nothing.
+    nothing_encoded: bool,
+}
+
+/// The descriptor ffmpeg gets its output file as.
+const OUTPUT_FD: i32 = 3;
+
+/// Where ffmpeg writes the MP3.
+enum Output {
+    /// Its stdout, read as it encodes.
+    Pipe(tokio::process::ChildStdout),
+    /// An unlinked file, handed to ffmpeg as descriptor [`OUTPUT_FD`], which it reopens as
+    /// `/dev/fd/3` (its file protocol, unlike its pipe protocol, seeks back to write the info
+    /// header), read once ffmpeg is done. Nothing is left behind whatever happens to either
+    /// process.
+    File(std::fs::File, tokio::process::ChildStdout),
+}
+
+/// A running ffmpeg encoding MP3, started before it is given a video (see [`crate::warm`]);
+/// dropping it kills the process.
 pub struct Encoder {
     source: Source,
+    encoding: Encoding,
     child: Running,
     stdin: tokio::process::ChildStdin,
-    stdout: tokio::process::ChildStdout,
+    output: Output,
     /// ffmpeg's last error lines.
-    errors: tokio::task::JoinHandle<String>,
+    errors: tokio::task::JoinHandle<Report>,
 }
 
 impl Encoder {
-    /// Starts ffmpeg reading `source`. Needs the Tokio runtime.
-    pub fn start(ffmpeg: &Path, source: Source) -> anyhow::Result<Self> {
+    /// Starts ffmpeg reading `source`, encoding as `encoding` says. Needs the Tokio runtime.
+    pub fn start(ffmpeg: &Path, source: Source, encoding: &Encoding) -> anyhow::Result<Self> {
         let mut command = FfmpegCommand::new_with_path(ffmpeg);
         command.hide_banner();
         match source {
@@ -101,20 +164,52 @@ impl Encoder {
                 .args(["-read_ahead_limit", "-1"])
                 .input("cache:pipe:0"),
         };
-        command.args(OUTPUT_ARGS);
+        let file = if needs_info_header(encoding) {
+            let file = tempfile::tempfile().context("creating a file for ffmpeg's output")?;
+            let shared = file.try_clone().context("sharing ffmpeg's output file")?;
+            command
+                .as_inner_mut()
+                .fd_mappings(vec![FdMapping {
+                    parent_fd: shared.into(),
+                    child_fd: OUTPUT_FD,
+                }])
+                .context("handing ffmpeg its output file")?;
+            // Overwrites (truncates) the empty file rather than asking.
+            command.arg("-y");
+            command.args(output_args(encoding, &format!("/dev/fd/{OUTPUT_FD}")));
+            Some(file)
+        } else {
+            command.args(output_args(encoding, "pipe:1"));
+            None
+        };
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", ffmpeg.display()))?;
         let stdin = child.take_stdin().context("ffmpeg has no stdin")?;
         let stdout = child.take_stdout().context("ffmpeg has no stdout")?;
+        // With a file, the pipe stays empty: it is read to its end like any other.
+        let stdout = tokio::process::ChildStdout::from_std(stdout).context("ffmpeg's stdout")?;
+        let output = match file {
+            Some(file) => Output::File(file, stdout),
+            None => Output::Pipe(stdout),
+        };
         let events = child.iter().context("reading ffmpeg's stderr")?;
         let child = Running(Some(child));
 
         let errors = tokio::task::spawn_blocking(move || {
+            let mut report = Report::default();
             let mut last = VecDeque::with_capacity(ERROR_LINES);
             for event in events {
                 let line = match event {
                     FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) => line,
+                    // A trim past the audio's end: the header (with an info frame) is all
+                    // that is written.
+                    FfmpegEvent::Log(LogLevel::Warning, line)
+                        if line.contains("Output file is empty") =>
+                    {
+                        report.nothing_encoded = true;
+                        continue;
+                    }
                     _ => continue,
                 };
                 tracing::debug!(ffmpeg = %line);
@@ -123,19 +218,25 @@ impl Encoder {
                 }
                 last.push_back(strip_level(&line).to_owned());
             }
-            Vec::from(last).join("; ")
+            report.errors = Vec::from(last).join("; ");
+            report
         });
         Ok(Self {
             source,
+            encoding: *encoding,
             child,
             stdin: tokio::process::ChildStdin::from_std(stdin).context("ffmpeg's stdin")?,
-            stdout: tokio::process::ChildStdout::from_std(stdout).context("ffmpeg's stdout")?,
+            output,
             errors,
         })
     }
 
     pub fn source(&self) -> Source {
         self.source
+    }
+
+    pub fn encoding(&self) -> &Encoding {
+        &self.encoding
     }
 
     /// ffmpeg's process id, while it runs.
@@ -157,11 +258,16 @@ impl Encoder {
     {
         let Self {
             source: _,
+            encoding: _,
             mut child,
             mut stdin,
-            stdout,
+            output: ffmpeg_output,
             errors,
         } = self;
+        let (stdout, file) = match ffmpeg_output {
+            Output::Pipe(stdout) => (stdout, None),
+            Output::File(file, stdout) => (stdout, Some(file)),
+        };
         // Each direction is two halves joined by a queue of up to READ_AHEAD buffers, so a slow
         // GridFS round trip (a chunk fetched or inserted) does not stall ffmpeg, nor ffmpeg the
         // transfers: memory stays bounded at 2 x READ_AHEAD x BUFFER per job.
@@ -197,12 +303,21 @@ impl Encoder {
         // sees the end of its input: both sides always finish.
         let (fetched, fed, drained, stored) = tokio::join!(fetch, feed, drain, store);
         let status = child.wait().await.context("waiting for ffmpeg")?;
-        let message = errors.await.unwrap_or_default();
-        let bytes_out = stored?;
+        let Report {
+            errors: message,
+            nothing_encoded,
+        } = errors.await.unwrap_or_default();
+        let mut bytes_out = stored?;
         drained?;
         let bytes_in = fed?;
         fetched?;
         if status.success() {
+            if let Some(file) = file {
+                bytes_out = copy_file(file, output).await?;
+            }
+            if bytes_out == 0 || nothing_encoded {
+                return Err(ConvertError::Empty);
+            }
             return Ok(Converted {
                 bytes_in,
                 bytes_out,
@@ -221,6 +336,22 @@ impl Encoder {
         };
         Err(ConvertError::Rejected { status, message })
     }
+}
+
+/// Writes what ffmpeg left in `file` to `output`; the bytes written.
+async fn copy_file<W: AsyncWrite + Unpin>(
+    file: std::fs::File,
+    output: &mut W,
+) -> anyhow::Result<u64> {
+    use std::io::Seek as _;
+    let mut file = file;
+    file.rewind().context("reading ffmpeg's output")?;
+    let mut reader = tokio::fs::File::from_std(file).compat();
+    let copied = futures_util::io::copy(&mut reader, output)
+        .await
+        .context("writing the MP3")?;
+    output.flush().await.context("writing the MP3")?;
+    Ok(copied)
 }
 
 /// Reads `reader` to its end in buffers sent to `tx`; stops early, without error, when the

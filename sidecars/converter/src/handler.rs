@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context as _};
 use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use mongodb::bson::oid::ObjectId;
 use mp3_model::topology::MP3_QUEUE;
-use mp3_model::{new_object_id, Job, JobMessage};
+use mp3_model::{new_object_id, Job, JobMessage, Options};
 use mp3_worker::{Context, Failure, Handler, Interrupted};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -17,6 +17,7 @@ use crate::convert::{ConvertError, Source};
 use crate::layout::{self, Layout};
 use crate::reason::public_reason;
 use crate::store::{Claim, MarkFailed, Store};
+use crate::tags;
 use crate::warm::WarmEncoders;
 
 /// The converter's own metrics (the runtime adds retries, dead letters, in flight).
@@ -73,7 +74,12 @@ impl Converter {
         }
     }
 
-    async fn convert_job(&self, job: &Job, mp3_fid: ObjectId) -> Result<(), Failure> {
+    async fn convert_job(
+        &self,
+        job: &Job,
+        options: &Options,
+        mp3_fid: ObjectId,
+    ) -> Result<(), Failure> {
         let video = match self
             .store
             .video(&job.video_fid)
@@ -95,14 +101,24 @@ impl Converter {
             Layout::Streamable => Source::Stdin,
             Layout::NeedsSeek => Source::SeekableStdin,
         };
-        let encoder = self.encoders.take(source).map_err(Failure::retry)?;
+        let encoding = options.encoding();
+        let encoder = self
+            .encoders
+            .take(source, &encoding)
+            .map_err(Failure::retry)?;
 
         let mut upload = self
             .store
             .create_mp3(mp3_fid, &mp3_filename(job), job)
             .await
             .map_err(Failure::retry)?;
-        let converted = encoder.encode(reader, &mut upload).await;
+        let tag = tags::id3(options).map_err(Failure::retry)?;
+        let converted = match upload.write_all(&tag).await {
+            Ok(()) => encoder.encode(reader, &mut upload).await,
+            Err(e) => Err(ConvertError::Transient(
+                anyhow::Error::new(e).context("writing the MP3's tag"),
+            )),
+        };
         let converted = match converted {
             Ok(converted) => converted,
             Err(error) => {
@@ -110,7 +126,9 @@ impl Converter {
                     tracing::warn!(error = %abort, "aborting the MP3 upload");
                 }
                 return Err(match error {
-                    ConvertError::Rejected { .. } => Failure::permanent(error),
+                    ConvertError::Rejected { .. } | ConvertError::Empty => {
+                        Failure::permanent(error)
+                    }
                     ConvertError::Transient(error) => Failure::Retry(error),
                 });
             }
@@ -207,7 +225,10 @@ impl Converter {
             return Err(Failure::permanent(Interrupted::WorkerStopped));
         }
 
-        if let Err(failure) = self.convert_job(&job, mp3_fid).await {
+        if message.options != job.options {
+            tracing::warn!("the message and the job disagree on the options; using the message's");
+        }
+        if let Err(failure) = self.convert_job(&job, &message.options, mp3_fid).await {
             // Best effort: the next claim or the give-up deletes it otherwise.
             if let Err(error) = self.store.delete_mp3(mp3_fid).await {
                 tracing::warn!(error = format!("{error:#}"), "deleting a partial MP3");
@@ -297,7 +318,7 @@ async fn announce_or_error(
     mp3_fid: Option<&str>,
     error: Option<&str>,
 ) -> anyhow::Result<()> {
-    let queued = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
+    let queued = JobMessage::for_job(job);
     let message = match (mp3_fid, error) {
         (Some(fid), _) => queued.converted(fid),
         (None, error) => queued.failed(error.unwrap_or("conversion failed")),
@@ -348,6 +369,8 @@ mod tests {
             mp3_fid: None,
             error: None,
             attempts: 0,
+            options: Options::default(),
+            webhook: None,
             created_at: 0,
             updated_at: 0,
         }

@@ -8,4 +8,5 @@ pub mod layout;
 pub mod reason;
 pub mod store;
 pub mod sweeper;
+pub mod tags;
 pub mod warm;

@@ -9,8 +9,14 @@ use crate::store::VideoError;
 
 /// The owner's reason for a job given up with `error`.
 pub fn public_reason(error: &anyhow::Error) -> &'static str {
-    if let Some(ConvertError::Rejected { .. }) = error.downcast_ref::<ConvertError>() {
-        return "the file has no audio track that could be converted, or it is damaged";
+    match error.downcast_ref::<ConvertError>() {
+        Some(ConvertError::Rejected { .. }) => {
+            return "the file has no audio track that could be converted, or it is damaged"
+        }
+        Some(ConvertError::Empty) => {
+            return "the part of the video asked for holds no audio: start is past its end"
+        }
+        _ => {}
     }
     if let Some(Interrupted::TimedOut(_)) = error.downcast_ref::<Interrupted>() {
         return "the conversion took longer than allowed";
@@ -50,6 +56,8 @@ mod tests {
             public_reason(&slow),
             "the conversion took longer than allowed"
         );
+        let empty = anyhow::Error::new(ConvertError::Empty);
+        assert!(public_reason(&empty).contains("start is past its end"));
         let crashed = anyhow::Error::new(Interrupted::WorkerStopped);
         assert!(public_reason(&crashed).contains("kept failing"));
         let other = anyhow::anyhow!("MongoDB at 10.0.0.5:27017: connection refused");

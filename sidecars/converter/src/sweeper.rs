@@ -305,7 +305,7 @@ impl Sweeper {
                     if let Some(leftover) = leftover {
                         self.store.delete_mp3(leftover).await?;
                     }
-                    let message = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
+                    let message = JobMessage::for_job(&job);
                     publisher
                         .publish_json(MP3_QUEUE, &message.failed(LOST_REASON), &job.id)
                         .await?;
@@ -324,7 +324,7 @@ impl Sweeper {
                 .await
                 .with_context(|| format!("marking job {} republished", job.id))?;
             if moved.modified_count == 1 {
-                let message = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
+                let message = JobMessage::for_job(&job);
                 publisher
                     .publish_json(VIDEO_QUEUE, &message, &job.id)
                     .await?;
@@ -386,7 +386,7 @@ impl Sweeper {
             if moved.modified_count != 1 {
                 continue;
             }
-            let queued = JobMessage::queued(&job.id, &job.video_fid, &job.owner);
+            let queued = JobMessage::for_job(&job);
             let message = match (&job.status, &job.mp3_fid) {
                 (JobStatus::Done, Some(mp3_fid)) => queued.converted(mp3_fid),
                 _ => queued.failed(job.error.as_deref().unwrap_or("conversion failed")),

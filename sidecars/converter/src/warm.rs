@@ -1,11 +1,14 @@
 //! ffmpeg processes started ahead of the jobs that will use them.
 //!
 //! Starting ffmpeg (the process, its libraries, its codecs) takes about 80 ms of CPU, a fifth
-//! of converting a one-minute clip. A job takes a waiting ffmpeg of the kind its video needs
-//! (see [`Source`]); a new one is started once the job is over, off every job's critical path.
+//! of converting a one-minute clip. A job with the default encoding takes a waiting ffmpeg of
+//! the kind its video needs (see [`Source`]); a new one is started once the job is over, off
+//! every job's critical path. A job with options of its own starts its own.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+
+use mp3_model::options::Encoding;
 
 use crate::convert::{Encoder, Source};
 
@@ -27,9 +30,12 @@ impl WarmEncoders {
         }
     }
 
-    /// An ffmpeg reading `source`: a waiting one if there is one still running, else a new one.
-    /// Needs the Tokio runtime.
-    pub fn take(&self, source: Source) -> anyhow::Result<Encoder> {
+    /// An ffmpeg reading `source` and encoding as `encoding` says: a waiting one if there is one
+    /// still running, else a new one. Needs the Tokio runtime.
+    pub fn take(&self, source: Source, encoding: &Encoding) -> anyhow::Result<Encoder> {
+        if *encoding != Encoding::default() {
+            return Encoder::start(&self.ffmpeg, source, encoding);
+        }
         loop {
             let waiting = {
                 let mut idle = self.lock();
@@ -38,7 +44,7 @@ impl WarmEncoders {
                     .map(|at| idle.swap_remove(at))
             };
             let Some(mut encoder) = waiting else {
-                return Encoder::start(&self.ffmpeg, source);
+                return Encoder::start(&self.ffmpeg, source, encoding);
             };
             // One that exited meanwhile (killed by an operator, say) is dropped.
             if !encoder.has_exited() {
@@ -54,7 +60,7 @@ impl WarmEncoders {
         for source in Source::ALL {
             while self.waiting(source) < self.capacity {
                 // Started outside the lock: spawning a process takes a moment.
-                let encoder = match Encoder::start(&self.ffmpeg, source) {
+                let encoder = match Encoder::start(&self.ffmpeg, source, &Encoding::default()) {
                     Ok(encoder) => encoder,
                     Err(error) => {
                         // A job starts its own, and reports the error if it fails again.
@@ -147,14 +153,16 @@ mod tests {
         assert_eq!(encoders.waiting(Source::SeekableStdin), 1);
         let waiting_pid = encoders.lock()[0].pid();
 
-        let mut encoder = encoders.take(Source::Stdin).unwrap();
+        let mut encoder = encoders.take(Source::Stdin, &Encoding::default()).unwrap();
         assert_eq!(encoder.source(), Source::Stdin);
         assert_eq!(encoder.pid(), waiting_pid, "not the waiting process");
         assert_eq!(encoders.waiting(Source::Stdin), 0);
         assert_eq!(encoders.waiting(Source::SeekableStdin), 1);
         assert!(is_mp3(&mp3_from(encoder).await));
 
-        let encoder = encoders.take(Source::SeekableStdin).unwrap();
+        let encoder = encoders
+            .take(Source::SeekableStdin, &Encoding::default())
+            .unwrap();
         assert_eq!(encoder.source(), Source::SeekableStdin);
         assert!(is_mp3(&mp3_from(encoder).await));
 
@@ -163,6 +171,47 @@ mod tests {
         assert_eq!(encoders.waiting(Source::SeekableStdin), 1);
         encoders.refill();
         assert_eq!(encoders.lock().len(), 2, "refilled past the capacity");
+    }
+
+    #[tokio::test]
+    async fn options_start_their_own_ffmpeg_and_a_trim_past_the_end_encodes_nothing() {
+        use mp3_model::options::{Millis, Rate};
+        let encoders = WarmEncoders::new("ffmpeg".into(), 1);
+        encoders.refill();
+        let vbr = Encoding {
+            rate: Rate::Variable { quality: 4 },
+            start: Some(Millis(500)),
+            end: Some(Millis(1500)),
+            ..Encoding::default()
+        };
+        let encoder = encoders.take(Source::Stdin, &vbr).unwrap();
+        assert_eq!(encoder.encoding(), &vbr);
+        assert_eq!(
+            encoders.waiting(Source::Stdin),
+            1,
+            "the waiting one is for defaults"
+        );
+        let mp3 = mp3_from(encoder).await;
+        // Written to a file, so with its info header, at the start.
+        assert!(
+            mp3[..200].windows(4).any(|w| w == b"Xing"),
+            "no Xing header"
+        );
+
+        let past = Encoding {
+            start: Some(Millis(100_000)),
+            ..Encoding::default()
+        };
+        let encoder = encoders.take(Source::Stdin, &past).unwrap();
+        let mut out = futures_util::io::Cursor::new(Vec::new());
+        let result = encoder
+            .encode(futures_util::io::Cursor::new(video()), &mut out)
+            .await;
+        assert!(
+            matches!(result, Err(crate::convert::ConvertError::Empty)),
+            "{:?}",
+            result.err()
+        );
     }
 
     #[tokio::test]
@@ -176,7 +225,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
 
-        let mut encoder = encoders.take(Source::Stdin).unwrap();
+        let mut encoder = encoders.take(Source::Stdin, &Encoding::default()).unwrap();
         assert_ne!(encoder.pid(), Some(pid));
         assert!(is_mp3(&mp3_from(encoder).await));
     }
@@ -187,7 +236,7 @@ mod tests {
         encoders.refill();
         assert_eq!(encoders.lock().len(), 0);
         assert!(is_mp3(
-            &mp3_from(encoders.take(Source::Stdin).unwrap()).await
+            &mp3_from(encoders.take(Source::Stdin, &Encoding::default()).unwrap()).await
         ));
     }
 
@@ -197,7 +246,7 @@ mod tests {
         encoders.refill();
         assert_eq!(encoders.lock().len(), 0);
         let error = encoders
-            .take(Source::Stdin)
+            .take(Source::Stdin, &Encoding::default())
             .err()
             .expect("no ffmpeg to start");
         assert!(

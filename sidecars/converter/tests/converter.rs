@@ -95,6 +95,8 @@ impl Fixture {
             mp3_fid: None,
             error: None,
             attempts: 0,
+            options: Default::default(),
+            webhook: None,
             created_at: now,
             updated_at: now,
         };

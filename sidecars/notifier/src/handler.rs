@@ -11,6 +11,7 @@ use tracing::Instrument as _;
 use crate::email::{render, Links};
 use crate::mailer::{Mailer, SendError};
 use crate::store::{Adopt, Claim, Store};
+use crate::webhook::Webhooks;
 
 /// What the record of a sent email leaves of the handler's time (the worker cancels a handler
 /// at its job timeout, and a cancelled one is retried: a second email).
@@ -52,6 +53,7 @@ pub struct Notifier {
     mailer: Mailer,
     links: Links,
     metrics: Metrics,
+    webhooks: Webhooks,
 }
 
 impl Notifier {
@@ -62,6 +64,7 @@ impl Notifier {
         mailer: Mailer,
         links: Links,
         metrics: Metrics,
+        webhooks: Webhooks,
         job_timeout: Duration,
     ) -> Self {
         Self {
@@ -70,6 +73,7 @@ impl Notifier {
             mailer,
             links,
             metrics,
+            webhooks,
         }
     }
 
@@ -203,12 +207,35 @@ impl Notifier {
     }
 }
 
+/// The outcome of a message whose email and webhook ended as they did: a retry if either needs
+/// one (the other is not repeated), else a deferral, else a give-up.
+fn worst(email: Result<(), Failure>, webhook: Result<(), Failure>) -> Result<(), Failure> {
+    let rank = |outcome: &Result<(), Failure>| match outcome {
+        Err(Failure::Retry(_)) => 3,
+        Err(Failure::Defer { .. }) => 2,
+        Err(Failure::Permanent(_)) => 1,
+        Ok(()) => 0,
+    };
+    if rank(&webhook) > rank(&email) {
+        webhook
+    } else {
+        email
+    }
+}
+
 impl Handler for Notifier {
     type Message = JobMessage;
 
     async fn handle(&self, message: &JobMessage, cx: &Context) -> Result<(), Failure> {
         let span = tracing::info_span!("job", job_id = %message.job_id, attempt = cx.attempt);
-        self.notify(message).instrument(span).await
+        async {
+            // Each is recorded apart, so a retry for one never repeats the other.
+            let email = self.notify(message).await;
+            let webhook = self.webhooks.deliver(message).await;
+            worst(email, webhook)
+        }
+        .instrument(span)
+        .await
     }
 
     async fn give_up(
@@ -219,7 +246,39 @@ impl Handler for Notifier {
     ) -> anyhow::Result<()> {
         // Nobody else to tell: the message goes to `mp3.dead` for an operator.
         let reason = one_line(error);
-        tracing::error!(job_id = %message.job_id, %reason, "could not email the user");
-        Ok(())
+        tracing::error!(job_id = %message.job_id, %reason, "could not notify the user");
+        self.webhooks.give_up(message, &reason).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_for_either_wins_then_a_deferral_then_a_give_up() {
+        let retry = || Err(Failure::retry(anyhow::anyhow!("r")));
+        let defer = || {
+            Err(Failure::Defer {
+                after: Duration::from_secs(1),
+                reason: "d".into(),
+            })
+        };
+        let permanent = || Err(Failure::permanent(anyhow::anyhow!("p")));
+        assert!(matches!(worst(Ok(()), Ok(())), Ok(())));
+        assert!(matches!(
+            worst(permanent(), retry()),
+            Err(Failure::Retry(_))
+        ));
+        assert!(matches!(worst(retry(), defer()), Err(Failure::Retry(_))));
+        assert!(matches!(worst(Ok(()), defer()), Err(Failure::Defer { .. })));
+        assert!(matches!(
+            worst(permanent(), Ok(())),
+            Err(Failure::Permanent(_))
+        ));
+        assert!(matches!(
+            worst(defer(), permanent()),
+            Err(Failure::Defer { .. })
+        ));
     }
 }

@@ -5,6 +5,7 @@ mod email;
 mod handler;
 mod mailer;
 mod store;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -90,9 +91,31 @@ struct Config {
     #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     job_timeout_secs: u64,
+    /// Seconds a webhook delivery may take, connecting included (under JOB_TIMEOUT_SECS).
+    #[arg(long, env = "WEBHOOK_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    webhook_timeout_secs: u64,
+    /// Let webhooks reach loopback, private, link-local and other special-use addresses (for
+    /// development only: a callback could then reach the cluster's insides).
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
+    webhook_allow_private: bool,
+    /// Networks webhooks may reach even though they are special-use, `10.1.0.0/16, 192.0.2.7`.
+    #[arg(long, env = "WEBHOOK_ALLOW", default_value = "", value_parser = parse_networks)]
+    webhook_allow: Networks,
+    /// Networks webhooks may never reach, whatever else allows them.
+    #[arg(long, env = "WEBHOOK_DENY", default_value = "", value_parser = parse_networks)]
+    webhook_deny: Networks,
     /// Log lines as `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// A list of networks (`WEBHOOK_ALLOW`, `WEBHOOK_DENY`).
+#[derive(Debug, Clone, Default)]
+struct Networks(Vec<mp3_webhook::IpNet>);
+
+fn parse_networks(value: &str) -> Result<Networks, String> {
+    mp3_webhook::Policy::parse_networks(value).map(Networks)
 }
 
 /// `DOWNLOAD_KEY`: empty means none (a Secret's key may be present but empty).
@@ -151,6 +174,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         from: config.mail_from,
     })?;
 
+    anyhow::ensure!(
+        config.webhook_timeout_secs + 10 <= config.job_timeout_secs,
+        "WEBHOOK_TIMEOUT_SECS ({}) must be at least 10 s under JOB_TIMEOUT_SECS ({})",
+        config.webhook_timeout_secs,
+        config.job_timeout_secs
+    );
+
     let mut registry = Registry::with_prefix("notifier");
     let metrics = handler::Metrics::register(&mut registry);
     let links = email::Links {
@@ -158,11 +188,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
         key: config.download_key.and_then(|k| k.0),
         ttl_secs: config.download_link_ttl_secs,
     };
+    let webhooks = webhook::Webhooks::new(
+        &client,
+        &webhook::WebhookSettings {
+            timeout: Duration::from_secs(config.webhook_timeout_secs),
+            policy: mp3_webhook::Policy {
+                allow_private: config.webhook_allow_private,
+                allow: config.webhook_allow.0,
+                deny: config.webhook_deny.0,
+            },
+        },
+        links.clone(),
+        webhook::Metrics::register(&mut registry),
+    )?;
     let notifier = handler::Notifier::new(
         store::Store::new(&client),
         mailer,
         links,
         metrics,
+        webhooks,
         Duration::from_secs(config.job_timeout_secs),
     );
     let options = WorkerOptions {
@@ -220,6 +264,10 @@ mod tests {
                 "SMTP_PORT",
                 "SMTP_TLS",
                 "SMTP_USERNAME",
+                "WEBHOOK_ALLOW",
+                "WEBHOOK_ALLOW_PRIVATE",
+                "WEBHOOK_DENY",
+                "WEBHOOK_TIMEOUT_SECS",
             ]
         );
     }
@@ -243,6 +291,9 @@ mod tests {
         assert_eq!(config.metrics_addr, "127.0.0.1:9102".parse().unwrap());
         assert_eq!(config.shutdown_timeout_secs, 30);
         assert_eq!(config.job_timeout_secs, 60);
+        assert_eq!(config.webhook_timeout_secs, 10);
+        assert!(!config.webhook_allow_private);
+        assert!(config.webhook_allow.0.is_empty() && config.webhook_deny.0.is_empty());
         assert_eq!(config.log_format, LogFormat::Text);
     }
 
@@ -272,6 +323,9 @@ mod tests {
             ("--download-link-ttl-secs", "0"),
             ("--download-link-ttl-secs", "86400000"),
             ("--download-key", "too short"),
+            ("--webhook-allow", "10.0.0.0/33"),
+            ("--webhook-deny", "localhost"),
+            ("--webhook-timeout-secs", "0"),
         ] {
             assert!(parse(&[flag, value]).is_err(), "{flag} {value} accepted");
         }

@@ -36,7 +36,8 @@ pub const LEASE: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct Store {
     jobs: Collection<Job>,
-    claims: Collection<Document>,
+    /// The emails sent, in `notify_claims`.
+    emails: Ledger,
     /// Tombstones of the jobs their owners deleted.
     deleted: Collection<Document>,
     /// GridFS `mp3s` files documents, to check an announced MP3 exists.
@@ -74,9 +75,13 @@ impl Store {
     pub fn new(client: &Client) -> Self {
         Self {
             jobs: client.database(VIDEOS_DB).collection(JOBS_COLLECTION),
-            claims: client
-                .database(VIDEOS_DB)
-                .collection(NOTIFY_CLAIMS_COLLECTION),
+            emails: Ledger::new(
+                client
+                    .database(VIDEOS_DB)
+                    .collection(NOTIFY_CLAIMS_COLLECTION),
+                LEASE,
+                "email",
+            ),
             deleted: client
                 .database(VIDEOS_DB)
                 .collection(DELETED_JOBS_COLLECTION),
@@ -175,24 +180,100 @@ impl Store {
         else {
             return Ok(Claim::NotFound);
         };
-        if job.contains_key("notified_at") || self.sent(job_id).await? {
+        if job.contains_key("notified_at") {
             return Ok(Claim::AlreadySent);
         }
         let job: Job = mongodb::bson::from_document(job)
             .with_context(|| format!("job {job_id} is not a valid job document"))?;
+        Ok(match self.emails.take(job_id, token).await? {
+            Take::Claimed => Claim::Claimed { job },
+            Take::Done => Claim::AlreadySent,
+            Take::Held { retry_after } => Claim::Held { retry_after },
+        })
+    }
+
+    /// Whether the owner deleted job `job_id` (the gateway left its tombstone).
+    pub async fn is_deleted(&self, job_id: &str) -> anyhow::Result<bool> {
+        let tombstone = self
+            .deleted
+            .find_one(doc! { "_id": job_id })
+            .await
+            .with_context(|| format!("reading whether job {job_id} was deleted"))?;
+        Ok(tombstone.is_some())
+    }
+
+    /// Records that the email was sent (`kind`: which one), and drops the job's claims.
+    /// `notified_at` on the job is kept for people reading it; the marker is what counts.
+    pub async fn mark_sent(&self, job_id: &str, token: &str, kind: &str) -> anyhow::Result<()> {
+        self.emails
+            .record(job_id, token, doc! { "kind": kind })
+            .await?;
+        self.jobs
+            .update_one(
+                doc! { "_id": job_id },
+                doc! { "$set": { "notified_at": now_ms(), "notified_kind": kind } },
+            )
+            .await
+            .with_context(|| format!("recording the notification of job {job_id}"))?;
+        Ok(())
+    }
+
+    /// Gives the claim up after a failed send, so a retry can send.
+    pub async fn release(&self, job_id: &str, token: &str) -> anyhow::Result<()> {
+        self.emails.release(job_id, token).await
+    }
+}
+
+/// What [`Ledger::take`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Take {
+    /// This delivery may act; it must then [`Ledger::record`] it or [`Ledger::release`].
+    Claimed,
+    /// It was done already.
+    Done,
+    /// Another delivery is at it; look again after this long.
+    Held { retry_after: Duration },
+}
+
+/// Something done at most once per job by whichever delivery claims it first (an email, a
+/// webhook): claims `{_id: "<job id>/<n>"}` leased for `lease`, and a marker
+/// `{_id: "<job id>/sent"}` once done, in a collection of its own. See the module's comment for
+/// why inserts, and what a crash between acting and recording costs.
+#[derive(Clone)]
+pub struct Ledger {
+    claims: Collection<Document>,
+    lease: Duration,
+    /// What is recorded, for messages ("email", "webhook").
+    what: &'static str,
+}
+
+impl Ledger {
+    pub fn new(claims: Collection<Document>, lease: Duration, what: &'static str) -> Self {
+        Self {
+            claims,
+            lease,
+            what,
+        }
+    }
+
+    /// Claims the job for `token` unless it was done or a live claim holds it.
+    pub async fn take(&self, job_id: &str, token: &str) -> anyhow::Result<Take> {
+        if self.done(job_id).await? {
+            return Ok(Take::Done);
+        }
         let now = now_ms();
-        let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
+        let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
         let latest = self
             .claims
-            .find_one(doc! { "job_id": job_id })
+            .find_one(doc! { "job_id": job_id, "n": { "$exists": true } })
             .sort(doc! { "n": -1 })
             .await
-            .with_context(|| format!("reading the claims of job {job_id}"))?;
+            .with_context(|| format!("reading the {} claims of job {job_id}", self.what))?;
         let previous = latest.as_ref().map_or(0, |c| integer(c, "n"));
         if let Some(latest) = &latest {
             let left = integer(latest, "claimed_at") + lease - now;
             if left > 0 {
-                return Ok(Claim::Held {
+                return Ok(Take::Held {
                     retry_after: Duration::from_millis(u64::try_from(left).unwrap_or(0))
                         + Duration::from_secs(1),
                 });
@@ -207,86 +288,70 @@ impl Store {
             "claimed_at": now,
         };
         match self.claims.insert_one(claim).await {
-            Ok(_) => Ok(Claim::Claimed { job }),
+            Ok(_) => Ok(Take::Claimed),
             // Another delivery took this very claim first.
-            Err(error) if is_duplicate_key(&error) => Ok(Claim::Held {
-                retry_after: LEASE + Duration::from_secs(1),
+            Err(error) if is_duplicate_key(&error) => Ok(Take::Held {
+                retry_after: self.lease + Duration::from_secs(1),
             }),
             Err(error) => {
-                Err(error).with_context(|| format!("claiming the notification of job {job_id}"))
+                Err(error).with_context(|| format!("claiming the {} of job {job_id}", self.what))
             }
         }
     }
 
-    /// Whether the owner deleted job `job_id` (the gateway left its tombstone).
-    pub async fn is_deleted(&self, job_id: &str) -> anyhow::Result<bool> {
-        let tombstone = self
-            .deleted
-            .find_one(doc! { "_id": job_id })
-            .await
-            .with_context(|| format!("reading whether job {job_id} was deleted"))?;
-        Ok(tombstone.is_some())
-    }
-
-    /// Whether the job's email was sent: its marker (`{_id: "<job id>/sent"}`) exists.
-    pub async fn sent(&self, job_id: &str) -> anyhow::Result<bool> {
+    /// Whether it was done: the job's marker exists.
+    pub async fn done(&self, job_id: &str) -> anyhow::Result<bool> {
         let marker = self
             .claims
             .find_one(doc! { "_id": sent_marker(job_id) })
             .await
-            .with_context(|| format!("reading the sent marker of job {job_id}"))?;
+            .with_context(|| format!("reading the {} marker of job {job_id}", self.what))?;
         Ok(marker.is_some())
     }
 
-    /// Records that the email was sent (`kind`: which one), and drops the job's claims. The
-    /// record that counts is a marker document of its own, which only this insert writes: on
-    /// FerretDB an update of the job document can be lost to a concurrent update of the same
-    /// document (the sweeper's), which reads and writes the whole document. `notified_at` on the
-    /// job is kept for people reading it.
-    pub async fn mark_sent(&self, job_id: &str, token: &str, kind: &str) -> anyhow::Result<()> {
+    /// Records it done (with `fields` on the marker) and drops the job's claims. The record
+    /// that counts is the marker, which only this insert writes: on FerretDB an update of the
+    /// job document can be lost to a concurrent update of it (the sweeper's).
+    pub async fn record(&self, job_id: &str, token: &str, fields: Document) -> anyhow::Result<()> {
         let ours = self
             .claims
             .find_one(doc! { "job_id": job_id, "token": token })
             .await
-            .with_context(|| format!("reading the claim of job {job_id}"))?;
+            .with_context(|| format!("reading the {} claim of job {job_id}", self.what))?;
         if ours.is_none() {
-            tracing::warn!("the claim lapsed while sending: the email may be sent twice");
+            tracing::warn!(
+                what = self.what,
+                "the claim lapsed while acting: it may be done twice"
+            );
         }
-        let now = now_ms();
-        let marker =
-            doc! { "_id": sent_marker(job_id), "job_id": job_id, "sent_at": now, "kind": kind };
+        let mut marker = doc! { "_id": sent_marker(job_id), "job_id": job_id, "sent_at": now_ms() };
+        marker.extend(fields);
         match self.claims.insert_one(marker).await {
             Ok(_) => {}
             Err(error) if is_duplicate_key(&error) => {}
             Err(error) => {
-                return Err(error).with_context(|| format!("recording the email of job {job_id}"))
+                return Err(error)
+                    .with_context(|| format!("recording the {} of job {job_id}", self.what))
             }
         }
-        self.jobs
-            .update_one(
-                doc! { "_id": job_id },
-                doc! { "$set": { "notified_at": now, "notified_kind": kind } },
-            )
-            .await
-            .with_context(|| format!("recording the notification of job {job_id}"))?;
         self.claims
             .delete_many(doc! { "job_id": job_id, "n": { "$exists": true } })
             .await
-            .with_context(|| format!("dropping the claims of job {job_id}"))?;
+            .with_context(|| format!("dropping the {} claims of job {job_id}", self.what))?;
         Ok(())
     }
 
-    /// Gives the claim up after a failed send, so a retry can send.
+    /// Gives the claim up after a failure, so a retry can act.
     pub async fn release(&self, job_id: &str, token: &str) -> anyhow::Result<()> {
         self.claims
             .delete_one(doc! { "job_id": job_id, "token": token })
             .await
-            .with_context(|| format!("releasing the notification claim of job {job_id}"))?;
+            .with_context(|| format!("releasing the {} claim of job {job_id}", self.what))?;
         Ok(())
     }
 }
 
-/// The `_id` of the document recording that a job's email was sent.
+/// The `_id` of the document recording that a job's email (or webhook) was sent.
 pub fn sent_marker(job_id: &str) -> String {
     format!("{job_id}/sent")
 }

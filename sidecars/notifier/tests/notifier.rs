@@ -84,6 +84,8 @@ impl Fixture {
             mp3_fid,
             error,
             attempts: 1,
+            options: Default::default(),
+            webhook: None,
             created_at: now_ms(),
             updated_at: now_ms(),
         };

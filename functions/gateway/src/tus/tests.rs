@@ -186,6 +186,7 @@ fn state(length: u64) -> UploadState {
         video_fid: "aaaaaaaaaaaaaaaaaaaaaaaa".into(),
         checked: false,
         done: false,
+        options: Options::default(),
         created_at: 1_000,
         expires_at: 1_000 + 86_400_000,
     }
@@ -324,9 +325,39 @@ fn creation_checks_version_length_and_metadata() {
         creation(&ok, MAX),
         Ok(Creation {
             length: 5000,
-            filename: "holiday.mp4".into()
+            filename: "holiday.mp4".into(),
+            options: Options::from_fields([], "holiday.mp4").unwrap(),
         })
     );
+    // Options travel as metadata too, checked the same way.
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let mut asked = ok.clone();
+    asked.upload_metadata = Some(format!(
+        "filename {},preset {},start {},title {}",
+        b64("a.mp4"),
+        b64("voice"),
+        b64("1.5"),
+        b64("Ünïcode")
+    ));
+    let options = creation(&asked, MAX).unwrap().options;
+    assert_eq!(
+        (options.bitrate, options.channels, options.title.as_deref()),
+        (Some(64), Some(1), Some("Ünïcode"))
+    );
+    assert_eq!(options.start, Some(mp3_model::options::Millis(1500)));
+    for (metadata, reason) in [
+        (format!("bitrate {}", b64("100")), "bitrate: one of 32"),
+        (format!("channels {}", b64("3")), "channels: 1 (mono) or 2"),
+        (format!("title {}", b64(&"x".repeat(300))), "title: at most"),
+        ("title /w==".to_owned(), "title: not UTF-8 text"),
+    ] {
+        let mut bad = ok.clone();
+        bad.upload_metadata = Some(metadata);
+        let reply = creation(&bad, MAX).unwrap_err();
+        assert_eq!(reply.status, 400);
+        assert!(reply.body.starts_with(reason), "{}", reply.body);
+        assert_eq!(reply.outcome, "bad_option");
+    }
     let status = |change: &dyn Fn(&mut Headers)| {
         let mut h = ok.clone();
         change(&mut h);
@@ -685,7 +716,7 @@ fn open_uploads_are_bounded_in_number_and_in_bytes() {
 
 #[test]
 fn an_empty_patch_does_not_push_the_expiry_back() {
-    let (data, mut store, mut run) = half_uploaded();
+    let (_, mut store, mut run) = half_uploaded();
     let before = store.states.values().next().unwrap().clone();
     let saves = store.saves;
     run.now += 60_000;
@@ -712,7 +743,7 @@ fn an_upload_terminated_under_a_patch_stops_it_without_a_job() {
 
 #[test]
 fn a_state_read_before_the_lease_is_read_again_under_it() {
-    let (data, mut store, mut run) = half_uploaded();
+    let (data, mut store, _) = half_uploaded();
     // Another request's view from before that PATCH.
     let stale = state(3000);
     let request = patch_request(&headers(0), &stale).unwrap();
@@ -824,7 +855,7 @@ fn a_chunk_left_by_a_dead_patch_is_replaced_where_it_is_met() {
 
 #[test]
 fn a_termination_waits_for_a_live_patch_and_then_removes_everything() {
-    let (data, mut store, mut run) = half_uploaded();
+    let (_, mut store, run) = half_uploaded();
     let upload = state(3000);
     let stored = store.states.values().next().unwrap().clone();
     // A PATCH holds the upload: the termination would leave it writing chunks nobody owns.

@@ -156,7 +156,7 @@ fn one_file_is_stored_recorded_and_queued() {
     let body = form(&[
         Part::Text("title", "holiday"),
         Part::File("dir/clip.mp4", &video),
-        Part::Text("after", "x"),
+        Part::Text("bitrate", "128"),
     ]);
     let reply = run(&mut fake, body, 1 << 20);
     assert_eq!(reply.status, 202, "{reply:?}");
@@ -172,9 +172,66 @@ fn one_file_is_stored_recorded_and_queued() {
     assert_eq!(job.video_fid, fid);
     assert_eq!(job.created_at, 1_700_000_000_000);
     assert_eq!(
-        fake.published,
-        vec![JobMessage::queued(JOB_ID, fid, "a@example.com")]
+        (job.options.title.as_deref(), job.options.bitrate),
+        (Some("holiday"), Some(128))
     );
+    assert_eq!(fake.published, vec![JobMessage::for_job(job)]);
+    assert_eq!(fake.published[0].options, job.options);
+}
+
+#[test]
+fn without_options_the_job_is_titled_after_its_file() {
+    let mut fake = Fake::default();
+    let reply = run(
+        &mut fake,
+        form(&[Part::File("talk.mp4", &mp4(5000))]),
+        1 << 20,
+    );
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let job = &fake.jobs[JOB_ID];
+    assert_eq!(job.options.title.as_deref(), Some("talk"));
+    assert_eq!(
+        job.options.encoding(),
+        mp3_model::options::Encoding::default()
+    );
+}
+
+#[test]
+fn a_bad_option_is_400_naming_it_and_stores_nothing() {
+    let video = mp4(5000);
+    // Before the file: refused before a byte of it is stored.
+    let mut fake = Fake::default();
+    let body = form(&[Part::Text("bitrate", "100"), Part::File("a.mp4", &video)]);
+    let reply = run(&mut fake, body, 1 << 20);
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(
+        reply.body.starts_with("bitrate: one of 32, 40"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(fake.next, 0);
+    // After it: the stored file is deleted again.
+    for (name, value, reason) in [
+        ("end", "1", "end: after start (2 s)"),
+        ("colour", "red", "colour: not an option"),
+        ("title", "NOT-UTF-8", "title: not UTF-8 text"),
+    ] {
+        let mut fake = Fake::default();
+        let parts = [
+            Part::Text("start", "2"),
+            Part::File("a.mp4", &video),
+            Part::Text(name, value),
+        ];
+        let mut body = form(&parts);
+        if let Some(at) = body.windows(9).position(|w| w == b"NOT-UTF-8") {
+            body.splice(at..at + 9, [0xFF]);
+        }
+        let reply = run(&mut fake, body, 1 << 20);
+        assert_eq!(reply.status, 400, "{name}: {reply:?}");
+        assert!(reply.body.starts_with(reason), "{}", reply.body);
+        assert_eq!(fake.next, 1, "{name}: the file was not stored first");
+        assert!(fake.videos.is_empty() && fake.jobs.is_empty() && fake.published.is_empty());
+    }
 }
 
 #[test]
