@@ -295,6 +295,38 @@ fn logs_in_converts_lists_downloads_deletes_and_logs_out(runtime: Runtime) {
         says(&output)
     );
 
+    // The webhook settings: the secret, a default callback (checked), a new secret.
+    let output = cli.run(&["webhook"], "");
+    assert_eq!(code(&output), 0, "{}", says(&output));
+    let shown = text(&output.stdout);
+    let secret = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("the secret")
+        .to_owned();
+    assert!(
+        secret.starts_with("whsec_") && shown.contains("url: (none)"),
+        "{shown}"
+    );
+    let output = cli.run(&["webhook", "--url", "https://hooks.example.com/mp3"], "");
+    assert_eq!(code(&output), 0, "{}", says(&output));
+    assert!(text(&output.stdout).contains("url: https://hooks.example.com/mp3"));
+    let output = cli.run(&["webhook", "--url", "ftp://nope/"], "");
+    assert_eq!(code(&output), 1, "{}", says(&output));
+    assert!(
+        text(&output.stderr).contains("url: an http:// or https:// URL"),
+        "{}",
+        says(&output)
+    );
+    let output = cli.run(&["webhook", "--rotate", "--no-url"], "");
+    assert_eq!(code(&output), 0, "{}", says(&output));
+    let shown = text(&output.stdout);
+    assert!(
+        !shown.contains(&secret) && shown.contains("url: (none)"),
+        "{shown}"
+    );
+    assert!(shown.contains("previous secret signs too until"), "{shown}");
+
     // Unreachable: its own exit code.
     let output = cli.run(
         &[

@@ -303,7 +303,10 @@ fn a_refused_option_is_400_and_stores_nothing(runtime: Runtime) {
     let token = system.login();
     for (fields, reason) in [
         (vec![("bitrate", "100")], "bitrate: one of 32, 40"),
-        (vec![("bitrate", "128"), ("quality", "2")], "bitrate: give bitrate"),
+        (
+            vec![("bitrate", "128"), ("quality", "2")],
+            "bitrate: give bitrate",
+        ),
         (vec![("quality", "10")], "quality: 0 (best) to 9"),
         (vec![("sample_rate", "44000")], "sample_rate: one of 8000"),
         (vec![("channels", "6")], "channels: 1 (mono) or 2"),
