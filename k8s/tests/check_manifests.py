@@ -1002,8 +1002,10 @@ def quantity_bytes(value: str) -> int:
 
 @check
 def converter_tmp_holds_its_largest_videos(ctx: Context, c: Check) -> None:
-    """ffmpeg caches a video that needs seeking in /tmp: a pod needs room for CONCURRENCY of the
-    largest uploads at once, or the kubelet evicts it mid-conversion, and again on redelivery."""
+    """ffmpeg caches a video that needs seeking in /tmp, and writes a VBR or trimmed MP3 there
+    first (at most MAX_FILE_OUTPUT, sidecars/converter/src/convert.rs): a pod needs room for
+    CONCURRENCY of both at once, or the kubelet evicts it mid-conversion, and again on
+    redelivery."""
     spin = ctx.spin_manifest()
     for overlay in OVERLAYS:
         dep = ctx.find(overlay, "Deployment", "converter")
@@ -1018,12 +1020,17 @@ def converter_tmp_holds_its_largest_videos(ctx: Context, c: Check) -> None:
         if not (largest or "").isdigit() or not (concurrency or "").isdigit() or size is None:
             c.fail(where, "max_resumable_upload_bytes, CONCURRENCY or the /tmp emptyDir's sizeLimit is missing")
             continue
-        if quantity_bytes(size) < int(concurrency) * int(largest):
-            c.fail(where, f"/tmp ({size}) cannot hold {concurrency} videos of max_resumable_upload_bytes {largest}")
+        if quantity_bytes(size) < int(concurrency) * (int(largest) + MAX_FILE_OUTPUT):
+            c.fail(where, f"/tmp ({size}) cannot hold {concurrency} videos of max_resumable_upload_bytes "
+                          f"{largest} and their MP3s")
         for container in pod_spec(dep)["containers"]:
             limit = container.get("resources", {}).get("limits", {}).get("ephemeral-storage")
             if container["name"] == "converter" and (limit is None or quantity_bytes(limit) < quantity_bytes(size)):
                 c.fail(where, f"ephemeral-storage limit {limit} is under the /tmp sizeLimit {size}")
+
+
+# The largest MP3 the converter writes to /tmp (convert.rs MAX_FILE_OUTPUT).
+MAX_FILE_OUTPUT = 2 * 1024 ** 3
 
 
 def size_bytes(value: str) -> int:

@@ -321,7 +321,11 @@ fn upload_stores_the_video_records_the_job_and_queues_one_message(runtime: Runti
     assert_eq!(messages.len(), 1, "{messages:?}");
     let message: JobMessage =
         serde_json::from_str(messages[0]["payload"].as_str().unwrap()).unwrap();
-    assert_eq!(message, JobMessage::queued(&job_id, &video_fid, &email));
+    assert_eq!(message, JobMessage::for_job(&job));
+    assert_eq!(
+        (message.job_id.as_str(), message.video_fid.as_str()),
+        (job_id.as_str(), video_fid.as_str())
+    );
     assert_eq!(messages[0]["properties"]["delivery_mode"], 2);
     assert_eq!(
         messages[0]["properties"]["content_type"],
@@ -599,7 +603,10 @@ fn a_rabbitmq_connection_lost_mid_upload_is_replaced(runtime: Runtime) {
     assert_eq!(messages.len(), 1, "{messages:?}");
     let message: JobMessage =
         serde_json::from_str(messages[0]["payload"].as_str().unwrap()).unwrap();
-    assert_eq!(message, JobMessage::queued(job_id, video_fid, &email));
+    assert_eq!(
+        message,
+        queued_with_defaults(job_id, video_fid, &email, &name)
+    );
     forget_upload(&mut mongo(), job_id, video_fid);
 }
 
@@ -869,7 +876,8 @@ fn downloads_stream_the_owners_mp3_with_ranges(runtime: Runtime) {
 
     // The job shows where the MP3 is.
     let reply = get(&app, &format!("/jobs/{}", converted.job_id), &auth, &[]);
-    let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|e| panic!("{e}: {} {}\n{}", reply.status, reply.text(), app.log()));
     assert_eq!(status["status"], "done");
     assert_eq!(status["mp3_fid"], fid);
 }
@@ -1401,7 +1409,7 @@ fn resumable_uploads_speak_tus_resume_after_a_break_and_leave_nothing_behind(run
         serde_json::from_str(messages[0]["payload"].as_str().unwrap()).unwrap();
     assert_eq!(
         message,
-        JobMessage::queued(&id, &video_fid.to_hex(), &email)
+        queued_with_defaults(&id, &video_fid.to_hex(), &email, &name)
     );
     assert_eq!(
         tus_offset(&app, &path, &auth),
@@ -1968,4 +1976,13 @@ fn hostile_multipart_bodies_are_refused_in_bounded_memory(runtime: Runtime) {
 fn now_ms() -> i64 {
     let since = SystemTime::now().duration_since(UNIX_EPOCH);
     since.map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+/// The `video` message of an upload named `filename` that asked for no options: the defaults
+/// (a title after the file), as the gateway fills them in.
+fn queued_with_defaults(job_id: &str, video_fid: &str, email: &str, filename: &str) -> JobMessage {
+    JobMessage {
+        options: mp3_model::Options::from_fields([], filename).expect("the defaults"),
+        ..JobMessage::queued(job_id, video_fid, email)
+    }
 }

@@ -122,6 +122,9 @@ fn each_job_gets_one_signed_event_and_refused_callbacks_none(runtime: Runtime) {
     let notifier_env = [
         ("WEBHOOK_ALLOW", RECEIVER_IP.to_owned()),
         ("WEBHOOK_TIMEOUT_SECS", "5".to_owned()),
+        // 0.1 s, 0.3 s, 1.2 s between the attempts, then given up.
+        ("WEBHOOK_RETRY_BASE_MS", "100".to_owned()),
+        ("WEBHOOK_MAX_ATTEMPTS", "4".to_owned()),
     ];
     system.converter = Some(system.start_converter());
     system.notifier = Some(system.start_notifier_with(&notifier_env));
@@ -159,6 +162,7 @@ fn each_job_gets_one_signed_event_and_refused_callbacks_none(runtime: Runtime) {
 
     // A done job, a failed one, one on the default callback, one whose receiver fails twice.
     receiver.fail("/retried", 2);
+    receiver.fail("/down", 100);
     let done = upload(
         &system,
         &token,
@@ -177,6 +181,12 @@ fn each_job_gets_one_signed_event_and_refused_callbacks_none(runtime: Runtime) {
         &token,
         &video,
         &[("callback_url", &receiver.url("/retried"))],
+    );
+    let down = upload(
+        &system,
+        &token,
+        &video,
+        &[("callback_url", &receiver.url("/down"))],
     );
     // Refused: a loopback address, as written and behind a name.
     let literal = upload(
@@ -240,7 +250,10 @@ fn each_job_gets_one_signed_event_and_refused_callbacks_none(runtime: Runtime) {
             &literal,
             "callback refused: 127.0.0.1 is a loopback address",
         ),
-        (&named, "callback refused: localhost resolves to"),
+        (
+            &named,
+            "callback refused: localhost resolves to a non-public address",
+        ),
     ] {
         let job = settled(&system, &token, job_id);
         assert_eq!(job["webhook"]["state"], "refused", "{job}");
@@ -252,6 +265,19 @@ fn each_job_gets_one_signed_event_and_refused_callbacks_none(runtime: Runtime) {
         0,
         "a refused callback was called"
     );
+
+    // A receiver that never takes the event: given up after the attempts, and the job says so.
+    let job = until("the webhook given up", Duration::from_secs(60), || {
+        let reply = system.get(&token, &format!("/jobs/{down}"));
+        let job: serde_json::Value = serde_json::from_str(&reply.body).ok()?;
+        (job["webhook"]["state"] == "failed").then_some(job)
+    });
+    let error = job["webhook"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the receiver answered 500") && error.contains("given up after 4 attempts"),
+        "{error}"
+    );
+    assert_eq!(receiver.requests("/down").len(), 4);
 
     // The notifier killed while the receiver holds its request: the event is sent again,
     // under the same id, and recorded once.

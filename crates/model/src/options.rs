@@ -234,9 +234,6 @@ impl Options {
         let mut given: Vec<(&str, &str)> = Vec::new();
         for (name, value) in fields {
             let value = value.trim();
-            if value.is_empty() {
-                continue;
-            }
             if !FIELDS.contains(&name) {
                 // Shown back: kept short and printable.
                 let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
@@ -249,6 +246,9 @@ impl Options {
                     &shown,
                     format!("not an option (options: {})", FIELDS.join(", ")),
                 ));
+            }
+            if value.is_empty() {
+                continue;
             }
             if given.iter().any(|(seen, _)| *seen == name) {
                 return Err(refuse(name, "given more than once"));

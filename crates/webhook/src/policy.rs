@@ -76,8 +76,11 @@ fn canonical(ip: IpAddr) -> IpAddr {
     let s = v6.segments();
     let embedded =
         |hi: u16, lo: u16| IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
-    // 64:ff9b::/96 (NAT64) and 2002::/16 (6to4).
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    // 64:ff9b::/96 (NAT64), ::/96 (IPv4-compatible, deprecated but still routed by some
+    // stacks) and 2002::/16 (6to4).
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || (s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified())
+    {
         return embedded(s[6], s[7]);
     }
     if s[0] == 0x2002 {
@@ -118,7 +121,8 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "an unspecified"
     } else if ip.is_loopback() {
         "a loopback"
-    } else if first & 0xfe00 == 0xfc00 {
+    } else if first & 0xfe00 == 0xfc00 || ip.segments()[..3] == [0x64, 0xff9b, 1] {
+        // Unique local addresses, and local-use NAT64 (64:ff9b:1::/48).
         "a private"
     } else if first & 0xffc0 == 0xfe80 {
         "a link-local"
@@ -149,6 +153,9 @@ mod tests {
             ("::ffff:127.0.0.1", "a loopback"),
             ("64:ff9b::7f00:1", "a loopback"),
             ("2002:7f00:1::", "a loopback"),
+            ("::7f00:1", "a loopback"),
+            ("::a00:1", "a private"),
+            ("64:ff9b:1::1", "a private"),
             ("10.1.2.3", "a private"),
             ("172.20.0.1", "a private"),
             ("192.168.1.1", "a private"),

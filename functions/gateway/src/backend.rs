@@ -584,30 +584,46 @@ impl webhook::Store for Mongo {
         }
     }
 
-    fn save(&mut self, settings: &webhook_model::Settings) -> Result<(), String> {
-        let mut doc =
-            bson::to_document(settings).map_err(|e| format!("encoding webhook settings: {e}"))?;
-        doc.remove("_id");
-        // The fields a save drops (no previous secret any more) are unset.
-        let mut unset = Document::new();
-        for field in ["previous_secret", "previous_until", "url"] {
-            if !doc.contains_key(field) {
-                unset.insert(field, "");
-            }
-        }
-        let mut update = doc! {"$set": doc};
-        if !unset.is_empty() {
-            update.insert("$unset", unset);
-        }
+    fn set_url(&mut self, owner: &str, url: Option<&str>, now_ms: i64) -> Result<(), String> {
+        let update = match url {
+            Some(url) => doc! {"$set": {"url": url, "updated_at": now_ms}},
+            None => doc! {"$unset": {"url": ""}, "$set": {"updated_at": now_ms}},
+        };
         self.client
             .update_one(
                 VIDEOS_DB,
                 webhook_model::SETTINGS_COLLECTION,
-                doc! {"_id": &settings.owner},
+                doc! {"_id": owner},
                 update,
-                true,
+                false,
             )
-            .map_err(|e| format!("MongoDB: saving webhook settings: {e}"))?;
+            .map_err(|e| format!("MongoDB: saving the webhook callback: {e}"))?;
         Ok(())
+    }
+
+    fn rotate(
+        &mut self,
+        owner: &str,
+        from: &str,
+        to: &str,
+        previous_until: i64,
+        now_ms: i64,
+    ) -> Result<bool, String> {
+        let updated = self
+            .client
+            .update_one(
+                VIDEOS_DB,
+                webhook_model::SETTINGS_COLLECTION,
+                doc! {"_id": owner, "secret": from},
+                doc! {"$set": {
+                    "secret": to,
+                    "previous_secret": from,
+                    "previous_until": previous_until,
+                    "updated_at": now_ms,
+                }},
+                false,
+            )
+            .map_err(|e| format!("MongoDB: rotating the webhook secret: {e}"))?;
+        Ok(updated.matched > 0)
     }
 }

@@ -59,8 +59,8 @@ const CHUNKS_PER_INSERT: usize = 4;
 /// Unfinished uploads one user may have at a time: each holds up to `max_resumable_upload_bytes` of
 /// storage until it expires.
 pub const MAX_OPEN_UPLOADS: u64 = 20;
-/// The longest `Upload-Metadata` header read.
-const MAX_METADATA: usize = 4096;
+/// The longest `Upload-Metadata` header read: room for every option at its longest, in base64.
+const MAX_METADATA: usize = 16 * 1024;
 
 /// An upload in progress (or just finished), as stored in `videos.uploads`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

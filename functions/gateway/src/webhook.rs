@@ -12,12 +12,24 @@ use mp3_webhook::Secret;
 /// The most bytes of a `PUT /webhook` body.
 pub const MAX_BODY: usize = 4096;
 
-/// What the settings need from MongoDB. Errors are one line.
+/// What the settings need from MongoDB. Errors are one line. Each change touches only its own
+/// fields, so a rotation and a change of callback at once both hold.
 pub trait Store {
     fn load(&mut self, owner: &str) -> Result<Option<Settings>, String>;
     /// Inserts `settings`; false if the user has some already (made by a concurrent request).
     fn insert(&mut self, settings: &Settings) -> Result<bool, String>;
-    fn save(&mut self, settings: &Settings) -> Result<(), String>;
+    /// Sets (or removes) the default callback.
+    fn set_url(&mut self, owner: &str, url: Option<&str>, now_ms: i64) -> Result<(), String>;
+    /// Replaces secret `from` with `to`, keeping `from` as the previous one until
+    /// `previous_until`; false if the secret is no longer `from` (another rotation won).
+    fn rotate(
+        &mut self,
+        owner: &str,
+        from: &str,
+        to: &str,
+        previous_until: i64,
+        now_ms: i64,
+    ) -> Result<bool, String>;
 }
 
 fn unavailable(detail: String) -> Reply {
@@ -92,22 +104,32 @@ pub fn update(
     url: Option<String>,
     now_ms: i64,
 ) -> Result<Settings, Reply> {
-    let mut settings = settings_of(store, owner, now_ms)?;
-    settings.url = url;
-    settings.updated_at = now_ms;
-    store.save(&settings).map_err(unavailable)?;
-    Ok(settings)
+    settings_of(store, owner, now_ms)?;
+    store
+        .set_url(owner, url.as_deref(), now_ms)
+        .map_err(unavailable)?;
+    settings_of(store, owner, now_ms)
 }
 
-/// A new secret; the replaced one signs too until [`ROTATION_GRACE_MS`] from now.
+/// A new secret; the replaced one signs too until [`ROTATION_GRACE_MS`] from now. Of two
+/// rotations at once, each replaces the secret the other made, in turn.
 pub fn rotate(store: &mut dyn Store, owner: &str, now_ms: i64) -> Result<Settings, Reply> {
-    let mut settings = settings_of(store, owner, now_ms)?;
-    let previous = std::mem::replace(&mut settings.secret, new_secret()?);
-    settings.previous_secret = Some(previous);
-    settings.previous_until = Some(now_ms.saturating_add(ROTATION_GRACE_MS));
-    settings.updated_at = now_ms;
-    store.save(&settings).map_err(unavailable)?;
-    Ok(settings)
+    for _ in 0..3 {
+        let settings = settings_of(store, owner, now_ms)?;
+        let until = now_ms.saturating_add(ROTATION_GRACE_MS);
+        let fresh = new_secret()?;
+        if store
+            .rotate(owner, &settings.secret, &fresh, until, now_ms)
+            .map_err(unavailable)?
+        {
+            return settings_of(store, owner, now_ms);
+        }
+    }
+    Err(Reply::text(
+        409,
+        "the secret is being rotated by another request: try again",
+        "rotation_conflict",
+    ))
 }
 
 #[cfg(test)]
@@ -120,6 +142,8 @@ mod tests {
         settings: HashMap<String, Settings>,
         /// Settings a concurrent request inserts just before ours.
         racing: Option<Settings>,
+        /// A secret a concurrent rotation writes just before ours.
+        steal: Option<String>,
         down: bool,
     }
 
@@ -141,10 +165,32 @@ mod tests {
                 .insert(settings.owner.clone(), settings.clone());
             Ok(true)
         }
-        fn save(&mut self, settings: &Settings) -> Result<(), String> {
-            self.settings
-                .insert(settings.owner.clone(), settings.clone());
+        fn set_url(&mut self, owner: &str, url: Option<&str>, now: i64) -> Result<(), String> {
+            let settings = self.settings.get_mut(owner).ok_or("no settings")?;
+            settings.url = url.map(str::to_owned);
+            settings.updated_at = now;
             Ok(())
+        }
+        fn rotate(
+            &mut self,
+            owner: &str,
+            from: &str,
+            to: &str,
+            until: i64,
+            now: i64,
+        ) -> Result<bool, String> {
+            let settings = self.settings.get_mut(owner).ok_or("no settings")?;
+            if let Some(stolen) = self.steal.take() {
+                settings.secret = stolen;
+            }
+            if settings.secret != from {
+                return Ok(false);
+            }
+            settings.previous_secret = Some(from.to_owned());
+            settings.secret = to.to_owned();
+            settings.previous_until = Some(until);
+            settings.updated_at = now;
+            Ok(true)
         }
     }
 
@@ -194,6 +240,22 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&view(&after, 11).body).unwrap();
         assert_eq!(body["previous_secret_expires_at"], 10 + ROTATION_GRACE_MS);
         assert_eq!(store.settings["a@example.com"], after);
+        // Another rotation got in first: this one replaces the secret that one made.
+        store.steal = Some("whsec_theirs".into());
+        let third = rotate(&mut store, "a@example.com", 20).unwrap();
+        assert_eq!(third.previous_secret.as_deref(), Some("whsec_theirs"));
+        // A change of callback keeps the secret as it is.
+        let set = update(
+            &mut store,
+            "a@example.com",
+            Some("https://x.example/".into()),
+            30,
+        )
+        .unwrap();
+        assert_eq!(
+            (set.secret, set.previous_secret),
+            (third.secret, third.previous_secret)
+        );
     }
 
     #[test]

@@ -39,8 +39,9 @@ pub fn output_args(encoding: &Encoding, output: &str) -> Vec<String> {
         args.extend(["-ss".into(), start.to_string()]);
     }
     if let Some(end) = encoding.end {
+        // The gateway checked end > start; a message made elsewhere gets an empty part.
         let from = encoding.start.map_or(0, |s| s.0);
-        args.extend(["-t".into(), Millis(end.0 - from).to_string()]);
+        args.extend(["-t".into(), Millis(end.0.saturating_sub(from)).to_string()]);
     }
     args.extend(["-c:a".into(), "libmp3lame".into()]);
     match encoding.rate {
@@ -54,6 +55,8 @@ pub fn output_args(encoding: &Encoding, output: &str) -> Vec<String> {
         args.extend(["-ac".into(), channels.to_string()]);
     }
     let xing = if needs_info_header(encoding) {
+        // Written to a temporary file first: bounded, so that no job fills the disk.
+        args.extend(["-fs".into(), MAX_FILE_OUTPUT.to_string()]);
         "1"
     } else {
         "0"
@@ -72,6 +75,10 @@ pub fn output_args(encoding: &Encoding, output: &str) -> Vec<String> {
     );
     args
 }
+
+/// The largest MP3 written to a temporary file (VBR or trimmed): 2 GiB, 14 hours at 320 kb/s.
+/// The converter's `/tmp` is sized for it (see the Kubernetes manifests).
+pub const MAX_FILE_OUTPUT: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Whether the MP3 needs its info header: a variable bitrate (its duration cannot be told
 /// from its size) or a trimmed part (the encoder's delay and padding, which the header
@@ -110,9 +117,13 @@ pub enum ConvertError {
     /// fail again.
     #[error("ffmpeg could not convert the video ({status}): {message}")]
     Rejected { status: ExitStatus, message: String },
-    /// ffmpeg encoded no audio: the part asked for (`start`) lies past the audio's end.
-    #[error("no audio in the part asked for")]
-    Empty,
+    /// ffmpeg encoded no audio: the part asked for (`trimmed`: from `start`) lies past the
+    /// audio's end, or the audio track is empty.
+    #[error("no audio to encode")]
+    Empty { trimmed: bool },
+    /// The MP3 would be larger than [`MAX_FILE_OUTPUT`].
+    #[error("the MP3 would exceed {MAX_FILE_OUTPUT} bytes")]
+    TooLong,
     /// Anything else (reading the video, writing the MP3, ffmpeg killed): may pass next time.
     #[error(transparent)]
     Transient(#[from] anyhow::Error),
@@ -258,7 +269,7 @@ impl Encoder {
     {
         let Self {
             source: _,
-            encoding: _,
+            encoding,
             mut child,
             mut stdin,
             output: ffmpeg_output,
@@ -313,10 +324,16 @@ impl Encoder {
         fetched?;
         if status.success() {
             if let Some(file) = file {
+                // ffmpeg stops at the limit (`-fs`) without an error.
+                if file.metadata().map(|m| m.len()).unwrap_or(0) >= MAX_FILE_OUTPUT {
+                    return Err(ConvertError::TooLong);
+                }
                 bytes_out = copy_file(file, output).await?;
             }
             if bytes_out == 0 || nothing_encoded {
-                return Err(ConvertError::Empty);
+                return Err(ConvertError::Empty {
+                    trimmed: encoding.start.is_some(),
+                });
             }
             return Ok(Converted {
                 bytes_in,

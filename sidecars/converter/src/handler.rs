@@ -126,9 +126,9 @@ impl Converter {
                     tracing::warn!(error = %abort, "aborting the MP3 upload");
                 }
                 return Err(match error {
-                    ConvertError::Rejected { .. } | ConvertError::Empty => {
-                        Failure::permanent(error)
-                    }
+                    ConvertError::Rejected { .. }
+                    | ConvertError::Empty { .. }
+                    | ConvertError::TooLong => Failure::permanent(error),
                     ConvertError::Transient(error) => Failure::Retry(error),
                 });
             }
@@ -225,10 +225,12 @@ impl Converter {
             return Err(Failure::permanent(Interrupted::WorkerStopped));
         }
 
+        // The job's options, read with the claim anyway: a message republished by an older
+        // release may lack them.
         if message.options != job.options {
-            tracing::warn!("the message and the job disagree on the options; using the message's");
+            tracing::warn!("the message and the job disagree on the options; using the job's");
         }
-        if let Err(failure) = self.convert_job(&job, &message.options, mp3_fid).await {
+        if let Err(failure) = self.convert_job(&job, &job.options, mp3_fid).await {
             // Best effort: the next claim or the give-up deletes it otherwise.
             if let Err(error) = self.store.delete_mp3(mp3_fid).await {
                 tracing::warn!(error = format!("{error:#}"), "deleting a partial MP3");

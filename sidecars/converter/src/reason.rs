@@ -13,8 +13,12 @@ pub fn public_reason(error: &anyhow::Error) -> &'static str {
         Some(ConvertError::Rejected { .. }) => {
             return "the file has no audio track that could be converted, or it is damaged"
         }
-        Some(ConvertError::Empty) => {
+        Some(ConvertError::Empty { trimmed: true }) => {
             return "the part of the video asked for holds no audio: start is past its end"
+        }
+        Some(ConvertError::Empty { trimmed: false }) => return "the video's audio track is empty",
+        Some(ConvertError::TooLong) => {
+            return "the MP3 would be over 2 GiB: ask for a part of the video, or a lower bitrate"
         }
         _ => {}
     }
@@ -56,8 +60,12 @@ mod tests {
             public_reason(&slow),
             "the conversion took longer than allowed"
         );
-        let empty = anyhow::Error::new(ConvertError::Empty);
+        let empty = anyhow::Error::new(ConvertError::Empty { trimmed: true });
         assert!(public_reason(&empty).contains("start is past its end"));
+        let silent = anyhow::Error::new(ConvertError::Empty { trimmed: false });
+        assert_eq!(public_reason(&silent), "the video's audio track is empty");
+        let long = anyhow::Error::new(ConvertError::TooLong);
+        assert!(public_reason(&long).contains("over 2 GiB"));
         let crashed = anyhow::Error::new(Interrupted::WorkerStopped);
         assert!(public_reason(&crashed).contains("kept failing"));
         let other = anyhow::anyhow!("MongoDB at 10.0.0.5:27017: connection refused");

@@ -208,7 +208,10 @@ mod tests {
             .encode(futures_util::io::Cursor::new(video()), &mut out)
             .await;
         assert!(
-            matches!(result, Err(crate::convert::ConvertError::Empty)),
+            matches!(
+                result,
+                Err(crate::convert::ConvertError::Empty { trimmed: true })
+            ),
             "{:?}",
             result.err()
         );

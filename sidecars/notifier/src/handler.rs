@@ -216,11 +216,19 @@ fn worst(email: Result<(), Failure>, webhook: Result<(), Failure>) -> Result<(),
         Err(Failure::Permanent(_)) => 1,
         Ok(()) => 0,
     };
-    if rank(&webhook) > rank(&email) {
-        webhook
+    let (kept, dropped) = if rank(&webhook) > rank(&email) {
+        (webhook, email)
     } else {
-        email
+        (email, webhook)
+    };
+    // The one not returned is still worth a line.
+    if let Err(Failure::Retry(error) | Failure::Permanent(error)) = &dropped {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "another part of the notification failed too"
+        );
     }
+    kept
 }
 
 impl Handler for Notifier {

@@ -91,10 +91,20 @@ struct Config {
     #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     job_timeout_secs: u64,
-    /// Seconds a webhook delivery may take, connecting included (under JOB_TIMEOUT_SECS).
+    /// Seconds a webhook delivery may take, connecting included (at most
+    /// (JOB_TIMEOUT_SECS - 5) / 2: a delivery and its record each take up to this).
     #[arg(long, env = "WEBHOOK_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=60))]
     webhook_timeout_secs: u64,
+    /// Milliseconds before a webhook's second attempt; later ones wait 3, 12, 60, 180, 360,
+    /// 720 and 1440 times as long.
+    #[arg(long, env = "WEBHOOK_RETRY_BASE_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    webhook_retry_base_ms: u64,
+    /// Attempts of a webhook before its message is given up (dead-lettered).
+    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 9,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    webhook_max_attempts: u32,
     /// Let webhooks reach loopback, private, link-local and other special-use addresses (for
     /// development only: a callback could then reach the cluster's insides).
     #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
@@ -174,9 +184,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         from: config.mail_from,
     })?;
 
+    // An attempt and its record, each bounded by the webhook timeout, within the handler's.
     anyhow::ensure!(
-        config.webhook_timeout_secs + 10 <= config.job_timeout_secs,
-        "WEBHOOK_TIMEOUT_SECS ({}) must be at least 10 s under JOB_TIMEOUT_SECS ({})",
+        2 * config.webhook_timeout_secs + 5 <= config.job_timeout_secs,
+        "WEBHOOK_TIMEOUT_SECS ({}) must be at most (JOB_TIMEOUT_SECS ({}) - 5) / 2",
         config.webhook_timeout_secs,
         config.job_timeout_secs
     );
@@ -197,6 +208,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 allow: config.webhook_allow.0,
                 deny: config.webhook_deny.0,
             },
+            retry_base: Duration::from_millis(config.webhook_retry_base_ms),
+            max_attempts: config.webhook_max_attempts,
         },
         links.clone(),
         webhook::Metrics::register(&mut registry),
@@ -267,6 +280,8 @@ mod tests {
                 "WEBHOOK_ALLOW",
                 "WEBHOOK_ALLOW_PRIVATE",
                 "WEBHOOK_DENY",
+                "WEBHOOK_MAX_ATTEMPTS",
+                "WEBHOOK_RETRY_BASE_MS",
                 "WEBHOOK_TIMEOUT_SECS",
             ]
         );
@@ -292,6 +307,10 @@ mod tests {
         assert_eq!(config.shutdown_timeout_secs, 30);
         assert_eq!(config.job_timeout_secs, 60);
         assert_eq!(config.webhook_timeout_secs, 10);
+        assert_eq!(
+            (config.webhook_retry_base_ms, config.webhook_max_attempts),
+            (10_000, 9)
+        );
         assert!(!config.webhook_allow_private);
         assert!(config.webhook_allow.0.is_empty() && config.webhook_deny.0.is_empty());
         assert_eq!(config.log_format, LogFormat::Text);

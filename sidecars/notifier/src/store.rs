@@ -299,6 +299,14 @@ impl Ledger {
         }
     }
 
+    /// The job's marker, once done.
+    pub async fn marker(&self, job_id: &str) -> anyhow::Result<Option<Document>> {
+        self.claims
+            .find_one(doc! { "_id": sent_marker(job_id) })
+            .await
+            .with_context(|| format!("reading the {} marker of job {job_id}", self.what))
+    }
+
     /// Whether it was done: the job's marker exists.
     pub async fn done(&self, job_id: &str) -> anyhow::Result<bool> {
         let marker = self

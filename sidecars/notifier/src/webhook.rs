@@ -69,13 +69,26 @@ pub struct WebhookSettings {
     /// How long one delivery may take, connecting included.
     pub timeout: Duration,
     pub policy: Policy,
+    /// The first retry's delay: later ones wait [`RETRY_FACTORS`] times it.
+    pub retry_base: Duration,
+    /// Attempts before the message is given up.
+    pub max_attempts: u32,
 }
+
+/// The delays between attempts, in units of the first: with 10 s, 10 s, 30 s, 2 min, 10 min,
+/// 30 min, 1 h, 2 h and 4 h (about 8 hours in all).
+pub const RETRY_FACTORS: [u32; 8] = [1, 3, 12, 60, 180, 360, 720, 1440];
 
 pub struct Webhooks {
     client: reqwest::Client,
     policy: Arc<Policy>,
+    timeout: Duration,
+    retry_base: Duration,
+    max_attempts: u32,
     jobs: Collection<Job>,
     settings: Collection<Settings>,
+    /// The ledger's collection, which also counts each job's failed attempts.
+    claims: Collection<mongodb::bson::Document>,
     ledger: Ledger,
     links: Links,
     metrics: Metrics,
@@ -85,7 +98,7 @@ pub struct Webhooks {
 enum Attempt {
     Delivered { status: u16 },
     Refused(String),
-    Failed { status: Option<u16>, error: String },
+    Failed { error: String },
 }
 
 impl Webhooks {
@@ -98,7 +111,7 @@ impl Webhooks {
         let policy = Arc::new(settings.policy.clone());
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .user_agent("mp3-converter-webhooks")
@@ -109,12 +122,17 @@ impl Webhooks {
         Ok(Self {
             client,
             policy,
+            timeout: settings.timeout,
+            retry_base: settings.retry_base,
+            max_attempts: settings.max_attempts,
             jobs: db.collection(JOBS_COLLECTION),
             settings: db.collection(SETTINGS_COLLECTION),
-            // Longer than any delivery, so a live sender always finishes first.
+            claims: db.collection(CLAIMS_COLLECTION),
+            // Longer than an attempt and its record together (each bounded by the timeout),
+            // so a live sender always finishes first.
             ledger: Ledger::new(
                 db.collection(CLAIMS_COLLECTION),
-                settings.timeout * 2 + Duration::from_secs(5),
+                lease(settings.timeout),
                 "webhook",
             ),
             links,
@@ -122,7 +140,9 @@ impl Webhooks {
         })
     }
 
-    /// Sends the job's event if it has a callback and it was not sent yet.
+    /// Sends the job's event if it has a callback and it was not sent yet. A receiver that
+    /// does not take it is tried again on the webhook's own schedule (deferring the message,
+    /// which does not use the email's attempts up), then the message is given up.
     pub async fn deliver(&self, message: &JobMessage) -> Result<(), Failure> {
         let Some((job, url)) = self.due(&message.job_id).await.map_err(Failure::retry)? else {
             return Ok(());
@@ -135,7 +155,7 @@ impl Webhooks {
             .map_err(Failure::retry)?
         {
             Take::Claimed => {}
-            Take::Done => return Ok(()),
+            Take::Done => return self.show_recorded(&job).await.map_err(Failure::retry),
             Take::Held { retry_after } => {
                 return Err(Failure::Defer {
                     after: retry_after,
@@ -143,51 +163,69 @@ impl Webhooks {
                 })
             }
         }
-        let result = self.attempt(&job, &url).await;
-        let attempt = match result {
-            Ok(attempt) => attempt,
-            Err(error) => {
+        // Bounded well under the claim's lease, store reads included: no other delivery takes
+        // over while this one may still send.
+        let bound = self.timeout + Duration::from_secs(4);
+        let attempt = match tokio::time::timeout(bound, self.attempt(&job, &url)).await {
+            Ok(Ok(attempt)) => attempt,
+            Ok(Err(error)) => {
                 let _ = self.ledger.release(&job.id, &token).await;
                 return Err(Failure::Retry(error));
             }
+            Err(_) => Attempt::Failed {
+                error: format!("no answer within {} s", bound.as_secs()),
+            },
         };
-        let (state, status, error) = match attempt {
+        match attempt {
             Attempt::Delivered { status } => {
                 self.metrics.count("delivered");
                 tracing::info!(%url, status, "webhook delivered");
-                (DeliveryState::Delivered, Some(status), None)
+                self.settle(
+                    &job,
+                    &token,
+                    DeliveryState::Delivered,
+                    &url,
+                    Some(status),
+                    None,
+                )
+                .await
             }
             Attempt::Refused(reason) => {
                 self.metrics.count("refused");
                 tracing::warn!(%url, %reason, "webhook refused");
-                (DeliveryState::Refused, None, Some(reason))
+                self.settle(
+                    &job,
+                    &token,
+                    DeliveryState::Refused,
+                    &url,
+                    None,
+                    Some(reason),
+                )
+                .await
             }
-            Attempt::Failed { status, error } => {
+            Attempt::Failed { error } => {
                 self.metrics.count("failed");
                 if let Err(release) = self.ledger.release(&job.id, &token).await {
                     tracing::warn!(error = format!("{release:#}"), "cannot release the claim");
                 }
-                return Err(Failure::Retry(anyhow::anyhow!(
-                    "webhook to {url}: {error}{}",
-                    status.map(|s| format!(" ({s})")).unwrap_or_default()
-                )));
+                let error = format!("webhook to {url}: {error}");
+                let failures = self.count_failure(&job.id).await.map_err(Failure::retry)?;
+                if failures >= self.max_attempts {
+                    return Err(Failure::Permanent(anyhow::anyhow!(
+                        "{error} (given up after {failures} attempts)"
+                    )));
+                }
+                let factor = RETRY_FACTORS[(failures as usize - 1).min(RETRY_FACTORS.len() - 1)];
+                Err(Failure::Defer {
+                    after: self.retry_base * factor,
+                    reason: format!("{error}; attempt {failures} of {}", self.max_attempts),
+                })
             }
-        };
-        // Sent (or never to be sent): recorded so that no redelivery sends it again.
-        self.ledger
-            .record(
-                &job.id,
-                &token,
-                doc! { "state": format!("{state:?}").to_lowercase() },
-            )
-            .await
-            .map_err(Failure::retry)?;
-        self.note(&job.id, state, &url, status, error)
-            .await
-            .map_err(Failure::retry)
+        }
     }
 
-    /// After the message was given up: a webhook not delivered is recorded `failed`.
+    /// After the message was given up: a webhook not delivered is recorded `failed`, and its
+    /// count of attempts starts again (an operator may send the dead letter back).
     pub async fn give_up(&self, message: &JobMessage, error: &str) -> anyhow::Result<()> {
         let Some((job, url)) = self.due(&message.job_id).await? else {
             return Ok(());
@@ -196,6 +234,10 @@ impl Webhooks {
             return Ok(());
         }
         tracing::error!(%url, %error, "webhook given up");
+        self.claims
+            .delete_one(doc! { "_id": failures_id(&job.id) })
+            .await
+            .context("resetting the webhook's attempts")?;
         self.note(
             &job.id,
             DeliveryState::Failed,
@@ -204,6 +246,93 @@ impl Webhooks {
             Some(error.to_owned()),
         )
         .await
+    }
+
+    /// Counts a failed attempt; the attempts failed so far.
+    async fn count_failure(&self, job_id: &str) -> anyhow::Result<u32> {
+        let id = failures_id(job_id);
+        self.claims
+            .update_one(
+                doc! { "_id": &id },
+                doc! { "$inc": { "count": 1 }, "$set": { "job_id": job_id } },
+            )
+            .upsert(true)
+            .await
+            .with_context(|| format!("counting the webhook attempts of job {job_id}"))?;
+        let counted = self
+            .claims
+            .find_one(doc! { "_id": &id })
+            .await
+            .with_context(|| format!("reading the webhook attempts of job {job_id}"))?;
+        let count = counted
+            .and_then(|doc| match doc.get("count") {
+                Some(mongodb::bson::Bson::Int32(n)) => u32::try_from(*n).ok(),
+                Some(mongodb::bson::Bson::Int64(n)) => u32::try_from(*n).ok(),
+                _ => None,
+            })
+            .unwrap_or(1);
+        Ok(count)
+    }
+
+    /// Records the outcome, so that no redelivery sends it again (retried for a while if the
+    /// store is away: the event is out), then shows it on the job.
+    async fn settle(
+        &self,
+        job: &Job,
+        token: &str,
+        state: DeliveryState,
+        url: &str,
+        status: Option<u16>,
+        error: Option<String>,
+    ) -> Result<(), Failure> {
+        let delivery = Delivery {
+            state,
+            url: url.to_owned(),
+            at: now_ms(),
+            status,
+            error,
+        };
+        let marker = mongodb::bson::to_document(&delivery)
+            .context("encoding the delivery")
+            .map_err(Failure::retry)?;
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match self.ledger.record(&job.id, token, marker.clone()).await {
+                Ok(()) => break,
+                Err(error) if std::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "cannot record the webhook yet"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(error) => {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "cannot record the webhook: it may be sent again"
+                    );
+                    return Err(Failure::Retry(error));
+                }
+            }
+        }
+        self.show(&job.id, &delivery).await.map_err(Failure::retry)
+    }
+
+    /// A job whose outcome was recorded but not shown (its notifier stopped in between):
+    /// shown now, from the record.
+    async fn show_recorded(&self, job: &Job) -> anyhow::Result<()> {
+        if job.webhook.is_some() {
+            return Ok(());
+        }
+        let Some(marker) = self.ledger.marker(&job.id).await? else {
+            return Ok(());
+        };
+        match mongodb::bson::from_document::<Delivery>(marker) {
+            Ok(delivery) => self.show(&job.id, &delivery).await,
+            Err(_) => Ok(()),
+        }
     }
 
     /// The final job with its callback, if it has one and its webhook is not settled.
@@ -313,7 +442,6 @@ impl Webhooks {
                     return Ok(Attempt::Refused(format!("callback refused: {refusal}")));
                 }
                 return Ok(Attempt::Failed {
-                    status: None,
                     error: one_line(&error),
                 });
             }
@@ -322,10 +450,18 @@ impl Webhooks {
         if response.status().is_success() {
             return Ok(Attempt::Delivered { status });
         }
-        let answer = response.bytes().await.unwrap_or_default();
-        let answer = String::from_utf8_lossy(&answer[..answer.len().min(ANSWER_BYTES)]);
+        // Only the first bytes: a receiver may answer with any amount.
+        let mut response = response;
+        let mut answer = Vec::new();
+        while answer.len() < ANSWER_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => answer.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        answer.truncate(ANSWER_BYTES);
+        let answer = String::from_utf8_lossy(&answer);
         Ok(Attempt::Failed {
-            status: Some(status),
             error: format!(
                 "the receiver answered {status}: {}",
                 answer.lines().next().unwrap_or("").trim()
@@ -333,7 +469,7 @@ impl Webhooks {
         })
     }
 
-    /// Records the outcome on the job, for its owner to read.
+    /// Records an outcome on the job, for its owner to read.
     async fn note(
         &self,
         job_id: &str,
@@ -349,7 +485,11 @@ impl Webhooks {
             status,
             error,
         };
-        let delivery = mongodb::bson::to_bson(&delivery).context("encoding the delivery")?;
+        self.show(job_id, &delivery).await
+    }
+
+    async fn show(&self, job_id: &str, delivery: &Delivery) -> anyhow::Result<()> {
+        let delivery = mongodb::bson::to_bson(delivery).context("encoding the delivery")?;
         self.jobs
             .update_one(
                 doc! { "_id": job_id },
@@ -359,6 +499,16 @@ impl Webhooks {
             .with_context(|| format!("recording the webhook of job {job_id}"))?;
         Ok(())
     }
+}
+
+/// The `_id` of the document counting a job's failed webhook attempts.
+fn failures_id(job_id: &str) -> String {
+    format!("{job_id}/failures")
+}
+
+/// How long a delivery's claim keeps others from sending the same event.
+pub fn lease(timeout: Duration) -> Duration {
+    timeout * 3 + Duration::from_secs(5)
 }
 
 /// The event of a final job: its id (`<job id>.<done|failed>`, the same on every attempt) and
@@ -443,10 +593,13 @@ impl reqwest::dns::Resolve for CheckedResolver {
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             for address in &addresses {
                 if let Err(refusal) = policy.check(address.ip()) {
-                    return Err(
-                        Box::new(RefusedName(format!("{host} resolves to {refusal}")))
-                            as Box<dyn std::error::Error + Send + Sync>,
-                    );
+                    // The address stays in the log: the job's owner learns only that it is not
+                    // public (names resolve inside the cluster, with its search domains).
+                    tracing::warn!(%host, %refusal, "webhook callback refused");
+                    return Err(Box::new(RefusedName(format!(
+                        "{host} resolves to a non-public address"
+                    )))
+                        as Box<dyn std::error::Error + Send + Sync>);
                 }
             }
             Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)

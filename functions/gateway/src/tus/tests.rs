@@ -393,7 +393,7 @@ fn creation_checks_version_length_and_metadata() {
     );
     assert_eq!(status(&|h| h.upload_metadata = Some("a b c".into())), 400);
     assert_eq!(
-        status(&|h| h.upload_metadata = Some("x ".repeat(3000))),
+        status(&|h| h.upload_metadata = Some("x ".repeat(9000))),
         400
     );
     assert_eq!(status(&|h| h.content_length = Some("10".into())), 400);
