@@ -94,6 +94,34 @@ impl Job {
         Self { options, ..self }
     }
 
+    /// The job as its owner sees it (`GET /jobs/{id}`, webhook events), without links: status,
+    /// file ids and name, times in ms, the options and the webhook's outcome when there are
+    /// any, `mp3_fid` once done, `error` (one line) once failed.
+    pub fn public_view(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "job_id": self.id,
+            "status": self.status.as_str(),
+            "video_fid": self.video_fid,
+            "filename": self.filename,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        });
+        if !self.options.is_default() {
+            v["options"] = serde_json::to_value(&self.options).unwrap_or_default();
+        }
+        if let Some(delivery) = &self.webhook {
+            v["webhook"] = serde_json::to_value(delivery).unwrap_or_default();
+        }
+        match (self.status, &self.mp3_fid) {
+            (JobStatus::Done, Some(fid)) => v["mp3_fid"] = fid.as_str().into(),
+            (JobStatus::Failed, _) => {
+                v["error"] = self.error.as_deref().unwrap_or("conversion failed").into()
+            }
+            _ => {}
+        }
+        v
+    }
+
     /// The job a seed-format message stands for (see [`JobMessage::is_seed`]): named after its
     /// video, owned by its `username`, queued.
     pub fn for_seed_message(message: &JobMessage, filename: &str, now_ms: i64) -> Self {

@@ -26,42 +26,20 @@ pub struct Links<'k> {
 /// job has `download_url` (for a bearer token) and, with `links`, `signed_download_url`, which
 /// works without one until `signed_url_expires_at` (Unix seconds).
 pub fn view(job: &Job, links: Option<Links<'_>>) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "job_id": job.id,
-        "status": job.status.as_str(),
-        "video_fid": job.video_fid,
-        "filename": job.filename,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-    });
-    if !job.options.is_default() {
-        v["options"] = serde_json::to_value(&job.options).unwrap_or_default();
-    }
-    if let Some(delivery) = &job.webhook {
-        v["webhook"] = serde_json::to_value(delivery).unwrap_or_default();
-    }
-    match job.status {
-        JobStatus::Done => {
-            if let Some(fid) = &job.mp3_fid {
-                v["mp3_fid"] = fid.as_str().into();
-                v["download_url"] = format!("/download?fid={fid}").into();
-                if let Some(links) = links {
-                    let expires = links
-                        .now
-                        .saturating_add(links.ttl_secs)
-                        .min(links.not_after);
-                    if expires > links.now {
-                        let query = links.key.query(fid, &job.owner, expires);
-                        v["signed_download_url"] = format!("/download?{query}").into();
-                        v["signed_url_expires_at"] = expires.into();
-                    }
-                }
+    let mut v = job.public_view();
+    if let (JobStatus::Done, Some(fid)) = (job.status, &job.mp3_fid) {
+        v["download_url"] = format!("/download?fid={fid}").into();
+        if let Some(links) = links {
+            let expires = links
+                .now
+                .saturating_add(links.ttl_secs)
+                .min(links.not_after);
+            if expires > links.now {
+                let query = links.key.query(fid, &job.owner, expires);
+                v["signed_download_url"] = format!("/download?{query}").into();
+                v["signed_url_expires_at"] = expires.into();
             }
         }
-        JobStatus::Failed => {
-            v["error"] = job.error.as_deref().unwrap_or("conversion failed").into();
-        }
-        JobStatus::Queued | JobStatus::Converting => {}
     }
     v
 }

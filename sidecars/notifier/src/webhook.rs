@@ -180,28 +180,14 @@ impl Webhooks {
             Attempt::Delivered { status } => {
                 self.metrics.count("delivered");
                 tracing::info!(%url, status, "webhook delivered");
-                self.settle(
-                    &job,
-                    &token,
-                    DeliveryState::Delivered,
-                    &url,
-                    Some(status),
-                    None,
-                )
-                .await
+                let delivered = delivery(DeliveryState::Delivered, &url, Some(status), None);
+                self.settle(&job, &token, delivered).await
             }
             Attempt::Refused(reason) => {
                 self.metrics.count("refused");
                 tracing::warn!(%url, %reason, "webhook refused");
-                self.settle(
-                    &job,
-                    &token,
-                    DeliveryState::Refused,
-                    &url,
-                    None,
-                    Some(reason),
-                )
-                .await
+                let refused = delivery(DeliveryState::Refused, &url, None, Some(reason));
+                self.settle(&job, &token, refused).await
             }
             Attempt::Failed { error } => {
                 self.metrics.count("failed");
@@ -238,14 +224,8 @@ impl Webhooks {
             .delete_one(doc! { "_id": failures_id(&job.id) })
             .await
             .context("resetting the webhook's attempts")?;
-        self.note(
-            &job.id,
-            DeliveryState::Failed,
-            &url,
-            None,
-            Some(error.to_owned()),
-        )
-        .await
+        let failed = delivery(DeliveryState::Failed, &url, None, Some(error.to_owned()));
+        self.show(&job.id, &failed).await
     }
 
     /// Counts a failed attempt; the attempts failed so far.
@@ -276,22 +256,7 @@ impl Webhooks {
 
     /// Records the outcome, so that no redelivery sends it again (retried for a while if the
     /// store is away: the event is out), then shows it on the job.
-    async fn settle(
-        &self,
-        job: &Job,
-        token: &str,
-        state: DeliveryState,
-        url: &str,
-        status: Option<u16>,
-        error: Option<String>,
-    ) -> Result<(), Failure> {
-        let delivery = Delivery {
-            state,
-            url: url.to_owned(),
-            at: now_ms(),
-            status,
-            error,
-        };
+    async fn settle(&self, job: &Job, token: &str, delivery: Delivery) -> Result<(), Failure> {
         let marker = mongodb::bson::to_document(&delivery)
             .context("encoding the delivery")
             .map_err(Failure::retry)?;
@@ -469,25 +434,6 @@ impl Webhooks {
         })
     }
 
-    /// Records an outcome on the job, for its owner to read.
-    async fn note(
-        &self,
-        job_id: &str,
-        state: DeliveryState,
-        url: &str,
-        status: Option<u16>,
-        error: Option<String>,
-    ) -> anyhow::Result<()> {
-        let delivery = Delivery {
-            state,
-            url: url.to_owned(),
-            at: now_ms(),
-            status,
-            error,
-        };
-        self.show(job_id, &delivery).await
-    }
-
     async fn show(&self, job_id: &str, delivery: &Delivery) -> anyhow::Result<()> {
         let delivery = mongodb::bson::to_bson(delivery).context("encoding the delivery")?;
         self.jobs
@@ -498,6 +444,22 @@ impl Webhooks {
             .await
             .with_context(|| format!("recording the webhook of job {job_id}"))?;
         Ok(())
+    }
+}
+
+/// An outcome, now.
+fn delivery(
+    state: DeliveryState,
+    url: &str,
+    status: Option<u16>,
+    error: Option<String>,
+) -> Delivery {
+    Delivery {
+        state,
+        url: url.to_owned(),
+        at: now_ms(),
+        status,
+        error,
     }
 }
 
@@ -521,33 +483,19 @@ pub fn event(job: &Job, links: &Links, now_ms: i64) -> (String, String) {
         _ => (JOB_FAILED, "failed"),
     };
     let id = format!("{}.{suffix}", job.id);
-    let mut data = serde_json::json!({
-        "job_id": job.id,
-        "status": job.status.as_str(),
-        "filename": job.filename,
-        "video_fid": job.video_fid,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-    });
-    if !job.options.is_default() {
-        data["options"] = serde_json::to_value(&job.options).unwrap_or_default();
-    }
-    match (&job.status, &job.mp3_fid) {
-        (JobStatus::Done, Some(fid)) => {
-            data["mp3_fid"] = fid.as_str().into();
-            match &links.key {
-                Some(key) => {
-                    let now = u64::try_from(now_ms / 1000).unwrap_or(0);
-                    let expires = now.saturating_add(links.ttl_secs);
-                    let base = links.base_url.trim_end_matches('/');
-                    data["download_url"] =
-                        format!("{base}/download?{}", key.query(fid, &job.owner, expires)).into();
-                    data["download_url_expires_at"] = expires.into();
-                }
-                None => data["download_url"] = download_url(&links.base_url, fid).into(),
+    let mut data = job.public_view();
+    if let (JobStatus::Done, Some(fid)) = (job.status, &job.mp3_fid) {
+        match &links.key {
+            Some(key) => {
+                let now = u64::try_from(now_ms / 1000).unwrap_or(0);
+                let expires = now.saturating_add(links.ttl_secs);
+                let base = links.base_url.trim_end_matches('/');
+                data["download_url"] =
+                    format!("{base}/download?{}", key.query(fid, &job.owner, expires)).into();
+                data["download_url_expires_at"] = expires.into();
             }
+            None => data["download_url"] = download_url(&links.base_url, fid).into(),
         }
-        _ => data["error"] = job.error.as_deref().unwrap_or("conversion failed").into(),
     }
     let body = serde_json::json!({
         "type": kind,
