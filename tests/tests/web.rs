@@ -151,6 +151,18 @@ async fn rows(client: &Client) -> Vec<(String, String)> {
     found
 }
 
+/// Waits until the row of `file` says `done`.
+async fn until_done(client: &Client, system: &System, what: &str, file: &str) {
+    until(what, system, || async {
+        rows(client)
+            .await
+            .iter()
+            .any(|(name, status)| name == file && status == "done")
+            .then_some(())
+    })
+    .await
+}
+
 fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
     let system = System::start_with(runtime, |app| {
         app.env(
@@ -341,12 +353,12 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         })
         .await;
         pick(&long).await;
-        until("the resumed upload converted", &system, || async {
-            let rows = rows(&client).await;
-            rows.iter()
-                .any(|(file, status)| file == "long take.mp4" && status == "done")
-                .then_some(())
-        })
+        until_done(
+            &client,
+            &system,
+            "the resumed upload converted",
+            "long take.mp4",
+        )
         .await;
         let tr = client.find(Locator::XPath(row)).await.unwrap();
         assert_eq!(
@@ -438,13 +450,7 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
             field(css).await.send_keys(value).await.unwrap();
         }
         pick(&first).await;
-        until("the trimmed job done", &system, || async {
-            let rows = rows(&client).await;
-            rows.iter()
-                .any(|(file, status)| file == "first.mp4" && status == "done")
-                .then_some(())
-        })
-        .await;
+        until_done(&client, &system, "the trimmed job done", "first.mp4").await;
         let trimmed = "//tr[td[1]='first.mp4']";
         let tooltip = client
             .find(Locator::XPath(&format!("{trimmed}/td[1]")))

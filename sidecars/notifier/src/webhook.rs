@@ -18,7 +18,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use mongodb::bson::doc;
@@ -34,7 +34,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::email::{download_url, Links};
-use crate::store::{Ledger, Take};
+use crate::store::{is_duplicate_key, now_ms, Ledger, Take};
 
 /// The most bytes of a receiver's answer read (it is only logged).
 const ANSWER_BYTES: usize = 1024;
@@ -349,10 +349,11 @@ impl Webhooks {
         match self.settings.insert_one(&settings).await {
             Ok(_) => Ok(settings),
             // Made meanwhile (the owner asked for it): theirs counts.
-            Err(_) => self
+            Err(error) if is_duplicate_key(&error) => self
                 .settings_of(owner)
                 .await?
                 .context("the webhook settings vanished"),
+            Err(error) => Err(error).context("storing webhook settings"),
         }
     }
 
@@ -407,7 +408,7 @@ impl Webhooks {
                     return Ok(Attempt::Refused(format!("callback refused: {refusal}")));
                 }
                 return Ok(Attempt::Failed {
-                    error: one_line(&error),
+                    error: mp3_worker::one_line(&anyhow::Error::new(error)),
                 });
             }
         };
@@ -565,25 +566,6 @@ fn refusal_in(error: &reqwest::Error) -> Option<String> {
         source = cause.source();
     }
     None
-}
-
-/// An error and its causes on one line.
-fn one_line(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
