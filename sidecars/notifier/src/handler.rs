@@ -1,5 +1,6 @@
 //! What the notifier does with one `mp3` message.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mp3_model::{JobMessage, JobStatus};
@@ -13,8 +14,8 @@ use crate::mailer::{Mailer, SendError};
 use crate::store::{Adopt, Claim, Store};
 use crate::webhook::Webhooks;
 
-/// What the record of a sent email leaves of the handler's time (the worker cancels a handler
-/// at its job timeout, and a cancelled one is retried: a second email).
+/// What the record of a sent email leaves of the attempt's time: it is retried until then, so
+/// it is normally in before the worker's deadline (past which the task goes on unwatched).
 const RECORD_MARGIN: Duration = Duration::from_secs(2);
 
 /// The notifier's own metrics (the runtime adds retries, dead letters, in flight).
@@ -47,7 +48,10 @@ impl Metrics {
     }
 }
 
-pub struct Notifier {
+/// The handler. Its state is shared with the task each message runs in (see `handle`).
+pub struct Notifier(Arc<Parts>);
+
+struct Parts {
     job_timeout: Duration,
     store: Store,
     mailer: Mailer,
@@ -67,16 +71,18 @@ impl Notifier {
         webhooks: Webhooks,
         job_timeout: Duration,
     ) -> Self {
-        Self {
+        Self(Arc::new(Parts {
             job_timeout,
             store,
             mailer,
             links,
             metrics,
             webhooks,
-        }
+        }))
     }
+}
 
+impl Parts {
     async fn notify(&self, message: &JobMessage) -> Result<(), Failure> {
         let started = Instant::now();
         if let Some(mp3_fid) = &message.mp3_fid {
@@ -162,7 +168,7 @@ impl Notifier {
     }
 }
 
-impl Notifier {
+impl Parts {
     /// A message for a job that is not there: dropped if its owner deleted it (nobody wants
     /// that email), otherwise given up (dead-lettered for an operator).
     async fn unknown_job(&self, message: &JobMessage) -> Result<(), Failure> {
@@ -236,14 +242,30 @@ impl Handler for Notifier {
 
     async fn handle(&self, message: &JobMessage, cx: &Context) -> Result<(), Failure> {
         let span = tracing::info_span!("job", job_id = %message.job_id, attempt = cx.attempt);
-        async {
-            // Each is recorded apart, so a retry for one never repeats the other.
-            let email = self.notify(message).await;
-            let webhook = self.webhooks.deliver(message).await;
-            worst(email, webhook)
+        let parts = Arc::clone(&self.0);
+        let message = message.clone();
+        // In a task of its own, which runs to its end even when the worker drops this attempt
+        // (its deadline, or a lost RabbitMQ connection, which requeues the message): an email or
+        // webhook that went out is then still recorded, and the redelivery finds it sent rather
+        // than sending it again once the claim's lease lapses. Each step is bounded, so the task
+        // is too.
+        let run = tokio::spawn(
+            async move {
+                // Each is recorded apart, so a retry for one never repeats the other.
+                let email = parts.notify(&message).await;
+                let webhook = parts.webhooks.deliver(&message).await;
+                worst(email, webhook)
+            }
+            .instrument(span),
+        );
+        match run.await {
+            Ok(outcome) => outcome,
+            // The worker counts a panic as a failed attempt.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(Failure::retry(anyhow::anyhow!(
+                "the notification stopped: {error}"
+            ))),
         }
-        .instrument(span)
-        .await
     }
 
     async fn give_up(
@@ -255,7 +277,7 @@ impl Handler for Notifier {
         // Nobody else to tell: the message goes to `mp3.dead` for an operator.
         let reason = one_line(error);
         tracing::error!(job_id = %message.job_id, %reason, "could not notify the user");
-        self.webhooks.give_up(message, &reason).await
+        self.0.webhooks.give_up(message, &reason).await
     }
 }
 

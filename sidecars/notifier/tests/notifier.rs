@@ -501,6 +501,55 @@ async fn a_store_outage_right_after_the_email_went_out_still_records_it_once() {
     assert_eq!(worker.metric("notifier_emails_sent_total"), Some(1.0));
 }
 
+/// Seen in the chaos suite: RabbitMQ went away while an email was going out, the worker dropped
+/// the attempt (its message is requeued with the channel), the email was never recorded, and
+/// the redelivery sent a second one once the claim's lease had lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_rabbitmq_connection_while_the_email_goes_out_still_records_it_once() {
+    let fx = Fixture::new("lost-mid-send").await;
+    let amqp_url = fx.vhost.amqp_url();
+    let amqp = TcpProxy::start(&host_port(&amqp_url));
+    let smtp = TcpProxy::start(&format!("{}:{}", env("SMTP_HOST"), env("SMTP_PORT")));
+    // The "250" to the email's data comes 3 s late: the email is in Mailpit, the notifier
+    // still waits for the answer when its connection to RabbitMQ goes.
+    smtp.hold_replies_to(b"\r\n.\r\n", Duration::from_secs(3));
+    let smtp_address = smtp.address();
+    let (smtp_host, smtp_port) = smtp_address.split_once(':').unwrap();
+    let worker = fx.start(&[
+        (
+            "AMQP_URL",
+            amqp_url.replace(&host_port(&amqp_url), &amqp.address()),
+        ),
+        ("SMTP_HOST", smtp_host.to_owned()),
+        ("SMTP_PORT", smtp_port.to_owned()),
+    ]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    fx.publish(&message);
+
+    wait_for_one_mail(&job.owner);
+    amqp.sever();
+
+    // Recorded within seconds (not after the claim's two-minute lease), by the attempt that
+    // sent it.
+    let recorded = fx.notified_job(&job.id).await;
+    assert_eq!(
+        recorded.get_str("notified_kind").ok(),
+        Some("ready"),
+        "the email was recorded: {}",
+        worker.log()
+    );
+    wait_for("the worker to reconnect", TIMEOUT, || {
+        worker.log().contains("reconnecting").then_some(())
+    });
+    // Any later delivery (the requeued one, the sweeper's) finds it sent.
+    fx.publish(&message);
+    wait_for("the duplicate to be skipped", TIMEOUT, || {
+        (worker.metric("notifier_duplicates_skipped_total")? >= 1.0).then_some(())
+    });
+    assert_eq!(mails_to(&job.owner).len(), 1, "one email: {}", worker.log());
+    assert_eq!(worker.metric("notifier_emails_sent_total"), Some(1.0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_deleted_by_its_owner_gets_no_email_and_no_dead_letter() {
     let fx = Fixture::new("deleted").await;
