@@ -24,25 +24,74 @@ const READ_AHEAD: usize = 32;
 /// ffmpeg error lines kept for the job's error message.
 const ERROR_LINES: usize = 3;
 
-/// The ffmpeg arguments after the input: the first audio track of the video, encoded as
-/// `encoding` asks, without the source's tags (the converter writes its own), to `output`.
+/// What an ffmpeg process is started for: the job's encoding less its trim, which the process
+/// is given with the video (as a filter, see [`Encoder::encode`]). So one process waiting ahead
+/// of the jobs serves every trim of its bitrate, sample rate and channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// The encoding, without `start` and `end`.
+    encoding: Encoding,
+    /// Whether the MP3 needs its info header ([`needs_info_header`]), so goes to a file.
+    info_header: bool,
+}
+
+impl Shape {
+    pub fn of(encoding: &Encoding) -> Self {
+        Self {
+            encoding: Encoding {
+                start: None,
+                end: None,
+                ..*encoding
+            },
+            info_header: needs_info_header(encoding),
+        }
+    }
+
+    /// The shapes processes are started for ahead of the jobs: the default encoding, and the
+    /// default encoding with its info header (every trim at the default bitrate).
+    pub fn warm() -> [Shape; 2] {
+        let trimmed = Encoding {
+            start: Some(Millis(0)),
+            ..Encoding::default()
+        };
+        [Shape::of(&Encoding::default()), Shape::of(&trimmed)]
+    }
+}
+
+/// The filter that cuts the part of the audio `encoding` asks for, on decoded samples (as ffmpeg
+/// does with `-ss` and `-t` as output options): exact to the sample.
+pub fn trim_filter(encoding: &Encoding) -> String {
+    match (encoding.start, encoding.end) {
+        (None, None) => "anull".to_owned(),
+        (Some(start), None) => format!("atrim=start={start}"),
+        (None, Some(end)) => format!("atrim=end={end}"),
+        // The gateway checked end > start; a message made elsewhere gets an empty part.
+        (Some(start), Some(end)) => format!("atrim=start={start}:end={}", end.max(start)),
+    }
+}
+
+/// The ffmpeg arguments after the input for one run: the first audio track of the video, cut
+/// and encoded as `encoding` asks, without the source's tags (the converter writes its own), to
+/// `output`. What [`Encoder`] runs, with its trim given inline.
+pub fn output_args(encoding: &Encoding, output: &str) -> Vec<String> {
+    shape_args(
+        &Shape::of(encoding),
+        ["-filter:a", &trim_filter(encoding)],
+        output,
+    )
+}
+
+/// The arguments for `shape`, with `filter` (the option and its value) giving the trim.
 ///
 /// A constant-bitrate MP3 of the whole file is streamed to a pipe without an info (Xing/LAME)
 /// header, which cannot be written there: players and ffprobe compute its exact duration from
 /// its size. Where they cannot ([`needs_info_header`]) the output goes to a seekable file.
-pub fn output_args(encoding: &Encoding, output: &str) -> Vec<String> {
+fn shape_args(shape: &Shape, filter: [&str; 2], output: &str) -> Vec<String> {
+    let encoding = &shape.encoding;
     let mut args: Vec<String> = ["-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1"]
         .map(String::from)
         .to_vec();
-    // As output options: the audio is decoded from the start and cut to the sample.
-    if let Some(start) = encoding.start {
-        args.extend(["-ss".into(), start.to_string()]);
-    }
-    if let Some(end) = encoding.end {
-        // The gateway checked end > start; a message made elsewhere gets an empty part.
-        let from = encoding.start.map_or(0, |s| s.0);
-        args.extend(["-t".into(), Millis(end.0.saturating_sub(from)).to_string()]);
-    }
+    args.extend(filter.map(String::from));
     args.extend(["-c:a".into(), "libmp3lame".into()]);
     match encoding.rate {
         Rate::Constant { kbps } => args.extend(["-b:a".into(), format!("{kbps}k")]),
@@ -54,7 +103,7 @@ pub fn output_args(encoding: &Encoding, output: &str) -> Vec<String> {
     if let Some(channels) = encoding.channels {
         args.extend(["-ac".into(), channels.to_string()]);
     }
-    let xing = if needs_info_header(encoding) {
+    let xing = if shape.info_header {
         // Written to a temporary file first: bounded, so that no job fills the disk.
         args.extend(["-fs".into(), MAX_FILE_OUTPUT.to_string()]);
         "1"
@@ -140,6 +189,8 @@ struct Report {
 
 /// The descriptor ffmpeg gets its output file as.
 const OUTPUT_FD: i32 = 3;
+/// The descriptor ffmpeg reads its audio filter (the job's trim) from, once it has a job.
+const FILTER_FD: i32 = 4;
 
 /// Where ffmpeg writes the MP3.
 enum Output {
@@ -156,17 +207,19 @@ enum Output {
 /// dropping it kills the process.
 pub struct Encoder {
     source: Source,
-    encoding: Encoding,
+    shape: Shape,
     child: Running,
     stdin: tokio::process::ChildStdin,
+    /// The pipe ffmpeg reads its filter from (descriptor [`FILTER_FD`]).
+    filter: std::io::PipeWriter,
     output: Output,
     /// ffmpeg's last error lines.
     errors: tokio::task::JoinHandle<Report>,
 }
 
 impl Encoder {
-    /// Starts ffmpeg reading `source`, encoding as `encoding` says. Needs the Tokio runtime.
-    pub fn start(ffmpeg: &Path, source: Source, encoding: &Encoding) -> anyhow::Result<Self> {
+    /// Starts ffmpeg reading `source`, encoding as `shape` says. Needs the Tokio runtime.
+    pub fn start(ffmpeg: &Path, source: Source, shape: &Shape) -> anyhow::Result<Self> {
         let mut command = FfmpegCommand::new_with_path(ffmpeg);
         command.hide_banner();
         match source {
@@ -175,24 +228,32 @@ impl Encoder {
                 .args(["-read_ahead_limit", "-1"])
                 .input("cache:pipe:0"),
         };
-        let file = if needs_info_header(encoding) {
+        let (filter_reader, filter) = std::io::pipe().context("creating ffmpeg's filter pipe")?;
+        let mut fds = vec![FdMapping {
+            parent_fd: filter_reader.into(),
+            child_fd: FILTER_FD,
+        }];
+        // Read when ffmpeg sets up its output, which is once it has a video.
+        let script = ["-filter_script:a", &format!("/dev/fd/{FILTER_FD}")];
+        let file = if shape.info_header {
             let file = tempfile::tempfile().context("creating a file for ffmpeg's output")?;
             let shared = file.try_clone().context("sharing ffmpeg's output file")?;
-            command
-                .as_inner_mut()
-                .fd_mappings(vec![FdMapping {
-                    parent_fd: shared.into(),
-                    child_fd: OUTPUT_FD,
-                }])
-                .context("handing ffmpeg its output file")?;
+            fds.push(FdMapping {
+                parent_fd: shared.into(),
+                child_fd: OUTPUT_FD,
+            });
             // Overwrites (truncates) the empty file rather than asking.
             command.arg("-y");
-            command.args(output_args(encoding, &format!("/dev/fd/{OUTPUT_FD}")));
+            command.args(shape_args(shape, script, &format!("/dev/fd/{OUTPUT_FD}")));
             Some(file)
         } else {
-            command.args(output_args(encoding, "pipe:1"));
+            command.args(shape_args(shape, script, "pipe:1"));
             None
         };
+        command
+            .as_inner_mut()
+            .fd_mappings(fds)
+            .context("handing ffmpeg its descriptors")?;
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", ffmpeg.display()))?;
@@ -234,9 +295,10 @@ impl Encoder {
         });
         Ok(Self {
             source,
-            encoding: *encoding,
+            shape: *shape,
             child,
             stdin: tokio::process::ChildStdin::from_std(stdin).context("ffmpeg's stdin")?,
+            filter,
             output,
             errors,
         })
@@ -246,8 +308,8 @@ impl Encoder {
         self.source
     }
 
-    pub fn encoding(&self) -> &Encoding {
-        &self.encoding
+    pub fn shape(&self) -> &Shape {
+        &self.shape
     }
 
     /// ffmpeg's process id, while it runs.
@@ -260,21 +322,37 @@ impl Encoder {
         self.child.has_exited()
     }
 
-    /// Feeds `video` to ffmpeg and writes the MP3 to `output` (not closed: the caller closes or
-    /// aborts it).
-    pub async fn encode<R, W>(self, video: R, output: &mut W) -> Result<Converted, ConvertError>
+    /// Feeds `video` to ffmpeg, encoded as `encoding` says (of this encoder's shape), and writes
+    /// the MP3 to `output` (not closed: the caller closes or aborts it).
+    pub async fn encode<R, W>(
+        self,
+        encoding: &Encoding,
+        video: R,
+        output: &mut W,
+    ) -> Result<Converted, ConvertError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let Self {
             source: _,
-            encoding,
+            shape,
             mut child,
             mut stdin,
+            mut filter,
             output: ffmpeg_output,
             errors,
         } = self;
+        if Shape::of(encoding) != shape {
+            return Err(ConvertError::Transient(anyhow::anyhow!(
+                "an ffmpeg started for {shape:?} cannot encode {encoding:?}"
+            )));
+        }
+        // A few bytes into an empty pipe: the write does not block. Closed, so ffmpeg reads
+        // to its end.
+        std::io::Write::write_all(&mut filter, trim_filter(encoding).as_bytes())
+            .context("giving ffmpeg its filter")?;
+        drop(filter);
         let (stdout, file) = match ffmpeg_output {
             Output::Pipe(stdout) => (stdout, None),
             Output::File(file, stdout) => (stdout, Some(file)),
@@ -453,5 +531,42 @@ mod tests {
         assert_eq!(strip_level("[fatal] x"), "x");
         assert_eq!(strip_level("no prefix"), "no prefix");
         assert_eq!(strip_level("[mp3 @ 0x1] bad"), "[mp3 @ 0x1] bad");
+    }
+
+    #[test]
+    fn a_trim_is_a_filter_and_not_part_of_the_shape() {
+        let trim = |start: Option<u64>, end: Option<u64>| Encoding {
+            start: start.map(Millis),
+            end: end.map(Millis),
+            ..Encoding::default()
+        };
+        assert_eq!(trim_filter(&Encoding::default()), "anull");
+        assert_eq!(trim_filter(&trim(Some(1500), None)), "atrim=start=1.5");
+        assert_eq!(trim_filter(&trim(None, Some(45_000))), "atrim=end=45");
+        assert_eq!(
+            trim_filter(&trim(Some(15_000), Some(45_125))),
+            "atrim=start=15:end=45.125"
+        );
+        // An end before its start (not from the gateway) cuts nothing rather than erring.
+        assert_eq!(
+            trim_filter(&trim(Some(2000), Some(1000))),
+            "atrim=start=2:end=2"
+        );
+        assert_eq!(
+            Shape::of(&trim(Some(1), None)),
+            Shape::of(&trim(Some(2), Some(3)))
+        );
+        assert_ne!(
+            Shape::of(&trim(Some(1), None)),
+            Shape::of(&Encoding::default()),
+            "a trimmed MP3 gets its info header"
+        );
+        let args = output_args(&trim(Some(15_000), Some(45_000)), "out.mp3");
+        let at = args
+            .iter()
+            .position(|a| a == "-filter:a")
+            .expect("-filter:a");
+        assert_eq!(args[at + 1], "atrim=start=15:end=45");
+        assert!(!args.iter().any(|a| a == "-ss" || a == "-t"), "{args:?}");
     }
 }

@@ -114,7 +114,7 @@ impl Converter {
             .map_err(Failure::retry)?;
         let tag = tags::id3(options).map_err(Failure::retry)?;
         let converted = match upload.write_all(&tag).await {
-            Ok(()) => encoder.encode(reader, &mut upload).await,
+            Ok(()) => encoder.encode(&encoding, reader, &mut upload).await,
             Err(e) => Err(ConvertError::Transient(
                 anyhow::Error::new(e).context("writing the MP3's tag"),
             )),

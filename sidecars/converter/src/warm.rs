@@ -1,50 +1,52 @@
 //! ffmpeg processes started ahead of the jobs that will use them.
 //!
 //! Starting ffmpeg (the process, its libraries, its codecs) takes about 80 ms of CPU, a fifth
-//! of converting a one-minute clip. A job with the default encoding takes a waiting ffmpeg of
-//! the kind its video needs (see [`Source`]); a new one is started once the job is over, off
-//! every job's critical path. A job with options of its own starts its own.
+//! of converting a one-minute clip. Processes wait for each [`Source`] and each of the
+//! [`Shape::warm`] shapes: the default encoding, and the default bitrate with an info header,
+//! which serves every trim (a process is given its job's trim with the video). A job takes a
+//! waiting ffmpeg of the kind it needs; a new one is started once the job is over, off every
+//! job's critical path. A job of any other shape (a bitrate, quality, sample rate or channels
+//! of its own) starts its own.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use mp3_model::options::Encoding;
 
-use crate::convert::{Encoder, Source};
+use crate::convert::{Encoder, Shape, Source};
 
 pub struct WarmEncoders {
     ffmpeg: PathBuf,
-    /// How many ffmpeg processes of each [`Source`] wait at most.
+    /// How many ffmpeg processes of each [`Source`] and warm [`Shape`] wait at most.
     capacity: usize,
     idle: Mutex<Vec<Encoder>>,
 }
 
 impl WarmEncoders {
-    /// Keeps up to `capacity` ffmpeg processes of each [`Source`] (0: none) started by
-    /// [`WarmEncoders::refill`].
+    /// Keeps up to `capacity` ffmpeg processes of each [`Source`] and warm [`Shape`] (0: none)
+    /// started by [`WarmEncoders::refill`].
     pub fn new(ffmpeg: PathBuf, capacity: usize) -> Self {
+        let kinds = Source::ALL.len() * Shape::warm().len();
         Self {
             ffmpeg,
             capacity,
-            idle: Mutex::new(Vec::with_capacity(capacity * Source::ALL.len())),
+            idle: Mutex::new(Vec::with_capacity(capacity * kinds)),
         }
     }
 
-    /// An ffmpeg reading `source` and encoding as `encoding` says: a waiting one if there is one
-    /// still running, else a new one. Needs the Tokio runtime.
+    /// An ffmpeg reading `source`, able to encode as `encoding` says: a waiting one if there is
+    /// one still running, else a new one. Needs the Tokio runtime.
     pub fn take(&self, source: Source, encoding: &Encoding) -> anyhow::Result<Encoder> {
-        if *encoding != Encoding::default() {
-            return Encoder::start(&self.ffmpeg, source, encoding);
-        }
+        let shape = Shape::of(encoding);
         loop {
             let waiting = {
                 let mut idle = self.lock();
                 idle.iter()
-                    .position(|encoder| encoder.source() == source)
+                    .position(|encoder| encoder.source() == source && *encoder.shape() == shape)
                     .map(|at| idle.swap_remove(at))
             };
             let Some(mut encoder) = waiting else {
-                return Encoder::start(&self.ffmpeg, source, encoding);
+                return Encoder::start(&self.ffmpeg, source, &shape);
             };
             // One that exited meanwhile (killed by an operator, say) is dropped.
             if !encoder.has_exited() {
@@ -57,10 +59,10 @@ impl WarmEncoders {
 
     /// Starts ffmpeg processes until `capacity` of each kind wait. Needs the Tokio runtime.
     pub fn refill(&self) {
-        for source in Source::ALL {
-            while self.waiting(source) < self.capacity {
+        for (source, shape) in kinds() {
+            while self.waiting(source, &shape) < self.capacity {
                 // Started outside the lock: spawning a process takes a moment.
-                let encoder = match Encoder::start(&self.ffmpeg, source, &Encoding::default()) {
+                let encoder = match Encoder::start(&self.ffmpeg, source, &shape) {
                     Ok(encoder) => encoder,
                     Err(error) => {
                         // A job starts its own, and reports the error if it fails again.
@@ -71,16 +73,16 @@ impl WarmEncoders {
                 let mut idle = self.lock();
                 // A concurrent refill may have filled the list meanwhile: then this one is
                 // dropped, which stops it.
-                if waiting(&idle, source) < self.capacity {
+                if waiting(&idle, source, &shape) < self.capacity {
                     idle.push(encoder);
                 }
             }
         }
     }
 
-    /// ffmpeg processes reading `source` waiting for a job.
-    pub fn waiting(&self, source: Source) -> usize {
-        waiting(&self.lock(), source)
+    /// ffmpeg processes reading `source` for `shape` waiting for a job.
+    pub fn waiting(&self, source: Source, shape: &Shape) -> usize {
+        waiting(&self.lock(), source, shape)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Encoder>> {
@@ -91,8 +93,17 @@ impl WarmEncoders {
     }
 }
 
-fn waiting(idle: &[Encoder], source: Source) -> usize {
-    idle.iter().filter(|e| e.source() == source).count()
+fn waiting(idle: &[Encoder], source: Source, shape: &Shape) -> usize {
+    idle.iter()
+        .filter(|e| e.source() == source && e.shape() == shape)
+        .count()
+}
+
+/// The kinds of process kept waiting.
+fn kinds() -> impl Iterator<Item = (Source, Shape)> {
+    Source::ALL
+        .into_iter()
+        .flat_map(|source| Shape::warm().map(|shape| (source, shape)))
 }
 
 #[cfg(test)]
@@ -128,10 +139,10 @@ mod tests {
         output.stdout
     }
 
-    async fn mp3_from(encoder: Encoder) -> Vec<u8> {
+    async fn mp3_from(encoder: Encoder, encoding: &Encoding) -> Vec<u8> {
         let mut mp3 = futures_util::io::Cursor::new(Vec::new());
         let converted = encoder
-            .encode(futures_util::io::Cursor::new(video()), &mut mp3)
+            .encode(encoding, futures_util::io::Cursor::new(video()), &mut mp3)
             .await
             .expect("the video converts");
         let mp3 = mp3.into_inner();
@@ -144,37 +155,113 @@ mod tests {
         bytes.len() > 4096 && bytes[0] == 0xFF && bytes[1] & 0xFE == 0xFA
     }
 
+    fn default_shape() -> Shape {
+        Shape::of(&Encoding::default())
+    }
+
     #[tokio::test]
     async fn jobs_take_the_waiting_ffmpeg_and_refill_replaces_it() {
         let encoders = WarmEncoders::new("ffmpeg".into(), 1);
-        assert_eq!(encoders.waiting(Source::Stdin), 0);
+        let default = default_shape();
+        assert_eq!(encoders.waiting(Source::Stdin, &default), 0);
         encoders.refill();
-        assert_eq!(encoders.waiting(Source::Stdin), 1);
-        assert_eq!(encoders.waiting(Source::SeekableStdin), 1);
+        for (source, shape) in kinds() {
+            assert_eq!(encoders.waiting(source, &shape), 1, "{source:?} {shape:?}");
+        }
         let waiting_pid = encoders.lock()[0].pid();
 
         let mut encoder = encoders.take(Source::Stdin, &Encoding::default()).unwrap();
         assert_eq!(encoder.source(), Source::Stdin);
         assert_eq!(encoder.pid(), waiting_pid, "not the waiting process");
-        assert_eq!(encoders.waiting(Source::Stdin), 0);
-        assert_eq!(encoders.waiting(Source::SeekableStdin), 1);
-        assert!(is_mp3(&mp3_from(encoder).await));
+        assert_eq!(encoders.waiting(Source::Stdin, &default), 0);
+        assert_eq!(encoders.waiting(Source::SeekableStdin, &default), 1);
+        let mp3 = mp3_from(encoder, &Encoding::default()).await;
+        assert!(is_mp3(&mp3));
+        assert!(
+            !mp3[..200].windows(4).any(|w| w == b"Xing" || w == b"Info"),
+            "a streamed MP3 has no info header"
+        );
 
         let encoder = encoders
             .take(Source::SeekableStdin, &Encoding::default())
             .unwrap();
         assert_eq!(encoder.source(), Source::SeekableStdin);
-        assert!(is_mp3(&mp3_from(encoder).await));
+        assert!(is_mp3(&mp3_from(encoder, &Encoding::default()).await));
 
         encoders.refill();
-        assert_eq!(encoders.waiting(Source::Stdin), 1);
-        assert_eq!(encoders.waiting(Source::SeekableStdin), 1);
+        for (source, shape) in kinds() {
+            assert_eq!(encoders.waiting(source, &shape), 1, "{source:?} {shape:?}");
+        }
         encoders.refill();
-        assert_eq!(encoders.lock().len(), 2, "refilled past the capacity");
+        assert_eq!(
+            encoders.lock().len(),
+            kinds().count(),
+            "refilled past the capacity"
+        );
+    }
+
+    /// Two trims of the same bitrate are served by waiting processes, each cut as its job asks.
+    #[tokio::test]
+    async fn a_waiting_ffmpeg_serves_any_trim_at_the_default_bitrate() {
+        use mp3_model::options::Millis;
+        let encoders = WarmEncoders::new("ffmpeg".into(), 1);
+        encoders.refill();
+        let trimmed = Shape::warm()[1];
+        for (start, end) in [(Some(500), Some(1500)), (None, Some(700))] {
+            let trim = Encoding {
+                start: start.map(Millis),
+                end: end.map(Millis),
+                ..Encoding::default()
+            };
+            assert_eq!(Shape::of(&trim), trimmed);
+            let waiting_pid = encoders
+                .lock()
+                .iter_mut()
+                .find(|e| e.source() == Source::Stdin && *e.shape() == trimmed)
+                .and_then(Encoder::pid);
+            let mut encoder = encoders.take(Source::Stdin, &trim).unwrap();
+            assert_eq!(encoder.pid(), waiting_pid, "not the waiting process");
+            let mp3 = mp3_from(encoder, &trim).await;
+            // Written to a file, so with its info header ("Info" at a constant bitrate).
+            assert!(
+                mp3[..200].windows(4).any(|w| w == b"Info"),
+                "no info header"
+            );
+            let seconds = duration(&mp3);
+            let asked = (end.unwrap_or(2000) - start.unwrap_or(0)) as f64 / 1000.0;
+            assert!(
+                (seconds - asked).abs() < 0.05,
+                "{seconds} s, asked {asked} s"
+            );
+            encoders.refill();
+        }
+    }
+
+    /// The MP3's duration as ffprobe reads it.
+    fn duration(mp3: &[u8]) -> f64 {
+        let path = std::env::temp_dir().join(format!("warm-test-{}.mp3", std::process::id()));
+        std::fs::write(&path, mp3).expect("writing the MP3");
+        let output = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&path)
+            .output()
+            .expect("ffprobe runs");
+        let _ = std::fs::remove_file(&path);
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("a duration")
     }
 
     #[tokio::test]
-    async fn options_start_their_own_ffmpeg_and_a_trim_past_the_end_encodes_nothing() {
+    async fn other_shapes_start_their_own_ffmpeg_and_a_trim_past_the_end_encodes_nothing() {
         use mp3_model::options::{Millis, Rate};
         let encoders = WarmEncoders::new("ffmpeg".into(), 1);
         encoders.refill();
@@ -184,15 +271,11 @@ mod tests {
             end: Some(Millis(1500)),
             ..Encoding::default()
         };
+        let waiting = encoders.lock().len();
         let encoder = encoders.take(Source::Stdin, &vbr).unwrap();
-        assert_eq!(encoder.encoding(), &vbr);
-        assert_eq!(
-            encoders.waiting(Source::Stdin),
-            1,
-            "the waiting one is for defaults"
-        );
-        let mp3 = mp3_from(encoder).await;
-        // Written to a file, so with its info header, at the start.
+        assert_eq!(encoder.shape(), &Shape::of(&vbr));
+        assert_eq!(encoders.lock().len(), waiting, "a waiting one was taken");
+        let mp3 = mp3_from(encoder, &vbr).await;
         assert!(
             mp3[..200].windows(4).any(|w| w == b"Xing"),
             "no Xing header"
@@ -205,7 +288,7 @@ mod tests {
         let encoder = encoders.take(Source::Stdin, &past).unwrap();
         let mut out = futures_util::io::Cursor::new(Vec::new());
         let result = encoder
-            .encode(futures_util::io::Cursor::new(video()), &mut out)
+            .encode(&past, futures_util::io::Cursor::new(video()), &mut out)
             .await;
         assert!(
             matches!(
@@ -215,6 +298,25 @@ mod tests {
             "{:?}",
             result.err()
         );
+    }
+
+    #[tokio::test]
+    async fn an_encoder_refuses_an_encoding_of_another_shape() {
+        let encoder = Encoder::start("ffmpeg".as_ref(), Source::Stdin, &default_shape()).unwrap();
+        let voice = Encoding {
+            channels: Some(1),
+            ..Encoding::default()
+        };
+        let mut out = futures_util::io::Cursor::new(Vec::new());
+        let result = encoder
+            .encode(&voice, futures_util::io::Cursor::new(video()), &mut out)
+            .await;
+        assert!(
+            matches!(result, Err(crate::convert::ConvertError::Transient(_))),
+            "{:?}",
+            result.err()
+        );
+        assert!(out.into_inner().is_empty());
     }
 
     #[tokio::test]
@@ -230,7 +332,7 @@ mod tests {
 
         let mut encoder = encoders.take(Source::Stdin, &Encoding::default()).unwrap();
         assert_ne!(encoder.pid(), Some(pid));
-        assert!(is_mp3(&mp3_from(encoder).await));
+        assert!(is_mp3(&mp3_from(encoder, &Encoding::default()).await));
     }
 
     #[tokio::test]
@@ -238,9 +340,8 @@ mod tests {
         let encoders = WarmEncoders::new("ffmpeg".into(), 0);
         encoders.refill();
         assert_eq!(encoders.lock().len(), 0);
-        assert!(is_mp3(
-            &mp3_from(encoders.take(Source::Stdin, &Encoding::default()).unwrap()).await
-        ));
+        let encoder = encoders.take(Source::Stdin, &Encoding::default()).unwrap();
+        assert!(is_mp3(&mp3_from(encoder, &Encoding::default()).await));
     }
 
     #[tokio::test]
