@@ -58,8 +58,9 @@ impl Shape {
     }
 }
 
-/// The filter that cuts the part of the audio `encoding` asks for, on decoded samples (as ffmpeg
-/// does with `-ss` and `-t` as output options): exact to the sample.
+/// The filter that cuts the part of the audio `encoding` asks for, on decoded samples, as
+/// ffmpeg 5.1 cuts for `-ss` and `-t` as output options (both times counted from the start of
+/// the file, also when its audio begins later): exact to the sample.
 pub fn trim_filter(encoding: &Encoding) -> String {
     match (encoding.start, encoding.end) {
         (None, None) => "anull".to_owned(),
@@ -349,10 +350,15 @@ impl Encoder {
             )));
         }
         // A few bytes into an empty pipe: the write does not block. Closed, so ffmpeg reads
-        // to its end.
-        std::io::Write::write_all(&mut filter, trim_filter(encoding).as_bytes())
-            .context("giving ffmpeg its filter")?;
-        drop(filter);
+        // to its end. An ffmpeg that died meanwhile: its exit status tells why, below.
+        match std::io::Write::write_all(&mut filter, trim_filter(encoding).as_bytes()) {
+            Err(e) if e.kind() != IoErrorKind::BrokenPipe => {
+                return Err(ConvertError::Transient(
+                    anyhow::Error::new(e).context("giving ffmpeg its filter"),
+                ))
+            }
+            _ => drop(filter),
+        }
         let (stdout, file) = match ffmpeg_output {
             Output::Pipe(stdout) => (stdout, None),
             Output::File(file, stdout) => (stdout, Some(file)),

@@ -237,27 +237,114 @@ mod tests {
         }
     }
 
-    /// The MP3's duration as ffprobe reads it.
-    fn duration(mp3: &[u8]) -> f64 {
-        let path = std::env::temp_dir().join(format!("warm-test-{}.mp3", std::process::id()));
-        std::fs::write(&path, mp3).expect("writing the MP3");
-        let output = Command::new("ffprobe")
+    /// A trim cuts what ffmpeg's `-ss` and `-t` cut, also when the audio begins after the video
+    /// (here half a second later: times count from the start of the file, so `end=1.5` keeps
+    /// one second), and through the `cache:` reader.
+    #[tokio::test]
+    async fn a_trim_cuts_what_ffmpeg_cuts_when_the_audio_starts_late() {
+        use mp3_model::options::Millis;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let video = dir.path().join("late.mkv");
+        let status = Command::new("ffmpeg")
             .args([
                 "-v",
                 "error",
-                "-show_entries",
-                "format=duration",
-                "-of",
-                "csv=p=0",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=64x48:rate=5:duration=3",
             ])
-            .arg(&path)
+            .args([
+                "-itsoffset",
+                "0.5",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=duration=2.5",
+            ])
+            .arg(&video)
+            .status()
+            .expect("ffmpeg runs");
+        assert!(status.success(), "generating the video");
+        let bytes = std::fs::read(&video).expect("the video");
+        let encoders = WarmEncoders::new("ffmpeg".into(), 0);
+        for (start, end, asked) in [
+            (None, 1500, 1.0),
+            (Some(200), 1500, 1.0),
+            (Some(1000), 2000, 1.0),
+        ] {
+            let trim = Encoding {
+                start: start.map(Millis),
+                end: Some(Millis(end)),
+                ..Encoding::default()
+            };
+            let encoder = encoders.take(Source::SeekableStdin, &trim).unwrap();
+            let mut mp3 = futures_util::io::Cursor::new(Vec::new());
+            encoder
+                .encode(
+                    &trim,
+                    futures_util::io::Cursor::new(bytes.clone()),
+                    &mut mp3,
+                )
+                .await
+                .expect("the video converts");
+            let seconds = duration(&mp3.into_inner());
+
+            // ffmpeg itself, with the times as output options.
+            let plain = dir.path().join("plain.mp3");
+            let mut times = Vec::new();
+            if let Some(start) = start {
+                times.extend(["-ss".to_owned(), Millis(start).to_string()]);
+            }
+            times.extend([
+                "-t".to_owned(),
+                Millis(end - start.unwrap_or(0)).to_string(),
+            ]);
+            let status = Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-i"])
+                .arg(&video)
+                .args(["-map", "0:a:0"])
+                .args(&times)
+                .args(["-c:a", "libmp3lame", "-write_xing", "1"])
+                .arg(&plain)
+                .status()
+                .expect("ffmpeg runs");
+            assert!(status.success());
+            let by_ffmpeg = duration(&std::fs::read(&plain).expect("ffmpeg's MP3"));
+            // The same part (ffmpeg's own cut may end up to a frame of its input later).
+            assert!(
+                (seconds - by_ffmpeg).abs() < 0.05,
+                "{start:?}..{end}: {seconds} s, ffmpeg's {by_ffmpeg} s"
+            );
+            assert!(
+                (seconds - asked).abs() < 0.01,
+                "{seconds} s, {asked} s expected"
+            );
+        }
+    }
+
+    /// The MP3's duration in decoded samples (ffmpeg's decoder drops the encoder's delay and
+    /// padding that the info header records).
+    fn duration(mp3: &[u8]) -> f64 {
+        // A file of its own: the tests run at once.
+        let file = tempfile::Builder::new()
+            .suffix(".mp3")
+            .tempfile()
+            .expect("a temporary file");
+        std::fs::write(file.path(), mp3).expect("writing the MP3");
+        let output = Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(file.path())
+            .args(["-f", "s16le", "-ac", "1", "-ar", "44100", "-"])
             .output()
-            .expect("ffprobe runs");
-        let _ = std::fs::remove_file(&path);
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .expect("a duration")
+            .expect("ffmpeg runs");
+        assert!(
+            output.status.success(),
+            "decoding {} bytes: {}",
+            mp3.len(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout.len() as f64 / 2.0 / 44100.0
     }
 
     #[tokio::test]

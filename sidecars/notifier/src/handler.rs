@@ -7,15 +7,17 @@ use mp3_model::{JobMessage, JobStatus};
 use mp3_worker::{one_line, Context, Failure, Handler};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::email::{render, Links};
 use crate::mailer::{Mailer, SendError};
-use crate::store::{Adopt, Claim, Store};
+use crate::store::{Adopt, Claim, Store, LEASE};
 use crate::webhook::Webhooks;
 
-/// What the record of a sent email leaves of the attempt's time: it is retried until then, so
-/// it is normally in before the worker's deadline (past which the task goes on unwatched).
+/// What the record of a sent email leaves of the claim's lease: it is retried until then (past
+/// the worker's deadline for the attempt if need be, as the handling runs in a task of its own);
+/// after it, another delivery may send.
 const RECORD_MARGIN: Duration = Duration::from_secs(2);
 
 /// The notifier's own metrics (the runtime adds retries, dead letters, in flight).
@@ -49,10 +51,12 @@ impl Metrics {
 }
 
 /// The handler. Its state is shared with the task each message runs in (see `handle`).
-pub struct Notifier(Arc<Parts>);
+pub struct Notifier {
+    parts: Arc<Parts>,
+    tasks: TaskTracker,
+}
 
 struct Parts {
-    job_timeout: Duration,
     store: Store,
     mailer: Mailer,
     links: Links,
@@ -61,24 +65,40 @@ struct Parts {
 }
 
 impl Notifier {
-    /// `job_timeout`: when the worker cancels a handler (its `JOB_TIMEOUT_SECS`, which is
-    /// under the claim's lease).
     pub fn new(
         store: Store,
         mailer: Mailer,
         links: Links,
         metrics: Metrics,
         webhooks: Webhooks,
-        job_timeout: Duration,
     ) -> Self {
-        Self(Arc::new(Parts {
-            job_timeout,
-            store,
-            mailer,
-            links,
-            metrics,
-            webhooks,
-        }))
+        Self {
+            parts: Arc::new(Parts {
+                store,
+                mailer,
+                links,
+                metrics,
+                webhooks,
+            }),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// The tasks messages are handled in, to wait for at exit (see [`finish`]).
+    pub fn tasks(&self) -> TaskTracker {
+        self.tasks.clone()
+    }
+}
+
+/// Waits, up to `bound`, for the handling the worker gave up on at shutdown (past its
+/// `SHUTDOWN_TIMEOUT_SECS`), so that what went out is recorded before the store is closed.
+pub async fn finish(tasks: &TaskTracker, bound: Duration) {
+    tasks.close();
+    if tokio::time::timeout(bound, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            running = tasks.len(),
+            "exiting with notifications still running: they may be sent again"
+        );
     }
 }
 
@@ -148,7 +168,7 @@ impl Parts {
             Ok(()) => {
                 self.metrics.sent.inc();
                 tracing::info!(kind = email.kind.as_str(), "email sent");
-                let deadline = started + self.job_timeout.saturating_sub(RECORD_MARGIN);
+                let deadline = started + LEASE.saturating_sub(RECORD_MARGIN);
                 self.record_sent(&job.id, &token, email.kind.as_str(), deadline)
                     .await;
                 Ok(())
@@ -242,19 +262,29 @@ impl Handler for Notifier {
 
     async fn handle(&self, message: &JobMessage, cx: &Context) -> Result<(), Failure> {
         let span = tracing::info_span!("job", job_id = %message.job_id, attempt = cx.attempt);
-        let parts = Arc::clone(&self.0);
+        let parts = Arc::clone(&self.parts);
         let message = message.clone();
         // In a task of its own, which runs to its end even when the worker drops this attempt
         // (its deadline, or a lost RabbitMQ connection, which requeues the message): an email or
-        // webhook that went out is then still recorded, and the redelivery finds it sent rather
-        // than sending it again once the claim's lease lapses. Each step is bounded, so the task
-        // is too.
-        let run = tokio::spawn(
+        // webhook that went out is then still recorded, and the redelivery (held off by the
+        // claim meanwhile) finds it sent rather than sending it again once the claim's lease
+        // lapses. Bounded by the lease, past which another delivery may act anyway.
+        let run = self.tasks.spawn(
             async move {
-                // Each is recorded apart, so a retry for one never repeats the other.
-                let email = parts.notify(&message).await;
-                let webhook = parts.webhooks.deliver(&message).await;
-                worst(email, webhook)
+                let handling = async {
+                    // Each is recorded apart, so a retry for one never repeats the other.
+                    let email = parts.notify(&message).await;
+                    let webhook = parts.webhooks.deliver(&message).await;
+                    worst(email, webhook)
+                };
+                tokio::time::timeout(LEASE, handling)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failure::retry(anyhow::anyhow!(
+                            "the notification took longer than {} s",
+                            LEASE.as_secs()
+                        )))
+                    })
             }
             .instrument(span),
         );
@@ -277,7 +307,7 @@ impl Handler for Notifier {
         // Nobody else to tell: the message goes to `mp3.dead` for an operator.
         let reason = one_line(error);
         tracing::error!(job_id = %message.job_id, %reason, "could not notify the user");
-        self.0.webhooks.give_up(message, &reason).await
+        self.parts.webhooks.give_up(message, &reason).await
     }
 }
 

@@ -164,6 +164,10 @@ async fn main() -> ExitCode {
     }
 }
 
+/// At exit, how long the sends the worker gave up on at its shutdown timeout may take to be
+/// recorded (Kubernetes' grace period covers it: see the manifest).
+const FINISH_TIMEOUT: Duration = Duration::from_secs(20);
+
 async fn run(config: Config) -> anyhow::Result<()> {
     anyhow::ensure!(
         Duration::from_secs(config.job_timeout_secs) + Duration::from_secs(10) <= store::LEASE,
@@ -214,14 +218,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         links.clone(),
         webhook::Metrics::register(&mut registry),
     )?;
-    let notifier = handler::Notifier::new(
-        store::Store::new(&client),
-        mailer,
-        links,
-        metrics,
-        webhooks,
-        Duration::from_secs(config.job_timeout_secs),
-    );
+    let notifier =
+        handler::Notifier::new(store::Store::new(&client), mailer, links, metrics, webhooks);
+    let tasks = notifier.tasks();
     let options = WorkerOptions {
         name: "notifier",
         queue: mp3_model::topology::MP3[0],
@@ -234,6 +233,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         job_timeout: Duration::from_secs(config.job_timeout_secs),
     };
     Worker::new(options, notifier, registry).run().await?;
+    handler::finish(&tasks, FINISH_TIMEOUT).await;
     client.shutdown().await;
     Ok(())
 }

@@ -541,6 +541,14 @@ async fn a_lost_rabbitmq_connection_while_the_email_goes_out_still_records_it_on
     wait_for("the worker to reconnect", TIMEOUT, || {
         worker.log().contains("reconnecting").then_some(())
     });
+    // The attempt was dropped while the SMTP server's answer was held, before the email was
+    // known to be sent.
+    let log = worker.log();
+    let (lost, sent) = (log.find("lost the consumer"), log.find("email sent"));
+    assert!(
+        matches!((lost, sent), (Some(l), Some(s)) if l < s),
+        "the connection was lost before the email was known sent: {log}"
+    );
     // Any later delivery (the requeued one, the sweeper's) finds it sent.
     fx.publish(&message);
     wait_for("the duplicate to be skipped", TIMEOUT, || {
