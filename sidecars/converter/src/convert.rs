@@ -12,7 +12,7 @@ use ffmpeg_sidecar::child::FfmpegChild;
 use ffmpeg_sidecar::command::FfmpegCommand;
 use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
 use futures_util::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use mp3_model::options::{Encoding, Millis, Rate};
+use mp3_model::options::{Encoding, Millis, Options, Rate, PRESETS};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
@@ -47,14 +47,30 @@ impl Shape {
         }
     }
 
-    /// The shapes processes are started for ahead of the jobs: the default encoding, and the
-    /// default encoding with its info header (every trim at the default bitrate).
-    pub fn warm() -> [Shape; 2] {
+    /// The shapes processes are started for ahead of the jobs: the default encoding, the
+    /// default encoding with its info header (every trim at the default bitrate), and each
+    /// preset's.
+    pub fn warm() -> Vec<Shape> {
         let trimmed = Encoding {
             start: Some(Millis(0)),
             ..Encoding::default()
         };
-        [Shape::of(&Encoding::default()), Shape::of(&trimmed)]
+        let mut shapes = vec![Shape::of(&Encoding::default()), Shape::of(&trimmed)];
+        for preset in PRESETS {
+            let Ok(options) = Options::from_fields([("preset", preset.name)], "") else {
+                continue;
+            };
+            let shape = Shape::of(&options.encoding());
+            if !shapes.contains(&shape) {
+                shapes.push(shape);
+            }
+        }
+        shapes
+    }
+
+    /// Whether this is the shape of the default encoding.
+    pub fn is_default(&self) -> bool {
+        *self == Shape::of(&Encoding::default())
     }
 }
 

@@ -44,8 +44,9 @@ struct Config {
     /// The ffmpeg binary.
     #[arg(long, env = "FFMPEG_PATH", default_value = "ffmpeg")]
     ffmpeg_path: PathBuf,
-    /// ffmpeg processes of each kind (4) started ahead of the jobs, each about 10 MiB of memory
-    /// while it waits (default: the concurrency; 0: start ffmpeg for each job).
+    /// ffmpeg processes started ahead of default jobs for each way of reading a video, plus one
+    /// each for trims and presets: 2 x (this + 3) in all, each about 10 MiB of memory while it
+    /// waits (default: the concurrency; 0: start ffmpeg for each job).
     #[arg(long, env = "WARM_FFMPEG")]
     warm_ffmpeg: Option<u16>,
     /// Seconds one attempt may take (a conversion); past it the attempt is abandoned and counts as

@@ -2,11 +2,11 @@
 //!
 //! Starting ffmpeg (the process, its libraries, its codecs) takes about 80 ms of CPU, a fifth
 //! of converting a one-minute clip. Processes wait for each [`Source`] and each of the
-//! [`Shape::warm`] shapes: the default encoding, and the default bitrate with an info header,
-//! which serves every trim (a process is given its job's trim with the video). A job takes a
-//! waiting ffmpeg of the kind it needs; a new one is started once the job is over, off every
-//! job's critical path. A job of any other shape (a bitrate, quality, sample rate or channels
-//! of its own) starts its own.
+//! [`Shape::warm`] shapes: the default encoding (as many as the capacity), and one each for the
+//! default bitrate with an info header, which serves every trim (a process is given its job's
+//! trim with the video), and for each preset. A job takes a waiting ffmpeg of the kind it
+//! needs; a new one is started once the job is over, off every job's critical path. A job of
+//! any other shape (a bitrate, quality, sample rate or channels of its own) starts its own.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -17,20 +17,29 @@ use crate::convert::{Encoder, Shape, Source};
 
 pub struct WarmEncoders {
     ffmpeg: PathBuf,
-    /// How many ffmpeg processes of each [`Source`] and warm [`Shape`] wait at most.
+    /// How many ffmpeg processes of each [`Source`] wait at most for the default encoding (for
+    /// the other warm shapes, one).
     capacity: usize,
     idle: Mutex<Vec<Encoder>>,
 }
 
 impl WarmEncoders {
-    /// Keeps up to `capacity` ffmpeg processes of each [`Source`] and warm [`Shape`] (0: none)
-    /// started by [`WarmEncoders::refill`].
+    /// Keeps up to `capacity` ffmpeg processes of each [`Source`] for the default encoding and
+    /// one for each other warm [`Shape`] (0: none), started by [`WarmEncoders::refill`].
     pub fn new(ffmpeg: PathBuf, capacity: usize) -> Self {
-        let kinds = Source::ALL.len() * Shape::warm().len();
         Self {
             ffmpeg,
             capacity,
-            idle: Mutex::new(Vec::with_capacity(capacity * kinds)),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How many processes of `shape` wait at most for each [`Source`].
+    fn capacity_of(&self, shape: &Shape) -> usize {
+        if shape.is_default() {
+            self.capacity
+        } else {
+            self.capacity.min(1)
         }
     }
 
@@ -60,7 +69,8 @@ impl WarmEncoders {
     /// Starts ffmpeg processes until `capacity` of each kind wait. Needs the Tokio runtime.
     pub fn refill(&self) {
         for (source, shape) in kinds() {
-            while self.waiting(source, &shape) < self.capacity {
+            let capacity = self.capacity_of(&shape);
+            while self.waiting(source, &shape) < capacity {
                 // Started outside the lock: spawning a process takes a moment.
                 let encoder = match Encoder::start(&self.ffmpeg, source, &shape) {
                     Ok(encoder) => encoder,
@@ -73,7 +83,7 @@ impl WarmEncoders {
                 let mut idle = self.lock();
                 // A concurrent refill may have filled the list meanwhile: then this one is
                 // dropped, which stops it.
-                if waiting(&idle, source, &shape) < self.capacity {
+                if waiting(&idle, source, &shape) < capacity {
                     idle.push(encoder);
                 }
             }
@@ -103,7 +113,7 @@ fn waiting(idle: &[Encoder], source: Source, shape: &Shape) -> usize {
 fn kinds() -> impl Iterator<Item = (Source, Shape)> {
     Source::ALL
         .into_iter()
-        .flat_map(|source| Shape::warm().map(|shape| (source, shape)))
+        .flat_map(|source| Shape::warm().into_iter().map(move |shape| (source, shape)))
 }
 
 #[cfg(test)]
@@ -114,25 +124,27 @@ mod tests {
 
     /// Two seconds of a tone over a test pattern, as Matroska.
     fn video() -> Vec<u8> {
+        video_with_audio_from(0.0)
+    }
+
+    /// A test pattern with a tone from `offset` seconds to its end, `2 + offset` seconds of
+    /// tone, as Matroska.
+    fn video_with_audio_from(offset: f64) -> Vec<u8> {
+        let (video, audio) = (
+            format!("testsrc=size=64x48:rate=5:duration={}", 2.0 + offset * 2.0),
+            format!("sine=duration={}", 2.0 + offset),
+        );
         let output = Command::new("ffmpeg")
+            .args(["-v", "error", "-f", "lavfi", "-i", &video])
             .args([
-                "-v",
-                "error",
+                "-itsoffset",
+                &offset.to_string(),
                 "-f",
                 "lavfi",
                 "-i",
-                "testsrc=size=64x48:rate=5:duration=2",
+                &audio,
             ])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=duration=2",
-                "-shortest",
-                "-f",
-                "matroska",
-                "-",
-            ])
+            .args(["-f", "matroska", "-"])
             .output()
             .expect("ffmpeg runs");
         assert!(output.status.success(), "generating the video");
@@ -237,6 +249,38 @@ mod tests {
         }
     }
 
+    /// Each preset's jobs take a waiting process too.
+    #[tokio::test]
+    async fn a_preset_takes_a_waiting_ffmpeg() {
+        use mp3_model::options::Options;
+        let encoders = WarmEncoders::new("ffmpeg".into(), 2);
+        encoders.refill();
+        for preset in ["voice", "high"] {
+            let encoding = Options::from_fields([("preset", preset)], "")
+                .unwrap()
+                .encoding();
+            let shape = Shape::of(&encoding);
+            assert_eq!(encoders.waiting(Source::Stdin, &shape), 1, "{preset}");
+            let waiting_pid = encoders
+                .lock()
+                .iter_mut()
+                .find(|e| e.source() == Source::Stdin && *e.shape() == shape)
+                .and_then(Encoder::pid);
+            let mut encoder = encoders.take(Source::Stdin, &encoding).unwrap();
+            assert_eq!(
+                encoder.pid(),
+                waiting_pid,
+                "{preset}: not the waiting process"
+            );
+            assert!(is_mp3(&mp3_from(encoder, &encoding).await), "{preset}");
+        }
+        assert_eq!(
+            encoders.waiting(Source::Stdin, &Shape::of(&Encoding::default())),
+            2,
+            "the default's kinds keep the capacity"
+        );
+    }
+
     /// A trim cuts what ffmpeg's `-ss` and `-t` cut, also when the audio begins after the video
     /// (here half a second later: times count from the start of the file, so `end=1.5` keeps
     /// one second), and through the `cache:` reader.
@@ -245,28 +289,8 @@ mod tests {
         use mp3_model::options::Millis;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let video = dir.path().join("late.mkv");
-        let status = Command::new("ffmpeg")
-            .args([
-                "-v",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=64x48:rate=5:duration=3",
-            ])
-            .args([
-                "-itsoffset",
-                "0.5",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=duration=2.5",
-            ])
-            .arg(&video)
-            .status()
-            .expect("ffmpeg runs");
-        assert!(status.success(), "generating the video");
-        let bytes = std::fs::read(&video).expect("the video");
+        let bytes = video_with_audio_from(0.5);
+        std::fs::write(&video, &bytes).expect("writing the video");
         let encoders = WarmEncoders::new("ffmpeg".into(), 0);
         for (start, end, asked) in [
             (None, 1500, 1.0),

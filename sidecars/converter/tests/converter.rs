@@ -867,12 +867,13 @@ fn children(pid: u32) -> Vec<(u32, String)> {
 async fn sigterm_while_idle_exits_zero_promptly() {
     let fx = Fixture::new("sigterm").await;
     let mut worker = fx.start(&[]);
-    // Waiting for jobs: an ffmpeg of each kind (2 ways of reading the video, 2 shapes) per job
-    // slot (CONCURRENCY=2), stopped on exit.
+    // Waiting for jobs, for each of 2 ways of reading the video: an ffmpeg for the default
+    // encoding per job slot (CONCURRENCY=2), and one each for trims and the 2 presets of their
+    // own encoding; stopped on exit.
     let waiting = children(worker.pid());
     assert_eq!(
         waiting.iter().filter(|(_, comm)| comm == "ffmpeg").count(),
-        8,
+        10,
         "{waiting:?}"
     );
     let started = std::time::Instant::now();
