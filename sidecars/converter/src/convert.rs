@@ -57,8 +57,12 @@ impl Shape {
         };
         let mut shapes = vec![Shape::of(&Encoding::default()), Shape::of(&trimmed)];
         for preset in PRESETS {
-            let Ok(options) = Options::from_fields([("preset", preset.name)], "") else {
-                continue;
+            let options = match Options::from_fields([("preset", preset.name)], "") {
+                Ok(options) => options,
+                Err(error) => {
+                    tracing::warn!(preset = preset.name, %error, "no process waits for a preset");
+                    continue;
+                }
             };
             let shape = Shape::of(&options.encoding());
             if !shapes.contains(&shape) {

@@ -20,6 +20,8 @@ pub struct WarmEncoders {
     /// How many ffmpeg processes of each [`Source`] wait at most for the default encoding (for
     /// the other warm shapes, one).
     capacity: usize,
+    /// [`Shape::warm`], once.
+    shapes: Vec<Shape>,
     idle: Mutex<Vec<Encoder>>,
 }
 
@@ -30,6 +32,7 @@ impl WarmEncoders {
         Self {
             ffmpeg,
             capacity,
+            shapes: Shape::warm(),
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -68,16 +71,22 @@ impl WarmEncoders {
 
     /// Starts ffmpeg processes until `capacity` of each kind wait. Needs the Tokio runtime.
     pub fn refill(&self) {
-        for (source, shape) in kinds() {
+        for (source, shape) in self.kinds() {
             let capacity = self.capacity_of(&shape);
             while self.waiting(source, &shape) < capacity {
                 // Started outside the lock: spawning a process takes a moment.
                 let encoder = match Encoder::start(&self.ffmpeg, source, &shape) {
                     Ok(encoder) => encoder,
                     Err(error) => {
-                        // A job starts its own, and reports the error if it fails again.
-                        tracing::warn!(error = format!("{error:#}"), "starting a waiting ffmpeg");
-                        return;
+                        // A job starts its own, and reports the error if it fails again. The
+                        // other kinds may still start (a full /tmp fails only the file ones).
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            ?source,
+                            ?shape,
+                            "starting a waiting ffmpeg"
+                        );
+                        break;
                     }
                 };
                 let mut idle = self.lock();
@@ -109,11 +118,13 @@ fn waiting(idle: &[Encoder], source: Source, shape: &Shape) -> usize {
         .count()
 }
 
-/// The kinds of process kept waiting.
-fn kinds() -> impl Iterator<Item = (Source, Shape)> {
-    Source::ALL
-        .into_iter()
-        .flat_map(|source| Shape::warm().into_iter().map(move |shape| (source, shape)))
+impl WarmEncoders {
+    /// The kinds of process kept waiting.
+    fn kinds(&self) -> impl Iterator<Item = (Source, Shape)> + '_ {
+        Source::ALL
+            .into_iter()
+            .flat_map(|source| self.shapes.iter().map(move |shape| (source, *shape)))
+    }
 }
 
 #[cfg(test)]
@@ -177,7 +188,7 @@ mod tests {
         let default = default_shape();
         assert_eq!(encoders.waiting(Source::Stdin, &default), 0);
         encoders.refill();
-        for (source, shape) in kinds() {
+        for (source, shape) in encoders.kinds() {
             assert_eq!(encoders.waiting(source, &shape), 1, "{source:?} {shape:?}");
         }
         let waiting_pid = encoders.lock()[0].pid();
@@ -201,13 +212,13 @@ mod tests {
         assert!(is_mp3(&mp3_from(encoder, &Encoding::default()).await));
 
         encoders.refill();
-        for (source, shape) in kinds() {
+        for (source, shape) in encoders.kinds() {
             assert_eq!(encoders.waiting(source, &shape), 1, "{source:?} {shape:?}");
         }
         encoders.refill();
         assert_eq!(
             encoders.lock().len(),
-            kinds().count(),
+            encoders.kinds().count(),
             "refilled past the capacity"
         );
     }

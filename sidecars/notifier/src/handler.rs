@@ -233,6 +233,21 @@ impl Parts {
     }
 }
 
+/// `notification` (`what`: which), given up after [`LEASE`].
+async fn bounded(
+    notification: impl std::future::Future<Output = Result<(), Failure>>,
+    what: &str,
+) -> Result<(), Failure> {
+    tokio::time::timeout(LEASE, notification)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::retry(anyhow::anyhow!(
+                "the {what} took longer than {} s",
+                LEASE.as_secs()
+            )))
+        })
+}
+
 /// The outcome of a message whose email and webhook ended as they did: a retry if either needs
 /// one (the other is not repeated), else a deferral, else a give-up.
 fn worst(email: Result<(), Failure>, webhook: Result<(), Failure>) -> Result<(), Failure> {
@@ -268,23 +283,14 @@ impl Handler for Notifier {
         // (its deadline, or a lost RabbitMQ connection, which requeues the message): an email or
         // webhook that went out is then still recorded, and the redelivery (held off by the
         // claim meanwhile) finds it sent rather than sending it again once the claim's lease
-        // lapses. Bounded by the lease, past which another delivery may act anyway.
+        // lapses.
         let run = self.tasks.spawn(
             async move {
-                let handling = async {
-                    // Each is recorded apart, so a retry for one never repeats the other.
-                    let email = parts.notify(&message).await;
-                    let webhook = parts.webhooks.deliver(&message).await;
-                    worst(email, webhook)
-                };
-                tokio::time::timeout(LEASE, handling)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Failure::retry(anyhow::anyhow!(
-                            "the notification took longer than {} s",
-                            LEASE.as_secs()
-                        )))
-                    })
+                // Each is recorded apart, so a retry for one never repeats the other; each is
+                // bounded by its lease, past which another delivery may act anyway.
+                let email = bounded(parts.notify(&message), "email").await;
+                let webhook = bounded(parts.webhooks.deliver(&message), "webhook").await;
+                worst(email, webhook)
             }
             .instrument(span),
         );
