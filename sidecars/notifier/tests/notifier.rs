@@ -340,6 +340,41 @@ async fn sigterm_while_idle_exits_zero_promptly_and_logs_json() {
     );
 }
 
+/// Past its shutdown timeout the worker stops waiting for a send; the notifier still lets it
+/// finish and be recorded before it exits, so the email is not sent again by the next replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_send_past_the_shutdown_timeout_records_it_before_exiting() {
+    let fx = Fixture::new("sigterm-mid-send").await;
+    let smtp = TcpProxy::start(&format!("{}:{}", env("SMTP_HOST"), env("SMTP_PORT")));
+    smtp.hold_replies_to(b"\r\n.\r\n", Duration::from_secs(4));
+    let smtp_address = smtp.address();
+    let (smtp_host, smtp_port) = smtp_address.split_once(':').unwrap();
+    let mut worker = fx.start(&[
+        ("SMTP_HOST", smtp_host.to_owned()),
+        ("SMTP_PORT", smtp_port.to_owned()),
+        ("SHUTDOWN_TIMEOUT_SECS", "1".to_owned()),
+    ]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    fx.publish(&message);
+
+    wait_for_one_mail(&job.owner);
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}:\n{}", worker.log());
+    let log = worker.log();
+    let (requeued, sent) = (log.find("shutdown timeout"), log.find("email sent"));
+    assert!(
+        matches!((requeued, sent), (Some(r), Some(s)) if r < s),
+        "the worker stopped waiting before the email was known sent: {log}"
+    );
+    let recorded = fx.job_document(&job.id).await;
+    assert_eq!(
+        recorded.get_str("notified_kind").ok(),
+        Some("ready"),
+        "recorded before exiting: {log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mp3_another_converter_announced_makes_its_job_done() {
     let fx = Fixture::new("adopt").await;
