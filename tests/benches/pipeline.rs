@@ -748,6 +748,7 @@ fn throughput(plan: &Plan, dir: &Path) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default();
+    let cpu_before = cpu_by_process();
     system.converter = Some(system.start_converter());
     let mut last_ms = start_ms;
     for job_id in &jobs {
@@ -761,6 +762,7 @@ fn throughput(plan: &Plan, dir: &Path) {
         last_ms = last_ms.max(job["updated_at"].as_i64().unwrap_or_default());
     }
     let pipeline = (last_ms - start_ms) as f64 / 1000.0;
+    let cpu = cpu_since(&cpu_before);
     println!("\n### Sustained throughput: {count} clips of {seconds} s, 640x360, two at a time\n");
     println!(
         "| plain ffmpeg | pipeline (one converter, CONCURRENCY=2) | throughput ratio | target |"
@@ -772,6 +774,71 @@ fn throughput(plan: &Plan, dir: &Path) {
         count as f64 * 60.0 / pipeline,
         plain / pipeline
     );
+    // Where the CPU went while the converter drained the queue (until the last job was done).
+    println!("\n| process | CPU-seconds while the pipeline ran ({pipeline:.1} s) |");
+    println!("|---|---:|");
+    for name in [
+        "converter",
+        "ffmpeg",
+        "postgres",
+        "ferretdb",
+        "beam.smp",
+        "spin-runner",
+    ] {
+        let used = cpu.get(name).copied().unwrap_or_default();
+        let name = if name == "converter" {
+            "converter (with the ffmpeg processes it ended)"
+        } else {
+            name
+        };
+        println!("| {name} | {used:.1} |");
+    }
+}
+
+/// Each process's CPU time (user and system, its own and its waited-for children's), in clock
+/// ticks, by `pid:start time`, with its name.
+fn cpu_by_process() -> std::collections::HashMap<String, (String, u64)> {
+    let mut found = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`; comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let key = format!("{}:{}", &stat[..open].trim(), tick(19));
+        found.insert(
+            key,
+            (
+                stat[open + 1..close].to_owned(),
+                tick(11) + tick(12) + tick(13) + tick(14),
+            ),
+        );
+    }
+    found
+}
+
+/// CPU-seconds used by name since `before` (processes that ended count through the parent that
+/// waited for them: ffmpeg through the converter, PostgreSQL's backends through the server).
+fn cpu_since(
+    before: &std::collections::HashMap<String, (String, u64)>,
+) -> std::collections::HashMap<String, f64> {
+    // Linux's USER_HZ.
+    const TICKS: f64 = 100.0;
+    let mut used = std::collections::HashMap::new();
+    for (key, (name, ticks)) in cpu_by_process() {
+        let earlier = before.get(&key).map_or(0, |(_, t)| *t);
+        *used.entry(name).or_insert(0.0) += ticks.saturating_sub(earlier) as f64 / TICKS;
+    }
+    used
 }
 
 /// Real video of about `size` bytes that does not compress: uncompressed pictures and sound in
