@@ -181,6 +181,20 @@ impl Drop for Fixture {
     }
 }
 
+/// A proxy to the SMTP server whose "250" to the end of an email's data comes `delay` late (the
+/// email is in Mailpit, the notifier does not know yet), and the settings that send through it.
+fn smtp_answering_late(delay: Duration) -> (TcpProxy, [(&'static str, String); 2]) {
+    let smtp = TcpProxy::start(&format!("{}:{}", env("SMTP_HOST"), env("SMTP_PORT")));
+    smtp.hold_replies_to(b"\r\n.\r\n", delay);
+    let address = smtp.address();
+    let (host, port) = address.split_once(':').unwrap();
+    let settings = [
+        ("SMTP_HOST", host.to_owned()),
+        ("SMTP_PORT", port.to_owned()),
+    ];
+    (smtp, settings)
+}
+
 /// The Mailpit messages sent to `address` (summaries: `ID`, `Subject`, `To`, ...).
 fn mails_to(address: &str) -> Vec<serde_json::Value> {
     let url = format!("{}/api/v1/search?query=to:{address}", env("MAILPIT_URL"));
@@ -345,15 +359,8 @@ async fn sigterm_while_idle_exits_zero_promptly_and_logs_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_send_past_the_shutdown_timeout_records_it_before_exiting() {
     let fx = Fixture::new("sigterm-mid-send").await;
-    let smtp = TcpProxy::start(&format!("{}:{}", env("SMTP_HOST"), env("SMTP_PORT")));
-    smtp.hold_replies_to(b"\r\n.\r\n", Duration::from_secs(4));
-    let smtp_address = smtp.address();
-    let (smtp_host, smtp_port) = smtp_address.split_once(':').unwrap();
-    let mut worker = fx.start(&[
-        ("SMTP_HOST", smtp_host.to_owned()),
-        ("SMTP_PORT", smtp_port.to_owned()),
-        ("SHUTDOWN_TIMEOUT_SECS", "1".to_owned()),
-    ]);
+    let (_smtp, [host, port]) = smtp_answering_late(Duration::from_secs(4));
+    let mut worker = fx.start(&[host, port, ("SHUTDOWN_TIMEOUT_SECS", "1".to_owned())]);
     let (job, message) = fx.job(JobStatus::Done).await;
     fx.publish(&message);
 
@@ -488,12 +495,7 @@ async fn many_deliveries_of_one_job_at_once_send_one_email() {
 async fn a_store_outage_right_after_the_email_went_out_still_records_it_once() {
     let fx = Fixture::new("record-outage").await;
     let mongo = TcpProxy::start(&host_port(&env("MONGODB_URL")));
-    let smtp = TcpProxy::start(&format!("{}:{}", env("SMTP_HOST"), env("SMTP_PORT")));
-    // The SMTP server's "250" to the end of the email's data comes 2 s late: the email is
-    // stored in Mailpit, and the notifier does not know yet.
-    smtp.hold_replies_to(b"\r\n.\r\n", Duration::from_secs(2));
-    let smtp_address = smtp.address();
-    let (smtp_host, smtp_port) = smtp_address.split_once(':').unwrap();
+    let (_smtp, [host, port]) = smtp_answering_late(Duration::from_secs(2));
     let worker = fx.start(&[
         // Fail fast while the store is gone, as against a MongoDB that answers with errors.
         (
@@ -503,8 +505,8 @@ async fn a_store_outage_right_after_the_email_went_out_still_records_it_once() {
                 mongo.address()
             ),
         ),
-        ("SMTP_HOST", smtp_host.to_owned()),
-        ("SMTP_PORT", smtp_port.to_owned()),
+        host,
+        port,
     ]);
     let (job, message) = fx.job(JobStatus::Done).await;
     fx.publish(&message);
@@ -544,19 +546,16 @@ async fn a_lost_rabbitmq_connection_while_the_email_goes_out_still_records_it_on
     let fx = Fixture::new("lost-mid-send").await;
     let amqp_url = fx.vhost.amqp_url();
     let amqp = TcpProxy::start(&host_port(&amqp_url));
-    let smtp = TcpProxy::start(&format!("{}:{}", env("SMTP_HOST"), env("SMTP_PORT")));
-    // The "250" to the email's data comes 3 s late: the email is in Mailpit, the notifier
-    // still waits for the answer when its connection to RabbitMQ goes.
-    smtp.hold_replies_to(b"\r\n.\r\n", Duration::from_secs(3));
-    let smtp_address = smtp.address();
-    let (smtp_host, smtp_port) = smtp_address.split_once(':').unwrap();
+    // The notifier still waits for the SMTP server's answer when its connection to RabbitMQ
+    // goes.
+    let (_smtp, [host, port]) = smtp_answering_late(Duration::from_secs(3));
     let worker = fx.start(&[
         (
             "AMQP_URL",
             amqp_url.replace(&host_port(&amqp_url), &amqp.address()),
         ),
-        ("SMTP_HOST", smtp_host.to_owned()),
-        ("SMTP_PORT", smtp_port.to_owned()),
+        host,
+        port,
     ]);
     let (job, message) = fx.job(JobStatus::Done).await;
     fx.publish(&message);
