@@ -422,6 +422,35 @@ mod tests {
         );
     }
 
+    /// An ffmpeg killed before it is given its job: the job fails as not the video's fault,
+    /// with ffmpeg's end as the reason, not the filter pipe's broken write.
+    #[tokio::test]
+    async fn an_ffmpeg_killed_before_its_job_is_reported_as_killed() {
+        let mut encoder =
+            Encoder::start("ffmpeg".as_ref(), Source::Stdin, &default_shape()).unwrap();
+        let pid = encoder.pid().expect("a running ffmpeg");
+        let killed = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        assert!(killed.unwrap().success());
+        while !encoder.has_exited() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut out = futures_util::io::Cursor::new(Vec::new());
+        let result = encoder
+            .encode(
+                &Encoding::default(),
+                futures_util::io::Cursor::new(video()),
+                &mut out,
+            )
+            .await;
+        match result {
+            Err(crate::convert::ConvertError::Transient(error)) => {
+                let error = format!("{error:#}");
+                assert!(error.contains("ffmpeg was killed"), "{error}");
+            }
+            other => panic!("{:?}", other.err()),
+        }
+    }
+
     #[tokio::test]
     async fn an_encoder_refuses_an_encoding_of_another_shape() {
         let encoder = Encoder::start("ffmpeg".as_ref(), Source::Stdin, &default_shape()).unwrap();
