@@ -12,6 +12,7 @@ use tracing::Instrument as _;
 
 use crate::email::{render, Links};
 use crate::mailer::{Mailer, SendError};
+use crate::running::Running;
 use crate::store::{Adopt, Claim, Store, LEASE};
 use crate::webhook::Webhooks;
 
@@ -54,6 +55,7 @@ impl Metrics {
 pub struct Notifier {
     parts: Arc<Parts>,
     tasks: TaskTracker,
+    running: Arc<Running>,
 }
 
 struct Parts {
@@ -81,6 +83,7 @@ impl Notifier {
                 webhooks,
             }),
             tasks: TaskTracker::new(),
+            running: Arc::default(),
         }
     }
 
@@ -284,8 +287,10 @@ impl Handler for Notifier {
         // webhook that went out is then still recorded, and the redelivery (held off by the
         // claim meanwhile) finds it sent rather than sending it again once the claim's lease
         // lapses.
+        let entered = self.running.enter(&message.job_id);
         let run = self.tasks.spawn(
             async move {
+                let _entered = entered;
                 // Each is recorded apart, so a retry for one never repeats the other; each is
                 // bounded by its lease, past which another delivery may act anyway.
                 let email = bounded(parts.notify(&message), "email").await;
@@ -310,6 +315,10 @@ impl Handler for Notifier {
         error: &anyhow::Error,
         _cx: &Context,
     ) -> anyhow::Result<()> {
+        // A last attempt abandoned at its deadline may still be sending: what it does decides
+        // what the job shows, not this give-up. The worker bounds the wait (JOB_TIMEOUT_SECS)
+        // and, past it, gives the message another attempt, which finds what was recorded.
+        self.running.idle(&message.job_id).await;
         // Nobody else to tell: the message goes to `mp3.dead` for an operator.
         let reason = one_line(error);
         tracing::error!(job_id = %message.job_id, %reason, "could not notify the user");

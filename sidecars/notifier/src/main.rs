@@ -4,6 +4,7 @@
 mod email;
 mod handler;
 mod mailer;
+mod running;
 mod store;
 mod webhook;
 

@@ -637,3 +637,113 @@ async fn a_job_deleted_by_its_owner_gets_no_email_and_no_dead_letter() {
     assert!(mails_to(&ghost.owner).is_empty());
     deleted.delete_one(doc! { "_id": &job.id }).await.unwrap();
 }
+
+/// A webhook receiver that answers 200 to every request; the requests it got.
+fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut head, mut length) = (String::new(), 0);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            seen.lock().unwrap().push(head);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_attempt_past_its_deadline_is_not_given_up_under_its_own_delivery() {
+    let fx = Fixture::new("late-last").await;
+    let (callback, requests) = webhook_receiver();
+    // The email outlasts the attempt's deadline (7 s), and the attempt is the only one: the
+    // worker gives the message up while the email, then the webhook, still go out.
+    let (_smtp, [host, port]) = smtp_answering_late(Duration::from_secs(10));
+    let worker = fx.start(&[
+        host,
+        port,
+        ("JOB_TIMEOUT_SECS", "7".to_owned()),
+        ("WEBHOOK_TIMEOUT_SECS", "1".to_owned()),
+        ("MAX_ATTEMPTS", "1".to_owned()),
+        ("WEBHOOK_ALLOW", "127.0.0.1".to_owned()),
+    ]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    fx.client
+        .database(VIDEOS_DB)
+        .collection::<Document>(JOBS_COLLECTION)
+        .update_one(
+            doc! { "_id": &job.id },
+            doc! { "$set": { "options.callback_url": &callback } },
+        )
+        .await
+        .unwrap();
+    fx.publish(&message);
+
+    // Until the webhook is recorded, the job never shows it failed.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let shown = fx.job_document(&job.id).await;
+        let state = shown
+            .get_document("webhook")
+            .ok()
+            .and_then(|w| w.get_str("state").ok())
+            .map(str::to_owned);
+        match state.as_deref() {
+            Some("delivered") => break,
+            None => {}
+            Some(other) => panic!("the job shows its webhook {other}: {}", worker.log()),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery: {}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        worker.log().contains("no result within the job deadline"),
+        "the attempt was abandoned at its deadline: {}",
+        worker.log()
+    );
+    assert_eq!(requests.lock().unwrap().len(), 1);
+    assert_eq!(mails_to(&job.owner).len(), 1);
+    // What the give-up then does leaves both as they are.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let shown = fx.job_document(&job.id).await;
+    assert_eq!(
+        shown
+            .get_document("webhook")
+            .unwrap()
+            .get_str("state")
+            .unwrap(),
+        "delivered"
+    );
+    assert_eq!(
+        fx.notified_job(&job.id)
+            .await
+            .get_str("notified_kind")
+            .unwrap(),
+        "ready"
+    );
+    assert_eq!(requests.lock().unwrap().len(), 1);
+    assert_eq!(mails_to(&job.owner).len(), 1);
+}
