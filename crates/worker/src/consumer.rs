@@ -104,6 +104,18 @@ pub struct Context {
     /// RabbitMQ's redelivered flag: an earlier delivery of this very message was not settled
     /// (a worker died or shut down).
     pub redelivered: bool,
+    /// How long an attempt, and a give-up, may take (`WorkerOptions::job_timeout`).
+    pub deadline: Duration,
+}
+
+/// What a give-up found (see [`Handler::give_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GivenUp {
+    /// The message failed for good: it is dead-lettered to `<queue>.dead` for an operator.
+    DeadLetter,
+    /// Its work got done after all (by an attempt abandoned at its deadline that went on to
+    /// finish): the message is acked, nobody is paged.
+    Done,
 }
 
 /// What a worker does with one message.
@@ -118,15 +130,15 @@ pub trait Handler: Send + Sync + 'static {
         cx: &Context,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
-    /// Called once the message is given up, before it is dead-lettered, with the last error
-    /// (already logged). An error here keeps the message in the retry loop so the give-up is
-    /// retried.
+    /// Called once the message is given up, before it is settled, with the last error (already
+    /// logged); it says whether to dead-letter the message. An error here keeps the message in
+    /// the retry loop so the give-up is retried.
     fn give_up(
         &self,
         message: &Self::Message,
         error: &anyhow::Error,
         cx: &Context,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    ) -> impl Future<Output = anyhow::Result<GivenUp>> + Send;
 }
 
 /// A worker's runtime settings.
@@ -478,6 +490,7 @@ impl<H: Handler> Shared<H> {
             attempt: previous.saturating_add(1),
             max_attempts: self.options.max_attempts,
             redelivered: delivery.redelivered,
+            deadline: self.options.job_timeout,
         };
         let message: H::Message = match serde_json::from_slice(&delivery.data) {
             Ok(message) => message,
@@ -516,7 +529,7 @@ impl<H: Handler> Shared<H> {
         message: &H::Message,
         error: &anyhow::Error,
         cx: &Context,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<GivenUp> {
         let deadline = self.options.job_timeout;
         let run =
             std::panic::AssertUnwindSafe(self.handler.give_up(message, error, cx)).catch_unwind();
@@ -558,7 +571,11 @@ impl<H: Handler> Shared<H> {
         let reason = one_line(&error);
         tracing::error!(%reason, attempt = cx.attempt, "giving the message up");
         match self.give_up(message, &error, cx).await {
-            Ok(()) => Verdict::DeadLetter,
+            Ok(GivenUp::DeadLetter) => Verdict::DeadLetter,
+            Ok(GivenUp::Done) => {
+                tracing::info!("the work was done after all: acked, not dead-lettered");
+                Verdict::Ack
+            }
             Err(error) => {
                 let delay = backoff(options.retry_base_delay, cx.attempt);
                 tracing::error!(

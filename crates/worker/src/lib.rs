@@ -21,6 +21,7 @@ pub mod testing;
 
 pub use amqp::Publisher;
 pub use consumer::{
-    one_line, stop_on_signal, Context, Failure, Handler, Interrupted, Worker, WorkerOptions,
+    one_line, stop_on_signal, Context, Failure, GivenUp, Handler, Interrupted, Worker,
+    WorkerOptions,
 };
 pub use telemetry::LogFormat;

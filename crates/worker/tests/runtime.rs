@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use mp3_model::topology::VIDEO;
 use mp3_worker::testing::{free_port, http_get, wait_for, Vhost};
-use mp3_worker::{Context, Failure, Handler, Worker, WorkerOptions};
+use mp3_worker::{Context, Failure, GivenUp, Handler, Worker, WorkerOptions};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -97,13 +97,18 @@ impl Handler for Scripted {
         message: &Script,
         error: &anyhow::Error,
         _cx: &Context,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<GivenUp> {
         self.0
             .lock()
             .unwrap()
             .given_up
             .insert(message.id.clone(), format!("{error:#}"));
-        Ok(())
+        // A message named `done-…` stands for one whose work got done after all.
+        Ok(if message.id.starts_with("done-") {
+            GivenUp::Done
+        } else {
+            GivenUp::DeadLetter
+        })
     }
 }
 
@@ -202,6 +207,25 @@ async fn panics_are_failed_attempts_and_do_not_use_up_the_worker() {
     wait_for("4 dead letters", Duration::from_secs(10), || {
         (vhost.queue_len("video.dead") == Some(4)).then_some(())
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_up_that_finds_the_work_done_acks_instead_of_dead_lettering() {
+    let worker = Running::start("given-up-done", 2, 2, Duration::from_secs(30)).await;
+    worker.publish("done-1", r#"["retry"]"#);
+    worker.publish("dead-1", r#"["retry"]"#);
+    worker
+        .wait("both given up", Duration::from_secs(20), |h| {
+            h.given_up("done-1").is_some() && h.given_up("dead-1").is_some()
+        })
+        .await;
+    let vhost = worker.stop().await;
+    wait_for("one dead letter", Duration::from_secs(10), || {
+        (vhost.queue_len("video.dead") == Some(1)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(vhost.queue_len("video.dead"), Some(1), "only dead-1");
+    assert_eq!(vhost.queue_len("video"), Some(0), "done-1 was acked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

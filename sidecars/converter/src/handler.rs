@@ -7,7 +7,7 @@ use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use mongodb::bson::oid::ObjectId;
 use mp3_model::topology::MP3_QUEUE;
 use mp3_model::{new_object_id, Job, JobMessage, Options};
-use mp3_worker::{Context, Failure, Handler, Interrupted};
+use mp3_worker::{Context, Failure, GivenUp, Handler, Interrupted};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -278,7 +278,7 @@ impl Handler for Converter {
         message: &JobMessage,
         error: &anyhow::Error,
         cx: &Context,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<GivenUp> {
         let span = tracing::info_span!("job", job_id = %message.job_id, attempt = cx.attempt);
         // The owner reads this one; the error's detail is in the log already.
         let reason = public_reason(error);
@@ -309,7 +309,9 @@ impl Handler for Converter {
             }
         }
         .instrument(span)
-        .await
+        .await?;
+        // The job is failed (or announced as done): the message itself still failed.
+        Ok(GivenUp::DeadLetter)
     }
 }
 

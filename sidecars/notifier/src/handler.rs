@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mp3_model::{JobMessage, JobStatus};
-use mp3_worker::{one_line, Context, Failure, Handler};
+use mp3_worker::{one_line, Context, Failure, GivenUp, Handler};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
@@ -20,6 +20,10 @@ use crate::webhook::Webhooks;
 /// the worker's deadline for the attempt if need be, as the handling runs in a task of its own);
 /// after it, another delivery may send.
 const RECORD_MARGIN: Duration = Duration::from_secs(2);
+
+/// What a give-up's wait for an abandoned attempt leaves of the worker's deadline for it, to
+/// answer with its own error rather than be cut off.
+const GIVE_UP_MARGIN: Duration = Duration::from_secs(2);
 
 /// The notifier's own metrics (the runtime adds retries, dead letters, in flight).
 #[derive(Clone, Default)]
@@ -313,16 +317,29 @@ impl Handler for Notifier {
         &self,
         message: &JobMessage,
         error: &anyhow::Error,
-        _cx: &Context,
-    ) -> anyhow::Result<()> {
+        cx: &Context,
+    ) -> anyhow::Result<GivenUp> {
+        let job_id = &message.job_id;
         // A last attempt abandoned at its deadline may still be sending: what it does decides
-        // what the job shows, not this give-up. The worker bounds the wait (JOB_TIMEOUT_SECS)
-        // and, past it, gives the message another attempt, which finds what was recorded.
-        self.running.idle(&message.job_id).await;
+        // what the job shows, not this give-up. Past the wait the worker tries the give-up
+        // again later (and the attempt it makes first finds whatever was recorded meanwhile).
+        let wait = cx.deadline.saturating_sub(GIVE_UP_MARGIN);
+        if tokio::time::timeout(wait, self.running.idle(job_id))
+            .await
+            .is_err()
+        {
+            anyhow::bail!("an abandoned attempt of job {job_id} is still sending");
+        }
+        if self.parts.store.email_sent(job_id).await? && self.parts.webhooks.settled(job_id).await?
+        {
+            tracing::info!(%job_id, "an abandoned attempt finished the notification after all");
+            return Ok(GivenUp::Done);
+        }
         // Nobody else to tell: the message goes to `mp3.dead` for an operator.
         let reason = one_line(error);
-        tracing::error!(job_id = %message.job_id, %reason, "could not notify the user");
-        self.parts.webhooks.give_up(message, &reason).await
+        tracing::error!(%job_id, %reason, "could not notify the user");
+        self.parts.webhooks.give_up(message, &reason).await?;
+        Ok(GivenUp::DeadLetter)
     }
 }
 

@@ -4,7 +4,8 @@
 //! (see `handler`). When that attempt was the last, the worker gives the message up while the
 //! task may still be delivering: the give-up waits here for the job's tasks to end, so that what
 //! they did (delivered, or failed) is what the job shows, never a `failed` written under a
-//! delivery that then succeeds.
+//! delivery that then succeeds; and a message whose notification they finished is acked, not
+//! dead-lettered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -192,6 +192,11 @@ impl Store {
         })
     }
 
+    /// Whether the job's email is recorded sent.
+    pub async fn email_sent(&self, job_id: &str) -> anyhow::Result<bool> {
+        self.emails.done(job_id).await
+    }
+
     /// Whether the owner deleted job `job_id` (the gateway left its tombstone).
     pub async fn is_deleted(&self, job_id: &str) -> anyhow::Result<bool> {
         let tombstone = self

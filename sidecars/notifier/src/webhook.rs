@@ -210,6 +210,14 @@ impl Webhooks {
         }
     }
 
+    /// Whether nothing is left to deliver for the job: no callback, or its outcome recorded.
+    pub async fn settled(&self, job_id: &str) -> anyhow::Result<bool> {
+        match self.due(job_id).await? {
+            None => Ok(true),
+            Some((job, _)) => self.ledger.done(&job.id).await,
+        }
+    }
+
     /// After the message was given up: a webhook not delivered is recorded `failed`, and its
     /// count of attempts starts again (an operator may send the dead letter back).
     pub async fn give_up(&self, message: &JobMessage, error: &str) -> anyhow::Result<()> {
