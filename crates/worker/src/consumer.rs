@@ -176,6 +176,7 @@ struct RuntimeMetrics {
     in_flight: Gauge,
     retried: Counter,
     dead_lettered: Counter,
+    done_on_give_up: Counter,
     unparseable: Counter,
     requeued: Counter,
 }
@@ -197,6 +198,11 @@ impl RuntimeMetrics {
             "messages_dead_lettered",
             "Messages rejected to the dead-letter queue (given up or unparseable)",
             metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "messages_done_on_give_up",
+            "Messages given up whose work the give-up found done after all (acked)",
+            metrics.done_on_give_up.clone(),
         );
         registry.register(
             "messages_unparseable",
@@ -569,10 +575,14 @@ impl<H: Handler> Shared<H> {
             Err(Failure::Retry(error) | Failure::Permanent(error)) => error,
         };
         let reason = one_line(&error);
-        tracing::error!(%reason, attempt = cx.attempt, "giving the message up");
+        tracing::warn!(%reason, attempt = cx.attempt, "giving the message up");
         match self.give_up(message, &error, cx).await {
-            Ok(GivenUp::DeadLetter) => Verdict::DeadLetter,
+            Ok(GivenUp::DeadLetter) => {
+                tracing::error!(%reason, attempt = cx.attempt, "given up: dead-lettered");
+                Verdict::DeadLetter
+            }
             Ok(GivenUp::Done) => {
+                self.metrics.done_on_give_up.inc();
                 tracing::info!("the work was done after all: acked, not dead-lettered");
                 Verdict::Ack
             }

@@ -323,6 +323,7 @@ impl Handler for Notifier {
         // A last attempt abandoned at its deadline may still be sending: what it does decides
         // what the job shows, not this give-up. Past the wait the worker tries the give-up
         // again later (and the attempt it makes first finds whatever was recorded meanwhile).
+        let abandoned = self.running.busy(job_id);
         let wait = cx.deadline.saturating_sub(GIVE_UP_MARGIN);
         if tokio::time::timeout(wait, self.running.idle(job_id))
             .await
@@ -330,7 +331,11 @@ impl Handler for Notifier {
         {
             anyhow::bail!("an abandoned attempt of job {job_id} is still sending");
         }
-        if self.parts.store.email_sent(job_id).await? && self.parts.webhooks.settled(job_id).await?
+        // Only an abandoned attempt's end can make a failed message's work done: any other
+        // failure (an announced MP3 that does not exist, say) is an operator's to see.
+        if abandoned
+            && self.parts.store.email_sent(job_id).await?
+            && self.parts.webhooks.settled(job_id).await?
         {
             tracing::info!(%job_id, "an abandoned attempt finished the notification after all");
             return Ok(GivenUp::Done);

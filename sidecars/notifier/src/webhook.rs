@@ -210,12 +210,17 @@ impl Webhooks {
         }
     }
 
-    /// Whether nothing is left to deliver for the job: no callback, or its outcome recorded.
+    /// Whether nothing is left to deliver for the job: no callback, or its outcome recorded
+    /// (and then shown on the job, if its notifier stopped before showing it).
     pub async fn settled(&self, job_id: &str) -> anyhow::Result<bool> {
-        match self.due(job_id).await? {
-            None => Ok(true),
-            Some((job, _)) => self.ledger.done(&job.id).await,
+        let Some((job, _)) = self.due(job_id).await? else {
+            return Ok(true);
+        };
+        if !self.ledger.done(&job.id).await? {
+            return Ok(false);
         }
+        self.show_recorded(&job).await?;
+        Ok(true)
     }
 
     /// After the message was given up: a webhook not delivered is recorded `failed`, and its

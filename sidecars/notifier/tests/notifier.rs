@@ -459,6 +459,21 @@ async fn an_announced_mp3_that_does_not_exist_changes_nothing() {
         "queued"
     );
     assert!(mails_to(&job.owner).is_empty() && mails_to(&owner).is_empty());
+
+    // A failed job already told, then announced with an MP3 that does not exist: still for an
+    // operator to see, its earlier email being no work of this message's.
+    let (failed, message) = fx.job(JobStatus::Failed).await;
+    fx.publish(&message);
+    let told = fx.notified_job(&failed.id).await;
+    assert_eq!(told.get_str("notified_kind").ok(), Some("failed"));
+    fx.publish(&JobMessage::queued(&failed.id, &failed.video_fid, &failed.owner).converted(&bogus));
+    wait_for("the fourth dead-lettered", TIMEOUT, || {
+        (worker.metric("notifier_messages_dead_lettered_total")? == 4.0).then_some(())
+    });
+    assert_eq!(
+        worker.metric("notifier_messages_done_on_give_up_total"),
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -676,13 +691,14 @@ async fn a_last_attempt_that_finishes_past_its_deadline_is_neither_shown_failed_
 {
     let fx = Fixture::new("late-last").await;
     let (callback, requests) = webhook_receiver();
-    // The email outlasts the attempt's deadline (7 s), and the attempt is the only one: the
-    // worker gives the message up while the email, then the webhook, still go out.
-    let (_smtp, [host, port]) = smtp_answering_late(Duration::from_secs(10));
+    // The email outlasts the attempt's deadline (10 s), and the attempt is the only one: the
+    // worker gives the message up while the email, then the webhook, still go out (the give-up
+    // waits for them up to 8 s).
+    let (_smtp, [host, port]) = smtp_answering_late(Duration::from_secs(13));
     let worker = fx.start(&[
         host,
         port,
-        ("JOB_TIMEOUT_SECS", "7".to_owned()),
+        ("JOB_TIMEOUT_SECS", "10".to_owned()),
         ("WEBHOOK_TIMEOUT_SECS", "1".to_owned()),
         ("MAX_ATTEMPTS", "1".to_owned()),
         ("WEBHOOK_ALLOW", "127.0.0.1".to_owned()),
