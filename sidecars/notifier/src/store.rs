@@ -261,22 +261,37 @@ impl Ledger {
         }
     }
 
+    /// The job's latest claim, if any.
+    async fn latest(&self, job_id: &str) -> anyhow::Result<Option<Document>> {
+        self.claims
+            .find_one(doc! { "job_id": job_id, "n": { "$exists": true } })
+            .sort(doc! { "n": -1 })
+            .await
+            .with_context(|| format!("reading the {} claims of job {job_id}", self.what))
+    }
+
+    /// What is left of `claim`'s lease at `now`, in ms (0 or less: lapsed).
+    fn lease_left(&self, claim: &Document, now: i64) -> i64 {
+        let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        integer(claim, "claimed_at").saturating_add(lease) - now
+    }
+
+    /// Whether a live claim holds the job: a delivery may be acting on it now.
+    pub async fn held(&self, job_id: &str) -> anyhow::Result<bool> {
+        let latest = self.latest(job_id).await?;
+        Ok(latest.is_some_and(|claim| self.lease_left(&claim, now_ms()) > 0))
+    }
+
     /// Claims the job for `token` unless it was done or a live claim holds it.
     pub async fn take(&self, job_id: &str, token: &str) -> anyhow::Result<Take> {
         if self.done(job_id).await? {
             return Ok(Take::Done);
         }
         let now = now_ms();
-        let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
-        let latest = self
-            .claims
-            .find_one(doc! { "job_id": job_id, "n": { "$exists": true } })
-            .sort(doc! { "n": -1 })
-            .await
-            .with_context(|| format!("reading the {} claims of job {job_id}", self.what))?;
+        let latest = self.latest(job_id).await?;
         let previous = latest.as_ref().map_or(0, |c| integer(c, "n"));
         if let Some(latest) = &latest {
-            let left = integer(latest, "claimed_at") + lease - now;
+            let left = self.lease_left(latest, now);
             if left > 0 {
                 return Ok(Take::Held {
                     retry_after: Duration::from_millis(u64::try_from(left).unwrap_or(0))

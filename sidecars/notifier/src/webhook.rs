@@ -232,6 +232,12 @@ impl Webhooks {
         if self.ledger.done(&job.id).await? {
             return Ok(());
         }
+        // Another delivery of the job (another replica's) may be sending it: its outcome, not
+        // this give-up, is what the job shows. The worker tries the give-up again later; the
+        // claim's lease bounds the wait.
+        if self.ledger.held(&job.id).await? {
+            anyhow::bail!("another delivery is sending job {}'s webhook", job.id);
+        }
         tracing::error!(%url, %error, "webhook given up");
         self.claims
             .delete_one(doc! { "_id": failures_id(&job.id) })

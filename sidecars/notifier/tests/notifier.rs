@@ -774,3 +774,73 @@ async fn a_last_attempt_that_finishes_past_its_deadline_is_neither_shown_failed_
     assert_eq!(requests.lock().unwrap().len(), 1);
     assert_eq!(mails_to(&job.owner).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_up_leaves_a_webhook_another_delivery_is_sending_to_it() {
+    let fx = Fixture::new("held-webhook").await;
+    let (callback, requests) = webhook_receiver();
+    // The email cannot go (the SMTP port is closed) and the attempt is the only one, so the
+    // message is given up at once; the webhook (lease 3 * 1 + 5 = 8 s) is another's meanwhile.
+    let closed = free_port();
+    let worker = fx.start(&[
+        ("SMTP_PORT", closed.to_string()),
+        ("MAX_ATTEMPTS", "1".to_owned()),
+        ("WEBHOOK_TIMEOUT_SECS", "1".to_owned()),
+        ("WEBHOOK_ALLOW", "127.0.0.1".to_owned()),
+    ]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    let videos = fx.client.database(VIDEOS_DB);
+    videos
+        .collection::<Document>(JOBS_COLLECTION)
+        .update_one(
+            doc! { "_id": &job.id },
+            doc! { "$set": { "options.callback_url": &callback } },
+        )
+        .await
+        .unwrap();
+    // Another replica's live claim on the job's webhook, as it takes one to send.
+    let claims = videos.collection::<Document>(mp3_model::webhook::CLAIMS_COLLECTION);
+    claims
+        .insert_one(doc! {
+            "_id": format!("{}/1", job.id),
+            "job_id": &job.id,
+            "n": 1_i64,
+            "token": "another-replica",
+            "claimed_at": now_ms(),
+        })
+        .await
+        .unwrap();
+    fx.publish(&message);
+
+    // While the claim lives, the give-up does not write over it.
+    wait_for("a give-up refused", TIMEOUT, || {
+        worker
+            .log()
+            .contains("another delivery is sending")
+            .then_some(())
+    });
+    let webhook = |shown: &Document| {
+        shown
+            .get_document("webhook")
+            .ok()
+            .and_then(|w| w.get_str("state").ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(webhook(&fx.job_document(&job.id).await), None);
+    // Once it lapsed (its sender gone), a later attempt sends the webhook; the email still
+    // cannot go, and the message ends in mp3.dead.
+    wait_for("the message dead-lettered", TIMEOUT, || {
+        (fx.vhost.queue_len("mp3.dead")? == 1).then_some(())
+    });
+    assert_eq!(
+        webhook(&fx.job_document(&job.id).await).as_deref(),
+        Some("delivered"),
+        "{}",
+        worker.log()
+    );
+    assert_eq!(requests.lock().unwrap().len(), 1);
+    claims
+        .delete_many(doc! { "job_id": &job.id })
+        .await
+        .unwrap();
+}
