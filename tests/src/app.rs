@@ -386,6 +386,20 @@ impl App {
 impl Drop for App {
     fn drop(&mut self) {
         stop_tree(&mut self.child);
+        // A failing test shows what the app logged last (the components' log lines say why a
+        // request failed); libtest prints it with the failure.
+        if std::thread::panicking() {
+            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "--- the app's last {} log lines ({:?}, {}) ---\n{}",
+                tail.len(),
+                self.runtime,
+                self.base,
+                tail.join("\n")
+            );
+        }
     }
 }
 
