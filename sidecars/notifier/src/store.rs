@@ -60,7 +60,7 @@ pub enum Adopt {
 pub enum Claim {
     /// This delivery may send; it must then mark the job sent or release the claim.
     Claimed {
-        job: Job,
+        job: Box<Job>,
     },
     /// The email was sent already.
     AlreadySent,
@@ -186,7 +186,7 @@ impl Store {
         let job: Job = mongodb::bson::from_document(job)
             .with_context(|| format!("job {job_id} is not a valid job document"))?;
         Ok(match self.emails.take(job_id, token).await? {
-            Take::Claimed => Claim::Claimed { job },
+            Take::Claimed => Claim::Claimed { job: Box::new(job) },
             Take::Done => Claim::AlreadySent,
             Take::Held { retry_after } => Claim::Held { retry_after },
         })
@@ -274,12 +274,6 @@ impl Ledger {
     fn lease_left(&self, claim: &Document, now: i64) -> i64 {
         let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
         integer(claim, "claimed_at").saturating_add(lease) - now
-    }
-
-    /// Whether a live claim holds the job: a delivery may be acting on it now.
-    pub async fn held(&self, job_id: &str) -> anyhow::Result<bool> {
-        let latest = self.latest(job_id).await?;
-        Ok(latest.is_some_and(|claim| self.lease_left(&claim, now_ms()) > 0))
     }
 
     /// Claims the job for `token` unless it was done or a live claim holds it.

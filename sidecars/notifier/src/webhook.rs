@@ -229,22 +229,32 @@ impl Webhooks {
         let Some((job, url)) = self.due(&message.job_id).await? else {
             return Ok(());
         };
-        if self.ledger.done(&job.id).await? {
-            return Ok(());
-        }
-        // Another delivery of the job (another replica's) may be sending it: its outcome, not
-        // this give-up, is what the job shows. The worker tries the give-up again later; the
-        // claim's lease bounds the wait.
-        if self.ledger.held(&job.id).await? {
-            anyhow::bail!("another delivery is sending job {}'s webhook", job.id);
+        // The give-up takes the claim like a delivery: while another delivery (another
+        // replica's) holds it, that one's outcome is what the job shows, and the worker tries
+        // the give-up again later (the lease bounds the wait); while the give-up holds it, no
+        // delivery can send and then be shown as failed.
+        let token = mongodb::bson::oid::ObjectId::new().to_hex();
+        match self.ledger.take(&job.id, &token).await? {
+            Take::Claimed => {}
+            Take::Done => return self.show_recorded(&job).await,
+            Take::Held { .. } => {
+                anyhow::bail!("another delivery is sending job {}'s webhook", job.id)
+            }
         }
         tracing::error!(%url, %error, "webhook given up");
-        self.claims
-            .delete_one(doc! { "_id": failures_id(&job.id) })
-            .await
-            .context("resetting the webhook's attempts")?;
         let failed = delivery(DeliveryState::Failed, &url, None, Some(error.to_owned()));
-        self.show(&job.id, &failed).await
+        let shown = async {
+            self.claims
+                .delete_one(doc! { "_id": failures_id(&job.id) })
+                .await
+                .context("resetting the webhook's attempts")?;
+            self.show(&job.id, &failed).await
+        }
+        .await;
+        if let Err(release) = self.ledger.release(&job.id, &token).await {
+            tracing::warn!(error = format!("{release:#}"), "cannot release the claim");
+        }
+        shown
     }
 
     /// Counts a failed attempt; the attempts failed so far.

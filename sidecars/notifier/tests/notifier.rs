@@ -131,6 +131,26 @@ impl Fixture {
         }
     }
 
+    /// Gives job `id` a callback URL, as the gateway does for an upload that asks for one.
+    async fn set_callback(&self, id: &str, callback: &str) {
+        self.client
+            .database(VIDEOS_DB)
+            .collection::<Document>(JOBS_COLLECTION)
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": { "options.callback_url": callback } },
+            )
+            .await
+            .expect("setting the callback");
+    }
+
+    /// The webhook state job `id` shows, if any.
+    async fn webhook_state(&self, id: &str) -> Option<String> {
+        let job = self.job_document(id).await;
+        let state = job.get_document("webhook").ok()?.get_str("state").ok()?;
+        Some(state.to_owned())
+    }
+
     async fn job_document(&self, id: &str) -> Document {
         self.client
             .database(VIDEOS_DB)
@@ -704,27 +724,13 @@ async fn a_last_attempt_that_finishes_past_its_deadline_is_neither_shown_failed_
         ("WEBHOOK_ALLOW", "127.0.0.1".to_owned()),
     ]);
     let (job, message) = fx.job(JobStatus::Done).await;
-    fx.client
-        .database(VIDEOS_DB)
-        .collection::<Document>(JOBS_COLLECTION)
-        .update_one(
-            doc! { "_id": &job.id },
-            doc! { "$set": { "options.callback_url": &callback } },
-        )
-        .await
-        .unwrap();
+    fx.set_callback(&job.id, &callback).await;
     fx.publish(&message);
 
     // Until the webhook is recorded, the job never shows it failed.
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
-        let shown = fx.job_document(&job.id).await;
-        let state = shown
-            .get_document("webhook")
-            .ok()
-            .and_then(|w| w.get_str("state").ok())
-            .map(str::to_owned);
-        match state.as_deref() {
+        match fx.webhook_state(&job.id).await.as_deref() {
             Some("delivered") => break,
             None => {}
             Some(other) => panic!("the job shows its webhook {other}: {}", worker.log()),
@@ -755,14 +761,9 @@ async fn a_last_attempt_that_finishes_past_its_deadline_is_neither_shown_failed_
     });
     assert_eq!(fx.vhost.queue_len("mp3.dead"), Some(0), "{}", worker.log());
     assert!(!worker.log().contains("could not notify the user"));
-    let shown = fx.job_document(&job.id).await;
     assert_eq!(
-        shown
-            .get_document("webhook")
-            .unwrap()
-            .get_str("state")
-            .unwrap(),
-        "delivered"
+        fx.webhook_state(&job.id).await.as_deref(),
+        Some("delivered")
     );
     assert_eq!(
         fx.notified_job(&job.id)
@@ -790,14 +791,7 @@ async fn a_give_up_leaves_a_webhook_another_delivery_is_sending_to_it() {
     ]);
     let (job, message) = fx.job(JobStatus::Done).await;
     let videos = fx.client.database(VIDEOS_DB);
-    videos
-        .collection::<Document>(JOBS_COLLECTION)
-        .update_one(
-            doc! { "_id": &job.id },
-            doc! { "$set": { "options.callback_url": &callback } },
-        )
-        .await
-        .unwrap();
+    fx.set_callback(&job.id, &callback).await;
     // Another replica's live claim on the job's webhook, as it takes one to send.
     let claims = videos.collection::<Document>(mp3_model::webhook::CLAIMS_COLLECTION);
     claims
@@ -819,21 +813,14 @@ async fn a_give_up_leaves_a_webhook_another_delivery_is_sending_to_it() {
             .contains("another delivery is sending")
             .then_some(())
     });
-    let webhook = |shown: &Document| {
-        shown
-            .get_document("webhook")
-            .ok()
-            .and_then(|w| w.get_str("state").ok())
-            .map(str::to_owned)
-    };
-    assert_eq!(webhook(&fx.job_document(&job.id).await), None);
+    assert_eq!(fx.webhook_state(&job.id).await, None);
     // Once it lapsed (its sender gone), a later attempt sends the webhook; the email still
     // cannot go, and the message ends in mp3.dead.
     wait_for("the message dead-lettered", TIMEOUT, || {
         (fx.vhost.queue_len("mp3.dead")? == 1).then_some(())
     });
     assert_eq!(
-        webhook(&fx.job_document(&job.id).await).as_deref(),
+        fx.webhook_state(&job.id).await.as_deref(),
         Some("delivered"),
         "{}",
         worker.log()
@@ -843,4 +830,42 @@ async fn a_give_up_leaves_a_webhook_another_delivery_is_sending_to_it() {
         .delete_many(doc! { "job_id": &job.id })
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_up_webhook_is_shown_failed_and_its_claim_released() {
+    let fx = Fixture::new("given-up-webhook").await;
+    // Neither the SMTP server nor the receiver answers, and the attempt is the only one: the
+    // message is given up at once, the webhook with it.
+    let worker = fx.start(&[
+        ("SMTP_PORT", free_port().to_string()),
+        ("MAX_ATTEMPTS", "1".to_owned()),
+        ("WEBHOOK_TIMEOUT_SECS", "1".to_owned()),
+        ("WEBHOOK_ALLOW", "127.0.0.1".to_owned()),
+    ]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    let callback = format!("http://127.0.0.1:{}/hook", free_port());
+    fx.set_callback(&job.id, &callback).await;
+    fx.publish(&message);
+
+    wait_for("the message dead-lettered", TIMEOUT, || {
+        (fx.vhost.queue_len("mp3.dead")? == 1).then_some(())
+    });
+    assert_eq!(
+        fx.webhook_state(&job.id).await.as_deref(),
+        Some("failed"),
+        "{}",
+        worker.log()
+    );
+    // The give-up took the webhook's claim to write that, and gave it back: a dead letter sent
+    // back by an operator may deliver at once. Its count of attempts starts again too.
+    let claims = fx
+        .client
+        .database(VIDEOS_DB)
+        .collection::<Document>(mp3_model::webhook::CLAIMS_COLLECTION);
+    let left = claims
+        .count_documents(doc! { "job_id": &job.id })
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "claims or a count of attempts left behind");
 }
