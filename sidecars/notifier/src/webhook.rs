@@ -243,12 +243,20 @@ impl Webhooks {
         }
         tracing::error!(%url, %error, "webhook given up");
         let failed = delivery(DeliveryState::Failed, &url, None, Some(error.to_owned()));
+        // Shown before its count of attempts starts again: a give-up stopped in between is
+        // made again, and a redelivery meanwhile does not start the schedule over.
         let shown = async {
+            self.show(&job.id, &failed).await?;
             self.claims
                 .delete_one(doc! { "_id": failures_id(&job.id) })
                 .await
                 .context("resetting the webhook's attempts")?;
-            self.show(&job.id, &failed).await
+            // A delivery that outlived its claim may have recorded its outcome meanwhile: the
+            // record is what the job shows.
+            if self.ledger.done(&job.id).await? {
+                self.show_recorded(&job).await?;
+            }
+            Ok(())
         }
         .await;
         if let Err(release) = self.ledger.release(&job.id, &token).await {
@@ -317,7 +325,13 @@ impl Webhooks {
     /// A job whose outcome was recorded but not shown (its notifier stopped in between):
     /// shown now, from the record.
     async fn show_recorded(&self, job: &Job) -> anyhow::Result<()> {
-        if job.webhook.is_some() {
+        // A job showing `failed` (a give-up's) may have been delivered since, by a dead letter
+        // sent back: the record says.
+        if job
+            .webhook
+            .as_ref()
+            .is_some_and(|shown| shown.state != DeliveryState::Failed)
+        {
             return Ok(());
         }
         let Some(marker) = self.ledger.marker(&job.id).await? else {

@@ -869,3 +869,48 @@ async fn a_given_up_webhook_is_shown_failed_and_its_claim_released() {
         .unwrap();
     assert_eq!(left, 0, "claims or a count of attempts left behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_shown_failed_but_recorded_delivered_is_shown_delivered() {
+    let fx = Fixture::new("failed-then-delivered").await;
+    let (callback, requests) = webhook_receiver();
+    let worker = fx.start(&[("WEBHOOK_ALLOW", "127.0.0.1".to_owned())]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    fx.set_callback(&job.id, &callback).await;
+    // A give-up showed it failed; the dead letter sent back delivered it, and that delivery
+    // recorded it but stopped before showing it.
+    let shown = |state: &str| {
+        doc! { "state": state, "url": &callback, "at": now_ms(), "error": "given up" }
+    };
+    let videos = fx.client.database(VIDEOS_DB);
+    videos
+        .collection::<Document>(JOBS_COLLECTION)
+        .update_one(
+            doc! { "_id": &job.id },
+            doc! { "$set": { "webhook": shown("failed") } },
+        )
+        .await
+        .unwrap();
+    let mut marker =
+        doc! { "_id": format!("{}/sent", job.id), "job_id": &job.id, "sent_at": now_ms() };
+    marker.extend(doc! { "state": "delivered", "url": &callback, "at": now_ms(), "status": 200 });
+    let claims = videos.collection::<Document>(mp3_model::webhook::CLAIMS_COLLECTION);
+    claims.insert_one(marker).await.unwrap();
+    fx.publish(&message);
+
+    wait_for_one_mail(&job.owner);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while fx.webhook_state(&job.id).await.as_deref() != Some("delivered") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still shown failed: {}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(requests.lock().unwrap().is_empty(), "sent again");
+    claims
+        .delete_many(doc! { "job_id": &job.id })
+        .await
+        .unwrap();
+}
