@@ -879,21 +879,20 @@ async fn a_webhook_shown_failed_but_recorded_delivered_is_shown_delivered() {
     fx.set_callback(&job.id, &callback).await;
     // A give-up showed it failed; the dead letter sent back delivered it, and that delivery
     // recorded it but stopped before showing it.
-    let shown = |state: &str| {
-        doc! { "state": state, "url": &callback, "at": now_ms(), "error": "given up" }
-    };
+    let failed = doc! { "state": "failed", "url": &callback, "at": now_ms(), "error": "given up" };
     let videos = fx.client.database(VIDEOS_DB);
     videos
         .collection::<Document>(JOBS_COLLECTION)
         .update_one(
             doc! { "_id": &job.id },
-            doc! { "$set": { "webhook": shown("failed") } },
+            doc! { "$set": { "webhook": failed } },
         )
         .await
         .unwrap();
-    let mut marker =
-        doc! { "_id": format!("{}/sent", job.id), "job_id": &job.id, "sent_at": now_ms() };
-    marker.extend(doc! { "state": "delivered", "url": &callback, "at": now_ms(), "status": 200 });
+    let marker = doc! {
+        "_id": format!("{}/sent", job.id), "job_id": &job.id, "sent_at": now_ms(),
+        "state": "delivered", "url": &callback, "at": now_ms(), "status": 200,
+    };
     let claims = videos.collection::<Document>(mp3_model::webhook::CLAIMS_COLLECTION);
     claims.insert_one(marker).await.unwrap();
     fx.publish(&message);
