@@ -1785,6 +1785,18 @@ max_upload_bytes = "10000000"
         (403, "invalid token: revoked")
     );
 
+    // Every call to the auth app was its head alone: a chunked body, whose end the gateway
+    // sends after the head, let the auth app (which never reads it) answer and close first,
+    // and the gateway's host then failed the call although the answer had come.
+    let sent = String::from_utf8_lossy(&link.client_bytes()).to_ascii_lowercase();
+    for call in ["post /login ", "post /validate ", "post /logout "] {
+        assert!(sent.contains(call), "no `{call}` among:\n{sent}");
+    }
+    assert!(
+        !sent.contains("transfer-encoding"),
+        "the gateway sent the auth app a body:\n{sent}"
+    );
+
     // The auth app gone: 503, not a hang or a 500.
     drop(auth_app);
     let reply = get(&gateway, "/jobs/0123456789abcdef01234567", &auth, &[]);

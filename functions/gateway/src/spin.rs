@@ -15,6 +15,7 @@ use futures::StreamExt;
 use mongo_wire::bson::oid::ObjectId;
 use mp3_download_link::LinkKey;
 use mp3_model::{new_object_id, Claims};
+use spin_sdk::http::conversions::TryIntoOutgoingRequest;
 use spin_sdk::http::{IncomingRequest, Method, Request, Response, ResponseOutparam};
 use spin_sdk::http_component;
 
@@ -166,24 +167,30 @@ fn read_small_body(req: IncomingRequest, max: usize) -> Result<Vec<u8>, Reply> {
 /// once more; a timeout or a refused connection is not. A repeat is harmless: validate and logout are idempotent, and a login
 /// that did arrive the first time at most issues a second token or counts a failure twice.
 fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<Answer, String> {
-    let request = || {
+    let url = format!("{}{path}", config.auth_url);
+    let send = || {
         let mut builder = Request::builder();
-        builder
-            .method(Method::Post)
-            .uri(format!("{}{path}", config.auth_url));
+        builder.method(Method::Post).uri(url.as_str());
         for (name, value) in headers {
             builder.header(*name, value.as_str());
         }
-        builder.body(Vec::new()).build()
+        // Sent without taking its body, so the head alone is the whole request (no chunked
+        // body whose end follows once the guest writes it). Otherwise the auth service, which
+        // never reads the body, can answer and close before that end is sent, and the host's
+        // client then fails the call (hyper: IncompleteMessage) although the answer came.
+        let (bodiless, _empty) = builder
+            .body(Vec::new())
+            .build()
+            .try_into_outgoing_request()
+            .map_err(|e| spin_sdk::http::SendError::RequestConversion(e.into()))?;
+        spin_sdk::http::run(spin_sdk::http::send::<_, Response>(bodiless))
     };
-    let response: Response = spin_sdk::http::run(spin_sdk::http::send(request()))
+    let response = send()
         .or_else(|e| match e {
-            spin_sdk::http::SendError::Http(spin_sdk::http::ErrorCode::HttpProtocolError) => {
-                spin_sdk::http::run(spin_sdk::http::send(request()))
-            }
+            spin_sdk::http::SendError::Http(spin_sdk::http::ErrorCode::HttpProtocolError) => send(),
             other => Err(other),
         })
-        .map_err(|e| format!("calling {}{path}: {e}", config.auth_url))?;
+        .map_err(|e| format!("calling {url}: {e}"))?;
     let headers = auth::RELAYED
         .into_iter()
         .filter_map(|name| {

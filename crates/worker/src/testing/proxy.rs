@@ -20,6 +20,15 @@ pub struct TcpProxy {
     streams: Arc<Mutex<Vec<TcpStream>>>,
     /// What the service sent to its clients so far (the first 64 KiB).
     from_service: Arc<Mutex<Vec<u8>>>,
+    /// What the clients sent to the service so far (the first 64 KiB).
+    from_clients: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Appends `bytes` to `record`, up to its first 64 KiB.
+fn record(record: &Mutex<Vec<u8>>, bytes: &[u8]) {
+    let mut record = record.lock().unwrap();
+    let room = (64 * 1024usize).saturating_sub(record.len());
+    record.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
 /// See [`TcpProxy::hold_replies_to`].
@@ -43,7 +52,8 @@ impl TcpProxy {
         let drop_next: Arc<AtomicBool> = Arc::default();
         let drop_next2 = drop_next.clone();
         let from_service: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let recorded = from_service.clone();
+        let from_clients: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let (served, sent) = (from_service.clone(), from_clients.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if cut2.load(Ordering::SeqCst) {
@@ -73,7 +83,8 @@ impl TcpProxy {
                 .into_iter()
                 .filter_map(|(a, b, c)| Some((a.ok()?, b.ok()?, c)))
                 {
-                    let (recorded, hold, armed) = (recorded.clone(), hold2.clone(), armed.clone());
+                    let recorded = if from_client { &sent } else { &served }.clone();
+                    let (hold, armed) = (hold2.clone(), armed.clone());
                     let drop_next = drop_next2.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
@@ -87,6 +98,7 @@ impl TcpProxy {
                                     let _ = to.shutdown(Shutdown::Both);
                                     break;
                                 }
+                                record(&recorded, &buf[..n]);
                                 if let Some(h) = held {
                                     tail.extend_from_slice(&buf[..n]);
                                     let keep = h.request_end.len();
@@ -101,9 +113,7 @@ impl TcpProxy {
                                 {
                                     std::thread::sleep(hold.delay);
                                 }
-                                let mut record = recorded.lock().unwrap();
-                                let room = (64 * 1024usize).saturating_sub(record.len());
-                                record.extend_from_slice(&buf[..n.min(room)]);
+                                record(&recorded, &buf[..n]);
                             }
                             if n == 0 || to.write_all(&buf[..n]).is_err() {
                                 break;
@@ -122,7 +132,13 @@ impl TcpProxy {
             drop_next,
             streams,
             from_service,
+            from_clients,
         }
+    }
+
+    /// What the clients have sent to the service so far (the first 64 KiB), as it went.
+    pub fn client_bytes(&self) -> Vec<u8> {
+        self.from_clients.lock().unwrap().clone()
     }
 
     /// `127.0.0.1:<port>`
