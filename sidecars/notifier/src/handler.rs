@@ -324,8 +324,8 @@ impl Handler for Notifier {
         // what the job shows, not this give-up. Past the wait the worker tries the give-up
         // again later (and the attempt it makes first finds whatever was recorded meanwhile).
         let abandoned = self.running.busy(job_id);
-        let wait = cx.deadline.saturating_sub(GIVE_UP_MARGIN);
-        if tokio::time::timeout(wait, self.running.idle(job_id))
+        let until = tokio::time::Instant::now() + cx.deadline.saturating_sub(GIVE_UP_MARGIN);
+        if tokio::time::timeout_at(until, self.running.idle(job_id))
             .await
             .is_err()
         {
@@ -343,7 +343,7 @@ impl Handler for Notifier {
         // Nobody else to tell: the message goes to `mp3.dead` for an operator.
         let reason = one_line(error);
         tracing::error!(%job_id, %reason, "could not notify the user");
-        self.parts.webhooks.give_up(message, &reason).await?;
+        self.parts.webhooks.give_up(message, &reason, until).await?;
         Ok(GivenUp::DeadLetter)
     }
 }

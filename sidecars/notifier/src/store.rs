@@ -188,7 +188,7 @@ impl Store {
         Ok(match self.emails.take(job_id, token).await? {
             Take::Claimed => Claim::Claimed { job: Box::new(job) },
             Take::Done => Claim::AlreadySent,
-            Take::Held { retry_after } => Claim::Held { retry_after },
+            Take::Held { retry_after, .. } => Claim::Held { retry_after },
         })
     }
 
@@ -236,8 +236,12 @@ pub enum Take {
     Claimed,
     /// It was done already.
     Done,
-    /// Another delivery is at it; look again after this long.
-    Held { retry_after: Duration },
+    /// Another delivery is at it; look again after this long. `giving_up`: it is a give-up's
+    /// claim (see [`Ledger::take_to_give_up`]).
+    Held {
+        retry_after: Duration,
+        giving_up: bool,
+    },
 }
 
 /// Something done at most once per job by whichever delivery claims it first (an email, a
@@ -278,6 +282,16 @@ impl Ledger {
 
     /// Claims the job for `token` unless it was done or a live claim holds it.
     pub async fn take(&self, job_id: &str, token: &str) -> anyhow::Result<Take> {
+        self.take_as(job_id, token, false).await
+    }
+
+    /// Claims the job for `token` to record it given up: a claim marked so, which tells another
+    /// give-up of the job meeting it that this one is recording the same end.
+    pub async fn take_to_give_up(&self, job_id: &str, token: &str) -> anyhow::Result<Take> {
+        self.take_as(job_id, token, true).await
+    }
+
+    async fn take_as(&self, job_id: &str, token: &str, giving_up: bool) -> anyhow::Result<Take> {
         if self.done(job_id).await? {
             return Ok(Take::Done);
         }
@@ -290,23 +304,36 @@ impl Ledger {
                 return Ok(Take::Held {
                     retry_after: Duration::from_millis(u64::try_from(left).unwrap_or(0))
                         + Duration::from_secs(1),
+                    giving_up: is_give_up(latest),
                 });
             }
         }
         let n = previous + 1;
-        let claim = doc! {
-            "_id": format!("{job_id}/{n}"),
+        let id = format!("{job_id}/{n}");
+        let mut claim = doc! {
+            "_id": &id,
             "job_id": job_id,
             "n": n,
             "token": token,
             "claimed_at": now,
         };
+        if giving_up {
+            claim.insert("giving_up", true);
+        }
         match self.claims.insert_one(claim).await {
             Ok(_) => Ok(Take::Claimed),
             // Another delivery took this very claim first.
-            Err(error) if is_duplicate_key(&error) => Ok(Take::Held {
-                retry_after: self.lease + Duration::from_secs(1),
-            }),
+            Err(error) if is_duplicate_key(&error) => {
+                let theirs = self
+                    .claims
+                    .find_one(doc! { "_id": &id })
+                    .await
+                    .with_context(|| format!("reading the {} claim {id}", self.what))?;
+                Ok(Take::Held {
+                    retry_after: self.lease + Duration::from_secs(1),
+                    giving_up: theirs.as_ref().is_some_and(is_give_up),
+                })
+            }
             Err(error) => {
                 Err(error).with_context(|| format!("claiming the {} of job {job_id}", self.what))
             }
@@ -376,6 +403,11 @@ impl Ledger {
 /// The `_id` of the document recording that a job's email (or webhook) was sent.
 pub fn sent_marker(job_id: &str) -> String {
     format!("{job_id}/sent")
+}
+
+/// Whether `claim` was taken by [`Ledger::take_to_give_up`].
+fn is_give_up(claim: &Document) -> bool {
+    claim.get_bool("giving_up").unwrap_or(false)
 }
 
 /// A non-negative integer field, 0 when absent.

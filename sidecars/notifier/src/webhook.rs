@@ -156,7 +156,7 @@ impl Webhooks {
         {
             Take::Claimed => {}
             Take::Done => return self.show_recorded(&job).await.map_err(Failure::retry),
-            Take::Held { retry_after } => {
+            Take::Held { retry_after, .. } => {
                 return Err(Failure::Defer {
                     after: retry_after,
                     reason: "another delivery is sending this job's webhook".into(),
@@ -224,21 +224,37 @@ impl Webhooks {
     }
 
     /// After the message was given up: a webhook not delivered is recorded `failed`, and its
-    /// count of attempts starts again (an operator may send the dead letter back).
-    pub async fn give_up(&self, message: &JobMessage, error: &str) -> anyhow::Result<()> {
+    /// count of attempts starts again (an operator may send the dead letter back). `until`
+    /// bounds the wait for another give-up of the job; past it, the worker tries again later.
+    pub async fn give_up(
+        &self,
+        message: &JobMessage,
+        error: &str,
+        until: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
         let Some((job, url)) = self.due(&message.job_id).await? else {
             return Ok(());
         };
         // The give-up takes the claim like a delivery: while another delivery (another
         // replica's) holds it, that one's outcome is what the job shows, and the worker tries
         // the give-up again later (the lease bounds the wait); while the give-up holds it, no
-        // delivery can send and then be shown as failed.
+        // delivery can send and then be shown as failed. Another give-up's claim (two of the
+        // job's messages at their last attempt at once) is waited for, then this one records
+        // the same end: tried again later instead, its message would start a fresh schedule.
         let token = mongodb::bson::oid::ObjectId::new().to_hex();
-        match self.ledger.take(&job.id, &token).await? {
-            Take::Claimed => {}
-            Take::Done => return self.show_recorded(&job).await,
-            Take::Held { .. } => {
-                anyhow::bail!("another delivery is sending job {}'s webhook", job.id)
+        let pause = Duration::from_millis(50);
+        loop {
+            match self.ledger.take_to_give_up(&job.id, &token).await? {
+                Take::Claimed => break,
+                Take::Done => return self.show_recorded(&job).await,
+                Take::Held {
+                    giving_up: true, ..
+                } if tokio::time::Instant::now() + pause < until => {
+                    tokio::time::sleep(pause).await;
+                }
+                Take::Held { .. } => {
+                    anyhow::bail!("another delivery is sending job {}'s webhook", job.id)
+                }
             }
         }
         tracing::error!(%url, %error, "webhook given up");

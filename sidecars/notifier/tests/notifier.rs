@@ -833,6 +833,74 @@ async fn a_give_up_leaves_a_webhook_another_delivery_is_sending_to_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_up_meeting_another_give_up_of_the_job_ends_the_same_way() {
+    let fx = Fixture::new("two-give-ups").await;
+    let (callback, requests) = webhook_receiver();
+    // The email cannot go and the attempt is the only one: the message is given up at once,
+    // while another replica is giving up another message of the same job.
+    let worker = fx.start(&[
+        ("SMTP_PORT", free_port().to_string()),
+        ("MAX_ATTEMPTS", "1".to_owned()),
+        ("WEBHOOK_TIMEOUT_SECS", "1".to_owned()),
+        ("WEBHOOK_ALLOW", "127.0.0.1".to_owned()),
+    ]);
+    let (job, message) = fx.job(JobStatus::Done).await;
+    fx.set_callback(&job.id, &callback).await;
+    let videos = fx.client.database(VIDEOS_DB);
+    let claims = videos.collection::<Document>(mp3_model::webhook::CLAIMS_COLLECTION);
+    claims
+        .insert_one(doc! {
+            "_id": format!("{}/1", job.id),
+            "job_id": &job.id,
+            "n": 1_i64,
+            "token": "another-replica",
+            "claimed_at": now_ms(),
+            "giving_up": true,
+        })
+        .await
+        .unwrap();
+    fx.publish(&message);
+    wait_for("the give-up", TIMEOUT, || {
+        worker.log().contains("giving the message up").then_some(())
+    });
+    // The other give-up ends: the job shows failed, the claim is given back.
+    std::thread::sleep(Duration::from_millis(300));
+    let failed = doc! { "state": "failed", "url": &callback, "at": now_ms(), "error": "given up" };
+    videos
+        .collection::<Document>(JOBS_COLLECTION)
+        .update_one(
+            doc! { "_id": &job.id },
+            doc! { "$set": { "webhook": failed } },
+        )
+        .await
+        .unwrap();
+    let released = claims
+        .delete_one(doc! { "_id": format!("{}/1", job.id) })
+        .await
+        .unwrap();
+    assert_eq!(released.deleted_count, 1);
+
+    // This give-up waited for it and ended the same way: dead-lettered, shown failed, and no
+    // webhook sent on a fresh schedule after the end was recorded.
+    wait_for("the message dead-lettered", TIMEOUT, || {
+        (fx.vhost.queue_len("mp3.dead")? == 1).then_some(())
+    });
+    assert_eq!(
+        fx.webhook_state(&job.id).await.as_deref(),
+        Some("failed"),
+        "{}",
+        worker.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(requests.lock().unwrap().is_empty(), "{}", worker.log());
+    let left = claims
+        .count_documents(doc! { "job_id": &job.id })
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "claims or a count of attempts left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_given_up_webhook_is_shown_failed_and_its_claim_released() {
     let fx = Fixture::new("given-up-webhook").await;
     // Neither the SMTP server nor the receiver answers, and the attempt is the only one: the
