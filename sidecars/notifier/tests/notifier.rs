@@ -41,6 +41,18 @@ impl Fixture {
         }
     }
 
+    /// A worker whose every message is given up at its first attempt: the email cannot go
+    /// (the SMTP port is closed) and one attempt is all there is. Webhooks may call loopback,
+    /// within 1 s (their claims' lease: 3 * 1 + 5 = 8 s).
+    fn start_giving_up_at_once(&self) -> WorkerProcess {
+        self.start(&[
+            ("SMTP_PORT", free_port().to_string()),
+            ("MAX_ATTEMPTS", "1".to_owned()),
+            ("WEBHOOK_TIMEOUT_SECS", "1".to_owned()),
+            ("WEBHOOK_ALLOW", "127.0.0.1".to_owned()),
+        ])
+    }
+
     fn start(&self, extra: &[(&str, String)]) -> WorkerProcess {
         let mut envs = vec![
             ("AMQP_URL", self.vhost.amqp_url()),
@@ -142,6 +154,42 @@ impl Fixture {
             )
             .await
             .expect("setting the callback");
+    }
+
+    /// The webhook ledger's collection: claims, markers, counts of attempts.
+    fn webhook_claims(&self) -> mongodb::Collection<Document> {
+        self.client
+            .database(VIDEOS_DB)
+            .collection(mp3_model::webhook::CLAIMS_COLLECTION)
+    }
+
+    /// Another replica's live claim on job `id`'s webhook (`{id}/1`), as a delivery takes
+    /// one to send, or a give-up to record it failed.
+    async fn claim_webhook_elsewhere(&self, id: &str, giving_up: bool) {
+        let mut claim = doc! {
+            "_id": format!("{id}/1"),
+            "job_id": id,
+            "n": 1_i64,
+            "token": "another-replica",
+            "claimed_at": now_ms(),
+        };
+        if giving_up {
+            claim.insert("giving_up", true);
+        }
+        self.webhook_claims()
+            .insert_one(claim)
+            .await
+            .expect("claiming the webhook");
+    }
+
+    /// Sets what job `id` shows of its webhook.
+    async fn show_webhook(&self, id: &str, shown: Document) {
+        self.client
+            .database(VIDEOS_DB)
+            .collection::<Document>(JOBS_COLLECTION)
+            .update_one(doc! { "_id": id }, doc! { "$set": { "webhook": shown } })
+            .await
+            .expect("showing a webhook state");
     }
 
     /// The webhook state job `id` shows, if any.
@@ -780,30 +828,13 @@ async fn a_last_attempt_that_finishes_past_its_deadline_is_neither_shown_failed_
 async fn a_give_up_leaves_a_webhook_another_delivery_is_sending_to_it() {
     let fx = Fixture::new("held-webhook").await;
     let (callback, requests) = webhook_receiver();
-    // The email cannot go (the SMTP port is closed) and the attempt is the only one, so the
-    // message is given up at once; the webhook (lease 3 * 1 + 5 = 8 s) is another's meanwhile.
-    let closed = free_port();
-    let worker = fx.start(&[
-        ("SMTP_PORT", closed.to_string()),
-        ("MAX_ATTEMPTS", "1".to_owned()),
-        ("WEBHOOK_TIMEOUT_SECS", "1".to_owned()),
-        ("WEBHOOK_ALLOW", "127.0.0.1".to_owned()),
-    ]);
+    // The message is given up at once; the webhook is another's meanwhile.
+    let worker = fx.start_giving_up_at_once();
     let (job, message) = fx.job(JobStatus::Done).await;
-    let videos = fx.client.database(VIDEOS_DB);
     fx.set_callback(&job.id, &callback).await;
     // Another replica's live claim on the job's webhook, as it takes one to send.
-    let claims = videos.collection::<Document>(mp3_model::webhook::CLAIMS_COLLECTION);
-    claims
-        .insert_one(doc! {
-            "_id": format!("{}/1", job.id),
-            "job_id": &job.id,
-            "n": 1_i64,
-            "token": "another-replica",
-            "claimed_at": now_ms(),
-        })
-        .await
-        .unwrap();
+    fx.claim_webhook_elsewhere(&job.id, false).await;
+    let claims = fx.webhook_claims();
     fx.publish(&message);
 
     // While the claim lives, the give-up does not write over it.
@@ -836,29 +867,13 @@ async fn a_give_up_leaves_a_webhook_another_delivery_is_sending_to_it() {
 async fn a_give_up_meeting_another_give_up_of_the_job_ends_the_same_way() {
     let fx = Fixture::new("two-give-ups").await;
     let (callback, requests) = webhook_receiver();
-    // The email cannot go and the attempt is the only one: the message is given up at once,
-    // while another replica is giving up another message of the same job.
-    let worker = fx.start(&[
-        ("SMTP_PORT", free_port().to_string()),
-        ("MAX_ATTEMPTS", "1".to_owned()),
-        ("WEBHOOK_TIMEOUT_SECS", "1".to_owned()),
-        ("WEBHOOK_ALLOW", "127.0.0.1".to_owned()),
-    ]);
+    // The message is given up at once, while another replica is giving up another message of
+    // the same job.
+    let worker = fx.start_giving_up_at_once();
     let (job, message) = fx.job(JobStatus::Done).await;
     fx.set_callback(&job.id, &callback).await;
-    let videos = fx.client.database(VIDEOS_DB);
-    let claims = videos.collection::<Document>(mp3_model::webhook::CLAIMS_COLLECTION);
-    claims
-        .insert_one(doc! {
-            "_id": format!("{}/1", job.id),
-            "job_id": &job.id,
-            "n": 1_i64,
-            "token": "another-replica",
-            "claimed_at": now_ms(),
-            "giving_up": true,
-        })
-        .await
-        .unwrap();
+    fx.claim_webhook_elsewhere(&job.id, true).await;
+    let claims = fx.webhook_claims();
     fx.publish(&message);
     wait_for("the give-up", TIMEOUT, || {
         worker.log().contains("giving the message up").then_some(())
@@ -866,14 +881,7 @@ async fn a_give_up_meeting_another_give_up_of_the_job_ends_the_same_way() {
     // The other give-up ends: the job shows failed, the claim is given back.
     std::thread::sleep(Duration::from_millis(300));
     let failed = doc! { "state": "failed", "url": &callback, "at": now_ms(), "error": "given up" };
-    videos
-        .collection::<Document>(JOBS_COLLECTION)
-        .update_one(
-            doc! { "_id": &job.id },
-            doc! { "$set": { "webhook": failed } },
-        )
-        .await
-        .unwrap();
+    fx.show_webhook(&job.id, failed).await;
     let released = claims
         .delete_one(doc! { "_id": format!("{}/1", job.id) })
         .await
@@ -903,14 +911,8 @@ async fn a_give_up_meeting_another_give_up_of_the_job_ends_the_same_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_given_up_webhook_is_shown_failed_and_its_claim_released() {
     let fx = Fixture::new("given-up-webhook").await;
-    // Neither the SMTP server nor the receiver answers, and the attempt is the only one: the
-    // message is given up at once, the webhook with it.
-    let worker = fx.start(&[
-        ("SMTP_PORT", free_port().to_string()),
-        ("MAX_ATTEMPTS", "1".to_owned()),
-        ("WEBHOOK_TIMEOUT_SECS", "1".to_owned()),
-        ("WEBHOOK_ALLOW", "127.0.0.1".to_owned()),
-    ]);
+    // The message is given up at once, the webhook with it (its receiver does not answer).
+    let worker = fx.start_giving_up_at_once();
     let (job, message) = fx.job(JobStatus::Done).await;
     let callback = format!("http://127.0.0.1:{}/hook", free_port());
     fx.set_callback(&job.id, &callback).await;
@@ -927,11 +929,8 @@ async fn a_given_up_webhook_is_shown_failed_and_its_claim_released() {
     );
     // The give-up took the webhook's claim to write that, and gave it back: a dead letter sent
     // back by an operator may deliver at once. Its count of attempts starts again too.
-    let claims = fx
-        .client
-        .database(VIDEOS_DB)
-        .collection::<Document>(mp3_model::webhook::CLAIMS_COLLECTION);
-    let left = claims
+    let left = fx
+        .webhook_claims()
         .count_documents(doc! { "job_id": &job.id })
         .await
         .unwrap();
@@ -948,20 +947,12 @@ async fn a_webhook_shown_failed_but_recorded_delivered_is_shown_delivered() {
     // A give-up showed it failed; the dead letter sent back delivered it, and that delivery
     // recorded it but stopped before showing it.
     let failed = doc! { "state": "failed", "url": &callback, "at": now_ms(), "error": "given up" };
-    let videos = fx.client.database(VIDEOS_DB);
-    videos
-        .collection::<Document>(JOBS_COLLECTION)
-        .update_one(
-            doc! { "_id": &job.id },
-            doc! { "$set": { "webhook": failed } },
-        )
-        .await
-        .unwrap();
+    fx.show_webhook(&job.id, failed).await;
     let marker = doc! {
         "_id": format!("{}/sent", job.id), "job_id": &job.id, "sent_at": now_ms(),
         "state": "delivered", "url": &callback, "at": now_ms(), "status": 200,
     };
-    let claims = videos.collection::<Document>(mp3_model::webhook::CLAIMS_COLLECTION);
+    let claims = fx.webhook_claims();
     claims.insert_one(marker).await.unwrap();
     fx.publish(&message);
 
