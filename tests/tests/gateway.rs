@@ -1796,6 +1796,11 @@ max_upload_bytes = "10000000"
         !sent.contains("transfer-encoding"),
         "the gateway sent the auth app a body:\n{sent}"
     );
+    assert_eq!(
+        sent.matches("\r\ncontent-length: 0\r\n").count(),
+        sent.matches("post /").count(),
+        "a call to the auth app without `content-length: 0`:\n{sent}"
+    );
 
     // The auth app gone: 503, not a hang or a 500.
     drop(auth_app);

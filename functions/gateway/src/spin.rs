@@ -164,8 +164,9 @@ fn read_small_body(req: IncomingRequest, max: usize) -> Result<Vec<u8>, Reply> {
 /// `POST {auth_url}{path}` with `headers` (the caller's `Authorization`, ...), and no body.
 /// A request whose connection broke before any answer (`HttpProtocolError`: the host's pooled
 /// connection to the auth service closed by it just as it was reused, seen on Spin) is sent
-/// once more; a timeout or a refused connection is not. A repeat is harmless: validate and logout are idempotent, and a login
-/// that did arrive the first time at most issues a second token or counts a failure twice.
+/// once more; a timeout or a refused connection is not. A repeat is harmless: validate and
+/// logout are idempotent, and a login that did arrive the first time at most issues a second
+/// token or counts a failure twice.
 fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<Answer, String> {
     let url = format!("{}{path}", config.auth_url);
     let send = || {
@@ -177,7 +178,9 @@ fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<
         // Sent without taking its body, so the head alone is the whole request (no chunked
         // body whose end follows once the guest writes it). Otherwise the auth service, which
         // never reads the body, can answer and close before that end is sent, and the host's
-        // client then fails the call (hyper: IncompleteMessage) although the answer came.
+        // client then fails the call (hyper: IncompleteMessage) although the answer came. The
+        // length is said, as proxies on the way may require of a POST.
+        builder.header("content-length", "0");
         let (bodiless, _empty) = builder
             .body(Vec::new())
             .build()

@@ -236,8 +236,8 @@ pub enum Take {
     Claimed,
     /// It was done already.
     Done,
-    /// Another delivery is at it; look again after this long. `giving_up`: it is a give-up's
-    /// claim (see [`Ledger::take_to_give_up`]).
+    /// Another delivery is at it; look again after this long. `giving_up` (told to give-ups
+    /// only): it is a give-up's claim (see [`Ledger::take_to_give_up`]), or was given back.
     Held {
         retry_after: Duration,
         giving_up: bool,
@@ -322,16 +322,17 @@ impl Ledger {
         }
         match self.claims.insert_one(claim).await {
             Ok(_) => Ok(Take::Claimed),
-            // Another delivery took this very claim first.
+            // Another delivery took this very claim first. Whose it is matters to a give-up
+            // only; one given back already is worth taking again at once, as another give-up's.
             Err(error) if is_duplicate_key(&error) => {
-                let theirs = self
-                    .claims
-                    .find_one(doc! { "_id": &id })
-                    .await
-                    .with_context(|| format!("reading the {} claim {id}", self.what))?;
+                let giving_up = giving_up
+                    && match self.claims.find_one(doc! { "_id": &id }).await {
+                        Ok(theirs) => theirs.as_ref().is_none_or(is_give_up),
+                        Err(_) => false,
+                    };
                 Ok(Take::Held {
                     retry_after: self.lease + Duration::from_secs(1),
-                    giving_up: theirs.as_ref().is_some_and(is_give_up),
+                    giving_up,
                 })
             }
             Err(error) => {

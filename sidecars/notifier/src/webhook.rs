@@ -225,7 +225,8 @@ impl Webhooks {
 
     /// After the message was given up: a webhook not delivered is recorded `failed`, and its
     /// count of attempts starts again (an operator may send the dead letter back). `until`
-    /// bounds the wait for another give-up of the job; past it, the worker tries again later.
+    /// bounds the wait for another give-up of the job; past it, the worker tries the give-up
+    /// again later, after a delivery (which may send the webhook again).
     pub async fn give_up(
         &self,
         message: &JobMessage,
@@ -239,10 +240,12 @@ impl Webhooks {
         // replica's) holds it, that one's outcome is what the job shows, and the worker tries
         // the give-up again later (the lease bounds the wait); while the give-up holds it, no
         // delivery can send and then be shown as failed. Another give-up's claim (two of the
-        // job's messages at their last attempt at once) is waited for, then this one records
-        // the same end: tried again later instead, its message would start a fresh schedule.
+        // job's messages at their last attempt at once) is waited for, and what it recorded
+        // stands: tried again later instead, this message would start a fresh schedule.
         let token = mongodb::bson::oid::ObjectId::new().to_hex();
-        let pause = Duration::from_millis(50);
+        let began = now_ms();
+        let mut pause = Duration::from_millis(50);
+        let mut waited = false;
         loop {
             match self.ledger.take_to_give_up(&job.id, &token).await? {
                 Take::Claimed => break,
@@ -250,12 +253,29 @@ impl Webhooks {
                 Take::Held {
                     giving_up: true, ..
                 } if tokio::time::Instant::now() + pause < until => {
+                    if !waited {
+                        tracing::info!(%url, "waiting for another give-up of the job's webhook");
+                        waited = true;
+                    }
                     tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
                 }
+                Take::Held {
+                    giving_up: true, ..
+                } => anyhow::bail!(
+                    "another give-up of job {} still holds its webhook's claim",
+                    job.id
+                ),
                 Take::Held { .. } => {
                     anyhow::bail!("another delivery is sending job {}'s webhook", job.id)
                 }
             }
+        }
+        if waited && self.failed_since(&job.id, began).await? {
+            if let Err(release) = self.ledger.release(&job.id, &token).await {
+                tracing::warn!(error = format!("{release:#}"), "cannot release the claim");
+            }
+            return Ok(());
         }
         tracing::error!(%url, %error, "webhook given up");
         let failed = delivery(DeliveryState::Failed, &url, None, Some(error.to_owned()));
@@ -279,6 +299,18 @@ impl Webhooks {
             tracing::warn!(error = format!("{release:#}"), "cannot release the claim");
         }
         shown
+    }
+
+    /// Whether job `job_id` shows its webhook failed by a give-up made since `since` (ms).
+    async fn failed_since(&self, job_id: &str, since: i64) -> anyhow::Result<bool> {
+        let job = self
+            .jobs
+            .find_one(doc! { "_id": job_id })
+            .await
+            .with_context(|| format!("reading job {job_id}"))?;
+        Ok(job
+            .and_then(|job| job.webhook)
+            .is_some_and(|shown| shown.state == DeliveryState::Failed && shown.at >= since))
     }
 
     /// Counts a failed attempt; the attempts failed so far.
