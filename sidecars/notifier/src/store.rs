@@ -351,12 +351,7 @@ impl Ledger {
 
     /// Whether it was done: the job's marker exists.
     pub async fn done(&self, job_id: &str) -> anyhow::Result<bool> {
-        let marker = self
-            .claims
-            .find_one(doc! { "_id": sent_marker(job_id) })
-            .await
-            .with_context(|| format!("reading the {} marker of job {job_id}", self.what))?;
-        Ok(marker.is_some())
+        Ok(self.marker(job_id).await?.is_some())
     }
 
     /// Records it done (with `fields` on the marker) and drops the job's claims. The record

@@ -169,7 +169,7 @@ impl Webhooks {
         let attempt = match tokio::time::timeout(bound, self.attempt(&job, &url)).await {
             Ok(Ok(attempt)) => attempt,
             Ok(Err(error)) => {
-                let _ = self.ledger.release(&job.id, &token).await;
+                self.release(&job.id, &token).await;
                 return Err(Failure::Retry(error));
             }
             Err(_) => Attempt::Failed {
@@ -191,9 +191,7 @@ impl Webhooks {
             }
             Attempt::Failed { error } => {
                 self.metrics.count("failed");
-                if let Err(release) = self.ledger.release(&job.id, &token).await {
-                    tracing::warn!(error = format!("{release:#}"), "cannot release the claim");
-                }
+                self.release(&job.id, &token).await;
                 let error = format!("webhook to {url}: {error}");
                 let failures = self.count_failure(&job.id).await.map_err(Failure::retry)?;
                 if failures >= self.max_attempts {
@@ -252,7 +250,13 @@ impl Webhooks {
                 Take::Done => return self.show_recorded(&job).await,
                 Take::Held {
                     giving_up: true, ..
-                } if tokio::time::Instant::now() + pause < until => {
+                } => {
+                    if tokio::time::Instant::now() + pause >= until {
+                        anyhow::bail!(
+                            "another give-up of job {} still holds its webhook's claim",
+                            job.id
+                        );
+                    }
                     if !waited {
                         tracing::info!(%url, "waiting for another give-up of the job's webhook");
                         waited = true;
@@ -260,21 +264,13 @@ impl Webhooks {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
-                Take::Held {
-                    giving_up: true, ..
-                } => anyhow::bail!(
-                    "another give-up of job {} still holds its webhook's claim",
-                    job.id
-                ),
                 Take::Held { .. } => {
                     anyhow::bail!("another delivery is sending job {}'s webhook", job.id)
                 }
             }
         }
         if waited && self.failed_since(&job.id, began).await? {
-            if let Err(release) = self.ledger.release(&job.id, &token).await {
-                tracing::warn!(error = format!("{release:#}"), "cannot release the claim");
-            }
+            self.release(&job.id, &token).await;
             return Ok(());
         }
         tracing::error!(%url, %error, "webhook given up");
@@ -295,20 +291,22 @@ impl Webhooks {
             Ok(())
         }
         .await;
-        if let Err(release) = self.ledger.release(&job.id, &token).await {
+        self.release(&job.id, &token).await;
+        shown
+    }
+
+    /// Gives the claim back; one that cannot be lapses after its lease.
+    async fn release(&self, job_id: &str, token: &str) {
+        if let Err(release) = self.ledger.release(job_id, token).await {
             tracing::warn!(error = format!("{release:#}"), "cannot release the claim");
         }
-        shown
     }
 
     /// Whether job `job_id` shows its webhook failed by a give-up made since `since` (ms).
     async fn failed_since(&self, job_id: &str, since: i64) -> anyhow::Result<bool> {
-        let job = self
-            .jobs
-            .find_one(doc! { "_id": job_id })
-            .await
-            .with_context(|| format!("reading job {job_id}"))?;
-        Ok(job
+        Ok(self
+            .job(job_id)
+            .await?
             .and_then(|job| job.webhook)
             .is_some_and(|shown| shown.state == DeliveryState::Failed && shown.at >= since))
     }
@@ -391,14 +389,17 @@ impl Webhooks {
         }
     }
 
-    /// The final job with its callback, if it has one and its webhook is not settled.
-    async fn due(&self, job_id: &str) -> anyhow::Result<Option<(Job, String)>> {
-        let Some(job) = self
-            .jobs
+    /// Job `job_id`, if it exists.
+    async fn job(&self, job_id: &str) -> anyhow::Result<Option<Job>> {
+        self.jobs
             .find_one(doc! { "_id": job_id })
             .await
-            .with_context(|| format!("reading job {job_id}"))?
-        else {
+            .with_context(|| format!("reading job {job_id}"))
+    }
+
+    /// The final job with its callback, if it has one and its webhook is not settled.
+    async fn due(&self, job_id: &str) -> anyhow::Result<Option<(Job, String)>> {
+        let Some(job) = self.job(job_id).await? else {
             return Ok(None);
         };
         if !job.status.is_final()
