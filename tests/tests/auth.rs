@@ -505,12 +505,24 @@ fn an_untrusted_client_cannot_choose_its_address(runtime: Runtime) {
         (reply.status, reply.body.trim()),
         (429, "too many failed logins from this address")
     );
+    // Nor with the header Spin reports the peer in: Spin appends its own after the client's.
+    let reply = post(
+        &app.app.url("/login"),
+        &[
+            ("Authorization", &basic("other@example.com", "x")),
+            ("spin-client-addr", "198.51.100.201:4000"),
+        ],
+    );
+    assert_eq!(
+        (reply.status, reply.body.trim()),
+        (429, "too many failed logins from this address")
+    );
     assert_eq!(
         count(
             &app,
             "SELECT attempts FROM login_throttle WHERE bucket = 'address 127.0.0.1'"
         ),
-        4
+        5
     );
 }
 
@@ -541,6 +553,16 @@ fn logout_revokes_every_token_of_the_user(runtime: Runtime) {
     let third = login(&app, Some(&basic(EMAIL, PASSWORD))).body;
     assert_eq!(logout(&app, &first).status, 200);
     assert_eq!(validate(&app, &third).status, 200);
+    // Nor does it bring back what a later logout revoked: the user is two generations past
+    // `first` now, and its logout must not tell validate that `third`'s is current.
+    assert_eq!(logout(&app, &third).status, 200);
+    assert_eq!(validate(&app, &third).status, 403);
+    assert_eq!(logout(&app, &first).status, 200);
+    let reply = validate(&app, &third);
+    assert_eq!(
+        (reply.status, reply.body.trim()),
+        (403, "invalid token: revoked")
+    );
     assert_eq!(logout(&app, "not.a.token").status, 403);
     assert_eq!(post(&app.app.url("/logout"), &[]).status, 401);
 }

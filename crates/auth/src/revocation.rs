@@ -55,6 +55,42 @@ impl Cached {
     }
 }
 
+/// Where a component keeps users' cached generations (Spin's key-value store; best effort).
+pub trait GenerationCache {
+    /// The cached entry of `email`, if any (any store failure is no entry).
+    fn cached_generation(&self, email: &str) -> Option<Cached>;
+    /// Keeps `cached` for `email`.
+    fn cache_generation(&self, email: &str, cached: Cached);
+}
+
+/// Caches `read`, just read from the database (or written there), unless the cache holds a
+/// fresh entry of a later generation: a logout in this pod moved the user on while `read` was
+/// on its way, and generations only move on. The generation that holds, for this request too.
+///
+/// Without this a slow read, or a logout with a token older than the user's generation, would
+/// put an earlier generation back and let revoked tokens pass until the entry expires.
+pub fn cache_latest(
+    cache: &impl GenerationCache,
+    email: &str,
+    read: Cached,
+    now: i64,
+) -> Option<i64> {
+    let existing = cache.cached_generation(email);
+    match existing.filter(|e| e.fresh(now) && later(e.generation, read.generation)) {
+        Some(later) => later.generation,
+        None => {
+            cache.cache_generation(email, read);
+            read.generation
+        }
+    }
+}
+
+/// Whether generation `a` is past `b` (a user gone is past nothing: its absence was read
+/// from the database and stands).
+fn later(a: Option<i64>, b: Option<i64>) -> bool {
+    matches!((a, b), (Some(a), Some(b)) if a > b)
+}
+
 /// Whether a token of generation `token` still stands against the user's `current` one (none:
 /// the user is gone).
 pub fn stands(token: i64, current: Option<i64>) -> bool {
@@ -118,5 +154,39 @@ mod tests {
         assert!(stands(2, Some(2)));
         assert!(!stands(1, Some(2)));
         assert!(!stands(2, None));
+    }
+
+    #[derive(Default)]
+    struct Memory(std::cell::RefCell<Option<Cached>>);
+
+    impl GenerationCache for Memory {
+        fn cached_generation(&self, _: &str) -> Option<Cached> {
+            *self.0.borrow()
+        }
+        fn cache_generation(&self, _: &str, cached: Cached) {
+            *self.0.borrow_mut() = Some(cached);
+        }
+    }
+
+    #[test]
+    fn an_earlier_generation_never_replaces_a_fresh_later_one() {
+        let entry = |generation, read_at| Cached {
+            generation,
+            read_at,
+            max_age: 10,
+        };
+        let cache = Memory::default();
+        // Nothing cached, then later generations, then the user gone: each is kept.
+        for (read, now) in [(Some(5), 100), (Some(6), 101), (None, 102)] {
+            assert_eq!(cache_latest(&cache, "a", entry(read, now), now), read);
+            assert_eq!(cache.cached_generation("a"), Some(entry(read, now)));
+        }
+        // The user again (created anew), then an earlier read arriving after a logout's.
+        assert_eq!(cache_latest(&cache, "a", entry(Some(7), 103), 103), Some(7));
+        assert_eq!(cache_latest(&cache, "a", entry(Some(6), 104), 104), Some(7));
+        assert_eq!(cache.cached_generation("a"), Some(entry(Some(7), 103)));
+        // Once that entry is past its time, what the database says is taken again.
+        assert_eq!(cache_latest(&cache, "a", entry(Some(6), 113), 113), Some(6));
+        assert_eq!(cache.cached_generation("a"), Some(entry(Some(6), 113)));
     }
 }

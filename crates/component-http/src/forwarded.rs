@@ -32,7 +32,21 @@ impl TrustedProxies {
                     _ => return Err(format!("bad prefix length in {item:?}")),
                 },
             };
-            ranges.push((addr, bits));
+            // An IPv4-mapped range (`::ffff:10.244.0.0/112`) is the IPv4 range it maps, which
+            // the addresses it is compared with are too.
+            let range = match addr {
+                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(v4) if bits >= 96 => (IpAddr::V4(v4), bits - 96),
+                    Some(_) => {
+                        return Err(format!(
+                            "an IPv4-mapped range needs a prefix of 96 or more: {item:?}"
+                        ))
+                    }
+                    None => (addr, bits),
+                },
+                IpAddr::V4(_) => (addr, bits),
+            };
+            ranges.push(range);
         }
         Ok(Self(ranges))
     }
@@ -41,7 +55,7 @@ impl TrustedProxies {
         let addr = canonical(addr);
         self.0
             .iter()
-            .any(|&(net, bits)| same_prefix(canonical(net), addr, bits))
+            .any(|&(net, bits)| same_prefix(net, addr, bits))
     }
 }
 
@@ -155,7 +169,15 @@ mod tests {
             TrustedProxies::parse("").unwrap(),
             TrustedProxies::default()
         );
-        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+        // IPv4-mapped ranges are the IPv4 ranges they map, never everything.
+        let mapped = TrustedProxies::parse("::ffff:10.244.0.0/112, ::ffff:192.0.2.1").unwrap();
+        for yes in ["10.244.7.1", "::ffff:10.244.0.9", "192.0.2.1"] {
+            assert!(mapped.contains(ip(yes)), "{yes}");
+        }
+        for no in ["203.0.113.9", "10.245.0.1", "192.0.2.2", "::1"] {
+            assert!(!mapped.contains(ip(no)), "{no}");
+        }
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129", "::ffff:0:0/95"] {
             assert!(TrustedProxies::parse(bad).is_err(), "{bad}");
         }
     }

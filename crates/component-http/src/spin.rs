@@ -7,6 +7,8 @@ use spin_sdk::http::{
 };
 use wasi::io::streams::OutputStream;
 
+use mp3_auth::revocation::{cache_key, Cached, GenerationCache};
+
 use crate::{log_line, Reply, Variables};
 
 /// Spin variables, through the SDK.
@@ -15,6 +17,34 @@ pub struct SpinVariables;
 impl Variables for SpinVariables {
     fn variable(&self, name: &str) -> Result<String, String> {
         spin_sdk::variables::get(name).map_err(|e| e.to_string())
+    }
+}
+
+/// Users' cached token generations in Spin's `default` key-value store, opened on first use
+/// (at most once per request).
+#[derive(Default)]
+pub struct SpinGenerationCache {
+    store: std::cell::OnceCell<Option<spin_sdk::key_value::Store>>,
+}
+
+impl SpinGenerationCache {
+    fn store(&self) -> Option<&spin_sdk::key_value::Store> {
+        self.store
+            .get_or_init(|| spin_sdk::key_value::Store::open_default().ok())
+            .as_ref()
+    }
+}
+
+impl GenerationCache for SpinGenerationCache {
+    fn cached_generation(&self, email: &str) -> Option<Cached> {
+        let bytes = self.store()?.get(&cache_key(email)).ok()??;
+        Cached::decode(&bytes)
+    }
+
+    fn cache_generation(&self, email: &str, cached: Cached) {
+        if let Some(store) = self.store() {
+            let _ = store.set(&cache_key(email), &cached.encode());
+        }
     }
 }
 
@@ -52,9 +82,10 @@ pub fn header_values(req: &IncomingRequest, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// The address Spin saw the request come from (`spin-client-addr`).
+/// The address Spin saw the request come from: the last `spin-client-addr`, the one Spin
+/// appends after the request's own headers (a client may send the header too).
 pub fn peer_ip(req: &IncomingRequest) -> Option<std::net::IpAddr> {
-    crate::forwarded::peer_ip(&header(req, "spin-client-addr")?)
+    crate::forwarded::peer_ip(header_values(req, "spin-client-addr").last()?)
 }
 
 /// The single `Authorization` header as UTF-8, or `None` (absent, repeated or not UTF-8).

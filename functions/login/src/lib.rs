@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use component_http::forwarded::{client_ip, client_key, TrustedProxies};
 use component_http::{bearer_claims, token_check_seconds, token_config, Reply, Variables};
-use mp3_auth::revocation::Cached;
+use mp3_auth::revocation::{cache_latest, Cached, GenerationCache};
 use mp3_auth::{issue, parse_basic, verify_login, TokenConfig};
 
 pub mod throttle;
@@ -40,9 +40,9 @@ use throttle::{Budgets, Charge, Verdict};
 /// The component's name in its log line.
 pub const COMPONENT: &str = "login";
 
-/// What [`login`] needs from its host: Spin variables, the user table and the login budgets.
-/// `Err` is always a database failure.
-pub trait Host: Variables {
+/// What [`login`] needs from its host: Spin variables, the user table, the login budgets and
+/// validate's cache of token generations in this pod. `Err` is always a database failure.
+pub trait Host: Variables + GenerationCache {
     /// The user's stored email, password hash and admin flag.
     fn find_user(&self, db_url: &str, email: &str) -> Result<Option<User>, String>;
     /// Counts one more attempt in `bucket`, in a new window from `now` when its window began at
@@ -65,11 +65,9 @@ pub trait Host: Variables {
     /// Deletes some counters whose window began at or before `window_floor` (the next charge
     /// would start them over anyway), so the table holds about one window's worth.
     fn forget_expired(&self, db_url: &str, window_floor: i64) -> Result<(), String>;
-    /// Moves `email`'s token generation past `generation`, unless it already is.
-    fn revoke(&self, db_url: &str, email: &str, generation: i64) -> Result<(), String>;
-    /// Tells validate's cache in this pod that `email` is now at `generation` (best effort;
-    /// elsewhere the cached entries expire).
-    fn cache_generation(&self, email: &str, cached: Cached);
+    /// Moves `email`'s token generation past `generation`, unless it already is; then the
+    /// user's generation (`None`: no such user).
+    fn revoke(&self, db_url: &str, email: &str, generation: i64) -> Result<Option<i64>, String>;
     /// True once in `n` calls, at random (for chores kept off most requests).
     fn chance(&self, n: u32) -> bool;
 }
@@ -164,15 +162,19 @@ pub fn logout(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
         Ok(claims) => claims,
         Err(reply) => return reply,
     };
-    if let Err(detail) = host.revoke(&db_url, &claims.username, claims.generation) {
-        return database_unavailable(detail, &claims.username);
-    }
-    let cached = Cached {
-        generation: Some(claims.generation + 1),
+    let generation = match host.revoke(&db_url, &claims.username, claims.generation) {
+        Ok(generation) => generation,
+        Err(detail) => return database_unavailable(detail, &claims.username),
+    };
+    // Validate in this pod refuses the revoked tokens at once (elsewhere within its check
+    // time). What the database holds, not the token's generation + 1: a token older than the
+    // user's generation must not put an earlier one back (it would revive revoked tokens).
+    let read = Cached {
+        generation,
         read_at: now,
         max_age,
     };
-    host.cache_generation(&claims.username, cached);
+    cache_latest(host, &claims.username, read, now);
     Reply::text(200, "logged out", "logged_out")
         .header("cache-control", "no-store")
         .user(&claims.username)
@@ -236,7 +238,8 @@ pub fn login(request: &Request<'_>, host: &impl Host, now: i64) -> Reply {
 mod spin {
     use super::*;
     use component_http::spin::{
-        authorization, header_values, method_name, peer_ip, respond, SpinVariables,
+        authorization, header_values, method_name, peer_ip, respond, SpinGenerationCache,
+        SpinVariables,
     };
     use component_http::without_password;
     use mp3_auth::unix_now;
@@ -251,6 +254,17 @@ mod spin {
     #[derive(Default)]
     struct SpinHost {
         connection: OnceCell<Connection>,
+        cache: SpinGenerationCache,
+    }
+
+    impl GenerationCache for SpinHost {
+        fn cached_generation(&self, email: &str) -> Option<Cached> {
+            self.cache.cached_generation(email)
+        }
+
+        fn cache_generation(&self, email: &str, cached: Cached) {
+            self.cache.cache_generation(email, cached)
+        }
     }
 
     impl Variables for SpinHost {
@@ -414,7 +428,12 @@ mod spin {
             .map_err(|e| format!("forget old addresses: {e}"))
         }
 
-        fn revoke(&self, db_url: &str, email: &str, generation: i64) -> Result<(), String> {
+        fn revoke(
+            &self,
+            db_url: &str,
+            email: &str,
+            generation: i64,
+        ) -> Result<Option<i64>, String> {
             self.execute(
                 db_url,
                 "UPDATE user SET token_generation = ? + 1 \
@@ -425,14 +444,14 @@ mod spin {
                     ParameterValue::Int64(generation),
                 ],
             )
-            .map_err(|e| format!("revoke tokens: {e}"))
-        }
-
-        fn cache_generation(&self, email: &str, cached: Cached) {
-            if let Ok(store) = spin_sdk::key_value::Store::open_default() {
-                let key = mp3_auth::revocation::cache_key(email);
-                let _ = store.set(&key, &cached.encode());
-            }
+            .map_err(|e| format!("revoke tokens: {e}"))?;
+            let sql = "SELECT token_generation FROM user WHERE email = ?";
+            let Some(row) = self.first_row(db_url, sql, &[str(email)])? else {
+                return Ok(None);
+            };
+            integer(row.first())
+                .map(Some)
+                .map_err(|e| format!("user.token_generation: {e}"))
         }
 
         fn chance(&self, n: u32) -> bool {
@@ -504,7 +523,8 @@ mod tests {
         known: RefCell<HashMap<(String, String), i64>>,
         /// The users after a logout.
         revoked: RefCell<Option<Vec<User>>>,
-        forgotten: RefCell<Vec<String>>,
+        /// Validate's cache of generations in this pod.
+        cache: RefCell<HashMap<String, Cached>>,
     }
 
     impl Fake {
@@ -535,7 +555,7 @@ mod tests {
                 counters: RefCell::default(),
                 known: RefCell::default(),
                 revoked: RefCell::default(),
-                forgotten: RefCell::default(),
+                cache: RefCell::default(),
             }
         }
 
@@ -597,21 +617,19 @@ mod tests {
             Ok(())
         }
 
-        fn revoke(&self, _: &str, email: &str, generation: i64) -> Result<(), String> {
+        fn revoke(&self, _: &str, email: &str, generation: i64) -> Result<Option<i64>, String> {
             let mut users = self.users.clone()?;
             for user in users.iter_mut().filter(|u| u.email == email) {
                 if user.token_generation <= generation {
                     user.token_generation = generation + 1;
                 }
             }
+            let now = users
+                .iter()
+                .find(|u| u.email == email)
+                .map(|u| u.token_generation);
             *self.revoked.borrow_mut() = Some(users);
-            Ok(())
-        }
-
-        fn cache_generation(&self, email: &str, cached: Cached) {
-            self.forgotten
-                .borrow_mut()
-                .push(format!("{email} {:?}", cached.generation));
+            Ok(now)
         }
 
         fn chance(&self, _n: u32) -> bool {
@@ -621,6 +639,16 @@ mod tests {
         fn forget_expired(&self, _: &str, window_floor: i64) -> Result<(), String> {
             self.counters.borrow_mut().retain(|_, c| c.1 > window_floor);
             Ok(())
+        }
+    }
+
+    impl GenerationCache for Fake {
+        fn cached_generation(&self, email: &str) -> Option<Cached> {
+            self.cache.borrow().get(email).copied()
+        }
+
+        fn cache_generation(&self, email: &str, cached: Cached) {
+            self.cache.borrow_mut().insert(email.to_owned(), cached);
         }
     }
 
@@ -878,7 +906,8 @@ mod tests {
         assert_eq!(reply.header_value("cache-control"), Some("no-store"));
         let users = fake.revoked.borrow().clone().unwrap();
         assert_eq!(users[0].token_generation, 5);
-        assert_eq!(*fake.forgotten.borrow(), ["a@example.com Some(5)"]);
+        let cached = fake.cached_generation("a@example.com").unwrap();
+        assert_eq!((cached.generation, cached.read_at), (Some(5), NOW + 1));
         // Without a valid token: nothing changes.
         for (authorization, status) in [(None, 401), (Some("Bearer x.y.z"), 403)] {
             let out = Request {
@@ -887,6 +916,43 @@ mod tests {
             };
             assert_eq!(handle(&out, &Fake::new(), NOW).status, status);
         }
+    }
+
+    #[test]
+    fn a_logout_with_an_old_token_never_caches_an_earlier_generation() {
+        // The user is at generation 6 (logged out twice since); a thief's token is of 4.
+        let mut fake = Fake::new();
+        if let Ok(users) = &mut fake.users {
+            users[0].token_generation = 6;
+        }
+        let config = token_config(&fake, Some(Duration::from_secs(3600))).unwrap();
+        let old = issue(&config, "a@example.com", true, 4, NOW).unwrap();
+        let bearer = format!("Bearer {old}");
+        let out = Request {
+            path: "/logout",
+            ..post(Some(&bearer))
+        };
+        let reply = handle(&out, &fake, NOW + 1);
+        assert_eq!((reply.status, reply.body.as_str()), (200, "logged out"));
+        assert_eq!(
+            fake.revoked.borrow().clone().unwrap()[0].token_generation,
+            6
+        );
+        // Validate here keeps refusing tokens of 5: the cache says what the database holds.
+        let cached = fake.cached_generation("a@example.com").unwrap();
+        assert_eq!(cached.generation, Some(6));
+        // And a logout never undoes a later generation cached meanwhile.
+        fake.cache_generation(
+            "a@example.com",
+            Cached {
+                generation: Some(7),
+                read_at: NOW + 1,
+                max_age: 10,
+            },
+        );
+        handle(&out, &fake, NOW + 2);
+        let cached = fake.cached_generation("a@example.com").unwrap();
+        assert_eq!(cached.generation, Some(7));
     }
 
     #[test]

@@ -21,17 +21,14 @@
 //! One `key=value` line per request goes to stderr. The request body is never read.
 
 use component_http::{bearer_claims, token_check_seconds, token_config, Reply, Variables};
-use mp3_auth::revocation::{stands, Cached};
+use mp3_auth::revocation::{cache_latest, stands, Cached, GenerationCache};
 
 /// The component's name in its log line.
 pub const COMPONENT: &str = "validate";
 
-/// What [`validate`] needs from its host: variables, and users' token generations.
-pub trait Host: Variables {
-    /// The cached generation of `email`, if any (any store failure is no entry).
-    fn cached_generation(&self, email: &str) -> Option<Cached>;
-    /// Keeps `cached` for `email` (best effort).
-    fn cache_generation(&self, email: &str, cached: Cached);
+/// What [`validate`] needs from its host: variables, and users' token generations (cached,
+/// and in the database).
+pub trait Host: Variables + GenerationCache {
     /// `email`'s generation in the database; `None` when there is no such user.
     fn stored_generation(&self, db_url: &str, email: &str) -> Result<Option<i64>, String>;
 }
@@ -68,16 +65,12 @@ pub fn validate(method: &str, authorization: Option<&str>, host: &impl Host, now
             };
             match host.stored_generation(&db_url, email) {
                 Ok(generation) => {
-                    let read_at = now;
-                    host.cache_generation(
-                        email,
-                        Cached {
-                            generation,
-                            read_at,
-                            max_age,
-                        },
-                    );
-                    generation
+                    let read = Cached {
+                        generation,
+                        read_at: now,
+                        max_age,
+                    };
+                    cache_latest(host, email, read, now)
                 }
                 // MySQL down: an entry past its time is better than failing every request. A
                 // revocation made meanwhile waits for MySQL to come back.
@@ -104,29 +97,20 @@ pub fn validate(method: &str, authorization: Option<&str>, host: &impl Host, now
 #[cfg(target_arch = "wasm32")]
 mod spin {
     use super::*;
-    use component_http::spin::{authorization, method_name, respond, SpinVariables};
+    use component_http::spin::{
+        authorization, method_name, respond, SpinGenerationCache, SpinVariables,
+    };
     use component_http::without_password;
-    use mp3_auth::revocation::cache_key;
     use mp3_auth::unix_now;
     use spin_sdk::http::{IncomingRequest, ResponseOutparam};
     use spin_sdk::http_component;
-    use spin_sdk::key_value::Store;
     use spin_sdk::mysql::{Connection, DbValue, ParameterValue};
-    use std::cell::OnceCell;
     use std::time::Instant;
 
-    /// The host, with the `default` store opened once per request (if at all).
+    /// The host: Spin's variables, key-value store and MySQL.
     #[derive(Default)]
     struct SpinHost {
-        store: OnceCell<Option<Store>>,
-    }
-
-    impl SpinHost {
-        fn store(&self) -> Option<&Store> {
-            self.store
-                .get_or_init(|| Store::open_default().ok())
-                .as_ref()
-        }
+        cache: SpinGenerationCache,
     }
 
     impl Variables for SpinHost {
@@ -135,18 +119,17 @@ mod spin {
         }
     }
 
-    impl Host for SpinHost {
+    impl GenerationCache for SpinHost {
         fn cached_generation(&self, email: &str) -> Option<Cached> {
-            let bytes = self.store()?.get(&cache_key(email)).ok()??;
-            Cached::decode(&bytes)
+            self.cache.cached_generation(email)
         }
 
         fn cache_generation(&self, email: &str, cached: Cached) {
-            if let Some(store) = self.store() {
-                let _ = store.set(&cache_key(email), &cached.encode());
-            }
+            self.cache.cache_generation(email, cached)
         }
+    }
 
+    impl Host for SpinHost {
         fn stored_generation(&self, db_url: &str, email: &str) -> Result<Option<i64>, String> {
             let connection = Connection::open(db_url)
                 .map_err(|e| without_password(&format!("connect: {e}"), db_url))?;
@@ -201,6 +184,8 @@ mod tests {
         database_down: Cell<bool>,
         reads: Cell<u32>,
         cache: RefCell<HashMap<String, Cached>>,
+        /// Cached by a logout in this pod while the database is read (once).
+        logout_during_read: Cell<Option<Cached>>,
     }
 
     impl Variables for Fake {
@@ -209,19 +194,26 @@ mod tests {
         }
     }
 
-    impl Host for Fake {
+    impl GenerationCache for Fake {
         fn cached_generation(&self, email: &str) -> Option<Cached> {
             self.cache.borrow().get(email).copied()
         }
         fn cache_generation(&self, email: &str, cached: Cached) {
             self.cache.borrow_mut().insert(email.to_owned(), cached);
         }
+    }
+
+    impl Host for Fake {
         fn stored_generation(&self, _: &str, email: &str) -> Result<Option<i64>, String> {
             if self.database_down.get() {
                 return Err("connect: connection refused".into());
             }
             self.reads.set(self.reads.get() + 1);
-            Ok(self.stored.borrow().get(email).copied())
+            let read = self.stored.borrow().get(email).copied();
+            if let Some(logout) = self.logout_during_read.take() {
+                self.cache_generation(email, logout);
+            }
+            Ok(read)
         }
     }
 
@@ -238,6 +230,7 @@ mod tests {
             database_down: Cell::new(false),
             reads: Cell::new(0),
             cache: RefCell::default(),
+            logout_during_read: Cell::new(None),
         }
     }
 
@@ -346,6 +339,28 @@ mod tests {
         // A user who is gone has no valid tokens either.
         host.stored.borrow_mut().clear();
         assert_eq!(validate("POST", Some(&token), &host, NOW + 30).status, 403);
+    }
+
+    #[test]
+    fn a_logout_during_the_database_read_is_not_undone() {
+        let host = vars();
+        let token = bearer(&token(SECRET, "mp3-auth", 3600));
+        // The read finds generation 0; meanwhile a logout here moved the user to 1 and cached it.
+        host.logout_during_read.set(Some(Cached {
+            generation: Some(1),
+            read_at: NOW,
+            max_age: 10,
+        }));
+        let reply = validate("POST", Some(&token), &host, NOW);
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (403, "invalid token: revoked")
+        );
+        assert_eq!(
+            host.cached_generation("a@example.com").unwrap().generation,
+            Some(1)
+        );
+        assert_eq!(validate("POST", Some(&token), &host, NOW + 1).status, 403);
     }
 
     #[test]
