@@ -200,8 +200,12 @@ impl System {
 
     /// `POST /login` with the user's credentials; the token.
     pub fn login(&self) -> String {
-        let basic =
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{PASSWORD}", self.email));
+        self.login_as(&self.email)
+    }
+
+    /// `POST /login` as `email` (with the test password); the token.
+    pub fn login_as(&self, email: &str) -> String {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{email}:{PASSWORD}"));
         let reply = send(
             "POST",
             &self.app.url("/login"),

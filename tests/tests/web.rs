@@ -151,6 +151,44 @@ async fn rows(client: &Client) -> Vec<(String, String)> {
     found
 }
 
+/// Signs in with the form, and waits for the signed-in page.
+async fn sign_in(client: &Client, system: &System, email: &str, password: &str) {
+    for (id, value) in [("email", email), ("password", password)] {
+        let field = client.find(Locator::Id(id)).await.unwrap();
+        field.clear().await.unwrap();
+        field.send_keys(value).await.unwrap();
+    }
+    client
+        .find(Locator::Css("#login-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the signed-in page", system, || async {
+        let app = client.find(Locator::Id("app")).await.ok()?;
+        app.is_displayed().await.ok()?.then_some(())
+    })
+    .await;
+    assert_eq!(text_of(client, "#user").await, email);
+}
+
+/// Clicks "Sign out" and waits for the sign-in form.
+async fn sign_out(client: &Client, system: &System) {
+    client
+        .find(Locator::Id("logout"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the sign-in form", system, || async {
+        let form = client.find(Locator::Id("signin")).await.ok()?;
+        form.is_displayed().await.ok()?.then_some(())
+    })
+    .await;
+}
+
 /// Waits until the row of `file` says `done`.
 async fn until_done(client: &Client, system: &System, what: &str, file: &str) {
     until(what, system, || async {
@@ -224,21 +262,7 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         })
         .await;
         assert!(error.contains("invalid credentials (401)"), "{error}");
-        password.clear().await.unwrap();
-        password.send_keys(PASSWORD).await.unwrap();
-        client
-            .find(Locator::Css("#login-form button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        until("the signed-in page", &system, || async {
-            let app = client.find(Locator::Id("app")).await.ok()?;
-            app.is_displayed().await.ok()?.then_some(())
-        })
-        .await;
-        assert_eq!(text_of(&client, "#user").await, system.email);
+        sign_in(&client, &system, &system.email, PASSWORD).await;
 
         // Two videos picked at once: each uploads, converts, and offers its MP3.
         let input = client.find(Locator::Id("files")).await.unwrap();
@@ -478,7 +502,8 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         let (seconds, _) = probe(&saved);
         assert!((seconds - 1.0).abs() < 0.1, "{seconds} s: trimmed");
 
-        // Signing out ends the session.
+        // A sign-out the server never heard of is not shown as one: the session stays.
+        proxy.go_down();
         client
             .find(Locator::Id("logout"))
             .await
@@ -486,11 +511,75 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
             .click()
             .await
             .unwrap();
-        until("the sign-in form", &system, || async {
-            let form = client.find(Locator::Id("signin")).await.ok()?;
-            form.is_displayed().await.ok()?.then_some(())
+        let said = until("the refused sign-out", &system, || async {
+            Some(text_of(&client, "#status").await).filter(|t| t.starts_with("Not signed out"))
         })
         .await;
+        assert_eq!(said, "Not signed out: the server cannot be reached.");
+        assert!(client
+            .find(Locator::Id("app"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap());
+        proxy.come_up();
+
+        // Signing out while three uploads wait for their first piece's answer (held) and a
+        // fourth file waits its turn: none of them goes on, and nothing of them reaches the next
+        // person to sign in at this browser.
+        let takes: Vec<_> = (1..=4)
+            .map(|n| dir.path().join(format!("take {n}.mp4")))
+            .collect();
+        for take in &takes {
+            std::fs::copy(&long, take).unwrap();
+        }
+        let hold = Duration::from_secs(6);
+        proxy.hold_replies_to(&bytes[PIECE - 32..PIECE], hold);
+        let picked: Vec<String> = takes.iter().map(|p| p.display().to_string()).collect();
+        let input = client.find(Locator::Id("files")).await.unwrap();
+        input.send_keys(&picked.join("\n")).await.unwrap();
+        until("three uploads created", &system, || async {
+            let started = client
+                .find_all(Locator::Css("#jobs tbody tr[data-job]"))
+                .await
+                .ok()?;
+            let mut takes = 0;
+            for row in started {
+                let file = row.find(Locator::Css("td")).await.ok()?.text().await.ok()?;
+                takes += usize::from(file.starts_with("take "));
+            }
+            (takes == 3).then_some(())
+        })
+        .await;
+        sign_out(&client, &system).await;
+        let other = format!("other-{}", system.email);
+        let (ok, output) = system_tests::admin(
+            &system.db.url(),
+            &["user", "add", &other],
+            &format!("{PASSWORD}\n"),
+        );
+        assert!(ok, "{output}");
+        sign_in(&client, &system, &other, PASSWORD).await;
+        // Past the held answers, and long enough for a fourth upload and its job to be made.
+        tokio::time::sleep(hold + Duration::from_secs(6)).await;
+        assert_eq!(
+            rows(&client).await,
+            Vec::new(),
+            "the page shows the other's uploads"
+        );
+        let theirs = send(
+            "GET",
+            &system.app.url("/jobs"),
+            &[(
+                "Authorization",
+                &format!("Bearer {}", system.login_as(&other)),
+            )],
+            None,
+        );
+        let theirs: serde_json::Value = serde_json::from_str(&theirs.body).unwrap();
+        assert_eq!(theirs["jobs"], serde_json::json!([]), "{theirs}");
+        sign_out(&client, &system).await;
         client.close().await.expect("closing the browser");
     });
     let token = system.login();

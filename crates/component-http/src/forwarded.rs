@@ -177,7 +177,13 @@ mod tests {
         for no in ["203.0.113.9", "10.245.0.1", "192.0.2.2", "::1"] {
             assert!(!mapped.contains(ip(no)), "{no}");
         }
-        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129", "::ffff:0:0/95"] {
+        for bad in [
+            "10.0.0.0/33",
+            "nope",
+            "10.0.0.0/x",
+            "::/129",
+            "::ffff:0:0/95",
+        ] {
             assert!(TrustedProxies::parse(bad).is_err(), "{bad}");
         }
     }

@@ -15,6 +15,20 @@ let nextPage = null;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const auth = () => ({ Authorization: "Bearer " + token });
 
+// Each sign-in is a session of its own. Work begun in one (an upload, its queue, a job being
+// followed, an answer on its way) stops when it ends, and never reaches the next person's.
+let session = 0;
+class SessionEnded extends Error {}
+function still(mine) {
+  if (mine !== session) throw new SessionEnded("signed out");
+}
+// Uploads' requests in flight, aborted when the session ends.
+const inFlight = new Set();
+// Files waiting for their upload: a few go at a time (the browser has six connections per
+// site, and the jobs' status needs some too).
+const waiting = [];
+let running = 0;
+
 // The server's one-line reason and the status.
 async function reason(response) {
   const text = (await response.text()).split("\n")[0].trim();
@@ -26,6 +40,9 @@ function say(text) {
 }
 
 function showSignIn(message) {
+  session += 1;
+  waiting.length = 0;
+  for (const request of inFlight) request.abort();
   token = null;
   sessionStorage.clear();
   $("app").hidden = true;
@@ -44,9 +61,11 @@ function showApp() {
   loadJobs("/jobs?limit=20");
 }
 
-// A request with the token; an answer refusing it ends the session.
-async function api(path, options = {}) {
+// A request with the token of session `mine`; an answer refusing it ends the session.
+async function api(path, options = {}, mine = session) {
+  still(mine);
   const response = await fetch(path, { ...options, headers: { ...auth(), ...(options.headers || {}) } });
+  still(mine);
   if (response.status === 401 || response.status === 403) {
     showSignIn("Your session ended: please sign in again.");
     throw new Error(await reason(response));
@@ -78,12 +97,18 @@ $("login-form").addEventListener("submit", async (event) => {
 });
 
 $("logout").addEventListener("click", async () => {
+  let response;
   try {
-    await fetch("/logout", { method: "POST", headers: auth() });
-  } finally {
-    forgetUnfinished(email);
-    showSignIn("Signed out.");
+    response = await fetch("/logout", { method: "POST", headers: auth() });
+  } catch (error) {
+    return say("Not signed out: the server cannot be reached.");
   }
+  // 401 or 403: the token was no good anyway.
+  if (!response.ok && response.status !== 401 && response.status !== 403) {
+    return say(`Not signed out: ${await reason(response)}`);
+  }
+  forgetUnfinished(email);
+  showSignIn("Signed out.");
 });
 
 // ---------------------------------------------------------------- the jobs table
@@ -171,16 +196,18 @@ function downloadAction(job) {
     link.addEventListener("click", async (event) => {
       if (Date.now() / 1000 < job.signed_url_expires_at - 10) return;
       event.preventDefault();
+      const mine = session;
       try {
-        const response = await api(`/jobs/${encodeURIComponent(job.job_id)}`);
+        const response = await api(`/jobs/${encodeURIComponent(job.job_id)}`, {}, mine);
         if (!response.ok) return say(`Download failed: ${await reason(response)}`);
         const fresh = await response.json();
+        still(mine);
         show(fresh);
         if (fresh.signed_url_expires_at > Date.now() / 1000 + 10) {
           rows.get(fresh.job_id)?.actions.querySelector("a")?.click();
         }
       } catch (error) {
-        say(`Download failed: ${error.message}`);
+        if (!(error instanceof SessionEnded)) say(`Download failed: ${error.message}`);
       }
     });
     return link;
@@ -220,33 +247,36 @@ function deleteAction(id) {
 }
 
 async function loadJobs(path) {
+  const mine = session;
   try {
-    const response = await api(path);
+    const response = await api(path, {}, mine);
     if (!response.ok) return say(`Cannot list the jobs: ${await reason(response)}`);
     const page = await response.json();
+    still(mine);
     for (const job of page.jobs) {
       show(job);
-      if (job.status !== "done" && job.status !== "failed") follow(job.job_id);
+      if (job.status !== "done" && job.status !== "failed") follow(job.job_id, mine);
     }
     nextPage = page.next;
     $("more").hidden = !nextPage;
   } catch (error) {
-    say(`Cannot list the jobs: ${error.message}`);
+    if (!(error instanceof SessionEnded)) say(`Cannot list the jobs: ${error.message}`);
   }
 }
 
 $("more").addEventListener("click", () => nextPage && loadJobs(nextPage));
 
-// Asks for the job as often as the server's Retry-After says, until it ends.
-async function follow(id) {
+// Asks for the job as often as the server's Retry-After says, until it ends (or the session).
+async function follow(id, mine) {
   let failures = 0;
-  while (token && rows.has(id)) {
+  while (mine === session && rows.has(id)) {
     let wait = 2;
     try {
-      const response = await api(`/jobs/${encodeURIComponent(id)}`);
+      const response = await api(`/jobs/${encodeURIComponent(id)}`, {}, mine);
       if (response.status === 404) return;
       if (response.ok) {
         const job = await response.json();
+        still(mine);
         show(job);
         if (job.status === "done" || job.status === "failed") {
           say(`${job.filename}: ${job.status}`);
@@ -258,7 +288,7 @@ async function follow(id) {
         return say(`Lost track of a job: ${await reason(response)}`);
       }
     } catch (error) {
-      if (!token || ++failures > 10) return;
+      if (error instanceof SessionEnded || ++failures > 10) return;
     }
     await sleep(Math.min(Math.max(wait, 1), 30) * 1000);
   }
@@ -276,10 +306,14 @@ async function sha1(blob) {
   return "sha1 " + btoa(String.fromCharCode(...new Uint8Array(digest)));
 }
 
-// One PATCH, with upload progress (which fetch does not report).
-function patch(location, offset, blob, checksum, onProgress) {
+// One PATCH, with upload progress (which fetch does not report), in session `mine`.
+function patch(location, offset, blob, checksum, onProgress, mine) {
   return new Promise((resolve, reject) => {
+    still(mine);
     const request = new XMLHttpRequest();
+    inFlight.add(request);
+    request.onloadend = () => inFlight.delete(request);
+    request.onabort = () => reject(new SessionEnded("signed out"));
     request.open("PATCH", location);
     request.setRequestHeader("Authorization", "Bearer " + token);
     request.setRequestHeader("Tus-Resumable", TUS);
@@ -315,15 +349,15 @@ function patch(location, offset, blob, checksum, onProgress) {
 
 // Where the server is with an upload, asked until it answers (the network may still be down):
 // null if the upload is gone.
-async function offsetOf(location) {
+async function offsetOf(location, mine) {
   for (let tries = 1; ; tries++) {
     try {
-      const response = await api(location, { method: "HEAD", headers: { "Tus-Resumable": TUS } });
+      const response = await api(location, { method: "HEAD", headers: { "Tus-Resumable": TUS } }, mine);
       if (response.status === 404) return null;
       const offset = response.headers.get("Upload-Offset");
       if (response.ok && offset !== null) return Number(offset);
     } catch (error) {
-      if (!token) throw error;
+      if (error instanceof SessionEnded || !token) throw error;
     }
     if (tries >= 30) throw new Error("the server cannot be reached");
     await sleep(Math.min(1000 * tries, 10000));
@@ -343,13 +377,13 @@ function unfinished() {
 }
 
 // The same file with other options is another upload (another MP3).
-const fingerprint = (file, options) =>
-  [email, file.name, file.size, file.lastModified, JSON.stringify(options)].join("|");
+const fingerprint = (user, file, options) =>
+  [user, file.name, file.size, file.lastModified, JSON.stringify(options)].join("|");
 
-function remember(file, options, location) {
+function remember(print, location) {
   const all = unfinished();
-  if (location) all[fingerprint(file, options)] = location;
-  else delete all[fingerprint(file, options)];
+  if (location) all[print] = location;
+  else delete all[print];
   localStorage.setItem(UNFINISHED, JSON.stringify(all));
 }
 
@@ -363,19 +397,20 @@ function chosenOptions() {
   return pairs;
 }
 
-// The remembered upload of this file and the server's offset in it, if it is still there.
-async function resumable(file, options) {
-  const location = unfinished()[fingerprint(file, options)];
+// The remembered upload of this file (`print`) and the server's offset in it, if it is still
+// there.
+async function resumable(print, file, mine) {
+  const location = unfinished()[print];
   if (!location) return null;
-  const offset = await offsetOf(location);
+  const offset = await offsetOf(location, mine);
   // Gone, another file after all, or finished and its job deleted since: start anew.
   let stale = offset === null || offset > file.size;
   if (!stale && offset === file.size) {
-    const job = await api(`/jobs/${encodeURIComponent(location.split("/").pop())}`);
+    const job = await api(`/jobs/${encodeURIComponent(location.split("/").pop())}`, {}, mine);
     stale = job.status === 404;
   }
   if (stale) {
-    remember(file, options, null);
+    remember(print, null);
     return null;
   }
   return { location, offset };
@@ -395,7 +430,8 @@ function forgetUnfinished(user) {
 const sending = new Set();
 
 async function upload(file, options) {
-  const print = fingerprint(file, options);
+  const mine = session;
+  const print = fingerprint(email, file, options);
   if (sending.has(print)) return say(`${file.name} is already being uploaded.`);
   sending.add(print);
   const key = `upload-${Math.random()}`;
@@ -408,7 +444,7 @@ async function upload(file, options) {
   // Whether the upload can still go on later (a network failure), or is over (refused, done).
   let keep = true;
   try {
-    let { location, offset } = (await resumable(file, options)) || {};
+    let { location, offset } = (await resumable(print, file, mine)) || {};
     if (location) {
       setStatus(parts, `uploading, resumed at ${Math.floor((100 * offset) / (file.size || 1))}%`);
     } else {
@@ -421,14 +457,14 @@ async function upload(file, options) {
             .map(([name, value]) => `${name} ${base64(value)}`)
             .join(","),
         },
-      });
+      }, mine);
       if (created.status !== 201) {
         keep = false;
         throw new Error(await reason(created));
       }
       location = created.headers.get("Location");
       offset = 0;
-      remember(file, options, location);
+      remember(print, location);
     }
     const id = location.split("/").pop();
     rekey(key, id);
@@ -438,20 +474,22 @@ async function upload(file, options) {
       const piece = file.slice(offset, offset + PIECE);
       const start = offset;
       try {
-        offset = await patch(location, offset, piece, await sha1(piece), (sent) => {
+        const checksum = await sha1(piece);
+        offset = await patch(location, offset, piece, checksum, (sent) => {
           parts.progress.value = start + sent;
-        });
+        }, mine);
         failures = 0;
       } catch (error) {
         if (error.signedOut) {
           showSignIn("Your session ended: sign in and pick the file again to go on.");
           throw error;
         }
+        if (error instanceof SessionEnded) throw error;
         if (!error.again) keep = false;
         if (!error.again || ++failures > 8) throw error;
         setStatus(parts, `retrying: ${error.message}`);
         await sleep(500 * 2 ** Math.min(failures, 5));
-        const stored = await offsetOf(location);
+        const stored = await offsetOf(location, mine);
         if (stored === null) {
           keep = false;
           throw new Error("the upload is gone from the server");
@@ -461,12 +499,14 @@ async function upload(file, options) {
       }
       parts.progress.value = offset;
     }
-    remember(file, options, null);
+    remember(print, null);
     setStatus(parts, "queued");
     parts.progress.hidden = true;
-    follow(id);
+    follow(id, mine);
   } catch (error) {
-    if (!keep) remember(file, options, null);
+    // Signed out meanwhile: its row and remembered uploads are gone with the session.
+    if (error instanceof SessionEnded) return;
+    if (!keep) remember(print, null);
     parts.progress.hidden = true;
     setStatus(parts, `failed: ${error.message}`, "failed");
   } finally {
@@ -474,10 +514,6 @@ async function upload(file, options) {
   }
 }
 
-// A few uploads at a time: the browser has six connections per site, and the jobs' status
-// needs some too.
-const waiting = [];
-let running = 0;
 
 function uploadAll(files) {
   // Each file keeps the options chosen when it was picked.
