@@ -141,6 +141,11 @@ impl Api {
         Ok(format!("{}{path}", self.base))
     }
 
+    /// Whether a token goes with the requests (a login saved for this server).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     fn bearer(&self) -> anyhow::Result<String> {
         self.token
             .as_ref()

@@ -254,6 +254,25 @@ pub fn wait_for(api: &Api, id: &str, limit: Duration) -> anyhow::Result<Job> {
     }
 }
 
+/// The most bytes of the upload's name an MP3 is named after: with ` (99).mp3` after it, the
+/// name stays under the 255 bytes most file systems allow (the server takes 255 characters).
+const STEM_BYTES: usize = 200;
+
+/// The name an MP3 of upload `filename` gets before `.mp3`: its stem, cut at a character
+/// boundary to [`STEM_BYTES`]; `None` for none (or a hidden file's).
+fn mp3_stem(filename: &str) -> Option<String> {
+    let stem = Path::new(filename).file_stem()?.to_string_lossy();
+    if stem.is_empty() || stem.starts_with('.') {
+        return None;
+    }
+    let mut end = stem.len().min(STEM_BYTES);
+    while !stem.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = stem[..end].trim_end();
+    (!cut.is_empty()).then(|| cut.to_owned())
+}
+
 /// Downloads the job's MP3 into `dir` (named after the upload, never over an existing file);
 /// the file written.
 pub fn download(api: &Api, job: &Job, dir: &Path) -> anyhow::Result<PathBuf> {
@@ -262,11 +281,7 @@ pub fn download(api: &Api, job: &Job, dir: &Path) -> anyhow::Result<PathBuf> {
         .as_deref()
         .ok_or_else(|| anyhow!("job {} has no MP3 (status {})", job.job_id, job.status))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let stem = Path::new(&job.filename)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty() && !s.starts_with('.'))
-        .unwrap_or_else(|| job.job_id.clone());
+    let stem = mp3_stem(&job.filename).unwrap_or_else(|| job.job_id.clone());
     // The id names files here: only the server's own kind of id is taken.
     if job.job_id.len() != 24 || !job.job_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("unexpected job id {:?} from the server", job.job_id);
@@ -278,6 +293,7 @@ pub fn download(api: &Api, job: &Job, dir: &Path) -> anyhow::Result<PathBuf> {
         .create_new(true)
         .open(&temporary)
         .with_context(|| format!("creating {}", temporary.display()))?;
+    let _partial = crate::interrupt::Partial::new(&temporary);
     let result = api
         .download(url, &mut out)
         .and_then(|_| out.sync_all().map_err(Into::into));
@@ -302,7 +318,12 @@ pub fn download(api: &Api, job: &Job, dir: &Path) -> anyhow::Result<PathBuf> {
                 .write(true)
                 .create_new(true)
                 .open(&target)?;
-            std::io::copy(&mut File::open(&temporary)?, &mut to).map(|_| ())
+            std::io::copy(&mut File::open(&temporary)?, &mut to)
+                .and_then(|_| to.sync_all())
+                .inspect_err(|_| {
+                    // Not a half-written MP3 under its final name.
+                    let _ = std::fs::remove_file(&target);
+                })
         });
         match saved {
             Ok(()) => {
@@ -317,4 +338,25 @@ pub fn download(api: &Api, job: &Job, dir: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     unreachable!("the names run out")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mp3s_are_named_after_the_upload_within_the_file_systems_limit() {
+        assert_eq!(mp3_stem("holiday.mp4").as_deref(), Some("holiday"));
+        assert_eq!(mp3_stem("../../etc/x.mov").as_deref(), Some("x"));
+        for none in ["", ".hidden.mp4", "   .mp4", "/"] {
+            assert_eq!(mp3_stem(none), None, "{none:?}");
+        }
+        // 300 bytes of three-byte characters: cut whole, at most STEM_BYTES.
+        let long = format!("{}.mp4", "あ".repeat(100));
+        let stem = mp3_stem(&long).unwrap();
+        assert_eq!(stem, "あ".repeat(STEM_BYTES / 3));
+        assert!(format!("{stem} (99).mp3").len() <= 255);
+        let ascii = mp3_stem(&format!("{}.mp4", "a".repeat(251))).unwrap();
+        assert_eq!(ascii.len(), STEM_BYTES);
+    }
 }

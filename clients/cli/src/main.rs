@@ -8,6 +8,7 @@
 mod api;
 mod config;
 mod convert;
+mod interrupt;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Log in and keep the token (in the user's configuration directory, readable by them only).
@@ -169,6 +172,7 @@ impl OutputArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    interrupt::install();
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -229,7 +233,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Logout => {
+            let saved = config::load_credentials()?;
             let api = api(cli.server)?;
+            if !api.has_token() {
+                return match saved {
+                    // A login saved for another server is not this one's to forget: its token
+                    // would stay valid on that server, unrevoked.
+                    Some(other) => Err(ApiError::Auth(format!(
+                        "not logged in to {} (the saved login, for {}, is kept)",
+                        api.base(),
+                        other.server
+                    ))
+                    .into()),
+                    None => {
+                        eprintln!("not logged in");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                };
+            }
             match api.logout() {
                 // Unreachable: the token still works, so it is kept for another try.
                 Err(error) if exit_code(&error) == 4 => return Err(error),
