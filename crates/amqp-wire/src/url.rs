@@ -105,9 +105,10 @@ impl AmqpUrl {
                             .map_err(|_| bad("heartbeat is at most 65535"))?,
                     )
                 }
-                "connection_timeout" => {
-                    parsed.connection_timeout = Some(Duration::from_millis(number(&value)?))
-                }
+                "connection_timeout" => match number(&value)? {
+                    0 => return Err(bad("connection_timeout=0 (no timeout) is not supported")),
+                    ms => parsed.connection_timeout = Some(Duration::from_millis(ms)),
+                },
                 "connection_name" => parsed.connection_name = Some(value),
                 other => return Err(bad(format!("unsupported query parameter {other:?}"))),
             }
@@ -181,6 +182,7 @@ mod tests {
             "amqp://h:port",
             "amqp://h/a/b",
             "amqp://h?frame_max=1",
+            "amqp://h?connection_timeout=0",
             "amqp://h/%ff",
         ] {
             assert!(

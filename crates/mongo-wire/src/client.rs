@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 use bson::spec::BinarySubtype;
 use bson::{doc, Binary, Bson, Document};
@@ -16,6 +17,8 @@ use crate::wire::{self, DocumentSequence, OpMsg};
 const DEFAULT_MAX_BSON: usize = 16 * 1024 * 1024;
 const DEFAULT_MAX_MESSAGE: usize = 48_000_000;
 const DEFAULT_MAX_WRITE_BATCH: usize = 100_000;
+/// `socketTimeoutMS` when the URI does not say.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the `hello` handshake told about the server.
 #[derive(Debug, Clone)]
@@ -38,6 +41,9 @@ pub struct Client<S> {
     /// Ids of recent `moreToCome` requests: MongoDB never answers them, FerretDB 1.x does, so
     /// a reply to one of these is skipped.
     unanswered: VecDeque<i32>,
+    /// How long one answer (or a cursor without a document) may take in all, however slowly
+    /// its bytes trickle in (`socketTimeoutMS`).
+    timeout: Duration,
 }
 
 /// Connects to the first usable host of a `mongodb://` URI, handshakes and authenticates.
@@ -103,17 +109,18 @@ fn connect_host(
         }
     }
     let app_name = cs.app_name.as_deref();
-    let mut client = match &cs.credentials {
-        None => Client::handshake(stream, app_name)?,
+    let mut client = Client::new(stream);
+    client.set_timeout(cs.socket_timeout);
+    match &cs.credentials {
+        None => client.hello(app_name)?,
         Some(cred) => {
             let scram = ScramSha256::new(&cred.username, &cred.password)?;
             let mut speculative = sasl_start_command(&scram);
             speculative.insert("db", cred.source.clone());
-            let (mut client, start) = Client::handshake_speculative(stream, app_name, speculative)?;
+            let start = client.hello_speculative(app_name, speculative)?;
             client.log_in(cred, scram, start, cache)?;
-            client
         }
-    };
+    }
     client.default_database = cs.database.clone();
     Ok(client)
 }
@@ -135,15 +142,37 @@ fn hello_command(name: &str, app_name: Option<&str>) -> Document {
     hello
 }
 
-/// The limits a `hello` answer announces.
+/// A reader that fails with `TimedOut` once `deadline` has passed: each read is bounded by the
+/// socket's own timeout, a whole answer by this.
+struct Deadline<'a, R> {
+    inner: &'a mut R,
+    deadline: Instant,
+}
+
+impl<R: Read> Read for Deadline<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() >= self.deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the server's answer took longer than socketTimeoutMS",
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// The limits a `hello` answer announces, never above MongoDB's own (which are the defaults):
+/// a server announcing more gets MongoDB's, so no answer can make the client accept, or
+/// reserve memory for, messages of any size.
 fn server_info(reply: &Document) -> ServerInfo {
     let size = |key: &str, default: usize| -> usize {
-        match reply.get(key) {
+        let announced = match reply.get(key) {
             Some(Bson::Int32(v)) => usize::try_from(*v).unwrap_or(default),
             Some(Bson::Int64(v)) => usize::try_from(*v).unwrap_or(default),
             Some(Bson::Double(v)) if *v >= 1.0 => *v as usize,
             _ => default,
-        }
+        };
+        announced.min(default)
     };
     ServerInfo {
         max_bson_object_size: size("maxBsonObjectSize", DEFAULT_MAX_BSON),
@@ -179,9 +208,20 @@ impl<S: Read + Write> Client<S> {
     /// Wraps a connected stream and runs the `hello` handshake.
     pub fn handshake(stream: S, app_name: Option<&str>) -> Result<Self> {
         let mut client = Self::new(stream);
-        let reply = client.command("admin", hello_command("hello", app_name))?;
-        client.info = server_info(&reply);
+        client.hello(app_name)?;
         Ok(client)
+    }
+
+    /// How long one answer, or a cursor without a document, may take (`socketTimeoutMS`; 60 s
+    /// unless set).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    fn hello(&mut self, app_name: Option<&str>) -> Result<()> {
+        let reply = self.command("admin", hello_command("hello", app_name))?;
+        self.info = server_info(&reply);
+        Ok(())
     }
 
     /// The handshake as drivers make it when they will log in: a legacy OP_QUERY `isMaster`
@@ -189,23 +229,21 @@ impl<S: Read + Write> Client<S> {
     /// as `speculativeAuthenticate`. A server that supports it (MongoDB 4.4+, FerretDB) answers
     /// with its saslStart reply in the same round trip; `None` means it did not, and the
     /// conversation starts the usual way.
-    fn handshake_speculative(
-        stream: S,
+    fn hello_speculative(
+        &mut self,
         app_name: Option<&str>,
         speculative: Document,
-    ) -> Result<(Self, Option<Document>)> {
-        let mut client = Self::new(stream);
+    ) -> Result<Option<Document>> {
         let mut hello = hello_command("isMaster", app_name);
         hello.insert("helloOk", true);
         hello.insert("speculativeAuthenticate", speculative);
-        let request_id = client.next_id();
+        let request_id = self.next_id();
         let bytes = wire::encode_op_query(request_id, "admin", &hello)?;
-        client.write_all(&bytes)?;
-        let reply = client.read_reply(request_id)?;
+        self.write_all(&bytes)?;
+        let reply = self.read_reply(request_id)?;
         let body = check_ok(reply.into_body()?)?;
-        client.info = server_info(&body);
-        let start = body.get_document("speculativeAuthenticate").ok().cloned();
-        Ok((client, start))
+        self.info = server_info(&body);
+        Ok(body.get_document("speculativeAuthenticate").ok().cloned())
     }
 
     fn new(stream: S) -> Self {
@@ -222,6 +260,7 @@ impl<S: Read + Write> Client<S> {
             default_database: None,
             broken: false,
             unanswered: VecDeque::new(),
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 
@@ -386,8 +425,13 @@ impl<S: Read + Write> Client<S> {
     /// Reads until the answer to `request_id`, skipping answers to messages sent without
     /// waiting (see [`Client::command_no_reply`]).
     fn read_reply(&mut self, request_id: i32) -> Result<wire::Reply> {
+        let deadline = Instant::now() + self.timeout;
         let (header, reply) = loop {
-            let bytes = wire::read_message(&mut self.stream, self.info.max_message_size_bytes)
+            let mut stream = Deadline {
+                inner: &mut self.stream,
+                deadline,
+            };
+            let bytes = wire::read_message(&mut stream, self.info.max_message_size_bytes)
                 .inspect_err(|_| self.broken = true)?;
             let (header, reply) =
                 wire::decode_message(&bytes).inspect_err(|_| self.broken = true)?;
@@ -450,7 +494,7 @@ impl<S: Read + Write> Client<S> {
             std::iter::once(&msg.body).chain(msg.sequences.iter().flat_map(|s| &s.documents));
         for doc in docs {
             let size = bson_size(doc)?;
-            if size > self.info.max_bson_object_size + 16 * 1024 {
+            if size > self.info.max_bson_object_size.saturating_add(16 * 1024) {
                 return Err(Error::MessageTooLarge {
                     size,
                     max: self.info.max_bson_object_size,
@@ -664,6 +708,9 @@ pub struct Cursor<'a, S: Read + Write> {
     batch: VecDeque<Document>,
     batch_size: Option<i32>,
     failed: bool,
+    /// When the server last handed over a document (or the cursor opened): a server answering
+    /// `getMore` with empty batches forever holds the cursor for its client's timeout at most.
+    progress: Instant,
 }
 
 impl<'a, S: Read + Write> Cursor<'a, S> {
@@ -684,6 +731,7 @@ impl<'a, S: Read + Write> Cursor<'a, S> {
             batch,
             batch_size,
             failed: false,
+            progress: Instant::now(),
         })
     }
 
@@ -700,6 +748,14 @@ impl<'a, S: Read + Write> Cursor<'a, S> {
         let reply = self.client.command(&self.db, cmd)?;
         let (id, batch) = cursor_batch(&reply, "nextBatch")?;
         self.id = id;
+        if !batch.is_empty() {
+            self.progress = Instant::now();
+        } else if id != 0 && self.progress.elapsed() >= self.client.timeout {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the cursor gave no document for longer than socketTimeoutMS",
+            )));
+        }
         self.batch = batch;
         Ok(())
     }
@@ -867,11 +923,16 @@ mod tests {
     struct Scripted {
         input: std::io::Cursor<Vec<u8>>,
         sent: Vec<u8>,
+        /// Each read takes this long and gives at most `per_read` bytes: a server trickling.
+        pause: Duration,
+        per_read: usize,
     }
 
     impl Read for Scripted {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            self.input.read(buf)
+            std::thread::sleep(self.pause);
+            let n = buf.len().min(self.per_read);
+            self.input.read(&mut buf[..n])
         }
     }
 
@@ -895,12 +956,76 @@ mod tests {
         Scripted {
             input: std::io::Cursor::new(input),
             sent: Vec::new(),
+            pause: Duration::ZERO,
+            per_read: usize::MAX,
         }
+    }
+
+    #[test]
+    fn an_answer_trickling_in_is_cut_off_at_the_timeout() {
+        let mut stream = replies(&[(1, hello(1000))]);
+        stream.pause = Duration::from_millis(5);
+        stream.per_read = 1;
+        let mut client = Client::new(stream);
+        client.set_timeout(Duration::from_millis(100));
+        let started = Instant::now();
+        let error = client.hello(None).unwrap_err();
+        assert!(
+            matches!(&error, Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "{error:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_cursor_answered_with_empty_batches_ends_at_the_timeout() {
+        let empty = |first: bool| {
+            let key = if first { "firstBatch" } else { "nextBatch" };
+            doc! {"cursor": {"id": 5_i64, "ns": "db.c", key: []}, "ok": 1.0}
+        };
+        let script: Vec<(i32, Document)> = (1..=200).map(|id| (id, empty(id == 1))).collect();
+        let mut stream = replies(&script);
+        stream.pause = Duration::from_millis(2);
+        let mut client = Client::new(stream);
+        client.set_timeout(Duration::from_millis(100));
+        let started = Instant::now();
+        let mut cursor = client
+            .find("db", "c", doc! {}, FindOptions::default())
+            .unwrap();
+        let error = cursor.next().expect("an error, not the end").unwrap_err();
+        assert!(
+            matches!(&error, Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "{error:?}"
+        );
+        assert!(cursor.next().is_none());
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     fn hello(max_bson: i32) -> Document {
         doc! {"isWritablePrimary": true, "maxBsonObjectSize": max_bson,
         "maxMessageSizeBytes": 48_000_000, "maxWriteBatchSize": 2, "maxWireVersion": 21, "ok": 1.0}
+    }
+
+    #[test]
+    fn announced_limits_never_exceed_mongodbs() {
+        let boasting = doc! {"isWritablePrimary": true, "maxBsonObjectSize": 1.0e300,
+        "maxMessageSizeBytes": i64::MAX, "maxWriteBatchSize": i64::MAX, "ok": 1.0};
+        let ping = doc! {"ok": 1.0};
+        let mut client = Client::handshake(replies(&[(1, boasting), (2, ping)]), None).unwrap();
+        let info = client.server_info();
+        assert_eq!(
+            (
+                info.max_bson_object_size,
+                info.max_message_size_bytes,
+                info.max_write_batch_size
+            ),
+            (
+                DEFAULT_MAX_BSON,
+                DEFAULT_MAX_MESSAGE,
+                DEFAULT_MAX_WRITE_BATCH
+            )
+        );
+        client.command("admin", doc! {"ping": 1}).unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! ```
 
 mod client;
+mod depth;
 mod error;
 mod gridfs;
 pub mod scram;

@@ -101,10 +101,13 @@ impl std::str::FromStr for ConnectionString {
                 .split_once('=')
                 .ok_or_else(|| bad(format!("option {pair:?} has no value")))?;
             let v = decode(v, k)?;
+            // 0 means "no timeout" in MongoDB's URIs; here every wait is bounded.
             let ms = |v: &str| -> Result<Duration> {
-                v.parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|_| bad(format!("{k} must be milliseconds")))
+                match v.parse::<u64>() {
+                    Ok(0) => Err(bad(format!("{k}=0 (no timeout) is not supported"))),
+                    Ok(ms) => Ok(Duration::from_millis(ms)),
+                    Err(_) => Err(bad(format!("{k} must be milliseconds"))),
+                }
             };
             match k.to_ascii_lowercase().as_str() {
                 "authsource" => auth_source = Some(v),
@@ -191,6 +194,8 @@ mod tests {
             "mongodb://h/?authMechanism=PLAIN",
             "mongodb://u@h/",
             "mongodb://h/?frobnicate=1",
+            "mongodb://h/?socketTimeoutMS=0",
+            "mongodb://h/?connectTimeoutMS=0",
             "mongodb://",
         ] {
             assert!(uri.parse::<ConnectionString>().is_err(), "{uri}");

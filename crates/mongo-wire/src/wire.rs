@@ -181,7 +181,8 @@ pub fn read_message<R: Read>(r: &mut R, max_len: usize) -> Result<Vec<u8>> {
             max: max_len,
         });
     }
-    let mut buf = Vec::with_capacity(len);
+    // Grown as bytes arrive: a header alone reserves little, whatever length it claims.
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
     buf.extend_from_slice(&header);
     r.take((len - HEADER_LEN) as u64).read_to_end(&mut buf)?;
     if buf.len() != len {
@@ -397,6 +398,7 @@ impl<'a> Cursor<'a> {
             .ok_or_else(|| Error::protocol(format!("BSON length {len} is invalid")))?;
         self.pos = start;
         let bytes = self.take(len)?;
+        crate::depth::check(bytes)?;
         Ok(Document::from_reader(bytes)?)
     }
 }
