@@ -378,15 +378,35 @@ pub fn owned(state: Option<UploadState>, user: &str, now: i64) -> Result<UploadS
 /// on storing chunks for up to a lease renewal after, which nothing would own. So the
 /// termination takes the upload's lease first, as a PATCH does.
 pub fn terminate(state: &UploadState, store: &mut dyn Store, token: &str, now: i64) -> Reply {
+    let mut state = std::borrow::Cow::Borrowed(state);
     if !state.done {
         match store.lease(&state.id, state.offset, token, now) {
             Ok(true) => {}
             Ok(false) => return locked(),
             Err(e) => return unavailable(e),
         }
+        // Read again under the lease: a PATCH may have moved the upload on (and taken the
+        // lease at its new offset) since `state` was read, and still be writing.
+        let current = match store.load(&state.id) {
+            Ok(current) => current,
+            Err(e) => return unavailable(e),
+        };
+        match current {
+            Some(current) if current.offset == state.offset && !current.done => {
+                state = std::borrow::Cow::Owned(current)
+            }
+            moved => {
+                // Not ours to hold; one not given back lapses with its lease.
+                let _ = store.release(&state.id, state.offset, token);
+                return match moved {
+                    None => not_found(),
+                    Some(_) => locked(),
+                };
+            }
+        }
     }
     // Its leases go with it.
-    match store.remove(state) {
+    match store.remove(&state) {
         Ok(()) => empty(204, "tus_terminated"),
         Err(e) => unavailable(e),
     }

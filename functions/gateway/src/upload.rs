@@ -26,7 +26,8 @@ use framing::{Framing, FramingError};
 /// The longest multipart boundary (RFC 2046).
 pub const MAX_BOUNDARY: usize = 70;
 
-/// The most bytes of an ordinary (non-file) form field, which is read and dropped.
+/// The most bytes of an ordinary (non-file) form field, and of all of them together: they are
+/// options, kept until the form ends.
 pub const MAX_FIELD_BYTES: u64 = 64 * 1024;
 
 /// Runs a future to completion from blocking code: Spin's executor in the component,
@@ -277,8 +278,10 @@ where
             Err(e) => return failure(backend, &stored, body_error(e.to_string())),
         };
         let Some(filename) = field.file_name().map(clean_filename) else {
-            // An ordinary form field: an option, read up to its limit.
+            // An ordinary form field: an option, read up to its limit and what the options
+            // before it left of theirs.
             let name = field.name().unwrap_or_default().to_owned();
+            let kept: u64 = fields.iter().map(|(n, v)| (n.len() + v.len()) as u64).sum();
             let mut value = Vec::new();
             loop {
                 match exec.block_on(field.chunk()) {
@@ -286,19 +289,30 @@ where
                     Ok(None) => break,
                     Err(e) => return failure(backend, &stored, body_error(e.to_string())),
                 }
-                if value.len() as u64 > MAX_FIELD_BYTES {
-                    let reply = bad_request(
+                let reply = if value.len() as u64 > MAX_FIELD_BYTES {
+                    bad_request(
                         &format!("form field over {MAX_FIELD_BYTES} bytes"),
                         "field_too_large",
-                    );
-                    return failure(backend, &stored, reply);
-                }
+                    )
+                } else if kept + (name.len() + value.len()) as u64 > MAX_FIELD_BYTES {
+                    bad_request(
+                        &format!("form fields over {MAX_FIELD_BYTES} bytes in all"),
+                        "field_too_large",
+                    )
+                } else {
+                    continue;
+                };
+                return failure(backend, &stored, reply);
             }
             let Ok(value) = String::from_utf8(value) else {
                 let reply = bad_request(&format!("{name}: not UTF-8 text"), "bad_option");
                 return failure(backend, &stored, reply);
             };
             fields.push((name, value));
+            // A field that is no option, or one given twice, is refused as it comes.
+            if let Err(e) = read_options(&fields, "") {
+                return failure(backend, &stored, bad_option(&e));
+            }
             continue;
         };
         if stored.is_some() {

@@ -854,6 +854,33 @@ fn a_chunk_left_by_a_dead_patch_is_replaced_where_it_is_met() {
 }
 
 #[test]
+fn a_termination_read_before_a_patch_moved_on_does_not_remove_under_it() {
+    let (_, mut store, run) = half_uploaded();
+    let stored = store.states.values().next().unwrap().clone();
+    // Read at an earlier offset: since then a PATCH checkpointed, gave back that offset's
+    // lease and holds the new one while it writes.
+    let earlier = UploadState {
+        offset: 0,
+        ..stored.clone()
+    };
+    assert_ne!(stored.offset, 0);
+    store.leases.insert(
+        (stored.id.clone(), stored.offset),
+        ("writer".into(), run.now),
+    );
+    let reply = terminate(&earlier, &mut store, "terminator", run.now + 1_000);
+    assert_eq!((reply.status, reply.outcome.as_str()), (423, "tus_locked"));
+    assert!(!store.states.is_empty() && !store.chunks.is_empty());
+    assert!(
+        !store
+            .leases
+            .values()
+            .any(|(token, _)| token == "terminator"),
+        "the lease taken at the stale offset is given back"
+    );
+}
+
+#[test]
 fn a_termination_waits_for_a_live_patch_and_then_removes_everything() {
     let (_, mut store, run) = half_uploaded();
     let upload = state(3000);

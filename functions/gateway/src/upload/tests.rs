@@ -246,7 +246,7 @@ fn a_tiny_video_file_shorter_than_the_prefix_is_stored_whole() {
 #[test]
 fn no_file_or_several_files_are_400_and_leave_nothing() {
     let mut fake = Fake::default();
-    let reply = run(&mut fake, form(&[Part::Text("a", "b")]), 1 << 20);
+    let reply = run(&mut fake, form(&[Part::Text("title", "b")]), 1 << 20);
     assert_eq!(
         (reply.status, reply.body.as_str()),
         (400, "no file in the form")
@@ -437,8 +437,40 @@ fn hostile_framing_is_refused_after_a_bounded_read() {
 }
 
 #[test]
+fn options_are_refused_as_they_come_and_held_to_one_field_s_worth() {
+    // Blank values are no option given (each passes), but they are held all the same.
+    let big = " ".repeat(40 * 1024);
+    for (parts, reason) in [
+        (
+            vec![Part::Text("title", &big), Part::Text("artist", &big)],
+            "form fields over 65536 bytes in all",
+        ),
+        (
+            vec![Part::Text("title", "a"), Part::Text("title", "b")],
+            "title: given more than once",
+        ),
+        (
+            vec![Part::Text("colour", "red"), Part::Text("title", &big)],
+            "colour: not an option",
+        ),
+    ] {
+        // A video after them, never reached: nothing is stored.
+        let video = mp4(3000);
+        let mut all = parts;
+        all.push(Part::File("a.mp4", &video));
+        let mut fake = Fake::default();
+        let reply = run(&mut fake, form(&all), 1 << 20);
+        assert_eq!(reply.status, 400, "{reply:?}");
+        assert!(reply.body.starts_with(reason), "{}", reply.body);
+        assert_eq!(fake.next, 0, "nothing stored");
+    }
+}
+
+#[test]
 fn a_million_tiny_fields_stop_at_the_part_limit() {
-    let field = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n");
+    // Empty options: each is an option, none given twice, so only the part limit stops them.
+    let field =
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n\r\n");
     let (reply, pulled) = run_endless(&field, 0);
     // The filler is not a part; build the flood itself instead.
     assert_eq!(reply.status, 400, "{reply:?} after {pulled}");
