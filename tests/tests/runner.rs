@@ -21,6 +21,8 @@ on_each_runtime!(
     self_requests_go_to_the_listening_address,
     outbound_mysql_is_checked_and_works,
     a_trapping_component_gets_a_500_and_the_runner_keeps_serving,
+    the_well_known_answers_are_spins,
+    a_failure_after_the_response_started_is_logged,
     instance_memory_is_limited_as_spin_limits_it,
     key_value_stores_behave_as_in_spin,
     sigterm_lets_in_flight_requests_finish,
@@ -249,6 +251,13 @@ fn service_chaining_reaches_private_components_when_allowed(runtime: Runtime) {
         "200 spin-base-path: /\nspin-client-addr: 0.0.0.0:0\nspin-component-route: \n\
          spin-full-url: http://localhost/probe/headers?q=1\nspin-matched-route: /...\n\
          spin-path-info: /probe/headers\nspin-raw-component-route: /..."
+    );
+    // A chained component that fails answers its caller a plain 500, as it would a client.
+    let trapped = get(&runner.url("/probe/http?http://hidden.spin.internal/probe/trap"));
+    assert_eq!(
+        (trapped.status, trapped.body.as_str()),
+        (200, "500 "),
+        "{trapped:?}"
     );
     // A component the app does not have is refused like a host the allow-list lacks.
     let unknown = get(&runner.url("/probe/http?http://nothere.spin.internal/x"));
@@ -505,6 +514,39 @@ fn a_trapping_component_gets_a_500_and_the_runner_keeps_serving(runtime: Runtime
     let (_dir, runner) = start(runtime, &[]);
     assert_eq!(get(&runner.url("/probe/trap")).status, 500);
     assert_eq!(get(&runner.url("/probe/variable/greeting")).status, 200);
+}
+
+/// A component that fails once its response has started cannot change its status any more:
+/// the client gets the 200, and the host logs the failure (Spin does, and so must the runner).
+fn a_failure_after_the_response_started_is_logged(runtime: Runtime) {
+    let (_dir, runner) = start(runtime, &[]);
+    let reply = system_tests::http::send_raw(
+        "GET",
+        &runner.url("/probe/stream-then-trap"),
+        &[],
+        system_tests::http::Body::Empty,
+    );
+    if let Ok(reply) = &reply {
+        assert_eq!(reply.status, 200);
+    }
+    let log = runner.wait_for_log("error after response started");
+    assert!(
+        log.contains("asked to trap after the response started"),
+        "{log}"
+    );
+    assert_eq!(get(&runner.url("/probe/variable/greeting")).status, 200);
+}
+
+/// The host's own answers, byte for byte as Spin gives them.
+fn the_well_known_answers_are_spins(runtime: Runtime) {
+    let (_dir, runner) = start(runtime, &[]);
+    let health = get(&runner.url("/.well-known/spin/health"));
+    assert_eq!((health.status, health.body.as_str()), (200, "OK"));
+    assert_eq!(health.header("content-type"), None);
+    let info = get(&runner.url("/.well-known/spin/info"));
+    assert_eq!(info.status, 200);
+    assert_eq!(info.header("content-type"), Some("application/json"));
+    assert_eq!(info.body, "{\n  \"name\": \"probe-app\"\n}");
 }
 
 /// Linear memory: 4 GiB by default as in Spin (a guest may reserve 1.5 GiB), and with

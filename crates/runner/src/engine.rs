@@ -54,12 +54,23 @@ pub fn new_engine(options: &EngineOptions) -> Result<Engine> {
 
 fn pooling_config(max_instances: u32) -> PoolingAllocationConfig {
     let mut pooling = PoolingAllocationConfig::default();
+    // Spin's pool (spin-core 3.6.3, with its defaults): a component instance of this app holds
+    // several core instances and tables, so with one of each per request the pool ran out at
+    // a quarter of the requests Spin serves at once.
     pooling
         .total_component_instances(max_instances)
-        .total_core_instances(max_instances)
+        .total_core_instances(4 * max_instances)
         .total_memories(max_instances)
-        .total_tables(max_instances)
+        .total_tables(2 * max_instances)
         .total_stacks(max_instances)
+        .table_elements(100_000)
+        .max_component_instance_size(10 << 20)
+        .max_core_instance_size(10 << 20)
+        .max_core_instances_per_component(200)
+        .max_tables_per_component(64)
+        .max_memories_per_component(32)
+        .max_tables_per_module(2)
+        .max_memories_per_module(2)
         // As in Spin: any 32-bit memory may grow to 4 GiB here; an instance's limit, if any, is
         // the store's (`--max-instance-memory`).
         .max_memory_size(4 << 30)

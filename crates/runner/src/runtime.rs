@@ -227,17 +227,29 @@ impl Runtime {
             .new_incoming_request(Scheme::Http, request)?;
         let outparam = store.data_mut().http().new_response_outparam(sender)?;
         let pre = self.components[component].pre.clone();
+        let (done_sender, done) = oneshot::channel::<()>();
+        let id = self.components[component].id.clone();
 
         let task = tokio::task::spawn(async move {
             let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
+            let result = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, outparam)
-                .await
+                .await;
+            // A failure after the response went out has nobody left to answer: Spin logs it,
+            // and so does this.
+            if let (Err(error), Err(_)) = (&result, done_sender.send(())) {
+                tracing::error!(component = %id, error = format!("{error:#}"), "Component error after response started: the response may not be fully sent");
+            }
+            result
         });
 
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                // The guest's task reports a later failure itself once nobody waits for it.
+                drop(done);
+                Ok(response)
+            }
             Ok(Err(code)) => Err(anyhow!(
                 "component `{}` answered with an error: {code:?}",
                 self.components[component].id

@@ -179,16 +179,21 @@ async fn dispatch(
     }
 }
 
-/// Spin answers `/.well-known/spin/health` and `/info` itself, whatever the routes say.
+/// Spin answers `/.well-known/spin/health` and `/info` itself, whatever the routes say, and
+/// as it does: `OK` with no content type, the app's name and version as pretty JSON (a version
+/// left out when there is none).
 fn answer_well_known(runtime: &Runtime, well_known: WellKnown) -> Response<HyperOutgoingBody> {
-    let (code, content_type, body) = match well_known {
-        WellKnown::Health => (StatusCode::OK, "text/plain", "OK".to_owned()),
-        WellKnown::Info => (
-            StatusCode::OK,
-            "application/json",
-            serde_json::json!({ "name": runtime.app_name(), "version": runtime.app_version() })
-                .to_string(),
-        ),
+    let (content_type, body) = match well_known {
+        WellKnown::Health => (None, b"OK".to_vec()),
+        WellKnown::Info => {
+            let mut info = serde_json::Map::new();
+            info.insert("name".into(), runtime.app_name().into());
+            if !runtime.app_version().is_empty() {
+                info.insert("version".into(), runtime.app_version().into());
+            }
+            let json = serde_json::to_vec_pretty(&info).unwrap_or_default();
+            (Some("application/json"), json)
+        }
         WellKnown::NotFound => return status(StatusCode::NOT_FOUND),
     };
     let mut response = Response::new(
@@ -196,11 +201,12 @@ fn answer_well_known(runtime: &Runtime, well_known: WellKnown) -> Response<Hyper
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
-    *response.status_mut() = code;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type),
-    );
+    if let Some(content_type) = content_type {
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type),
+        );
+    }
     response
 }
 
@@ -248,7 +254,7 @@ pub(crate) fn empty_body() -> HyperOutgoingBody {
 }
 
 /// A status with an empty body, as Spin answers misses and failures.
-fn status(code: StatusCode) -> Response<HyperOutgoingBody> {
+pub(crate) fn status(code: StatusCode) -> Response<HyperOutgoingBody> {
     let mut response = Response::new(empty_body());
     *response.status_mut() = code;
     response

@@ -95,12 +95,16 @@ impl WasiHttpHooks for OutboundHttp {
                     return Ok((response, Box::new(io) as IoFuture));
                 }
             };
-            let response = Box::pin(runtime.handle(target, request))
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = format!("{e:#}"), "chained request failed");
-                    Error::InternalError(Some(format!("{e:#}")))
-                })?;
+            // As in Spin, a component that fails answers its caller a plain 500, as it would
+            // answer a client: the caller gets a response, and nothing of the failure.
+            let response = match Box::pin(runtime.handle(target, request)).await {
+                Ok(response) => response,
+                Err(error) => {
+                    let id = &runtime.component(target).id;
+                    tracing::error!(component = %id, error = format!("{error:#}"), "chained request failed");
+                    crate::server::status(http::StatusCode::INTERNAL_SERVER_ERROR)
+                }
+            };
             Ok((response, done()))
         })
     }
