@@ -151,6 +151,26 @@ async fn rows(client: &Client) -> Vec<(String, String)> {
     found
 }
 
+/// Clicks the element `locator` finds.
+async fn click(client: &Client, locator: Locator<'_>) {
+    client
+        .find(locator)
+        .await
+        .expect("the element to click")
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Waits until the element with id `id` is shown.
+async fn until_shown(client: &Client, system: &System, what: &str, id: &str) {
+    until(what, system, || async {
+        let element = client.find(Locator::Id(id)).await.ok()?;
+        element.is_displayed().await.ok()?.then_some(())
+    })
+    .await
+}
+
 /// Signs in with the form, and waits for the signed-in page.
 async fn sign_in(client: &Client, system: &System, email: &str, password: &str) {
     for (id, value) in [("email", email), ("password", password)] {
@@ -158,35 +178,15 @@ async fn sign_in(client: &Client, system: &System, email: &str, password: &str) 
         field.clear().await.unwrap();
         field.send_keys(value).await.unwrap();
     }
-    client
-        .find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until("the signed-in page", system, || async {
-        let app = client.find(Locator::Id("app")).await.ok()?;
-        app.is_displayed().await.ok()?.then_some(())
-    })
-    .await;
+    click(client, Locator::Css("#login-form button")).await;
+    until_shown(client, system, "the signed-in page", "app").await;
     assert_eq!(text_of(client, "#user").await, email);
 }
 
 /// Clicks "Sign out" and waits for the sign-in form.
 async fn sign_out(client: &Client, system: &System) {
-    client
-        .find(Locator::Id("logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until("the sign-in form", system, || async {
-        let form = client.find(Locator::Id("signin")).await.ok()?;
-        form.is_displayed().await.ok()?.then_some(())
-    })
-    .await;
+    click(client, Locator::Id("logout")).await;
+    until_shown(client, system, "the sign-in form", "signin").await;
 }
 
 /// Waits until the row of `file` says `done`.
@@ -250,13 +250,7 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         email.send_keys(&system.email).await.unwrap();
         let password = client.find(Locator::Id("password")).await.unwrap();
         password.send_keys("not the password").await.unwrap();
-        client
-            .find(Locator::Css("#login-form button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, Locator::Css("#login-form button")).await;
         let error = until("the refusal", &system, || async {
             Some(text_of(&client, "#login-error").await).filter(|t| !t.is_empty())
         })
@@ -305,15 +299,11 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         assert!((seconds - 3.0).abs() < 0.5, "{seconds} s");
 
         // Delete the first job: gone from the page and from the server.
-        client
-            .find(Locator::XPath(
-                "//tr[td[1]='first.mp4']//button[text()='Delete']",
-            ))
-            .await
-            .expect("the first job's delete button")
-            .click()
-            .await
-            .unwrap();
+        click(
+            &client,
+            Locator::XPath("//tr[td[1]='first.mp4']//button[text()='Delete']"),
+        )
+        .await;
         until("the row to go", &system, || async {
             (rows(&client).await.len() == 1).then_some(())
         })
@@ -433,13 +423,7 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         }
         let reply = send_raw("GET", &stale, &[], Body::Empty).unwrap();
         assert_eq!((reply.status, reply.text().as_str()), (403, "link expired"));
-        client
-            .find(Locator::XPath(second))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, Locator::XPath(second)).await;
         let fresh = until("a new link", &system, || async {
             let link = client.find(Locator::XPath(second)).await.ok()?;
             link.prop("href").await.ok()?.filter(|href| *href != stale)
@@ -450,13 +434,7 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
         assert_eq!(reply.status, 200, "{}", reply.text());
 
         // Output options, chosen before picking a file: a mono second of it, titled.
-        client
-            .find(Locator::Css("#output summary"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, Locator::Css("#output summary")).await;
         let field = |css: &'static str| {
             let client = &client;
             async move { client.find(Locator::Css(css)).await.expect(css) }
@@ -504,13 +482,7 @@ fn a_user_converts_videos_in_the_browser(runtime: Runtime) {
 
         // A sign-out the server never heard of is not shown as one: the session stays.
         proxy.go_down();
-        client
-            .find(Locator::Id("logout"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, Locator::Id("logout")).await;
         let said = until("the refused sign-out", &system, || async {
             Some(text_of(&client, "#status").await).filter(|t| t.starts_with("Not signed out"))
         })
