@@ -185,6 +185,8 @@ struct Cluster {
     notifier_env: Vec<(&'static str, String)>,
     converters: Mutex<Vec<Process>>,
     notifier: Mutex<Option<Process>>,
+    /// The logs of notifiers killed so far.
+    killed_notifiers: Mutex<Vec<PathBuf>>,
     dir: PathBuf,
 }
 
@@ -222,6 +224,10 @@ impl Cluster {
             }
             Fault::KillNotifier => {
                 if let Some(victim) = self.notifier.lock().unwrap().take() {
+                    self.killed_notifiers
+                        .lock()
+                        .unwrap()
+                        .push(victim.log.clone());
                     victim.kill();
                 }
                 std::thread::sleep(pause);
@@ -322,6 +328,8 @@ struct Report {
     faults: Vec<(Fault, usize)>,
     lost: Vec<String>,
     duplicated: Vec<String>,
+    /// Jobs emailed again because a notifier was killed between sending and recording.
+    resent: Vec<String>,
     orphaned: Vec<String>,
     seconds: f64,
 }
@@ -333,8 +341,8 @@ impl Report {
 
     fn table(reports: &[Report]) -> String {
         let mut out = String::from(
-            "| runtime | seed | uploads | tries refused (status: count; 0 = no answer) | accepted | unseen | done | failed (of them videos) | faults | lost | duplicated | orphaned | time |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| runtime | seed | uploads | tries refused (status: count; 0 = no answer) | accepted | unseen | done | failed (of them videos) | faults | lost | duplicated | resent after a kill mid-send | orphaned | time |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for r in reports {
             let faults: Vec<String> = r
@@ -348,7 +356,7 @@ impl Report {
                 .map(|(status, n)| format!("{status}: {n}"))
                 .collect();
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {:.0} s |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {:.0} s |\n",
                 r.runtime,
                 r.seed,
                 r.uploads,
@@ -361,6 +369,7 @@ impl Report {
                 faults.join(", "),
                 r.lost.len(),
                 r.duplicated.len(),
+                r.resent.len(),
                 r.orphaned.len(),
                 r.seconds
             ));
@@ -434,6 +443,7 @@ fn run(runtime: Runtime, seed: u64, jobs: usize) -> Report {
         notifier_env,
         converters: Mutex::new(Vec::new()),
         notifier: Mutex::new(None),
+        killed_notifiers: Mutex::new(Vec::new()),
         dir: dir.clone(),
     });
     cluster.start_app();
@@ -638,9 +648,13 @@ fn run(runtime: Runtime, seed: u64, jobs: usize) -> Report {
         if seen.is_some_and(|u| u.poison) && job.get_str("status") == Ok("done") {
             report.lost.push(format!("job {id}: a non-video converted"));
         }
+        let killed_mid_send = killed_mid_send(&cluster.killed_notifiers.lock().unwrap(), &id);
         match emails.iter().filter(|e| **e == id).count() {
             1 => {}
             0 => report.lost.push(format!("job {id}: no email")),
+            // Killed between sending and recording: the next delivery cannot know the email
+            // went out, and sends it again (at least once, by design; README).
+            n if n <= 1 + killed_mid_send => report.resent.push(id.to_owned()),
             n => report.duplicated.push(format!("job {id}: {n} emails")),
         }
     }
@@ -845,6 +859,23 @@ fn emails_by_job(address: &str) -> Vec<String> {
         }
     }
     ids
+}
+
+/// How many of the killed notifiers (their logs) died between sending the email of job `id`
+/// and recording it: each may have left an email that the next delivery sent again.
+fn killed_mid_send(logs: &[PathBuf], id: &str) -> usize {
+    let job = format!("job_id={id}");
+    logs.iter()
+        .filter(|log| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let of_job = |what: &str| {
+                text.lines()
+                    .filter(|l| l.contains(&job) && l.contains(what))
+                    .count()
+            };
+            of_job("sending email") > of_job("email recorded")
+        })
+        .count()
 }
 
 /// Deletes this run's jobs and files from the shared store.

@@ -318,6 +318,7 @@ pub fn download(api: &Api, job: &Job, dir: &Path) -> anyhow::Result<PathBuf> {
                 .write(true)
                 .create_new(true)
                 .open(&target)?;
+            let _copying = crate::interrupt::Partial::new(&target);
             std::io::copy(&mut File::open(&temporary)?, &mut to)
                 .and_then(|_| to.sync_all())
                 .inspect_err(|_| {

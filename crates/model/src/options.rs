@@ -169,6 +169,38 @@ impl fmt::Display for OptionError {
 
 impl std::error::Error for OptionError {}
 
+/// The options given, by name, with blank values left out: an error for a field that is no
+/// option or is given twice.
+fn given<'a>(
+    fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<(&'a str, &'a str)>, OptionError> {
+    let mut given: Vec<(&str, &str)> = Vec::new();
+    for (name, value) in fields {
+        let value = value.trim();
+        if !FIELDS.contains(&name) {
+            // Shown back: kept short and printable.
+            let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+            let shown = if shown.is_empty() {
+                "a field without a name".to_owned()
+            } else {
+                shown
+            };
+            return Err(refuse(
+                &shown,
+                format!("not an option (options: {})", FIELDS.join(", ")),
+            ));
+        }
+        if value.is_empty() {
+            continue;
+        }
+        if given.iter().any(|(seen, _)| *seen == name) {
+            return Err(refuse(name, "given more than once"));
+        }
+        given.push((name, value));
+    }
+    Ok(given)
+}
+
 fn refuse(field: &str, rule: impl Into<String>) -> OptionError {
     OptionError {
         field: field.to_owned(),
@@ -223,6 +255,15 @@ impl Options {
         }
     }
 
+    /// Checks only that every field is an option and none is given twice (a blank value is
+    /// not given): what can be refused before the other fields are known, whatever their
+    /// order.
+    pub fn check_names<'a>(
+        fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), OptionError> {
+        given(fields).map(|_| ())
+    }
+
     /// Reads the options from `(field, value)` pairs (form fields, tus metadata): fields not
     /// in [`FIELDS`] must be filtered out by the caller, an empty value counts as not given,
     /// and `title` defaults to `filename` without its extension. The first broken rule is the
@@ -231,30 +272,7 @@ impl Options {
         fields: impl IntoIterator<Item = (&'a str, &'a str)>,
         filename: &str,
     ) -> Result<Self, OptionError> {
-        let mut given: Vec<(&str, &str)> = Vec::new();
-        for (name, value) in fields {
-            let value = value.trim();
-            if !FIELDS.contains(&name) {
-                // Shown back: kept short and printable.
-                let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
-                let shown = if shown.is_empty() {
-                    "a field without a name".to_owned()
-                } else {
-                    shown
-                };
-                return Err(refuse(
-                    &shown,
-                    format!("not an option (options: {})", FIELDS.join(", ")),
-                ));
-            }
-            if value.is_empty() {
-                continue;
-            }
-            if given.iter().any(|(seen, _)| *seen == name) {
-                return Err(refuse(name, "given more than once"));
-            }
-            given.push((name, value));
-        }
+        let given = given(fields)?;
         let get = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
 
         let mut options = Options::default();

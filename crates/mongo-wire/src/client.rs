@@ -708,9 +708,10 @@ pub struct Cursor<'a, S: Read + Write> {
     batch: VecDeque<Document>,
     batch_size: Option<i32>,
     failed: bool,
-    /// When the server last handed over a document (or the cursor opened): a server answering
-    /// `getMore` with empty batches forever holds the cursor for its client's timeout at most.
-    progress: Instant,
+    /// Since when the server has answered `getMore` with empty batches, one after the other:
+    /// one doing so forever holds the cursor for its client's timeout at most. (The time the
+    /// caller takes between batches does not count.)
+    empty_since: Option<Instant>,
 }
 
 impl<'a, S: Read + Write> Cursor<'a, S> {
@@ -731,7 +732,7 @@ impl<'a, S: Read + Write> Cursor<'a, S> {
             batch,
             batch_size,
             failed: false,
-            progress: Instant::now(),
+            empty_since: None,
         })
     }
 
@@ -748,13 +749,19 @@ impl<'a, S: Read + Write> Cursor<'a, S> {
         let reply = self.client.command(&self.db, cmd)?;
         let (id, batch) = cursor_batch(&reply, "nextBatch")?;
         self.id = id;
-        if !batch.is_empty() {
-            self.progress = Instant::now();
-        } else if id != 0 && self.progress.elapsed() >= self.client.timeout {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the cursor gave no document for longer than socketTimeoutMS",
-            )));
+        if !batch.is_empty() || id == 0 {
+            self.empty_since = None;
+        } else {
+            let since = *self.empty_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.client.timeout {
+                // The connection is sound: the server's cursor goes now, not at its idle limit.
+                let kill = doc! {"killCursors": self.coll.as_str(), "cursors": [id]};
+                let _ = self.client.command(&self.db, kill);
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the cursor gave no document for longer than socketTimeoutMS",
+                )));
+            }
         }
         self.batch = batch;
         Ok(())
@@ -999,6 +1006,38 @@ mod tests {
         );
         assert!(cursor.next().is_none());
         assert!(started.elapsed() < Duration::from_secs(2));
+        // The server's cursor was killed on the way out.
+        drop(cursor);
+        let sent = String::from_utf8_lossy(&client.into_inner().sent).into_owned();
+        assert!(sent.contains("killCursors"));
+    }
+
+    #[test]
+    fn a_slow_reader_of_a_cursor_is_not_cut_off() {
+        let script = [
+            (
+                1,
+                doc! {"cursor": {"id": 5_i64, "ns": "db.c", "firstBatch": [{"n": 1}]}, "ok": 1.0},
+            ),
+            (
+                2,
+                doc! {"cursor": {"id": 5_i64, "ns": "db.c", "nextBatch": []}, "ok": 1.0},
+            ),
+            (
+                3,
+                doc! {"cursor": {"id": 0_i64, "ns": "db.c", "nextBatch": [{"n": 2}]}, "ok": 1.0},
+            ),
+        ];
+        let mut client = Client::new(replies(&script));
+        client.set_timeout(Duration::from_millis(100));
+        let mut cursor = client
+            .find("db", "c", doc! {}, FindOptions::default())
+            .unwrap();
+        assert_eq!(cursor.next().unwrap().unwrap(), doc! {"n": 1});
+        // The caller takes its time with what it got: that is no stalled server.
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(cursor.next().unwrap().unwrap(), doc! {"n": 2});
+        assert!(cursor.next().is_none());
     }
 
     fn hello(max_bson: i32) -> Document {

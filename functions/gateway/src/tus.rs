@@ -392,7 +392,8 @@ pub fn terminate(state: &UploadState, store: &mut dyn Store, token: &str, now: i
             Err(e) => return unavailable(e),
         };
         match current {
-            Some(current) if current.offset == state.offset && !current.done => {
+            // Still where it was, or finished meanwhile (then removed as a finished one is).
+            Some(current) if current.done || current.offset == state.offset => {
                 state = std::borrow::Cow::Owned(current)
             }
             moved => {

@@ -309,8 +309,10 @@ where
                 return failure(backend, &stored, reply);
             };
             fields.push((name, value));
-            // A field that is no option, or one given twice, is refused as it comes.
-            if let Err(e) = read_options(&fields, "") {
+            // A field that is no option, or one given twice, is refused as it comes (the rules
+            // between options wait for all of them: before the file, and at the end).
+            let names = fields.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+            if let Err(e) = Options::check_names(names) {
                 return failure(backend, &stored, bad_option(&e));
             }
             continue;

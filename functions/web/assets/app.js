@@ -217,14 +217,22 @@ function downloadAction(job) {
   button.className = "secondary";
   button.textContent = "Download";
   button.addEventListener("click", async () => {
-    const response = await api(job.download_url);
-    if (!response.ok) return say(`Download failed: ${await reason(response)}`);
-    const url = URL.createObjectURL(await response.blob());
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = name;
-    link.click();
-    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    const mine = session;
+    try {
+      const response = await api(job.download_url, {}, mine);
+      if (!response.ok) return say(`Download failed: ${await reason(response)}`);
+      const blob = await response.blob();
+      // Not saved into another person's session.
+      still(mine);
+      const url = URL.createObjectURL(blob);
+      const link = document.createElement("a");
+      link.href = url;
+      link.download = name;
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    } catch (error) {
+      if (!(error instanceof SessionEnded)) say(`Download failed: ${error.message}`);
+    }
   });
   return button;
 }
@@ -235,13 +243,18 @@ function deleteAction(id) {
   button.className = "secondary";
   button.textContent = "Delete";
   button.addEventListener("click", async () => {
-    const response = await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" });
-    if (response.status !== 204 && response.status !== 404) {
-      return say(`Delete failed: ${await reason(response)}`);
+    const mine = session;
+    try {
+      const response = await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }, mine);
+      if (response.status !== 204 && response.status !== 404) {
+        return say(`Delete failed: ${await reason(response)}`);
+      }
+      rows.get(id)?.tr.remove();
+      rows.delete(id);
+      say("Deleted.");
+    } catch (error) {
+      if (!(error instanceof SessionEnded)) say(`Delete failed: ${error.message}`);
     }
-    rows.get(id)?.tr.remove();
-    rows.delete(id);
-    say("Deleted.");
   });
   return button;
 }

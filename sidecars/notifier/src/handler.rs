@@ -171,6 +171,9 @@ impl Parts {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let email = render(&outcome, &self.links, &job.owner, now);
+        // From here until "email recorded", a process killed leaves an email the next delivery
+        // sends again: the one window where delivery is at least once, not exactly once.
+        tracing::info!(kind = email.kind.as_str(), "sending email");
         match self.mailer.send(&job.owner, &email).await {
             Ok(()) => {
                 self.metrics.sent.inc();
@@ -225,7 +228,10 @@ impl Parts {
             let left = deadline.saturating_duration_since(Instant::now());
             let error =
                 match tokio::time::timeout(left, self.store.mark_sent(job_id, token, kind)).await {
-                    Ok(Ok(())) => return,
+                    Ok(Ok(())) => {
+                        tracing::info!(kind, "email recorded");
+                        return;
+                    }
                     Ok(Err(error)) => format!("{error:#}"),
                     Err(_) => "timed out".to_owned(),
                 };

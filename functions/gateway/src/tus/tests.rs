@@ -881,6 +881,27 @@ fn a_termination_read_before_a_patch_moved_on_does_not_remove_under_it() {
 }
 
 #[test]
+fn a_termination_read_before_the_upload_finished_keeps_the_finished_video() {
+    let (data, mut store, mut run) = half_uploaded();
+    let half = store.states.values().next().unwrap().clone();
+    // The rest arrives, and the job is made, after the DELETE read the upload.
+    let reply = run.patch(&mut store, &data[1500..], false, None);
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert_eq!(store.jobs.len(), 1);
+    let reply = terminate(&half, &mut store, "terminator", run.now + 1_000);
+    assert_eq!(
+        (reply.status, reply.outcome.as_str()),
+        (204, "tus_terminated")
+    );
+    // Removed as a finished upload is: its video stays with its job.
+    assert!(store.states.is_empty());
+    assert!(
+        store.file(&half.video_fid) == data,
+        "the job's video is gone"
+    );
+}
+
+#[test]
 fn a_termination_waits_for_a_live_patch_and_then_removes_everything() {
     let (_, mut store, run) = half_uploaded();
     let upload = state(3000);

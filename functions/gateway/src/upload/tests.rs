@@ -467,6 +467,36 @@ fn options_are_refused_as_they_come_and_held_to_one_field_s_worth() {
 }
 
 #[test]
+fn options_valid_together_pass_in_any_order_before_or_after_the_file() {
+    // 144 kb/s is no MPEG-1 rate, but it is at 22,050 Hz; the preset's 192 kb/s is not.
+    let video = mp4(3000);
+    for options in [
+        [
+            ("bitrate", "144"),
+            ("sample_rate", "22050"),
+            ("channels", ""),
+        ],
+        [
+            ("preset", "standard"),
+            ("sample_rate", "22050"),
+            ("bitrate", "64"),
+        ],
+    ] {
+        // All before the file or all after it (those before it are checked together first).
+        for file_at in [0, options.len()] {
+            let mut parts: Vec<Part<'_>> = options.iter().map(|(n, v)| Part::Text(n, v)).collect();
+            parts.insert(file_at, Part::File("a.mp4", &video));
+            let mut fake = Fake::default();
+            let reply = run(&mut fake, form(&parts), 1 << 20);
+            assert_eq!(
+                reply.status, 202,
+                "{options:?}, file at {file_at}: {reply:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_million_tiny_fields_stop_at_the_part_limit() {
     // Empty options: each is an option, none given twice, so only the part limit stops them.
     let field =
