@@ -378,8 +378,9 @@ pub fn owned(state: Option<UploadState>, user: &str, now: i64) -> Result<UploadS
 /// on storing chunks for up to a lease renewal after, which nothing would own. So the
 /// termination takes the upload's lease first, as a PATCH does.
 pub fn terminate(state: &UploadState, store: &mut dyn Store, token: &str, now: i64) -> Reply {
-    let mut state = std::borrow::Cow::Borrowed(state);
-    if !state.done {
+    let state = if state.done {
+        state.clone()
+    } else {
         match store.lease(&state.id, state.offset, token, now) {
             Ok(true) => {}
             Ok(false) => return locked(),
@@ -387,25 +388,21 @@ pub fn terminate(state: &UploadState, store: &mut dyn Store, token: &str, now: i
         }
         // Read again under the lease: a PATCH may have moved the upload on (and taken the
         // lease at its new offset) since `state` was read, and still be writing.
-        let current = match store.load(&state.id) {
-            Ok(current) => current,
-            Err(e) => return unavailable(e),
-        };
-        match current {
+        match store.load(&state.id) {
             // Still where it was, or finished meanwhile (then removed as a finished one is).
-            Some(current) if current.done || current.offset == state.offset => {
-                state = std::borrow::Cow::Owned(current)
-            }
+            Ok(Some(current)) if current.done || current.offset == state.offset => current,
+            Err(e) => return unavailable(e),
             moved => {
                 // Not ours to hold; one not given back lapses with its lease.
                 let _ = store.release(&state.id, state.offset, token);
-                return match moved {
-                    None => not_found(),
-                    Some(_) => locked(),
+                return if matches!(moved, Ok(None)) {
+                    not_found()
+                } else {
+                    locked()
                 };
             }
         }
-    }
+    };
     // Its leases go with it.
     match store.remove(&state) {
         Ok(()) => empty(204, "tus_terminated"),
