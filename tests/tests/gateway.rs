@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::bson::{self, doc};
@@ -30,6 +30,8 @@ on_each_runtime!(
     rabbitmq_gone_mid_upload_is_503_and_leaves_nothing,
     a_rabbitmq_connection_lost_mid_upload_is_replaced,
     rabbitmq_or_mongodb_unreachable_is_503,
+    a_hung_mongodb_or_rabbitmq_is_503_within_its_timeout_and_recovers,
+    a_confirm_that_never_comes_is_503_and_the_late_message_is_dropped,
     downloads_stream_the_owners_mp3_with_ranges,
     unknown_paths_and_methods,
     split_deployment_forwards_login_and_validates_remotely,
@@ -608,6 +610,210 @@ fn a_rabbitmq_connection_lost_mid_upload_is_replaced(runtime: Runtime) {
         queued_with_defaults(job_id, video_fid, &email, &name)
     );
     forget_upload(&mut mongo(), job_id, video_fid);
+}
+
+/// `url` (a `mongodb://` URL) pointed at `address` instead, with `option` added.
+fn mongo_url_via(url: &str, address: &str, option: &str) -> String {
+    let url = url.replacen(&system_tests::services::host_port(url), address, 1);
+    let has_path = url
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('/'));
+    match (url.contains('?'), has_path) {
+        (true, _) => format!("{url}&{option}"),
+        (false, true) => format!("{url}?{option}"),
+        (false, false) => format!("{url}/?{option}"),
+    }
+}
+
+/// A service that hangs (accepts, then never answers) costs each request its client's timeout,
+/// not the request's life: 503 with the usual reason within it, nothing half-written, and the
+/// next request after the service wakes up is served again.
+fn a_hung_mongodb_or_rabbitmq_is_503_within_its_timeout_and_recovers(runtime: Runtime) {
+    let vhost = Vhost::new();
+    let store = TcpProxy::start(&mongo_address());
+    let broker = TcpProxy::start(&Vhost::broker_address());
+    let app = start(runtime, &vhost, |c| {
+        c.env(
+            "SPIN_VARIABLE_MONGODB_URL",
+            mongo_url_via(&mongo_url(), &store.address(), "socketTimeoutMS=2000"),
+        )
+        .env("SPIN_VARIABLE_MONGODB_HOST", store.address())
+        .env(
+            "SPIN_VARIABLE_AMQP_URL",
+            vhost.amqp_url_via(&broker.address()),
+        )
+        .env("SPIN_VARIABLE_AMQP_HOST", broker.address())
+    });
+    let (_, auth) = user(&app);
+    let mut client = mongo();
+    let reply = upload(
+        &app,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File(
+            &format!("before-{}.mp4", unique()),
+            &video()[..50_000],
+        )])),
+    );
+    assert_eq!(reply.status, 202, "{}\n{}", reply.text(), app.log());
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+    let job = format!("/jobs/{}", json["job_id"].as_str().expect("job_id"));
+    assert_eq!(get(&app, &job, &auth, &[]).status, 200);
+
+    // Timed: a 503 after about the client's timeout (2 s for MongoDB, 10 s for RabbitMQ), not
+    // a request that waits for the service as long as it hangs.
+    let timed = |what: &str, expected: &str, limit: Duration, send: &dyn Fn() -> RawReply| {
+        let started = Instant::now();
+        let reply = send();
+        let took = started.elapsed();
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (503, expected),
+            "{what}\n{}",
+            app.log()
+        );
+        assert!(took < limit, "{what} took {took:?}\n{}", app.log());
+    };
+    store.freeze();
+    let hung_store = format!("hung-store-{}.mp4", unique());
+    let limit = Duration::from_secs(12);
+    timed("a job", "storage unavailable", limit, &|| {
+        get(&app, &job, &auth, &[])
+    });
+    timed("the job list", "storage unavailable", limit, &|| {
+        get(&app, "/jobs", &auth, &[])
+    });
+    timed("a download", "storage unavailable", limit, &|| {
+        get(&app, "/download?fid=0123456789abcdef01234567", &auth, &[])
+    });
+    timed("an upload", "storage unavailable", limit, &|| {
+        upload(
+            &app,
+            Some(&auth),
+            Body::Bytes(form(&[Part::File(&hung_store, &video()[..50_000])])),
+        )
+    });
+    store.thaw();
+    assert_eq!(get(&app, &job, &auth, &[]).status, 200, "{}", app.log());
+
+    broker.freeze();
+    let hung_broker = format!("hung-broker-{}.mp4", unique());
+    timed(
+        "an upload",
+        "queue unavailable",
+        Duration::from_secs(30),
+        &|| {
+            upload(
+                &app,
+                Some(&auth),
+                Body::Bytes(form(&[Part::File(&hung_broker, &video()[..50_000])])),
+            )
+        },
+    );
+    broker.thaw();
+    let reply = upload(
+        &app,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File(
+            &format!("after-{}.mp4", unique()),
+            &video()[..50_000],
+        )])),
+    );
+    assert_eq!(reply.status, 202, "{}\n{}", reply.text(), app.log());
+
+    // What the hung services were sent, delivered once they woke, stored nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(stored_with_name(&mut client, &hung_store), (0, 0));
+    assert_eq!(stored_with_name(&mut client, &hung_broker), (0, 0));
+    assert_eq!(
+        vhost.drain("video").len(),
+        2,
+        "the uploads before and after"
+    );
+}
+
+/// A publish the broker took but never confirmed: the upload is refused (503) and withdrawn,
+/// and the message the broker queued all the same is dropped by the converter as a deleted
+/// job's, not converted, dead-lettered or announced to its owner.
+fn a_confirm_that_never_comes_is_503_and_the_late_message_is_dropped(runtime: Runtime) {
+    let vhost = Vhost::new();
+    let broker = TcpProxy::start(&Vhost::broker_address());
+    // The end of a job message's body frame: the JSON's last brace and the AMQP frame end.
+    // The broker's confirm of it comes after the gateway's 10 s have passed.
+    broker.hold_replies_to(b"}\xCE", Duration::from_secs(12));
+    // The store the workers can log in to (see README: FerretDB and the official driver).
+    let store = service_env("MONGODB_URL");
+    let app = start(runtime, &vhost, |c| {
+        c.env(
+            "SPIN_VARIABLE_AMQP_URL",
+            vhost.amqp_url_via(&broker.address()),
+        )
+        .env("SPIN_VARIABLE_AMQP_HOST", broker.address())
+        .env("SPIN_VARIABLE_MONGODB_URL", &store)
+        .env(
+            "SPIN_VARIABLE_MONGODB_HOST",
+            system_tests::services::host_port(&store),
+        )
+    });
+    let (_, auth) = user(&app);
+    let mut client = mongo_wire::connect(&store).expect("connecting to MongoDB");
+    let name = format!("unconfirmed-{}.mp4", unique());
+    let reply = upload(
+        &app,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File(&name, &video()[..50_000])])),
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (503, "queue unavailable"),
+        "{}",
+        app.log()
+    );
+    assert_eq!(stored_with_name(&mut client, &name), (0, 0));
+    // The gateway tried twice (its connection, then a fresh one): each copy reached the queue.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let queued = || {
+        vhost
+            .queue("video")
+            .and_then(|q| q["messages"].as_u64())
+            .unwrap_or(0)
+    };
+    while queued() < 2 {
+        assert!(Instant::now() < deadline, "the late messages never arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let converter = system_tests::system::Worker::start(
+        "converter",
+        &[
+            ("AMQP_URL", vhost.amqp_url()),
+            ("MONGODB_URL", store.clone()),
+            ("RETRY_BASE_DELAY_MS", "200".into()),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while vhost.queue("video").map(|q| {
+        (
+            q["messages"].as_u64(),
+            q["messages_unacknowledged"].as_u64(),
+        )
+    }) != Some((Some(0), Some(0)))
+    {
+        assert!(Instant::now() < deadline, "the converter never took them");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Taken and acknowledged on the first attempt, as a deleted job's messages are.
+    let metrics = converter.metrics();
+    for counter in ["jobs_retried_total", "messages_dead_lettered_total"] {
+        let line = metrics
+            .lines()
+            .find(|l| l.contains(counter) && !l.starts_with('#'))
+            .unwrap_or_else(|| panic!("no {counter} in\n{metrics}"));
+        assert!(line.ends_with(" 0"), "{line}");
+    }
+    drop(converter);
+    assert!(vhost.drain("video.dead").is_empty(), "dead-lettered");
+    assert!(vhost.drain("mp3").is_empty(), "announced to the notifier");
+    assert_eq!(stored_with_name(&mut client, &name), (0, 0));
 }
 
 fn rabbitmq_or_mongodb_unreachable_is_503(runtime: Runtime) {

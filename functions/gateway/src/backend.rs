@@ -307,12 +307,8 @@ impl Backend for Services {
             .map_err(|e| format!("MongoDB: inserting job {}: {e}", job.id))
     }
 
-    fn delete_job(&mut self, id: &str) -> Result<(), String> {
-        self.mongo
-            .client
-            .delete_many(VIDEOS_DB, JOBS_COLLECTION, doc! {"_id": id})
-            .map(|_| ())
-            .map_err(|e| format!("MongoDB: deleting job {id}: {e}"))
+    fn withdraw_job(&mut self, job: &Job, now_ms: i64) -> Result<(), String> {
+        self.mongo.remove_job(job, now_ms)
     }
 
     /// Publishes on the connection opened before the upload; if that one died meanwhile (a

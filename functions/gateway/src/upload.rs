@@ -69,7 +69,10 @@ pub trait Backend {
     ) -> Result<String, StoreError>;
     fn delete_video(&mut self, fid: &str) -> Result<(), String>;
     fn insert_job(&mut self, job: &Job) -> Result<(), String>;
-    fn delete_job(&mut self, id: &str) -> Result<(), String>;
+    /// Deletes a job whose message the broker may have queued after all (a publish it never
+    /// confirmed), with its video, as its owner's delete does: the job's tombstone first, so a
+    /// worker handed that message drops it instead of failing it and telling the owner.
+    fn withdraw_job(&mut self, job: &Job, now_ms: i64) -> Result<(), String>;
     /// Publishes to `video`, persistent, and waits for the broker's confirm.
     fn publish(&mut self, message: &JobMessage) -> Result<(), String>;
 }
@@ -264,12 +267,7 @@ where
     // The other fields, (name, value): options.
     let mut fields: Vec<(String, String)> = Vec::new();
     let failure = |backend: &mut dyn Backend, stored: &Option<(String, String)>, reply: Reply| {
-        discard(
-            backend,
-            stored.as_ref().map(|(fid, _)| fid.as_str()),
-            None,
-            reply,
-        )
+        discard(backend, stored.as_ref().map(|(fid, _)| fid.as_str()), reply)
     };
     loop {
         let mut field = match exec.block_on(form.next_field()) {
@@ -353,19 +351,20 @@ where
     };
     let options = match read_options(&fields, &filename) {
         Ok(options) => options,
-        Err(e) => return discard(backend, Some(&video_fid), None, bad_option(&e)),
+        Err(e) => return discard(backend, Some(&video_fid), bad_option(&e)),
     };
 
     let now = (upload.clock)();
     let job =
         Job::queued(&upload.job_id, upload.owner, &video_fid, &filename, now).with_options(options);
     if let Err(e) = backend.insert_job(&job) {
-        return discard(backend, Some(&video_fid), None, storage_unavailable(e));
+        return discard(backend, Some(&video_fid), storage_unavailable(e));
     }
     let message = JobMessage::for_job(&job);
     if let Err(e) = backend.publish(&message) {
         let reply = Reply::text(503, "queue unavailable", "queue_unavailable").detail(e);
-        return discard(backend, Some(&video_fid), Some(&job.id), reply);
+        let cleanup = backend.withdraw_job(&job, now);
+        return with_cleanup_failure(reply, cleanup.err());
     }
     let body = serde_json::json!({
         "job_id": job.id,
@@ -391,31 +390,20 @@ pub fn bad_option(error: &OptionError) -> Reply {
     bad_request(&error.to_string(), "bad_option")
 }
 
-/// Deletes what was stored for a failed upload, then gives `reply`, with any cleanup failure
+/// Deletes the video stored for a failed upload, then gives `reply`, with any cleanup failure
 /// added to its logged detail.
-fn discard(
-    backend: &mut dyn Backend,
-    video_fid: Option<&str>,
-    job_id: Option<&str>,
-    reply: Reply,
-) -> Reply {
-    let mut problems = Vec::new();
-    if let Some(id) = job_id {
-        if let Err(e) = backend.delete_job(id) {
-            problems.push(format!("cleanup failed: {e}"));
-        }
-    }
-    if let Some(fid) = video_fid {
-        if let Err(e) = backend.delete_video(fid) {
-            problems.push(format!("cleanup failed: {e}"));
-        }
-    }
-    if problems.is_empty() {
+fn discard(backend: &mut dyn Backend, video_fid: Option<&str>, reply: Reply) -> Reply {
+    let cleanup = video_fid.and_then(|fid| backend.delete_video(fid).err());
+    with_cleanup_failure(reply, cleanup)
+}
+
+fn with_cleanup_failure(reply: Reply, problem: Option<String>) -> Reply {
+    let Some(problem) = problem else {
         return reply;
-    }
+    };
     let detail = match &reply.detail {
-        Some(d) => format!("{d}; {}", problems.join("; ")),
-        None => problems.join("; "),
+        Some(d) => format!("{d}; cleanup failed: {problem}"),
+        None => format!("cleanup failed: {problem}"),
     };
     reply.detail(detail)
 }

@@ -10,11 +10,14 @@ use std::time::Duration;
 /// A TCP proxy on a free loopback port that forwards every connection to `target`, until
 /// [`TcpProxy::cut`] closes the listener and every connection in both directions. Between
 /// [`TcpProxy::go_down`] and [`TcpProxy::come_up`] it drops every connection at once, as a
-/// service being restarted does.
+/// service being restarted does. Between [`TcpProxy::freeze`] and [`TcpProxy::thaw`] it
+/// accepts and reads but forwards nothing, as a service that hangs (a stopped process, a
+/// stalled disk) does.
 pub struct TcpProxy {
     port: u16,
     cut: Arc<AtomicBool>,
     down: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     hold: Arc<Mutex<Option<Hold>>>,
     drop_next: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
@@ -44,6 +47,8 @@ impl TcpProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let cut = Arc::new(AtomicBool::new(false));
         let down = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let frozen2 = frozen.clone();
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let target = target.to_owned();
         let (cut2, down2, streams2) = (cut.clone(), down.clone(), streams.clone());
@@ -86,6 +91,7 @@ impl TcpProxy {
                     let recorded = if from_client { &sent } else { &served }.clone();
                     let (hold, armed) = (hold2.clone(), armed.clone());
                     let drop_next = drop_next2.clone();
+                    let frozen = frozen2.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
                         // The client's last bytes, across reads: a request's end may be split.
@@ -115,6 +121,9 @@ impl TcpProxy {
                                 }
                                 record(&recorded, &buf[..n]);
                             }
+                            while frozen.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
                             if n == 0 || to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
@@ -128,6 +137,7 @@ impl TcpProxy {
             port,
             cut,
             down,
+            frozen,
             hold,
             drop_next,
             streams,
@@ -168,6 +178,8 @@ impl TcpProxy {
     /// Stops accepting and closes every proxied connection, as if the service had died.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
+        // Frozen forwarders would never see their sockets closed.
+        self.thaw();
         // Wake the accept loop so it sees the flag and drops the listener.
         let _ =
             TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1));
@@ -199,6 +211,17 @@ impl TcpProxy {
     /// Forwards new connections again after [`TcpProxy::go_down`].
     pub fn come_up(&self) {
         self.down.store(false, Ordering::SeqCst);
+    }
+
+    /// From now on nothing is forwarded either way, on open connections or new ones, until
+    /// [`TcpProxy::thaw`]: what was sent meanwhile is held, then delivered.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwards again what [`TcpProxy::freeze`] held, and what follows.
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
     }
 
     /// Closes every proxied connection but keeps accepting new ones, as if the network had

@@ -21,6 +21,8 @@ struct Fake {
     videos: HashMap<String, (String, Vec<u8>)>,
     jobs: HashMap<String, Job>,
     published: Vec<JobMessage>,
+    /// Jobs withdrawn, with their tombstone's time.
+    tombstones: Vec<(String, i64)>,
     fail_store: bool,
     fail_insert: bool,
     fail_publish: bool,
@@ -71,8 +73,13 @@ impl Backend for Fake {
         Ok(())
     }
 
-    fn delete_job(&mut self, id: &str) -> Result<(), String> {
-        self.jobs.remove(id).map(|_| ()).ok_or("no such job".into())
+    fn withdraw_job(&mut self, job: &Job, now_ms: i64) -> Result<(), String> {
+        self.tombstones.push((job.id.clone(), now_ms));
+        self.videos.remove(&job.video_fid);
+        self.jobs
+            .remove(&job.id)
+            .map(|_| ())
+            .ok_or("no such job".into())
     }
 
     fn publish(&mut self, message: &JobMessage) -> Result<(), String> {
@@ -86,6 +93,7 @@ impl Backend for Fake {
 
 const BOUNDARY: &str = "XyZzY";
 const JOB_ID: &str = "0123456789abcdef01234567";
+const NOW: i64 = 1_700_000_000_000;
 
 fn mp4(len: usize) -> Vec<u8> {
     let mut v = b"\0\0\0\x20ftypisom\0\0\x02\0isomiso2".to_vec();
@@ -143,7 +151,7 @@ fn run(fake: &mut Fake, body: Vec<u8>, max: u64) -> Reply {
         content_type: Some(&content_type),
         owner: "a@example.com",
         max_bytes: max,
-        clock: || 1_700_000_000_000,
+        clock: || NOW,
         job_id: JOB_ID.to_owned(),
     };
     handle(upload, chunks(body, 777), fake, &Executor)
@@ -346,6 +354,8 @@ fn failures_after_storing_undo_everything_and_are_503() {
         (503, "queue unavailable")
     );
     assert!(fake.videos.is_empty() && fake.jobs.is_empty());
+    // The broker may have queued the message all the same: the job is withdrawn as deleted.
+    assert_eq!(fake.tombstones, [(JOB_ID.to_owned(), NOW)]);
 
     let mut fake = Fake {
         fail_insert: true,
@@ -356,7 +366,7 @@ fn failures_after_storing_undo_everything_and_are_503() {
         (reply.status, reply.body.as_str()),
         (503, "storage unavailable")
     );
-    assert!(fake.videos.is_empty());
+    assert!(fake.videos.is_empty() && fake.tombstones.is_empty());
 
     let mut fake = Fake {
         fail_store: true,
