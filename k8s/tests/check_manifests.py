@@ -718,8 +718,10 @@ def ports_and_timeouts_agree(ctx: Context, c: Check) -> None:
             shutdown = int(env.get("SHUTDOWN_TIMEOUT_SECS", {}).get("value", "0"))
             if grace <= shutdown:
                 c.fail(where, f"terminationGracePeriodSeconds {grace} is not longer than SHUTDOWN_TIMEOUT_SECS {shutdown}")
-            if worker == "converter" and shutdown < 300:
-                c.fail(where, f"SHUTDOWN_TIMEOUT_SECS {shutdown} is shorter than a conversion may take (300)")
+            job = int(env.get("JOB_TIMEOUT_SECS", {}).get("value", "0"))
+            if worker == "converter" and (job <= 0 or shutdown < job):
+                c.fail(where, f"SHUTDOWN_TIMEOUT_SECS {shutdown} is shorter than a conversion may take "
+                              f"(JOB_TIMEOUT_SECS {job}): a rollout or scale-in would requeue it, costing an attempt")
             svc = services.get(f"{worker}-metrics")
             if svc is None:
                 c.fail(where, f"no Service {worker}-metrics for the metrics port")
@@ -990,6 +992,31 @@ def mysql_schema_is_crates_admin_migrations(ctx: Context, c: Check) -> None:
             c.fail(f"{overlay} {name_of(sts)}", "does not mount ConfigMap mysql-migrations in /docker-entrypoint-initdb.d")
 
 
+@check
+def each_overlay_sets_trusted_proxies(ctx: Context, c: Check) -> None:
+    """login believes the X-Forwarded-For entries of `trusted_proxies`, the cluster's pod
+    network: it differs from cluster to cluster, so no default in the base can be right (wrong,
+    login counts every attempt against the gateway's own address, and one client locks everyone
+    out), and each overlay must say it."""
+    base = (ctx.root / "k8s/base/app-config.env").read_text()
+    if re.search(r"^trusted_proxies=", base, re.M):
+        c.fail("k8s/base/app-config.env", "sets trusted_proxies: each overlay sets its cluster's pod network")
+    for overlay in OVERLAYS:
+        value = configmap_value(ctx, overlay, "mp3-config", "trusted_proxies")
+        if not value:
+            c.fail(overlay, "does not set trusted_proxies (ConfigMap mp3-config): its cluster's pod network")
+            continue
+        for cidr in value.split(","):
+            try:
+                net = ipaddress.ip_network(cidr.strip())
+            except ValueError:
+                c.fail(overlay, f"trusted_proxies has {cidr!r}, not a CIDR range")
+                continue
+            if net.prefixlen < 8 or not net.is_private:
+                c.fail(overlay, f"trusted_proxies {cidr} is not a private pod network: anyone could choose "
+                                "the address login counts")
+
+
 def quantity_bytes(value: str) -> int:
     """A Kubernetes quantity in bytes (binary or decimal suffixes)."""
     m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", value.strip())
@@ -1016,17 +1043,19 @@ def converter_tmp_holds_its_largest_videos(ctx: Context, c: Check) -> None:
             str(spin.get("variables", {}).get("max_resumable_upload_bytes", {}).get("default", ""))
         concurrency = env_value(ctx, overlay, container_env(dep, "converter").get("CONCURRENCY", {}))
         tmp = next((v for v in pod_spec(dep).get("volumes", []) if v["name"] == "tmp"), {})
-        size = tmp.get("emptyDir", {}).get("sizeLimit")
+        # A volume of its own: gigabytes of node ephemeral storage beyond the pod's request would
+        # make converters the kubelet's first evictions under disk pressure.
+        if "ephemeral" not in tmp:
+            c.fail(where, "/tmp is not a generic ephemeral volume (a claim of the pod's own)")
+            continue
+        claim = tmp["ephemeral"].get("volumeClaimTemplate", {}).get("spec", {})
+        size = claim.get("resources", {}).get("requests", {}).get("storage")
         if not (largest or "").isdigit() or not (concurrency or "").isdigit() or size is None:
-            c.fail(where, "max_resumable_upload_bytes, CONCURRENCY or the /tmp emptyDir's sizeLimit is missing")
+            c.fail(where, "max_resumable_upload_bytes, CONCURRENCY or the /tmp claim's size is missing")
             continue
         if quantity_bytes(size) < int(concurrency) * (int(largest) + MAX_FILE_OUTPUT):
             c.fail(where, f"/tmp ({size}) cannot hold {concurrency} videos of max_resumable_upload_bytes "
                           f"{largest} and their MP3s")
-        for container in pod_spec(dep)["containers"]:
-            limit = container.get("resources", {}).get("limits", {}).get("ephemeral-storage")
-            if container["name"] == "converter" and (limit is None or quantity_bytes(limit) < quantity_bytes(size)):
-                c.fail(where, f"ephemeral-storage limit {limit} is under the /tmp sizeLimit {size}")
 
 
 # The largest MP3 the converter writes to /tmp (convert.rs MAX_FILE_OUTPUT).
@@ -1184,6 +1213,11 @@ def endpoints(ctx: Context, overlay: str) -> dict[str, Endpoint]:
             labels = dict(obj["spec"].get("podLabels", {}))
             labels["core.spinkube.dev/app-name"] = obj["metadata"]["name"]
             eps[obj["metadata"]["name"]] = Endpoint(obj["metadata"]["name"], NAMESPACE, labels, {"http-app": 80})
+        elif obj["kind"] == "Ingress" and any(k.startswith("cert-manager.io/") and k.endswith("issuer")
+                                              for k in obj["metadata"].get("annotations", {})):
+            # The pod cert-manager starts for an HTTP-01 challenge, with the label it gives it.
+            eps["acme-solver"] = Endpoint("acme-solver", NAMESPACE,
+                                          {"acme.cert-manager.io/http01-solver": "true"}, {"http": 8089})
     eps.update(outside_endpoints())
     return eps
 
@@ -1251,6 +1285,11 @@ def designed_flows(eps: dict[str, Endpoint]) -> tuple[list, list]:
         ("converter", "mp3-auth", 80),
         ("mp3-gateway", "converter", eps["converter"].ports.get("metrics", -1)),
     ]
+    if "acme-solver" in eps:
+        # Let's Encrypt reaches the challenge through the ingress controller; nothing else.
+        must.append(("ingress-nginx", "acme-solver", 8089))
+        must_not += [("ingress-nginx", "acme-solver", 80), ("acme-solver", "mp3-auth", 80),
+                     ("mp3-gateway", "acme-solver", 8089)]
     if in_cluster:
         must += [("keda", "rabbitmq", 15672), ("notifier", "mailpit", 1025),
                  ("prometheus", "rabbitmq", 15692)]

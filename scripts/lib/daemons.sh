@@ -17,9 +17,10 @@ pid_file() { printf '%s/%s.pid\n' "$RUN" "$1"; }
 # True when the pid in NAME's pid file is alive and still the program we started: the
 # command line names it and its working directory lies in .dev/ (spawn puts it there), so a
 # recycled pid, or someone else's daemon of the same kind, is never taken for, or killed as,
-# ours. A stale pid file is removed. A daemon still exec'ing its way in (setsid, env, the
-# program) shows an empty or intermediate command line for an instant: that is looked at again
-# before the pid file goes, or a live daemon would be orphaned.
+# ours. A stale pid file is removed. A daemon still exec'ing its way in (this script's own
+# subshell, setsid, env, the program) shows an empty or intermediate command line for an
+# instant: that is looked at again before the pid file goes, or a live daemon would be
+# orphaned.
 is_running() { # name cmdline-substring
     local file pid cmdline cwd tries
     file="$(pid_file "$1")"
@@ -35,6 +36,8 @@ is_running() { # name cmdline-substring
         fi
         case "$cmdline" in
             "" | setsid\ * | env\ *) sleep 0.1 ;;
+            # spawn's subshell, not yet exec'd (on a machine busy enough to outlast its wait).
+            "$(tr '\0' ' ' <"/proc/$$/cmdline" 2>/dev/null)") sleep 0.1 ;;
             *) break ;;
         esac
     done
@@ -127,6 +130,34 @@ stop_process() { # service name cmdline-substring timeout
         sleep 0.3
     done
     rm -f "$(pid_file "$name")"
+}
+
+# Processes of ours (the command line names the program and the working directory lies in
+# $DEV, as is_running requires) that no pid file names any more: one taken for dead during its
+# start-up, say, whose pid file went, would hold its port and make every later start fail.
+stop_strays() { # cmdline-substring
+    local pid cmdline cwd strays=()
+    for pid in $(pgrep -f -- "$1" 2>/dev/null || true); do
+        [ "$pid" != "$$" ] || continue
+        cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+        cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null || true)"
+        if [[ "$cmdline" == *"$1"* ]] && [[ "$cwd" == "$DEV" || "$cwd" == "$DEV"/* ]]; then
+            strays+=("$pid")
+        fi
+    done
+    [ "${#strays[@]}" -gt 0 ] || return 0
+    log "stopping ${strays[*]}: ${1#/} left without a pid file"
+    kill -TERM "${strays[@]}" 2>/dev/null || true
+    local deadline=$((SECONDS + 10)) p
+    for p in "${strays[@]}"; do
+        while [ -e "/proc/$p" ] && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]; do
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                kill -KILL "$p" 2>/dev/null || true
+                break
+            fi
+            sleep 0.2
+        done
+    done
 }
 
 # One command at a time per state folder: start, stop and the like hold $RUN/lock (fd 9, which

@@ -275,6 +275,12 @@ impl Encoder {
             .as_inner_mut()
             .fd_mappings(fds)
             .context("handing ffmpeg its descriptors")?;
+        // ffmpeg parses untrusted files: it gets none of the worker's environment, which holds
+        // the RabbitMQ and MongoDB URLs with their passwords. PATH alone, to find its helpers.
+        let inner = command.as_inner_mut().env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            inner.env("PATH", path);
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", ffmpeg.display()))?;
@@ -450,6 +456,11 @@ impl Encoder {
                 "ffmpeg was killed ({status}): {message}"
             )));
         }
+        if is_the_machines_fault(&message) {
+            return Err(ConvertError::Transient(anyhow::anyhow!(
+                "ffmpeg failed ({status}) for want of resources: {message}"
+            )));
+        }
         let message = if message.is_empty() {
             "no error message".to_owned()
         } else {
@@ -457,6 +468,20 @@ impl Encoder {
         };
         Err(ConvertError::Rejected { status, message })
     }
+}
+
+/// An ffmpeg failure the machine caused, not the file: a full /tmp (its cache of the video, its
+/// output file), memory or descriptors running out. Worth another attempt, perhaps on another
+/// converter, rather than telling the owner the file is damaged. (ffmpeg prints strerror's
+/// text, which its C library makes English whatever the locale, since ffmpeg gets no LANG.)
+fn is_the_machines_fault(message: &str) -> bool {
+    const SIGNS: [&str; 4] = [
+        "No space left on device",
+        "Cannot allocate memory",
+        "Too many open files",
+        "Disk quota exceeded",
+    ];
+    SIGNS.iter().any(|sign| message.contains(sign))
 }
 
 /// Writes what ffmpeg left in `file` to `output`; the bytes written.

@@ -240,6 +240,13 @@ impl Converter {
                 tracing::info!("the job was deleted by its owner while converting");
                 return Ok(());
             }
+            // Its retry may wait in the queues a while: the job shows it is waiting, not
+            // converting. (Best effort: the sweeper judges a job left converting by its age.)
+            if matches!(failure, Failure::Retry(_)) {
+                if let Err(error) = self.store.release(&job.id, mp3_fid).await {
+                    tracing::warn!(error = format!("{error:#}"), "handing the job back");
+                }
+            }
             return Err(failure);
         }
         if !self

@@ -224,6 +224,27 @@ impl Store {
         })
     }
 
+    /// Hands the job back after this attempt failed and its retry copy waits in the queues:
+    /// `queued` again, as of now, if this attempt (`mp3_fid`) still holds it. Left `converting`
+    /// with the claim's time, it would look to the sweeper like a conversion that outlived
+    /// every deadline, and be republished, then failed, under a retry that is on its way.
+    /// The claim's MP3 id stays: the next claim deletes whatever of it is left.
+    pub async fn release(&self, job_id: &str, mp3_fid: ObjectId) -> anyhow::Result<bool> {
+        let result = self
+            .jobs
+            .update_one(
+                doc! {
+                    "_id": job_id,
+                    "status": JobStatus::Converting.as_str(),
+                    CONVERTING_FID: mp3_fid.to_hex(),
+                },
+                doc! { "$set": { "status": JobStatus::Queued.as_str(), "updated_at": now_ms() } },
+            )
+            .await
+            .with_context(|| format!("handing job {job_id} back"))?;
+        Ok(result.matched_count == 1)
+    }
+
     /// Marks the job done with `mp3_fid`, if this attempt still holds it. `false`: another
     /// attempt claimed the job since, and this attempt's MP3 must be deleted.
     pub async fn mark_done(&self, job_id: &str, mp3_fid: ObjectId) -> anyhow::Result<bool> {

@@ -677,6 +677,35 @@ async fn transient_failures_are_retried_with_backoff_then_given_up() {
     assert_eq!(worker.metric("converter_jobs_failed_total"), Some(1.0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_for_its_retry_shows_queued_not_converting() {
+    let fx = Fixture::new("release").await;
+    // The retry comes back after 30 s: meanwhile nothing converts the job.
+    let worker = fx.start(&[
+        ("FFMPEG_PATH", "/nonexistent/ffmpeg".to_owned()),
+        ("MAX_ATTEMPTS", "3".to_owned()),
+        ("RETRY_BASE_DELAY_MS", "30000".to_owned()),
+    ]);
+    let video = make_video(&fx.dir, "clip.mkv", 1, &[]);
+    let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;
+    fx.publish(&job);
+    let deadline = std::time::Instant::now() + JOB_TIMEOUT;
+    while worker.metric("converter_jobs_retried_total") != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Left converting, the sweeper would take it for a conversion that outlived every
+    // deadline (republished, then failed) while its retry waits.
+    let waiting = fx.job(&job.id).await;
+    assert_eq!(
+        (waiting.status, waiting.attempts),
+        (JobStatus::Queued, 1),
+        "{}",
+        worker.log()
+    );
+    assert!(waiting.updated_at > job.updated_at);
+}
+
 /// An executable shell script in `dir`.
 fn script(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
@@ -688,6 +717,48 @@ fn script(dir: &Path, name: &str, body: &str) -> String {
         .unwrap()
         .success());
     path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ffmpeg_short_of_disk_is_retried_and_sees_none_of_the_secrets() {
+    let fx = Fixture::new("no-space").await;
+    // As ffmpeg fails when /tmp is full: after reading its input, an error line, exit 1.
+    let seen = fx.dir.join("ffmpeg-env");
+    let ffmpeg = script(
+        &fx.dir,
+        "ffmpeg-no-space",
+        &format!(
+            "env > '{}'\ncat > /dev/null\necho '[error] /tmp/cache: No space left on device' >&2\nexit 1",
+            seen.display()
+        ),
+    );
+    let worker = fx.start(&[
+        ("FFMPEG_PATH", ffmpeg),
+        ("WARM_FFMPEG", "0".to_owned()),
+        ("MAX_ATTEMPTS", "2".to_owned()),
+    ]);
+    let video = make_video(&fx.dir, "clip.mkv", 1, &[]);
+    let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;
+    fx.publish(&job);
+    let failed = fx.wait_status(&job.id, JobStatus::Failed).await;
+    // Not the file's fault: tried again, and the owner is not told the file is damaged.
+    assert_eq!(failed.attempts, 2, "{}", worker.log());
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("the conversion kept failing; please upload the video again later")
+    );
+    assert_eq!(worker.metric("converter_jobs_retried_total"), Some(1.0));
+    // ffmpeg parses what users upload: the worker's credentials stay out of its reach.
+    let environment = std::fs::read_to_string(&seen).expect("the script ran");
+    for secret in [
+        "AMQP_URL",
+        "MONGODB_URL",
+        &env("MONGODB_URL"),
+        &fx.vhost.amqp_url(),
+    ] {
+        assert!(!environment.contains(secret), "ffmpeg saw {secret}");
+    }
+    assert!(environment.contains("PATH="), "{environment}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

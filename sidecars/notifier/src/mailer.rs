@@ -68,7 +68,8 @@ impl Mailer {
         })
     }
 
-    /// Sends `email` to `to`; `Ok` once the server accepted it.
+    /// Sends `email` to `to`; `Ok` once the server accepted it. Only a refusal of the recipient
+    /// is permanent; any other, 5xx included, is retried (see [`refuses_the_recipient`]).
     pub async fn send(&self, to: &str, email: &Email) -> Result<(), SendError> {
         let to: Mailbox = to
             .parse()
@@ -84,12 +85,30 @@ impl Mailer {
             .map_err(SendError::Permanent)?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
-            Err(error) if error.is_permanent() => Err(SendError::Permanent(
-                anyhow::Error::new(error).context("the SMTP server refused the email"),
+            Err(error) if refuses_the_recipient(&error) => Err(SendError::Permanent(
+                anyhow::Error::new(error).context("the SMTP server refused the recipient"),
             )),
             Err(error) => Err(SendError::Transient(
                 anyhow::Error::new(error).context("sending the email"),
             )),
         }
     }
+}
+
+/// A refusal no retry can change, because it is about this recipient: no such mailbox (550), not
+/// here (551), a name the server refuses (553). Every other refusal, permanent by its 5xx code
+/// included, may be the sender's or the server's state: a rejected login after a password
+/// rotation (535), authentication required (530), a relay or policy refusal (554, 5.7.x), a
+/// greeting refused while the server is overloaded. Retried, the emails go out once that is
+/// put right, instead of being dead-lettered for good on the first try. (A 550 given to the
+/// sender, a MAIL FROM the server refuses, is taken for the recipient's: SMTP replies do not
+/// say which command they answer.)
+fn refuses_the_recipient(error: &lettre::transport::smtp::Error) -> bool {
+    use lettre::transport::smtp::response::{Category, Detail, Severity};
+    let Some(code) = error.status().filter(|_| error.is_permanent()) else {
+        return false;
+    };
+    code.severity == Severity::PermanentNegativeCompletion
+        && code.category == Category::MailSystem
+        && matches!(code.detail, Detail::Zero | Detail::One | Detail::Three)
 }

@@ -385,6 +385,99 @@ async fn an_unreachable_smtp_server_is_retried_then_the_message_is_dead_lettered
     assert!(mails_to(&job.owner).is_empty());
 }
 
+/// A Mailpit of the test's own that takes logins from one user only, and mail only for
+/// addresses that start with `allowed-`; stopped on drop.
+struct StrictSmtp {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl StrictSmtp {
+    const USER: &'static str = "mailer";
+    const PASSWORD: &'static str = "the-right-password";
+
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let auth = dir.path().join("smtp-auth");
+        std::fs::write(&auth, format!("{}:{}\n", Self::USER, Self::PASSWORD)).unwrap();
+        let port = free_port();
+        // `mailpit` from .dev/bin, on PATH after `scripts/dev-services env`.
+        let child = std::process::Command::new("mailpit")
+            .arg("--smtp")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--database")
+            .arg(dir.path().join("mailpit.db"))
+            .arg("--smtp-auth-file")
+            .arg(&auth)
+            .args(["--smtp-auth-allow-insecure", "--disable-version-check"])
+            .args(["--smtp-allowed-recipients", "^allowed-"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting mailpit (scripts/dev-services install puts it in .dev/bin)");
+        wait_for("mailpit's SMTP port", TIMEOUT, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for StrictSmtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_retried_and_only_a_refused_recipient_is_given_up_at_once() {
+    let fx = Fixture::new("smtp-refusals").await;
+    let smtp = StrictSmtp::start();
+    let settings = |password: &str| {
+        vec![
+            ("SMTP_PORT", smtp.port.to_string()),
+            ("SMTP_USERNAME", StrictSmtp::USER.to_owned()),
+            ("SMTP_PASSWORD", password.to_owned()),
+            ("MAX_ATTEMPTS", "3".to_owned()),
+        ]
+    };
+
+    // 535 to the login: the notifier's configuration (a password rotated on the server only),
+    // which a fixed Secret puts right; not a reason to drop the email at once.
+    let worker = fx.start(&settings("an-old-password"));
+    let (_, message) = fx.job(JobStatus::Done).await;
+    fx.publish(&message);
+    wait_for("the message in mp3.dead", TIMEOUT, || {
+        (fx.vhost.queue_len("mp3.dead")? == 1).then_some(())
+    });
+    assert_eq!(worker.metric("notifier_jobs_retried_total"), Some(2.0));
+    assert_eq!(worker.metric("notifier_emails_failed_total"), Some(3.0));
+    assert!(worker.log().contains("535"), "{}", worker.log());
+    drop(worker);
+
+    // 550 to the recipient: no retry changes it.
+    let worker = fx.start(&settings(StrictSmtp::PASSWORD));
+    let (_, message) = fx.job(JobStatus::Done).await;
+    fx.publish(&message);
+    wait_for("the second message in mp3.dead", TIMEOUT, || {
+        (fx.vhost.queue_len("mp3.dead")? == 2).then_some(())
+    });
+    assert_eq!(worker.metric("notifier_jobs_retried_total"), Some(0.0));
+    assert_eq!(worker.metric("notifier_emails_failed_total"), Some(1.0));
+    assert!(
+        worker.log().contains("refused the recipient"),
+        "{}",
+        worker.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_turns_unhealthy_then_reconnects_and_consumes() {
     let fx = Fixture::new("reconnect").await;
