@@ -325,9 +325,17 @@ impl Sweeper {
                 .with_context(|| format!("marking job {} republished", job.id))?;
             if moved.modified_count == 1 {
                 let message = JobMessage::for_job(&job);
-                publisher
-                    .publish_json(VIDEO_QUEUE, &message, &job.id)
-                    .await?;
+                if let Err(error) = publisher.publish_json(VIDEO_QUEUE, &message, &job.id).await {
+                    // Not republished after all: the try is not used up, nor the wait begun.
+                    self.jobs
+                        .update_one(
+                            doc! { "_id": &job.id, "updated_at": now },
+                            doc! { "$set": { "updated_at": job.updated_at }, "$inc": { REPUBLISHED: -1 } },
+                        )
+                        .await
+                        .with_context(|| format!("undoing the republication of job {}", job.id))?;
+                    return Err(error);
+                }
                 tracing::warn!(job_id = %job.id, status = job.status.as_str(), "republished a stuck job");
                 swept.republished += 1;
             }
@@ -391,7 +399,20 @@ impl Sweeper {
                 (JobStatus::Done, Some(mp3_fid)) => queued.converted(mp3_fid),
                 _ => queued.failed(job.error.as_deref().unwrap_or("conversion failed")),
             };
-            publisher.publish_json(MP3_QUEUE, &message, &job.id).await?;
+            if let Err(error) = publisher.publish_json(MP3_QUEUE, &message, &job.id).await {
+                // Not announced after all: the try is not used up, nor the wait begun.
+                let undo = match document.get(REANNOUNCED_AT) {
+                    Some(at) => {
+                        doc! { "$set": { REANNOUNCED_AT: at.clone() }, "$inc": { REANNOUNCED: -1 } }
+                    }
+                    None => doc! { "$unset": { REANNOUNCED_AT: "" }, "$inc": { REANNOUNCED: -1 } },
+                };
+                self.jobs
+                    .update_one(doc! { "_id": &job.id, REANNOUNCED_AT: now }, undo)
+                    .await
+                    .with_context(|| format!("undoing the announcement of job {}", job.id))?;
+                return Err(error);
+            }
             tracing::warn!(job_id = %job.id, "announced a job whose owner was not told");
             swept.reannounced += 1;
         }

@@ -1116,6 +1116,61 @@ fn id_made_ago(secs_ago: u32) -> ObjectId {
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_the_broker_refuses_does_not_use_up_a_try() {
+    let fx = Fixture::new("sweep-refused").await;
+    let jobs = fx.videos().collection::<Document>(JOBS_COLLECTION);
+    let video = make_video(&fx.dir, "clip.mkv", 1, &[]);
+    let untold = fx.queue_job(&video, "untold.mkv", 255 * 1024).await;
+    let mp3 = fx.store_mp3(&untold, b"an untold MP3").await;
+    let now = converter::store::now_ms();
+    let done = doc! { "status": "done", "mp3_fid": mp3.to_hex(), "updated_at": now };
+    jobs.update_one(doc! { "_id": &untold.id }, doc! { "$set": done })
+        .await
+        .unwrap();
+    let sweeping = [
+        ("SWEEP_INTERVAL_SECS", "1".to_owned()),
+        ("STUCK_AFTER_SECS", "3600".to_owned()),
+        ("JOB_TIMEOUT_SECS", "600".to_owned()),
+    ];
+    let worker = fx.start(&sweeping);
+    // `mp3` gone (an operator's mistake, a broker restored without it): every announcement
+    // comes back unroutable. Then the job turns out unannounced for two hours.
+    let mgmt = env("RABBITMQ_MGMT_URL");
+    let (status, body) = mp3_worker::testing::curl(&[
+        "-X",
+        "DELETE",
+        &format!("{mgmt}/api/queues/{}/mp3", fx.vhost.name),
+    ]);
+    assert_eq!(status, 204, "{body}");
+    let two_hours_ago = doc! { "updated_at": now - 2 * 3600 * 1000 };
+    jobs.update_one(doc! { "_id": &untold.id }, doc! { "$set": two_hours_ago })
+        .await
+        .unwrap();
+    wait_for("a sweep that cannot announce", JOB_TIMEOUT, || {
+        (worker.metric("converter_sweeps_failed_total")? >= 1.0).then_some(())
+    });
+    let job = jobs
+        .find_one(doc! { "_id": &untold.id })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !job.contains_key("reannounced_at") && job.get_i32("reannounced").unwrap_or(0) == 0,
+        "a refused announcement was counted as made: {job}\n{}",
+        worker.log()
+    );
+    drop(worker);
+
+    // The queue back (a worker declares it at start): the very next sweep announces it.
+    let worker = fx.start(&sweeping);
+    wait_for("the announcement", JOB_TIMEOUT, || {
+        (fx.vhost.queue_len("mp3")? == 1).then_some(())
+    });
+    assert_eq!(payload(&fx.take("mp3", 1)[0]).mp3_fid, Some(mp3.to_hex()));
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
     let fx = Fixture::new("sweeper").await;
     let jobs = fx.videos().collection::<Document>(JOBS_COLLECTION);

@@ -164,7 +164,19 @@ impl Parts {
                     .or(message.error.as_deref())
                     .unwrap_or("conversion failed"),
             ),
-            _ => message.clone(),
+            // Not over (or done without an MP3): nothing true to tell its owner, whatever the
+            // message claims. Only a stray or forged message gets here; an operator reads it in
+            // the dead-letter queue.
+            (status, _) => {
+                if let Err(release) = self.store.release(&job.id, &token).await {
+                    tracing::warn!(error = format!("{release:#}"), "cannot release the claim");
+                }
+                return Err(Failure::permanent(anyhow::anyhow!(
+                    "job {} is {} without an outcome to announce",
+                    job.id,
+                    status.as_str()
+                )));
+            }
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -385,6 +385,40 @@ async fn an_unreachable_smtp_server_is_retried_then_the_message_is_dead_lettered
     assert!(mails_to(&job.owner).is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_of_a_job_not_over_sends_nothing() {
+    let fx = Fixture::new("not-over").await;
+    let worker = fx.start(&[]);
+    // A job still converting, and a message that says it failed (stray or forged): the owner
+    // must not be told it failed, nor the real outcome be taken for already told later.
+    let (job, message) = fx.job(JobStatus::Converting).await;
+    assert!(message.error.is_some());
+    fx.publish(&message);
+    wait_for("the message in mp3.dead", TIMEOUT, || {
+        (fx.vhost.queue_len("mp3.dead")? == 1).then_some(())
+    });
+    assert!(mails_to(&job.owner).is_empty());
+    let recorded = fx.job_document(&job.id).await;
+    assert!(!recorded.contains_key("notified_at"), "{recorded}");
+    assert!(!recorded.contains_key("notify_claim"), "{recorded}");
+    assert_eq!(worker.metric("notifier_emails_sent_total"), Some(0.0));
+
+    // Once it ends, its owner hears how.
+    fx.client
+        .database(VIDEOS_DB)
+        .collection::<Document>(JOBS_COLLECTION)
+        .update_one(
+            doc! { "_id": &job.id },
+            doc! { "$set": { "status": "failed", "error": "the video's audio track is empty" } },
+        )
+        .await
+        .unwrap();
+    fx.publish(&message);
+    wait_for("the failure email", TIMEOUT, || {
+        (mails_to(&job.owner).len() == 1).then_some(())
+    });
+}
+
 /// A Mailpit of the test's own that takes logins from one user only, and mail only for
 /// addresses that start with `allowed-`; stopped on drop.
 struct StrictSmtp {
