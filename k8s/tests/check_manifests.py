@@ -666,6 +666,9 @@ def worker_env_matches_the_code(ctx: Context, c: Check) -> None:
             continue
         if "EnvFilter" in code:
             read.add("RUST_LOG")  # tracing-subscriber's EnvFilter reads it
+        # What every process has from its image, not configuration (the converter hands PATH on
+        # to ffmpeg, and nothing else of its environment).
+        read -= {"PATH", "HOME"}
         for overlay in OVERLAYS:
             dep = ctx.find(overlay, "Deployment", worker)
             if dep is None:

@@ -32,6 +32,7 @@ on_each_runtime!(
     rabbitmq_or_mongodb_unreachable_is_503,
     a_hung_mongodb_or_rabbitmq_is_503_within_its_timeout_and_recovers,
     a_confirm_that_never_comes_is_503_and_the_late_message_is_dropped,
+    a_hung_user_database_is_503_after_the_auth_timeout_and_recovers,
     downloads_stream_the_owners_mp3_with_ranges,
     unknown_paths_and_methods,
     split_deployment_forwards_login_and_validates_remotely,
@@ -729,6 +730,40 @@ fn a_hung_mongodb_or_rabbitmq_is_503_within_its_timeout_and_recovers(runtime: Ru
         2,
         "the uploads before and after"
     );
+}
+
+/// validate waits for MariaDB as long as it hangs (Spin's MySQL client has no timeout): the
+/// gateway waits for validate only `auth_timeout_secs`, then 503, instead of Spin's 600 s.
+fn a_hung_user_database_is_503_after_the_auth_timeout_and_recovers(runtime: Runtime) {
+    let vhost = Vhost::new();
+    let users = std::sync::Arc::new(TestDb::migrated());
+    let database = TcpProxy::start(&users.host_port());
+    let url = users
+        .url()
+        .replacen(&users.host_port(), &database.address(), 1);
+    let app = start_with_users(runtime, &vhost, users.clone(), |c| {
+        c.env("SPIN_VARIABLE_DB_URL", &url)
+            .env("SPIN_VARIABLE_DB_HOST", database.address())
+            .env("SPIN_VARIABLE_AUTH_TIMEOUT_SECS", "2")
+    });
+    // A token validate has not seen: it must read the user's token generation in MariaDB.
+    let (_, auth) = user(&app);
+    database.freeze();
+    let started = Instant::now();
+    let reply = get(&app, "/jobs", &auth, &[]);
+    let took = started.elapsed();
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (503, "authentication service unavailable"),
+        "{}",
+        app.log()
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    database.thaw();
+    assert_eq!(get(&app, "/jobs", &auth, &[]).status, 200, "{}", app.log());
 }
 
 /// A publish the broker took but never confirmed: the upload is refused (503) and withdrawn,

@@ -22,7 +22,12 @@ pub struct Config {
     /// How long a resumable upload lives after its last PATCH (`upload_expiry_secs`,
     /// default a day).
     pub upload_expiry_secs: u64,
+    /// How long to wait for the auth service's answer (`auth_timeout_secs`, default 30 s).
+    pub auth_timeout_secs: u64,
 }
+
+/// Longest wait for the auth service that may be set: Spin's own default for outbound HTTP.
+pub const MAX_AUTH_TIMEOUT_SECS: u64 = 600;
 
 /// Longest lifetime a download link may be given: a unit slip (milliseconds for seconds) must
 /// not hand out links that work for years.
@@ -72,8 +77,9 @@ impl LinkSettings {
 
 impl Config {
     /// Reads `mongodb_url`, `amqp_url`, `auth_url`, `max_upload_bytes` and the optional
-    /// `max_resumable_upload_bytes` and `upload_expiry_secs` (the error, for the log line, names the variable), and the optional
-    /// `download_key` and `download_link_ttl_secs`, whose faults only concern links.
+    /// `max_resumable_upload_bytes`, `upload_expiry_secs` and `auth_timeout_secs` (the error,
+    /// for the log line, names the variable), and the optional `download_key` and
+    /// `download_link_ttl_secs`, whose faults only concern links.
     pub fn load(vars: &impl Variables) -> Result<Self, String> {
         let auth_url = vars.require("auth_url")?;
         let auth_url = auth_url.trim().trim_end_matches('/').to_owned();
@@ -102,8 +108,19 @@ impl Config {
                     "variable upload_expiry_secs: {expiry:?} is not a whole number of seconds from 1 to {MAX_UPLOAD_EXPIRY_SECS} (30 days)"
                 )
             })?;
+        let timeout = vars
+            .variable("auth_timeout_secs")
+            .unwrap_or_else(|_| "30".into());
+        let auth_timeout_secs = positive(&timeout)
+            .filter(|secs| *secs <= MAX_AUTH_TIMEOUT_SECS)
+            .ok_or_else(|| {
+                format!(
+                    "variable auth_timeout_secs: {timeout:?} is not a whole number of seconds from 1 to {MAX_AUTH_TIMEOUT_SECS}"
+                )
+            })?;
         Ok(Config {
             upload_expiry_secs,
+            auth_timeout_secs,
             mongodb_url: vars.require("mongodb_url")?,
             amqp_url: vars.require("amqp_url")?,
             auth_url,
@@ -141,6 +158,7 @@ mod tests {
         assert_eq!(config.max_upload_bytes, 2_147_483_648);
         assert_eq!(config.max_resumable_upload_bytes, 34_359_738_368);
         assert_eq!(config.mongodb_url, "mongodb://127.0.0.1:27017");
+        assert_eq!(config.auth_timeout_secs, 30, "the default");
         assert!(matches!(
             config.links,
             LinkSettings::On {
@@ -198,6 +216,9 @@ mod tests {
                 "32GiB",
                 "max_resumable_upload_bytes",
             ),
+            ("auth_timeout_secs", "0", "auth_timeout_secs"),
+            ("auth_timeout_secs", "601", "auth_timeout_secs"),
+            ("auth_timeout_secs", "30s", "auth_timeout_secs"),
             ("auth_url", "self.alt", "auth_url"),
         ] {
             let mut vars = vars();

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::io::Read;
 use std::task::Waker;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use component_http::forwarded::forward_for;
 use component_http::spin::{
@@ -186,7 +186,7 @@ fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<
             .build()
             .try_into_outgoing_request()
             .map_err(|e| spin_sdk::http::SendError::RequestConversion(e.into()))?;
-        spin_sdk::http::run(spin_sdk::http::send::<_, Response>(bodiless))
+        send_within(bodiless, Duration::from_secs(config.auth_timeout_secs))
     };
     let response = send()
         .or_else(|e| match e {
@@ -206,6 +206,41 @@ fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<
         headers,
         body: response.body().to_vec(),
     })
+}
+
+/// Sends `request` (its body already complete), waiting at most `limit` for the answer's head
+/// and between its body's bytes: `spin_sdk::http::send` takes no request options, so the host's
+/// default (600 s on Spin) would apply. A timeout is `ConnectionReadTimeout`.
+fn send_within(
+    request: spin_sdk::http::OutgoingRequest,
+    limit: Duration,
+) -> Result<Response, spin_sdk::http::SendError> {
+    use spin_sdk::http::conversions::TryFromIncomingResponse as _;
+    use spin_sdk::http::SendError;
+    use spin_sdk::wit::wasi::http0_2_0::{outgoing_handler, types::RequestOptions};
+    let nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+    let options = RequestOptions::new();
+    for set in [
+        RequestOptions::set_first_byte_timeout,
+        RequestOptions::set_between_bytes_timeout,
+    ] {
+        set(&options, Some(nanos)).map_err(|()| {
+            SendError::RequestConversion("the host refused a request timeout".into())
+        })?;
+    }
+    let answer = outgoing_handler::handle(request, Some(options)).map_err(SendError::Http)?;
+    answer.subscribe().block();
+    let response = match answer.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(code))) => return Err(SendError::Http(code)),
+        Some(Err(())) | None => {
+            return Err(SendError::RequestConversion(
+                "the host gave no answer to a finished request".into(),
+            ))
+        }
+    };
+    spin_sdk::http::run(Response::try_from_incoming_response(response))
+        .map_err(|e| SendError::ResponseConversion(e.into()))
 }
 
 /// The caller's username, or the reply refusing them.
