@@ -560,13 +560,25 @@ impl Sweeper {
         {
             videos.extend(upload.get_str("video_fid").ok().and_then(parse_id));
         }
+        // Only what is older than the cutoff can be judged; read by cursor, never as one answer
+        // (`distinct` must fit in 16 MB on MongoDB: some 800,000 ids, and the orphan step
+        // would fail for good on a store that large).
+        let oldest_young = first_id_of(cutoff_secs);
         for (db, named) in [(&self.videos, &videos), (&self.mp3s, &mp3s)] {
-            let files: HashSet<ObjectId> = object_ids(
-                db.collection::<Document>("fs.files")
-                    .distinct("_id", doc! {})
-                    .await
-                    .with_context(|| format!("listing the files of {}", db.name()))?,
-            );
+            let mut files: HashSet<ObjectId> = HashSet::new();
+            let mut cursor = db
+                .collection::<Document>("fs.files")
+                .find(doc! { "_id": { "$lt": oldest_young } })
+                .projection(doc! { "_id": 1 })
+                .await
+                .with_context(|| format!("listing the files of {}", db.name()))?;
+            while let Some(file) = cursor
+                .try_next()
+                .await
+                .with_context(|| format!("listing the files of {}", db.name()))?
+            {
+                files.extend(file.get_object_id("_id").ok());
+            }
             let unowned = files.iter().filter(|id| !named.contains(id));
             for id in unowned.filter(|_| !self.policy.keep_unowned_files) {
                 if older_than(id, cutoff_secs) {
@@ -575,12 +587,22 @@ impl Sweeper {
                     swept.orphan_files += 1;
                 }
             }
-            let owners: HashSet<ObjectId> = object_ids(
-                db.collection::<Document>("fs.chunks")
-                    .distinct("files_id", doc! {})
-                    .await
-                    .with_context(|| format!("listing the chunks of {}", db.name()))?,
-            );
+            let mut owners: HashSet<ObjectId> = HashSet::new();
+            let mut cursor = db
+                .collection::<Document>("fs.chunks")
+                .aggregate([
+                    doc! { "$match": { "files_id": { "$lt": oldest_young } } },
+                    doc! { "$group": { "_id": "$files_id" } },
+                ])
+                .await
+                .with_context(|| format!("listing the chunks of {}", db.name()))?;
+            while let Some(owner) = cursor
+                .try_next()
+                .await
+                .with_context(|| format!("listing the chunks of {}", db.name()))?
+            {
+                owners.extend(owner.get_object_id("_id").ok());
+            }
             let orphaned: Vec<ObjectId> = owners
                 .into_iter()
                 .filter(|id| {
@@ -608,15 +630,12 @@ fn parse_id(hex: &str) -> Option<ObjectId> {
     ObjectId::parse_str(hex).ok()
 }
 
-/// The ObjectIds among `values` (a file id of another type is not ours to judge).
-fn object_ids(values: Vec<Bson>) -> HashSet<ObjectId> {
-    values
-        .into_iter()
-        .filter_map(|value| match value {
-            Bson::ObjectId(id) => Some(id),
-            _ => None,
-        })
-        .collect()
+/// The smallest ObjectId made at `secs` (Unix seconds): every id made earlier sorts before it.
+fn first_id_of(secs: i64) -> ObjectId {
+    let mut bytes = [0u8; 12];
+    let secs = u32::try_from(secs.max(0)).unwrap_or(u32::MAX);
+    bytes[..4].copy_from_slice(&secs.to_be_bytes());
+    ObjectId::from_bytes(bytes)
 }
 
 /// Whether the id was made before `cutoff_secs` (Unix seconds): every writer here and the
@@ -685,13 +704,11 @@ mod tests {
     }
 
     #[test]
-    fn only_object_ids_are_judged() {
-        let ids = object_ids(vec![
-            Bson::ObjectId(id_at(1)),
-            Bson::String("custom".into()),
-            Bson::Int32(5),
-        ]);
-        assert_eq!(ids, HashSet::from([id_at(1)]));
+    fn ids_made_before_a_time_sort_before_its_first_id() {
+        let first = first_id_of(101);
+        assert!(id_at(100) < first && first <= id_at(101));
+        assert!(older_than(&id_at(100), 101) && !older_than(&first, 101));
+        assert_eq!(first_id_of(-5), first_id_of(0));
     }
 
     #[test]

@@ -1115,8 +1115,13 @@ fn id_made_ago(secs_ago: u32) -> ObjectId {
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
+/// The tests whose converters sweep: a sweeper works on the whole store, so it would take the
+/// other test's old jobs for its own (announce them in its own vhost, count them).
+static SWEEPERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announcement_the_broker_refuses_does_not_use_up_a_try() {
+    let _alone = SWEEPERS.lock().await;
     let fx = Fixture::new("sweep-refused").await;
     let jobs = fx.videos().collection::<Document>(JOBS_COLLECTION);
     let video = make_video(&fx.dir, "clip.mkv", 1, &[]);
@@ -1172,6 +1177,7 @@ async fn an_announcement_the_broker_refuses_does_not_use_up_a_try() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_expires_recovers_and_cleans_up_safely_on_two_replicas() {
+    let _alone = SWEEPERS.lock().await;
     let fx = Fixture::new("sweeper").await;
     let jobs = fx.videos().collection::<Document>(JOBS_COLLECTION);
     let now = converter::store::now_ms();
