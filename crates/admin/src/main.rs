@@ -52,6 +52,9 @@ enum UserCommand {
         /// Make the user an administrator (without it, an existing admin is demoted)
         #[arg(long)]
         admin: bool,
+        /// Leave an existing user as it is (password, admin flag, tokens): create only
+        #[arg(long)]
+        if_missing: bool,
     },
 }
 
@@ -123,18 +126,24 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::User {
-            command: UserCommand::Add { email, admin },
+            command:
+                UserCommand::Add {
+                    email,
+                    admin,
+                    if_missing,
+                },
         } => {
             user::check_email(email)?;
             let url = url()?;
             let password = user::read_password(email)?;
             let hash = mp3_auth::hash_password(&password).context("cannot hash the password")?;
             let mut conn = db::connect(&url).await?;
-            let outcome = user::upsert(&mut conn, email, &hash, *admin).await?;
+            let outcome = user::upsert(&mut conn, email, &hash, *admin, *if_missing).await?;
             conn.disconnect().await.ok();
             match outcome {
                 user::Outcome::Created => println!("created user {email}"),
                 user::Outcome::Updated => println!("updated user {email}"),
+                user::Outcome::Kept => println!("user {email} exists; left as it is"),
             }
         }
     }

@@ -78,28 +78,36 @@ fn first_line(line: &str) -> &str {
 pub enum Outcome {
     Created,
     Updated,
+    /// It existed, and was left as it was (`keep_existing`).
+    Kept,
 }
 
 /// Insert the user, or reset the password and admin flag of an existing one, which also
 /// revokes every token issued to it before (its token generation moves on). A new user's
 /// generation starts at the current time: tokens of an earlier user of the same email (deleted
 /// since) stay refused.
+/// With `keep_existing`, an existing user is left untouched (password, admin flag, tokens).
 pub async fn upsert(
     conn: &mut Conn,
     email: &str,
     password_hash: &str,
     admin: bool,
+    keep_existing: bool,
 ) -> Result<Outcome> {
     // Affected rows: 1 for an insert, 2 for an update (0 if nothing changed, impossible here:
-    // every hash has a fresh salt). VALUES() works on MariaDB and MySQL 8 alike.
+    // every hash has a fresh salt), 0 for an insert ignored. VALUES() works on MariaDB and
+    // MySQL 8 alike.
+    let statement = if keep_existing {
+        "INSERT IGNORE INTO user (email, password, admin, token_generation) \
+         VALUES (?, ?, ?, UNIX_TIMESTAMP())"
+    } else {
+        "INSERT INTO user (email, password, admin, token_generation) \
+         VALUES (?, ?, ?, UNIX_TIMESTAMP()) \
+         ON DUPLICATE KEY UPDATE password = VALUES(password), admin = VALUES(admin), \
+         token_generation = token_generation + 1"
+    };
     let result = conn
-        .exec_drop(
-            "INSERT INTO user (email, password, admin, token_generation) \
-             VALUES (?, ?, ?, UNIX_TIMESTAMP()) \
-             ON DUPLICATE KEY UPDATE password = VALUES(password), admin = VALUES(admin), \
-             token_generation = token_generation + 1",
-            (email, password_hash, admin),
-        )
+        .exec_drop(statement, (email, password_hash, admin))
         .await;
     match result {
         Ok(()) => {}
@@ -108,10 +116,10 @@ pub async fn upsert(
         }
         Err(e) => return Err(e).with_context(|| format!("cannot save user {email}")),
     }
-    Ok(if conn.affected_rows() == 1 {
-        Outcome::Created
-    } else {
-        Outcome::Updated
+    Ok(match conn.affected_rows() {
+        1 => Outcome::Created,
+        0 if keep_existing => Outcome::Kept,
+        _ => Outcome::Updated,
     })
 }
 

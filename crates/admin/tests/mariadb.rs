@@ -157,6 +157,32 @@ async fn migrate_twice_then_user_add_twice() {
     assert!(!mp3_auth::verify_password(&hash2, "first password").unwrap());
     assert!(admin2);
 
+    // --if-missing: an existing user keeps its password, admin flag and tokens.
+    const GENERATION: &str = "SELECT token_generation FROM user WHERE email = 'alice@example.com'";
+    let before: Option<u64> = conn.query_first(GENERATION).await.unwrap();
+    let kept = db.admin_cmd(
+        &["user", "add", "alice@example.com", "--if-missing"],
+        "third\n",
+    );
+    assert_ok(&kept);
+    assert_eq!(
+        stdout(&kept),
+        "user alice@example.com exists; left as it is\n"
+    );
+    let (hash3, admin3): (String, bool) = conn
+        .exec_first(
+            "SELECT password, admin FROM user WHERE email = ?",
+            ("alice@example.com",),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((hash3, admin3), (hash2, true));
+    let after: Option<u64> = conn.query_first(GENERATION).await.unwrap();
+    assert_eq!(after, before);
+    let fresh = db.admin_cmd(&["user", "add", "bob@example.com", "--if-missing"], "pw\n");
+    assert_eq!(stdout(&fresh), "created user bob@example.com\n");
+
     conn.disconnect().await.ok();
     db.drop_db().await;
 }
