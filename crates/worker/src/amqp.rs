@@ -72,11 +72,19 @@ pub async fn declare(channel: &Channel, specs: &[QueueSpec]) -> anyhow::Result<(
     Ok(())
 }
 
+/// How long a channel's or connection's close waits for the broker's answer: one that stopped
+/// reading (a blocked connection) would hold a reconnection for ever.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a publish may wait for the broker's confirm, unless said otherwise.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Publishes on the default exchange and waits for the broker's confirm. Cheap to clone: every
 /// clone shares one channel in confirm mode.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    confirm_timeout: Duration,
 }
 
 impl Publisher {
@@ -90,7 +98,16 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .context("enabling publisher confirms")?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+        })
+    }
+
+    /// The same, waiting at most `limit` for each confirm.
+    pub fn with_confirm_timeout(mut self, limit: Duration) -> Self {
+        self.confirm_timeout = limit;
+        self
     }
 
     /// Publishes `body` to `queue` with `properties`, and returns once RabbitMQ has confirmed
@@ -102,22 +119,34 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> anyhow::Result<()> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                body,
-                properties,
-            )
+        // Bounded: a broker that blocks this connection (a memory or disk alarm) stops reading
+        // it while its heartbeats go on, so nothing else would end the wait, and the caller (a
+        // delivery being settled, holding its slot) would wait with it, while /healthz says 200.
+        let publish = async {
+            self.channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    body,
+                    properties,
+                )
+                .await
+                .with_context(|| format!("publishing to {queue:?}"))?
+                .await
+                .with_context(|| format!("waiting for the confirm of a publish to {queue:?}"))
+        };
+        let confirm = tokio::time::timeout(self.confirm_timeout, publish)
             .await
-            .with_context(|| format!("publishing to {queue:?}"))?
-            .await
-            .with_context(|| format!("waiting for the confirm of a publish to {queue:?}"))?;
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no confirm of a publish to {queue:?} within {} s (is the connection blocked by a memory or disk alarm?)",
+                    self.confirm_timeout.as_secs_f32()
+                )
+            })??;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) => bail!(
@@ -168,8 +197,11 @@ impl Publisher {
     }
 
     pub async fn close(&self) {
-        if let Err(error) = self.channel.close(200, "bye".into()).await {
-            tracing::debug!(%error, "closing the publishing channel");
+        let close = self.channel.close(200, "bye".into());
+        match tokio::time::timeout(CLOSE_TIMEOUT, close).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "closing the publishing channel"),
+            Err(_) => tracing::debug!("closing the publishing channel: no answer"),
         }
     }
 }

@@ -163,6 +163,10 @@ pub struct WorkerOptions {
     /// under RabbitMQ's `consumer_timeout` (30 minutes by default), which closes the channel
     /// of a consumer holding a message longer.
     pub job_timeout: Duration,
+    /// How long a publish (a retry copy, a hand-back) may wait for the broker's confirm; past
+    /// it, the channel counts as broken ([`crate::amqp::DEFAULT_CONFIRM_TIMEOUT`] unless a test
+    /// needs less).
+    pub confirm_timeout: Duration,
 }
 
 /// Past its deadline, how much longer a job may run before `/healthz` calls the worker stuck:
@@ -320,8 +324,11 @@ impl<H: Handler> Shared<H> {
             tracing::info!("connected to RabbitMQ");
             let end = self.session(&connection, stop, health).await;
             health.set_consuming(false);
-            if let Err(error) = connection.close(200, "bye".into()).await {
-                tracing::debug!(%error, "closing the connection");
+            let close = connection.close(200, "bye".into());
+            match tokio::time::timeout(amqp::CLOSE_TIMEOUT, close).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "closing the connection"),
+                Err(_) => tracing::debug!("closing the connection: no answer"),
             }
             match end {
                 Ok(SessionEnd::Stopped) => return,
@@ -357,7 +364,9 @@ impl<H: Handler> Shared<H> {
         amqp::declare(&setup, &specs).await?;
         let _ = setup.close(200, "declared".into()).await;
 
-        let publisher = Publisher::open(connection).await?;
+        let publisher = Publisher::open(connection)
+            .await?
+            .with_confirm_timeout(options.confirm_timeout);
         let channel = connection
             .create_channel()
             .await
@@ -464,8 +473,9 @@ impl<H: Handler> Shared<H> {
         })
         .await;
         tasks.abort_all();
-        publisher.close().await;
-        let _ = channel.close(200, "bye".into()).await;
+        // Side by side: each waits up to CLOSE_TIMEOUT for a broker that may not answer.
+        let consuming = tokio::time::timeout(amqp::CLOSE_TIMEOUT, channel.close(200, "bye".into()));
+        let _ = tokio::join!(publisher.close(), consuming);
         Ok(end)
     }
 

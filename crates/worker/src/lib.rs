@@ -19,7 +19,7 @@ pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use amqp::Publisher;
+pub use amqp::{Publisher, DEFAULT_CONFIRM_TIMEOUT};
 pub use consumer::{
     one_line, stop_on_signal, Context, Failure, GivenUp, Handler, Interrupted, Worker,
     WorkerOptions,

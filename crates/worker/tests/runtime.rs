@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use mp3_model::topology::VIDEO;
-use mp3_worker::testing::{free_port, http_get, wait_for, Vhost};
+use mp3_worker::testing::{env, free_port, host_port, http_get, wait_for, TcpProxy, Vhost};
 use mp3_worker::{Context, Failure, GivenUp, Handler, Worker, WorkerOptions};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -122,19 +122,38 @@ struct Running {
 
 impl Running {
     async fn start(what: &str, concurrency: u16, max_attempts: u32, job_timeout: Duration) -> Self {
+        Self::start_via(None, what, concurrency, max_attempts, job_timeout).await
+    }
+
+    /// [`Running::start`], reaching RabbitMQ through `proxy` if given.
+    async fn start_via(
+        proxy: Option<&TcpProxy>,
+        what: &str,
+        concurrency: u16,
+        max_attempts: u32,
+        job_timeout: Duration,
+    ) -> Self {
         let vhost = Vhost::new(what);
         let handler = Scripted::default();
         let port = free_port();
+        let amqp_url = match proxy {
+            Some(proxy) => {
+                let url = vhost.amqp_url();
+                url.replacen(&host_port(&url), &proxy.address(), 1)
+            }
+            None => vhost.amqp_url(),
+        };
         let options = WorkerOptions {
             name: "scripted",
             queue: VIDEO[0],
-            amqp_url: vhost.amqp_url(),
+            amqp_url,
             concurrency,
             max_attempts,
             retry_base_delay: Duration::from_millis(500),
             metrics_addr: format!("127.0.0.1:{port}").parse().unwrap(),
             shutdown_timeout: Duration::from_secs(5),
             job_timeout,
+            confirm_timeout: Duration::from_secs(2),
         };
         let stop = CancellationToken::new();
         let worker = Worker::new(options, handler.clone(), Registry::with_prefix("scripted"));
@@ -324,4 +343,24 @@ async fn a_publish_to_a_missing_queue_is_an_error_not_a_silent_drop() {
         .await
         .unwrap();
     let _ = connection.close(200, "bye".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_copy_never_confirmed_ends_the_session_not_the_worker() {
+    // A broker that takes the copy but does not answer (its connection blocked by a memory
+    // alarm stops reading it, heartbeats go on): the confirm of every retry copy (a script's
+    // body ends with `]}`, then the frame end) is held 20 s, past the 2 s the worker waits.
+    let broker = TcpProxy::start(&host_port(&env("AMQP_URL")));
+    broker.hold_replies_to(b"]}\xCE", Duration::from_secs(20));
+    let running =
+        Running::start_via(Some(&broker), "unconfirmed", 2, 5, Duration::from_secs(30)).await;
+    running.publish("held", r#"["retry","ok"]"#);
+    // Not held for 20 s with its slot: the channel counts as broken, the delivery goes back,
+    // and a new session handles it again.
+    running
+        .wait("the message handled again", Duration::from_secs(15), |h| {
+            h.attempts("held").len() >= 2
+        })
+        .await;
+    running.stop().await;
 }

@@ -154,6 +154,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics_addr: config.metrics_addr,
         shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
         job_timeout: Duration::from_secs(config.job_timeout_secs),
+        confirm_timeout: mp3_worker::DEFAULT_CONFIRM_TIMEOUT,
     };
     let stop = CancellationToken::new();
     tokio::spawn(mp3_worker::stop_on_signal(stop.clone()));

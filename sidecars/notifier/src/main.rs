@@ -232,6 +232,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics_addr: config.metrics_addr,
         shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
         job_timeout: Duration::from_secs(config.job_timeout_secs),
+        confirm_timeout: mp3_worker::DEFAULT_CONFIRM_TIMEOUT,
     };
     Worker::new(options, notifier, registry).run().await?;
     handler::finish(&tasks, FINISH_TIMEOUT).await;
