@@ -32,6 +32,7 @@ on_each_runtime!(
     rabbitmq_or_mongodb_unreachable_is_503,
     a_hung_mongodb_or_rabbitmq_is_503_within_its_timeout_and_recovers,
     a_confirm_that_never_comes_is_503_and_the_late_message_is_dropped,
+    a_confirm_that_never_comes_while_a_converter_takes_the_job_is_202,
     a_hung_user_database_is_503_after_the_auth_timeout_and_recovers,
     downloads_stream_the_owners_mp3_with_ranges,
     unknown_paths_and_methods,
@@ -849,6 +850,75 @@ fn a_confirm_that_never_comes_is_503_and_the_late_message_is_dropped(runtime: Ru
     assert!(vhost.drain("video.dead").is_empty(), "dead-lettered");
     assert!(vhost.drain("mp3").is_empty(), "announced to the notifier");
     assert_eq!(stored_with_name(&mut client, &name), (0, 0));
+}
+
+/// The same unconfirmed publish, with a converter running: the broker hands the message on
+/// before its confirm, so the job is converted while the gateway waits. Withdrawing it then
+/// would delete a converted job whose owner was told: the upload is accepted instead.
+fn a_confirm_that_never_comes_while_a_converter_takes_the_job_is_202(runtime: Runtime) {
+    let vhost = Vhost::new();
+    let broker = TcpProxy::start(&Vhost::broker_address());
+    broker.hold_replies_to(b"}\xCE", Duration::from_secs(12));
+    let store = service_env("MONGODB_URL");
+    let app = start(runtime, &vhost, |c| {
+        c.env(
+            "SPIN_VARIABLE_AMQP_URL",
+            vhost.amqp_url_via(&broker.address()),
+        )
+        .env("SPIN_VARIABLE_AMQP_HOST", broker.address())
+        .env("SPIN_VARIABLE_MONGODB_URL", &store)
+        .env(
+            "SPIN_VARIABLE_MONGODB_HOST",
+            system_tests::services::host_port(&store),
+        )
+    });
+    let (_, auth) = user(&app);
+    let converter = system_tests::system::Worker::start(
+        "converter",
+        &[
+            ("AMQP_URL", vhost.amqp_url()),
+            ("MONGODB_URL", store.clone()),
+            ("RETRY_BASE_DELAY_MS", "200".into()),
+        ],
+    );
+    let name = format!("converted-meanwhile-{}.mp4", unique());
+    let reply = upload(
+        &app,
+        Some(&auth),
+        Body::Bytes(form(&[Part::File(&name, video())])),
+    );
+    assert_eq!(reply.status, 202, "{}\n{}", reply.text(), app.log());
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+    let job_id = json["job_id"].as_str().expect("job_id").to_owned();
+    let mut client = mongo_wire::connect(&store).expect("connecting to MongoDB");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let job = client
+            .find_one(VIDEOS_DB, JOBS_COLLECTION, doc! {"_id": &job_id})
+            .expect("reading the job")
+            .expect("the job is there");
+        if job.get_str("status") == Ok("done") {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "{job}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mp3s = client
+        .find(
+            MP3S_DB,
+            "fs.files",
+            doc! {"metadata.job_id": &job_id},
+            Default::default(),
+        )
+        .expect("listing MP3s")
+        .count();
+    assert_eq!(mp3s, 1, "{done}");
+    let tombstone = client
+        .find_one(VIDEOS_DB, DELETED_JOBS_COLLECTION, doc! {"_id": &job_id})
+        .expect("reading tombstones");
+    assert!(tombstone.is_none(), "{tombstone:?}");
+    drop(converter);
+    assert!(vhost.drain("video.dead").is_empty(), "dead-lettered");
 }
 
 fn rabbitmq_or_mongodb_unreachable_is_503(runtime: Runtime) {

@@ -12,8 +12,8 @@ use mongo_wire::bson::oid::ObjectId;
 use mongo_wire::bson::{self, doc, Bson, Document};
 use mongo_wire::{Bucket, Client, Download, FileInfo, FindOptions};
 use mp3_model::{
-    new_object_id, topology, Job, JobMessage, DELETED_JOBS_COLLECTION, GRIDFS_CHUNK_SIZE,
-    JOBS_COLLECTION, MP3S_DB, NOTIFY_CLAIMS_COLLECTION, UPLOADS_COLLECTION,
+    new_object_id, topology, Job, JobMessage, JobStatus, DELETED_JOBS_COLLECTION,
+    GRIDFS_CHUNK_SIZE, JOBS_COLLECTION, MP3S_DB, NOTIFY_CLAIMS_COLLECTION, UPLOADS_COLLECTION,
     UPLOAD_LEASES_COLLECTION, VIDEOS_DB,
 };
 
@@ -171,6 +171,44 @@ impl Mongo {
         Ok(())
     }
 
+    /// See [`crate::upload::Backend::withdraw_job`].
+    pub fn withdraw_job(&mut self, job: &Job, now_ms: i64) -> Result<bool, String> {
+        let fail = |what: &str, e: mongo_wire::Error| {
+            format!("MongoDB: withdrawing job {}: {what}: {e}", job.id)
+        };
+        let tombstone = doc! {"_id": &job.id};
+        self.client
+            .update_one(
+                VIDEOS_DB,
+                DELETED_JOBS_COLLECTION,
+                tombstone.clone(),
+                doc! {"$set": {"owner": &job.owner, "deleted_at": now_ms}},
+                true,
+            )
+            .map_err(|e| fail("recording the withdrawal", e))?;
+        // Only as the upload left it: a claim makes it `converting` and counts an attempt.
+        let unclaimed = doc! {
+            "_id": &job.id,
+            "owner": &job.owner,
+            "status": JobStatus::Queued.as_str(),
+            "attempts": 0,
+        };
+        let deleted = self
+            .client
+            .delete_many(VIDEOS_DB, JOBS_COLLECTION, unclaimed)
+            .map_err(|e| fail("deleting the job", e))?;
+        if deleted == 0 {
+            self.client
+                .delete_many(VIDEOS_DB, DELETED_JOBS_COLLECTION, tombstone)
+                .map_err(|e| fail("taking the withdrawal back", e))?;
+            return Ok(false);
+        }
+        match ObjectId::parse_str(&job.video_fid).map(|id| videos().delete(&mut self.client, id)) {
+            Ok(Ok(())) | Ok(Err(mongo_wire::Error::NotFound(_))) | Err(_) => Ok(true),
+            Ok(Err(e)) => Err(fail("deleting its video", e)),
+        }
+    }
+
     /// The files document of MP3 `id` in `mp3s`.
     pub fn mp3_info(&mut self, id: ObjectId) -> Result<FileInfo, mongo_wire::Error> {
         mp3s().file_info(&mut self.client, id)
@@ -307,8 +345,8 @@ impl Backend for Services {
             .map_err(|e| format!("MongoDB: inserting job {}: {e}", job.id))
     }
 
-    fn withdraw_job(&mut self, job: &Job, now_ms: i64) -> Result<(), String> {
-        self.mongo.remove_job(job, now_ms)
+    fn withdraw_job(&mut self, job: &Job, now_ms: i64) -> Result<bool, String> {
+        self.mongo.withdraw_job(job, now_ms)
     }
 
     /// Publishes on the connection opened before the upload; if that one died meanwhile (a

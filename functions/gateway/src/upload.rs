@@ -69,10 +69,12 @@ pub trait Backend {
     ) -> Result<String, StoreError>;
     fn delete_video(&mut self, fid: &str) -> Result<(), String>;
     fn insert_job(&mut self, job: &Job) -> Result<(), String>;
-    /// Deletes a job whose message the broker may have queued after all (a publish it never
-    /// confirmed), with its video, as its owner's delete does: the job's tombstone first, so a
-    /// worker handed that message drops it instead of failing it and telling the owner.
-    fn withdraw_job(&mut self, job: &Job, now_ms: i64) -> Result<(), String>;
+    /// Withdraws a job whose message the broker may have queued after all (a publish it never
+    /// confirmed): its tombstone first, so a worker handed that message from now on drops it;
+    /// then the job and its video, unless a worker claimed it meanwhile (the broker hands a
+    /// message on before its confirm). `false`: claimed, so the job lives, and the tombstone
+    /// is taken back.
+    fn withdraw_job(&mut self, job: &Job, now_ms: i64) -> Result<bool, String>;
     /// Publishes to `video`, persistent, and waits for the broker's confirm.
     fn publish(&mut self, message: &JobMessage) -> Result<(), String>;
 }
@@ -362,10 +364,22 @@ where
     }
     let message = JobMessage::for_job(&job);
     if let Err(e) = backend.publish(&message) {
-        let reply = Reply::text(503, "queue unavailable", "queue_unavailable").detail(e);
-        let cleanup = backend.withdraw_job(&job, now);
-        return with_cleanup_failure(reply, cleanup.err());
+        let reply = Reply::text(503, "queue unavailable", "queue_unavailable").detail(&e);
+        match backend.withdraw_job(&job, now) {
+            Ok(true) => return reply,
+            // The message got through after all: the upload is accepted.
+            Ok(false) => {
+                return accepted(&job, &video_fid, upload.owner)
+                    .detail(format!("{e}; but a converter took the job meanwhile"))
+            }
+            Err(cleanup) => return with_cleanup_failure(reply, Some(cleanup)),
+        }
     }
+    accepted(&job, &video_fid, upload.owner)
+}
+
+/// 202 with where to follow the job.
+fn accepted(job: &Job, video_fid: &str, owner: &str) -> Reply {
     let body = serde_json::json!({
         "job_id": job.id,
         "video_fid": video_fid,
@@ -373,7 +387,7 @@ where
     });
     Reply::new(202, "application/json", body.to_string(), "queued")
         .header("location", format!("/jobs/{}", job.id))
-        .user(upload.owner)
+        .user(owner)
 }
 
 fn read_options(fields: &[(String, String)], filename: &str) -> Result<Options, OptionError> {

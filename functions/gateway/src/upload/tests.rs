@@ -23,6 +23,8 @@ struct Fake {
     published: Vec<JobMessage>,
     /// Jobs withdrawn, with their tombstone's time.
     tombstones: Vec<(String, i64)>,
+    /// A converter takes each job as soon as it is inserted (its message got through).
+    claimed_at_once: bool,
     fail_store: bool,
     fail_insert: bool,
     fail_publish: bool,
@@ -73,12 +75,15 @@ impl Backend for Fake {
         Ok(())
     }
 
-    fn withdraw_job(&mut self, job: &Job, now_ms: i64) -> Result<(), String> {
+    fn withdraw_job(&mut self, job: &Job, now_ms: i64) -> Result<bool, String> {
+        if self.claimed_at_once {
+            return Ok(false);
+        }
         self.tombstones.push((job.id.clone(), now_ms));
         self.videos.remove(&job.video_fid);
         self.jobs
             .remove(&job.id)
-            .map(|_| ())
+            .map(|_| true)
             .ok_or("no such job".into())
     }
 
@@ -356,6 +361,22 @@ fn failures_after_storing_undo_everything_and_are_503() {
     assert!(fake.videos.is_empty() && fake.jobs.is_empty());
     // The broker may have queued the message all the same: the job is withdrawn as deleted.
     assert_eq!(fake.tombstones, [(JOB_ID.to_owned(), NOW)]);
+
+    // It did, and a converter took the job before the withdrawal: the upload went through.
+    let mut fake = Fake {
+        fail_publish: true,
+        claimed_at_once: true,
+        ..Fake::default()
+    };
+    let reply = run(&mut fake, body(), 1 << 20);
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert!(reply
+        .detail
+        .as_deref()
+        .unwrap_or("")
+        .contains("took the job"));
+    assert_eq!((fake.videos.len(), fake.jobs.len()), (1, 1));
+    assert!(fake.tombstones.is_empty());
 
     let mut fake = Fake {
         fail_insert: true,
