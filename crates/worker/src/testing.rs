@@ -252,10 +252,23 @@ impl WorkerProcess {
     /// Starts `binary` with `envs` (on top of an environment cleared of the worker variables)
     /// and `METRICS_ADDR` on a free port.
     pub fn start(binary: &str, envs: &[(&str, String)]) -> Self {
+        Self::start_as(&[], binary, envs)
+    }
+
+    /// [`WorkerProcess::start`] through `prefix` (`setpriv --reuid=...`, to run it as another
+    /// user).
+    pub fn start_as(prefix: &[&str], binary: &str, envs: &[(&str, String)]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("mp3-worker-test")));
         let file = std::fs::File::create(&log).expect("creating the worker log");
-        let mut command = Command::new(binary);
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info")

@@ -101,6 +101,13 @@ fn default_concurrency() -> u16 {
 async fn main() -> ExitCode {
     let config = Config::parse();
     mp3_worker::telemetry::init(config.log_format);
+    // ffmpeg runs as our user on files anyone may upload: without this it could read our
+    // /proc/<pid>/environ (the RabbitMQ and MongoDB URLs, with their passwords) or memory,
+    // whatever environment it is given itself. Before any ffmpeg starts.
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        tracing::error!(%error, "cannot make the process undumpable");
+        return ExitCode::FAILURE;
+    }
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -728,15 +728,41 @@ async fn an_ffmpeg_short_of_disk_is_retried_and_sees_none_of_the_secrets() {
         &fx.dir,
         "ffmpeg-no-space",
         &format!(
-            "env > '{}'\ncat > /dev/null\necho '[error] /tmp/cache: No space left on device' >&2\nexit 1",
+            "env > '{}'\ncat /proc/$PPID/environ >> '{}' 2>/dev/null && echo 'READ PARENT' >> '{}'\ncat > /dev/null\necho '[error] /tmp/cache: No space left on device' >&2\nexit 1",
+            seen.display(),
+            seen.display(),
             seen.display()
         ),
     );
-    let worker = fx.start(&[
+    // As in its pod, the converter runs as a user without privileges (root reads any /proc),
+    // and ffmpeg as the same user.
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let as_nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ];
+    let prefix: &[&str] = if root { &as_nobody } else { &[] };
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&fx.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&seen, "").unwrap();
+    std::fs::set_permissions(&seen, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut envs = vec![
+        ("AMQP_URL", fx.vhost.amqp_url()),
+        ("MONGODB_URL", env("MONGODB_URL")),
+        ("SWEEP_INTERVAL_SECS", "0".to_owned()),
+        ("RETRY_BASE_DELAY_MS", "200".to_owned()),
         ("FFMPEG_PATH", ffmpeg),
         ("WARM_FFMPEG", "0".to_owned()),
         ("MAX_ATTEMPTS", "2".to_owned()),
-    ]);
+    ];
+    if let Ok(path) = std::env::var("PATH") {
+        envs.push(("PATH", path));
+    }
+    let mut worker = WorkerProcess::start_as(prefix, CONVERTER, &envs);
+    worker.wait_healthy();
     let video = make_video(&fx.dir, "clip.mkv", 1, &[]);
     let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;
     fx.publish(&job);
@@ -759,6 +785,11 @@ async fn an_ffmpeg_short_of_disk_is_retried_and_sees_none_of_the_secrets() {
         assert!(!environment.contains(secret), "ffmpeg saw {secret}");
     }
     assert!(environment.contains("PATH="), "{environment}");
+    // Nor through the converter's own /proc (undumpable): the same user may not read it.
+    assert!(
+        !environment.contains("READ PARENT"),
+        "ffmpeg read its parent's environment"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
