@@ -1015,7 +1015,9 @@ def each_overlay_sets_trusted_proxies(ctx: Context, c: Check) -> None:
             except ValueError:
                 c.fail(overlay, f"trusted_proxies has {cidr!r}, not a CIDR range")
                 continue
-            if net.prefixlen < 8 or not net.is_private:
+            # RFC 1918 and the like, or the shared range some clusters give pods (100.64/10).
+            shared = net.version == 4 and net.subnet_of(ipaddress.ip_network("100.64.0.0/10"))
+            if net.prefixlen < 8 or not (net.is_private or shared):
                 c.fail(overlay, f"trusted_proxies {cidr} is not a private pod network: anyone could choose "
                                 "the address login counts")
 

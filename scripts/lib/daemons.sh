@@ -132,16 +132,18 @@ stop_process() { # service name cmdline-substring timeout
     rm -f "$(pid_file "$name")"
 }
 
-# Processes of ours (the command line names the program and the working directory lies in
-# $DEV, as is_running requires) that no pid file names any more: one taken for dead during its
-# start-up, say, whose pid file went, would hold its port and make every later start fail.
-stop_strays() { # cmdline-substring
-    local pid cmdline cwd strays=()
+# Processes of ours (running the program /NAME, with a working directory in $DEV, as spawn
+# leaves them) that no pid file names any more: one taken for dead during its start-up, say,
+# whose pid file went, would hold its port and make every later start fail. The program is
+# told by the executable itself, not the command line, which a `tail -f log/NAME.log` run
+# from there would match too.
+stop_strays() { # /NAME
+    local pid exe cwd strays=()
     for pid in $(pgrep -f -- "$1" 2>/dev/null || true); do
         [ "$pid" != "$$" ] || continue
-        cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+        exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
         cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null || true)"
-        if [[ "$cmdline" == *"$1"* ]] && [[ "$cwd" == "$DEV" || "$cwd" == "$DEV"/* ]]; then
+        if [[ "$exe" == *"$1" ]] && [[ "$cwd" == "$DEV" || "$cwd" == "$DEV"/* ]]; then
             strays+=("$pid")
         fi
     done

@@ -208,9 +208,9 @@ fn call_auth(config: &Config, path: &str, headers: &[(&str, String)]) -> Result<
     })
 }
 
-/// Sends `request` (its body already complete), waiting at most `limit` for the answer's head
-/// and between its body's bytes: `spin_sdk::http::send` takes no request options, so the host's
-/// default (600 s on Spin) would apply. A timeout is `ConnectionReadTimeout`.
+/// Sends `request` (its body already complete), waiting at most `limit` for the connection,
+/// for the answer's head and between its body's bytes: `spin_sdk::http::send` takes no
+/// request options, so the host's defaults (600 s on Spin) would apply.
 fn send_within(
     request: spin_sdk::http::OutgoingRequest,
     limit: Duration,
@@ -221,6 +221,7 @@ fn send_within(
     let nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
     let options = RequestOptions::new();
     for set in [
+        RequestOptions::set_connect_timeout,
         RequestOptions::set_first_byte_timeout,
         RequestOptions::set_between_bytes_timeout,
     ] {

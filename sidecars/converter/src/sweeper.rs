@@ -35,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{delete_file, Store};
 
+/// How long a sweep under way may go on once the converter is told to stop.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
 /// Jobs looked at per step and sweep: a large backlog is worked off over several sweeps.
 const BATCH: i64 = 500;
 
@@ -166,15 +169,26 @@ impl Sweeper {
             let Some(open) = connection.as_ref() else {
                 continue;
             };
-            let outcome = async {
-                let publisher = Publisher::open(open).await?;
-                let swept = self.sweep(&publisher).await;
-                publisher.close().await;
-                swept
-            };
-            let outcome = tokio::select! {
-                () = stop.cancelled() => break,
-                outcome = outcome => outcome,
+            let outcome = {
+                let sweeping = async {
+                    let publisher = Publisher::open(open).await?;
+                    let swept = self.sweep(&publisher).await;
+                    publisher.close().await;
+                    swept
+                };
+                tokio::pin!(sweeping);
+                tokio::select! {
+                    () = stop.cancelled() => {
+                        // Not dropped halfway: a sweep stopped between counting a republication
+                        // and publishing it (or undoing the count) would leave a try counted
+                        // that was never made. Finished, within reason.
+                        if tokio::time::timeout(STOP_GRACE, &mut sweeping).await.is_err() {
+                            tracing::warn!("stopping in the middle of a sweep");
+                        }
+                        break;
+                    }
+                    outcome = &mut sweeping => outcome,
+                }
             };
             match outcome {
                 Ok(swept) if swept.is_empty() => tracing::debug!("swept: nothing to do"),

@@ -1182,9 +1182,13 @@ async fn an_announcement_the_broker_refuses_does_not_use_up_a_try() {
     jobs.update_one(doc! { "_id": &untold.id }, doc! { "$set": two_hours_ago })
         .await
         .unwrap();
+    let mut worker = worker;
     wait_for("a sweep that cannot announce", JOB_TIMEOUT, || {
         (worker.metric("converter_sweeps_failed_total")? >= 1.0).then_some(())
     });
+    // Stopped, not killed: a sweep under way finishes (and undoes what it could not do).
+    worker.signal("TERM");
+    assert!(worker.wait_exit(JOB_TIMEOUT).success(), "{}", worker.log());
     let job = jobs
         .find_one(doc! { "_id": &untold.id })
         .await

@@ -96,19 +96,51 @@ impl Mailer {
 }
 
 /// A refusal no retry can change, because it is about this recipient: no such mailbox (550), not
-/// here (551), a name the server refuses (553). Every other refusal, permanent by its 5xx code
+/// here (551), a name the server refuses (553), and where the server gives an enhanced status
+/// code (RFC 3463), an addressing one (5.1.x). Every other refusal, permanent by its 5xx code
 /// included, may be the sender's or the server's state: a rejected login after a password
-/// rotation (535), authentication required (530), a relay or policy refusal (554, 5.7.x), a
-/// greeting refused while the server is overloaded. Retried, the emails go out once that is
-/// put right, instead of being dead-lettered for good on the first try. (A 550 given to the
-/// sender, a MAIL FROM the server refuses, is taken for the recipient's: SMTP replies do not
-/// say which command they answer.)
+/// rotation (535), authentication required (530), a relay or policy refusal (554, 550 5.7.x:
+/// "relaying denied", "not allowed to send as"), a greeting refused while the server is
+/// overloaded. Retried, the emails go out once that is put right, instead of being
+/// dead-lettered for good on the first try.
 fn refuses_the_recipient(error: &lettre::transport::smtp::Error) -> bool {
     use lettre::transport::smtp::response::{Category, Detail, Severity};
     let Some(code) = error.status().filter(|_| error.is_permanent()) else {
         return false;
     };
-    code.severity == Severity::PermanentNegativeCompletion
+    let mailbox = code.severity == Severity::PermanentNegativeCompletion
         && code.category == Category::MailSystem
-        && matches!(code.detail, Detail::Zero | Detail::One | Detail::Three)
+        && matches!(code.detail, Detail::Zero | Detail::One | Detail::Three);
+    // lettre keeps the server's text, enhanced code first, as the error's source.
+    let text = std::error::Error::source(error).map(ToString::to_string);
+    mailbox
+        && enhanced_code(text.as_deref().unwrap_or(""))
+            .is_none_or(|(class, subject)| class == 5 && subject == 1)
+}
+
+/// The class and subject of the enhanced status code (`5.1.1`) that starts an SMTP reply's
+/// text, if it has one.
+fn enhanced_code(text: &str) -> Option<(u8, u16)> {
+    let word = text.split_whitespace().next()?;
+    let mut parts = word.split('.');
+    let class = parts.next()?.parse().ok()?;
+    let subject = parts.next()?.parse().ok()?;
+    let _detail: u16 = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((class, subject))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::enhanced_code;
+
+    #[test]
+    fn enhanced_codes_are_read_from_the_start_of_the_text() {
+        assert_eq!(enhanced_code("5.1.1 <a@b.c>: user unknown"), Some((5, 1)));
+        assert_eq!(enhanced_code("5.7.1 relaying denied"), Some((5, 7)));
+        assert_eq!(enhanced_code("  5.7.60 SMTP; not allowed"), Some((5, 7)));
+        assert_eq!(enhanced_code("mailbox unavailable"), None);
+        assert_eq!(enhanced_code("5.1 short"), None);
+        assert_eq!(enhanced_code("550 5.1.1"), None);
+        assert_eq!(enhanced_code(""), None);
+    }
 }

@@ -91,7 +91,7 @@ impl TcpProxy {
                     let recorded = if from_client { &sent } else { &served }.clone();
                     let (hold, armed) = (hold2.clone(), armed.clone());
                     let drop_next = drop_next2.clone();
-                    let frozen = frozen2.clone();
+                    let (frozen, cut) = (frozen2.clone(), cut2.clone());
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
                         // The client's last bytes, across reads: a request's end may be split.
@@ -121,8 +121,12 @@ impl TcpProxy {
                                 }
                                 record(&recorded, &buf[..n]);
                             }
-                            while frozen.load(Ordering::SeqCst) {
+                            // What a hung service was sent stays unread if it dies (cut).
+                            while frozen.load(Ordering::SeqCst) && !cut.load(Ordering::SeqCst) {
                                 std::thread::sleep(Duration::from_millis(5));
+                            }
+                            if cut.load(Ordering::SeqCst) {
+                                break;
                             }
                             if n == 0 || to.write_all(&buf[..n]).is_err() {
                                 break;
@@ -178,8 +182,6 @@ impl TcpProxy {
     /// Stops accepting and closes every proxied connection, as if the service had died.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
-        // Frozen forwarders would never see their sockets closed.
-        self.thaw();
         // Wake the accept loop so it sees the flag and drops the listener.
         let _ =
             TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1));
