@@ -767,16 +767,14 @@ fn a_hung_user_database_is_503_after_the_auth_timeout_and_recovers(runtime: Runt
     assert_eq!(get(&app, "/jobs", &auth, &[]).status, 200, "{}", app.log());
 }
 
-/// A publish the broker took but never confirmed: the upload is refused (503) and withdrawn,
-/// and the message the broker queued all the same is dropped by the converter as a deleted
-/// job's, not converted, dead-lettered or announced to its owner.
-fn a_confirm_that_never_comes_is_503_and_the_late_message_is_dropped(runtime: Runtime) {
+/// The app behind a broker whose confirm of a job message comes after the gateway's 10 s (the
+/// end of its body frame: the JSON's last brace and the AMQP frame end), on the store the
+/// workers can log in to (see README: FerretDB and the official driver): its vhost, the proxy,
+/// the store's URL and the app.
+fn unconfirming(runtime: Runtime) -> (Vhost, TcpProxy, String, Gateway) {
     let vhost = Vhost::new();
     let broker = TcpProxy::start(&Vhost::broker_address());
-    // The end of a job message's body frame: the JSON's last brace and the AMQP frame end.
-    // The broker's confirm of it comes after the gateway's 10 s have passed.
     broker.hold_replies_to(b"}\xCE", Duration::from_secs(12));
-    // The store the workers can log in to (see README: FerretDB and the official driver).
     let store = service_env("MONGODB_URL");
     let app = start(runtime, &vhost, |c| {
         c.env(
@@ -790,6 +788,14 @@ fn a_confirm_that_never_comes_is_503_and_the_late_message_is_dropped(runtime: Ru
             system_tests::services::host_port(&store),
         )
     });
+    (vhost, broker, store, app)
+}
+
+/// A publish the broker took but never confirmed: the upload is refused (503) and withdrawn,
+/// and the message the broker queued all the same is dropped by the converter as a deleted
+/// job's, not converted, dead-lettered or announced to its owner.
+fn a_confirm_that_never_comes_is_503_and_the_late_message_is_dropped(runtime: Runtime) {
+    let (vhost, _broker, store, app) = unconfirming(runtime);
     let (_, auth) = user(&app);
     let mut client = mongo_wire::connect(&store).expect("connecting to MongoDB");
     let name = format!("unconfirmed-{}.mp4", unique());
@@ -856,22 +862,7 @@ fn a_confirm_that_never_comes_is_503_and_the_late_message_is_dropped(runtime: Ru
 /// before its confirm, so the job is converted while the gateway waits. Withdrawing it then
 /// would delete a converted job whose owner was told: the upload is accepted instead.
 fn a_confirm_that_never_comes_while_a_converter_takes_the_job_is_202(runtime: Runtime) {
-    let vhost = Vhost::new();
-    let broker = TcpProxy::start(&Vhost::broker_address());
-    broker.hold_replies_to(b"}\xCE", Duration::from_secs(12));
-    let store = service_env("MONGODB_URL");
-    let app = start(runtime, &vhost, |c| {
-        c.env(
-            "SPIN_VARIABLE_AMQP_URL",
-            vhost.amqp_url_via(&broker.address()),
-        )
-        .env("SPIN_VARIABLE_AMQP_HOST", broker.address())
-        .env("SPIN_VARIABLE_MONGODB_URL", &store)
-        .env(
-            "SPIN_VARIABLE_MONGODB_HOST",
-            system_tests::services::host_port(&store),
-        )
-    });
+    let (vhost, _broker, store, app) = unconfirming(runtime);
     let (_, auth) = user(&app);
     let converter = system_tests::system::Worker::start(
         "converter",
