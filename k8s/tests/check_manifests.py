@@ -524,8 +524,12 @@ def dockerfiles_are_multistage_pinned_and_non_root(ctx: Context, c: Check) -> No
             c.fail(where, "USER is not numeric: Kubernetes' runAsNonRoot cannot verify a name")
         if worker == "converter":
             final_runs = " ".join(rest for instr, rest in final["lines"] if instr == "RUN")
-            if "ffmpeg" not in final_runs:
+            # Among apt-get install's packages, not merely named (the stage also locks it down).
+            if not re.search(r"apt-get install[^&;]*\sffmpeg(\s|$)", final_runs):
                 c.fail(where, "the final stage does not install ffmpeg")
+            # Executable but unreadable, so every ffmpeg is undumpable (converter Dockerfile).
+            if not re.search(r"chmod 0?711 /usr/bin/ffmpeg", final_runs):
+                c.fail(where, "ffmpeg is left readable: the ffmpeg processes could read one another's /proc")
     ignore = ctx.root / ".dockerignore"
     if not ignore.exists():
         c.fail(".dockerignore", "missing: the build context would carry target/ and .dev/")

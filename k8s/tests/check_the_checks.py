@@ -97,6 +97,8 @@ CASES = [
      "dockerfiles_are_multistage_pinned_and_non_root", "without rm -rf /var/lib/apt/lists/*"),
     ("a converter image without ffmpeg", "sidecars/converter/Dockerfile", "ca-certificates ffmpeg", "ca-certificates",
      "dockerfiles_are_multistage_pinned_and_non_root", "does not install ffmpeg"),
+    ("an ffmpeg others' ffmpeg may trace", "sidecars/converter/Dockerfile", "chmod 0711 /usr/bin/ffmpeg",
+     "chmod 0755 /usr/bin/ffmpeg", "dockerfiles_are_multistage_pinned_and_non_root", "ffmpeg is left readable"),
     ("a single-stage Dockerfile", "sidecars/notifier/Dockerfile", "FROM debian:13.1-slim\n", "",
      "dockerfiles_are_multistage_pinned_and_non_root", "not multi-stage"),
     ("a .dockerignore that drops a member", ".dockerignore", "!sidecars/\n", "",

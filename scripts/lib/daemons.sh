@@ -142,6 +142,7 @@ stop_strays() { # /NAME
     for pid in $(pgrep -f -- "$1" 2>/dev/null || true); do
         [ "$pid" != "$$" ] || continue
         exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+        exe="${exe% (deleted)}"
         cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null || true)"
         if [[ "$exe" == *"$1" ]] && [[ "$cwd" == "$DEV" || "$cwd" == "$DEV"/* ]]; then
             strays+=("$pid")

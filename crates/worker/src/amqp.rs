@@ -85,6 +85,8 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Publisher {
     channel: Channel,
     confirm_timeout: Duration,
+    /// Its connection's: whether the broker blocks it (a memory or disk alarm).
+    status: lapin::ConnectionStatus,
 }
 
 impl Publisher {
@@ -101,6 +103,7 @@ impl Publisher {
         Ok(Self {
             channel,
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+            status: connection.status().clone(),
         })
     }
 
@@ -119,9 +122,11 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> anyhow::Result<()> {
-        // Bounded: a broker that blocks this connection (a memory or disk alarm) stops reading
-        // it while its heartbeats go on, so nothing else would end the wait, and the caller (a
-        // delivery being settled, holding its slot) would wait with it, while /healthz says 200.
+        // Bounded, unless the broker says it blocks this connection (a memory or disk alarm:
+        // it then reads nothing of it, and a new connection would fare no better, so the wait
+        // goes on until the alarm clears). A broker that neither confirms nor says so (hung,
+        // or the network) would otherwise hold the caller, a delivery being settled with its
+        // slot, for as long as the heartbeats go on.
         let publish = async {
             self.channel
                 .basic_publish(
@@ -139,14 +144,19 @@ impl Publisher {
                 .await
                 .with_context(|| format!("waiting for the confirm of a publish to {queue:?}"))
         };
-        let confirm = tokio::time::timeout(self.confirm_timeout, publish)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "no confirm of a publish to {queue:?} within {} s (is the connection blocked by a memory or disk alarm?)",
+        let mut publish = std::pin::pin!(publish);
+        let confirm = loop {
+            match tokio::time::timeout(self.confirm_timeout, &mut publish).await {
+                Ok(confirm) => break confirm?,
+                Err(_) if self.status.blocked() => {
+                    tracing::warn!(queue, "RabbitMQ blocks this connection (a memory or disk alarm): still waiting for a confirm");
+                }
+                Err(_) => bail!(
+                    "no confirm of a publish to {queue:?} within {} s",
                     self.confirm_timeout.as_secs_f32()
-                )
-            })??;
+                ),
+            }
+        };
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) => bail!(

@@ -362,7 +362,8 @@ impl<H: Handler> Shared<H> {
             .context("opening a channel")?;
         let specs: Vec<QueueSpec> = topology::all().collect();
         amqp::declare(&setup, &specs).await?;
-        let _ = setup.close(200, "declared".into()).await;
+        let _ =
+            tokio::time::timeout(amqp::CLOSE_TIMEOUT, setup.close(200, "declared".into())).await;
 
         let publisher = Publisher::open(connection)
             .await?
@@ -440,11 +441,12 @@ impl<H: Handler> Shared<H> {
         match &end {
             SessionEnd::Stopped => {
                 tracing::info!(running = tasks.len(), "stopping: no new messages");
-                if let Err(error) = channel
-                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                    .await
-                {
-                    tracing::warn!(%error, "cancelling the consumer");
+                let cancel =
+                    channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+                match tokio::time::timeout(amqp::CLOSE_TIMEOUT, cancel).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, "cancelling the consumer"),
+                    Err(_) => tracing::warn!("cancelling the consumer: no answer"),
                 }
                 self.requeue_prefetched(&mut consumer, &publisher).await;
                 let finished = tokio::time::timeout(options.shutdown_timeout, async {

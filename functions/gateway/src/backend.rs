@@ -198,9 +198,11 @@ impl Mongo {
             .delete_many(VIDEOS_DB, JOBS_COLLECTION, unclaimed)
             .map_err(|e| fail("deleting the job", e))?;
         if deleted == 0 {
-            self.client
-                .delete_many(VIDEOS_DB, DELETED_JOBS_COLLECTION, tombstone)
-                .map_err(|e| fail("taking the withdrawal back", e))?;
+            // The job lives, whatever becomes of its tombstone: a converter that meets one
+            // still finds the job, and goes on (see the converter's handler).
+            let _ = self
+                .client
+                .delete_many(VIDEOS_DB, DELETED_JOBS_COLLECTION, tombstone);
             return Ok(false);
         }
         match ObjectId::parse_str(&job.video_fid).map(|id| videos().delete(&mut self.client, id)) {

@@ -235,8 +235,12 @@ impl Converter {
             if let Err(error) = self.store.delete_mp3(mp3_fid).await {
                 tracing::warn!(error = format!("{error:#}"), "deleting a partial MP3");
             }
-            // Deleted by its owner mid-conversion (its video went first): nothing to retry.
-            if self.store.is_deleted(&job.id).await.unwrap_or(false) {
+            // Deleted by its owner mid-conversion (its video went first): nothing to retry. A
+            // tombstone beside a job still there (a withdrawal taken back) is no deletion: the
+            // owner's delete removes the job last, so at most this costs one retry.
+            if self.store.is_deleted(&job.id).await.unwrap_or(false)
+                && matches!(self.store.job(&job.id).await, Ok(None))
+            {
                 tracing::info!("the job was deleted by its owner while converting");
                 return Ok(());
             }

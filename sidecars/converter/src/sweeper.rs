@@ -37,6 +37,8 @@ use crate::store::{delete_file, Store};
 
 /// How long a sweep under way may go on once the converter is told to stop.
 const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How long one of the sweeper's publishes waits for its confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Jobs looked at per step and sweep: a large backlog is worked off over several sweeps.
 const BATCH: i64 = 500;
@@ -171,7 +173,10 @@ impl Sweeper {
             };
             let outcome = {
                 let sweeping = async {
-                    let publisher = Publisher::open(open).await?;
+                    // Under STOP_GRACE: a sweep stopped while it waits still undoes its count.
+                    let publisher = Publisher::open(open)
+                        .await?
+                        .with_confirm_timeout(CONFIRM_TIMEOUT);
                     let swept = self.sweep(&publisher).await;
                     publisher.close().await;
                     swept
@@ -196,14 +201,20 @@ impl Sweeper {
                 Err(error) => {
                     self.metrics.sweeps_failed.inc();
                     tracing::warn!(error = format!("{error:#}"), "sweeping the store");
-                    if !open.status().connected() {
-                        connection = None;
+                    // A fresh connection next time: this one may be what failed.
+                    if let Some(stale) = connection.take() {
+                        let _ = tokio::time::timeout(
+                            mp3_worker::amqp::CLOSE_TIMEOUT,
+                            stale.close(200, "bye".into()),
+                        )
+                        .await;
                     }
                 }
             }
         }
         if let Some(connection) = connection {
-            let _ = connection.close(200, "bye".into()).await;
+            let close = connection.close(200, "bye".into());
+            let _ = tokio::time::timeout(mp3_worker::amqp::CLOSE_TIMEOUT, close).await;
         }
     }
 

@@ -761,7 +761,10 @@ async fn an_ffmpeg_short_of_disk_is_retried_and_sees_none_of_the_secrets() {
     if let Ok(path) = std::env::var("PATH") {
         envs.push(("PATH", path));
     }
-    let mut worker = WorkerProcess::start_as(prefix, CONVERTER, &envs);
+    // A copy where that user can run it (the build's folder may be closed to it).
+    let binary = fx.dir.join("converter");
+    std::fs::copy(CONVERTER, &binary).unwrap();
+    let mut worker = WorkerProcess::start_as(prefix, binary.to_str().unwrap(), &envs);
     worker.wait_healthy();
     let video = make_video(&fx.dir, "clip.mkv", 1, &[]);
     let job = fx.queue_job(&video, "clip.mkv", 255 * 1024).await;

@@ -97,7 +97,9 @@ impl Mailer {
 
 /// A refusal no retry can change, because it is about this recipient: no such mailbox (550), not
 /// here (551), a name the server refuses (553), and where the server gives an enhanced status
-/// code (RFC 3463), an addressing one (5.1.x). Every other refusal, permanent by its 5xx code
+/// code (RFC 3463), one about the destination's address (5.1.0 other address status, as
+/// Mailpit refuses a recipient, 5.1.1 no such mailbox, 5.1.2 no such host, 5.1.3 bad syntax,
+/// 5.1.6 moved, 5.1.10 null MX); not 5.1.7 or 5.1.8, which are about the sender's. Every other refusal, permanent by its 5xx code
 /// included, may be the sender's or the server's state: a rejected login after a password
 /// rotation (535), authentication required (530), a relay or policy refusal (554, 550 5.7.x:
 /// "relaying denied", "not allowed to send as"), a greeting refused while the server is
@@ -115,18 +117,18 @@ fn refuses_the_recipient(error: &lettre::transport::smtp::Error) -> bool {
     let text = std::error::Error::source(error).map(ToString::to_string);
     mailbox
         && enhanced_code(text.as_deref().unwrap_or(""))
-            .is_none_or(|(class, subject)| class == 5 && subject == 1)
+            .is_none_or(|code| matches!(code, (5, 1, 0 | 1 | 2 | 3 | 6 | 10)))
 }
 
-/// The class and subject of the enhanced status code (`5.1.1`) that starts an SMTP reply's
+/// The enhanced status code (`5.1.1`: class, subject, detail) that starts an SMTP reply's
 /// text, if it has one.
-fn enhanced_code(text: &str) -> Option<(u8, u16)> {
+fn enhanced_code(text: &str) -> Option<(u8, u16, u16)> {
     let word = text.split_whitespace().next()?;
     let mut parts = word.split('.');
     let class = parts.next()?.parse().ok()?;
     let subject = parts.next()?.parse().ok()?;
-    let _detail: u16 = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((class, subject))
+    let detail = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((class, subject, detail))
 }
 
 #[cfg(test)]
@@ -135,9 +137,16 @@ mod tests {
 
     #[test]
     fn enhanced_codes_are_read_from_the_start_of_the_text() {
-        assert_eq!(enhanced_code("5.1.1 <a@b.c>: user unknown"), Some((5, 1)));
-        assert_eq!(enhanced_code("5.7.1 relaying denied"), Some((5, 7)));
-        assert_eq!(enhanced_code("  5.7.60 SMTP; not allowed"), Some((5, 7)));
+        assert_eq!(
+            enhanced_code("5.1.1 <a@b.c>: user unknown"),
+            Some((5, 1, 1))
+        );
+        assert_eq!(enhanced_code("5.7.1 relaying denied"), Some((5, 7, 1)));
+        assert_eq!(
+            enhanced_code("  5.7.60 SMTP; not allowed"),
+            Some((5, 7, 60))
+        );
+        assert_eq!(enhanced_code("5.1.8 bad outbound sender"), Some((5, 1, 8)));
         assert_eq!(enhanced_code("mailbox unavailable"), None);
         assert_eq!(enhanced_code("5.1 short"), None);
         assert_eq!(enhanced_code("550 5.1.1"), None);
