@@ -648,14 +648,14 @@ fn a_hung_mongodb_or_rabbitmq_is_503_within_its_timeout_and_recovers(runtime: Ru
     });
     let (_, auth) = user(&app);
     let mut client = mongo();
-    let reply = upload(
-        &app,
-        Some(&auth),
-        Body::Bytes(form(&[Part::File(
-            &format!("before-{}.mp4", unique()),
-            &video()[..50_000],
-        )])),
-    );
+    let upload_clip = |name: &str| {
+        upload(
+            &app,
+            Some(&auth),
+            Body::Bytes(form(&[Part::File(name, &video()[..50_000])])),
+        )
+    };
+    let reply = upload_clip(&format!("before-{}.mp4", unique()));
     assert_eq!(reply.status, 202, "{}\n{}", reply.text(), app.log());
     let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
     let job = format!("/jobs/{}", json["job_id"].as_str().expect("job_id"));
@@ -688,11 +688,7 @@ fn a_hung_mongodb_or_rabbitmq_is_503_within_its_timeout_and_recovers(runtime: Ru
         get(&app, "/download?fid=0123456789abcdef01234567", &auth, &[])
     });
     timed("an upload", "storage unavailable", limit, &|| {
-        upload(
-            &app,
-            Some(&auth),
-            Body::Bytes(form(&[Part::File(&hung_store, &video()[..50_000])])),
-        )
+        upload_clip(&hung_store)
     });
     store.thaw();
     assert_eq!(get(&app, &job, &auth, &[]).status, 200, "{}", app.log());
@@ -703,23 +699,10 @@ fn a_hung_mongodb_or_rabbitmq_is_503_within_its_timeout_and_recovers(runtime: Ru
         "an upload",
         "queue unavailable",
         Duration::from_secs(30),
-        &|| {
-            upload(
-                &app,
-                Some(&auth),
-                Body::Bytes(form(&[Part::File(&hung_broker, &video()[..50_000])])),
-            )
-        },
+        &|| upload_clip(&hung_broker),
     );
     broker.thaw();
-    let reply = upload(
-        &app,
-        Some(&auth),
-        Body::Bytes(form(&[Part::File(
-            &format!("after-{}.mp4", unique()),
-            &video()[..50_000],
-        )])),
-    );
+    let reply = upload_clip(&format!("after-{}.mp4", unique()));
     assert_eq!(reply.status, 202, "{}\n{}", reply.text(), app.log());
 
     // What the hung services were sent, delivered once they woke, stored nothing.
